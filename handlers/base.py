@@ -1,0 +1,165 @@
+"""The base of every /api/ handler: JSON errors, bounded bodies, CORS, the visitor being served."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Awaitable, TypeVar
+
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from server import validation
+from server.chat import ChatService, Visitor
+from server.errors import InvalidRequest, ParleyError, TooLarge
+from server.sites import SiteService
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+JSON_BODY_LIMIT = 64 * 1024
+STATUS_CODES = {400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                413: "too_large", 415: "unsupported_media_type", 429: "rate_limited",
+                503: "unavailable"}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@tornado.web.stream_request_body
+class ApiHandler(tornado.web.RequestHandler):
+    """Bodies are streamed in and capped at `max_body_bytes`, so nobody can make us buffer 100 MB."""
+
+    max_body_bytes = JSON_BODY_LIMIT
+
+    def initialize(self, chat: ChatService, sites: SiteService) -> None:
+        self.chat = chat
+        self.sites = sites
+        self._body_parts: list[bytes] = []
+        self._body_size = 0
+        self._held: asyncio.Future[Any] | None = None
+        self.client_gone = False
+
+    # -- framing ------------------------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        origin = self.request.headers.get("Origin")
+        if origin:
+            # Which sites may embed the widget is enforced per request (403 origin_not_allowed);
+            # reflecting the origin lets the widget read that error.
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+
+    def prepare(self) -> None:
+        if self.request.method in ("POST", "PUT", "PATCH"):
+            declared = self.request.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
+            # Tornado itself stops reading past this, for bodies sent without a length.
+            self.request.connection.set_max_body_size(self.max_body_bytes + 1)  # type: ignore[union-attr]
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size <= self.max_body_bytes:
+            self._body_parts.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        if self._body_size > self.max_body_bytes:
+            raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
+        return b"".join(self._body_parts)
+
+    def write_json(self, payload: dict[str, Any]) -> None:
+        self.finish(dumps(payload))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ParleyError):
+            self.set_status(error.status)
+            if error.retry_after is not None:
+                self.set_header("Retry-After", str(error.retry_after))
+            body = {"success": False, "error": error.message, "code": error.code}
+        elif status_code >= 500:
+            self.set_status(500)
+            body = {"success": False, "error": "Something went wrong on our side.", "code": "internal"}
+        else:
+            reason = self._reason if isinstance(error, tornado.web.HTTPError) else "Bad request"
+            body = {"success": False, "error": reason,
+                    "code": STATUS_CODES.get(status_code, "invalid_request")}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(dumps(body))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ParleyError):
+            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.status, value.code)
+        else:
+            super().log_exception(typ, value, tb)
+
+    def options(self, *args: Any) -> None:
+        self.set_status(204)
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Content-Type")
+        self.set_header("Access-Control-Max-Age", "86400")
+        self.clear_header("Content-Type")
+        self.finish()
+
+    # -- input --------------------------------------------------------------------------------
+    def json_body(self) -> dict[str, Any]:
+        raw = self.body
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise InvalidRequest("The body must be a JSON object.") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("The body must be a JSON object.")
+        return data
+
+    def query(self) -> dict[str, Any]:
+        """Query arguments as a plain dict of strings (last one wins)."""
+        return {name: self.get_query_argument(name) for name in self.request.query_arguments}
+
+    async def visitor(self, data: dict[str, Any]) -> Visitor:
+        site_key = validation.site_key(data)
+        session_id = validation.session_id(data)
+        site = await self.sites.resolve(site_key, self.request.headers.get("Origin"))
+        return Visitor(site=site, session_id=session_id, ip=self.request.remote_ip)
+
+    # -- held responses -----------------------------------------------------------------------
+    def set_nodelay(self) -> None:
+        """Small writes go out at once instead of waiting ~40 ms for Nagle's algorithm."""
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None and not stream.closed():
+            stream.set_nodelay(True)
+
+    async def hold(self, awaitable: Awaitable[T]) -> T | None:
+        """Await a held read; None when the client went away first (the wait is then cancelled)."""
+        self.set_nodelay()
+        self._held = asyncio.ensure_future(awaitable)
+        try:
+            return await self._held
+        except asyncio.CancelledError:
+            if self.client_gone:
+                return None
+            raise
+
+    def on_connection_close(self) -> None:
+        self.client_gone = True
+        if self._held is not None and not self._held.done():
+            self._held.cancel()
+
+    def on_finish(self) -> None:
+        if self._held is not None and not self._held.done():
+            self._held.cancel()
+
+    async def safe_flush(self) -> bool:
+        """Flush; False when the client has gone (a normal goodbye, not an error)."""
+        try:
+            await self.flush()
+        except StreamClosedError:
+            self.client_gone = True
+            return False
+        return True

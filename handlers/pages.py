@@ -1,0 +1,43 @@
+"""Pages and files for browsers: the demo page, uploaded images, the widget's script."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+
+from server.sites import SiteService
+
+
+class UploadedFileHandler(tornado.web.StaticFileHandler):
+    """Uploaded images: never sniffed as HTML, cached for long (the names are random)."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+        self.set_header("Cache-Control", "public, max-age=31536000, immutable")
+
+
+class WidgetFileHandler(tornado.web.StaticFileHandler):
+    """The widget's JavaScript and CSS, loaded cross-origin by customers' pages."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Cache-Control", "public, max-age=300")
+
+
+class DemoPageHandler(tornado.web.RequestHandler):
+    def initialize(self, sites: SiteService, demo_site_name: str) -> None:
+        self.sites = sites
+        self.demo_site_name = demo_site_name
+
+    async def get(self) -> None:
+        demo = next((s for s in await self.sites.list() if s.name == self.demo_site_name), None)
+        if demo is None:
+            raise tornado.web.HTTPError(404, reason="No demo site here; start with --demo.")
+        template = self.settings["jinja"].get_template("demo.html")
+        self.finish(template.render(site=demo, **self._extra()))
+
+    def _extra(self) -> dict[str, Any]:
+        return {"base_url": f"{self.request.protocol}://{self.request.host}"}

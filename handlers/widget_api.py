@@ -1,0 +1,124 @@
+"""The widget's JSON endpoints (all but the SSE stream and the upload)."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from server import validation
+from server.errors import InvalidRequest
+from server.validation import int_field, query_int, query_seconds, string_field
+
+from handlers.base import ApiHandler
+from handlers.serializers import message_json, proactive_json
+
+MAX_WAIT_SECONDS = 30.0
+MAX_MESSAGE_CURSOR = 2**62
+
+
+class PublicUrlMixin(ApiHandler):
+    @property
+    def base_url(self) -> str:
+        configured = self.settings.get("public_url")
+        return configured or f"{self.request.protocol}://{self.request.host}"
+
+
+class HistoryHandler(PublicUrlMixin):
+    async def get(self) -> None:
+        query = self.query()
+        visitor = await self.visitor(query)
+        after = query_int(query.get("after"), "after", minimum=0, maximum=MAX_MESSAGE_CURSOR)
+        limit = query_int(query.get("limit"), "limit", minimum=1, maximum=200) or 50
+        wait = query_seconds(query.get("wait"), "wait", maximum=MAX_WAIT_SECONDS)
+        result = await self.hold(self.chat.history(visitor, after=after, limit=limit, wait=wait))
+        if result is None:
+            return
+        conversation, messages = result
+        self.write_json({
+            "success": True,
+            "messages": [message_json(m, self.chat, self.base_url) for m in messages],
+            "conversation_id": conversation.id if conversation else None,
+            "mode": conversation.mode if conversation else "ai",
+        })
+
+
+class OperatorMessagesHandler(PublicUrlMixin):
+    async def get(self) -> None:
+        query = self.query()
+        visitor = await self.visitor(query)
+        after = query_int(query.get("after"), "after", minimum=0, maximum=MAX_MESSAGE_CURSOR)
+        wait = query_seconds(query.get("wait"), "wait", maximum=MAX_WAIT_SECONDS)
+        result = await self.hold(self.chat.operator_messages(visitor, after=after, wait=wait))
+        if result is None:
+            return
+        messages, mode = result
+        self.write_json({"success": True,
+                         "messages": [message_json(m, self.chat, self.base_url) for m in messages],
+                         "mode": mode})
+
+
+class PendingProactiveHandler(ApiHandler):
+    async def get(self) -> None:
+        query = self.query()
+        visitor = await self.visitor(query)
+        after = query_int(query.get("after"), "after", minimum=0, maximum=MAX_MESSAGE_CURSOR)
+        wait = query_seconds(query.get("wait"), "wait", maximum=MAX_WAIT_SECONDS)
+        messages = await self.hold(self.chat.pending_proactive(visitor, after=after, wait=wait))
+        if messages is None:
+            return
+        self.write_json({"success": True, "messages": [proactive_json(m) for m in messages]})
+
+
+class BlockStatusHandler(ApiHandler):
+    async def get(self) -> None:
+        visitor = await self.visitor(self.query())
+        self.write_json({"success": True, "blocked": await self.chat.is_blocked(visitor)})
+
+
+class EmailHandler(ApiHandler):
+    async def post(self) -> None:
+        data = self.json_body()
+        visitor = await self.visitor(data)
+        email = validation.normalise_email(string_field(data, "email", max_length=254) or "")
+        await self.chat.save_contact(visitor, email=email)
+        self.write_json({"success": True, "message": "Email saved"})
+
+
+class ContactHandler(ApiHandler):
+    async def post(self) -> None:
+        data = self.json_body()
+        visitor = await self.visitor(data)
+        raw_email = string_field(data, "email", required=False, max_length=254)
+        raw_phone = string_field(data, "phone", required=False, max_length=40)
+        name = string_field(data, "name", required=False, max_length=200)
+        if not raw_email and not raw_phone:
+            raise InvalidRequest("Give at least an 'email' or a 'phone'.")
+        await self.chat.save_contact(
+            visitor,
+            email=validation.normalise_email(raw_email) if raw_email else None,
+            phone=validation.normalise_phone(raw_phone) if raw_phone else None,
+            name=name,
+        )
+        self.write_json({"success": True, "message": "Contact saved"})
+
+
+class RateHandler(ApiHandler):
+    async def post(self) -> None:
+        data = self.json_body()
+        visitor = await self.visitor(data)
+        score = int_field(data, "score", minimum=1, maximum=5)
+        await self.chat.rate(visitor, score)  # type: ignore[arg-type]
+        self.write_json({"success": True})
+
+
+class RateCommentHandler(ApiHandler):
+    async def post(self) -> None:
+        data = self.json_body()
+        visitor = await self.visitor(data)
+        comment = string_field(data, "comment", max_length=2000)
+        await self.chat.comment(visitor, comment)  # type: ignore[arg-type]
+        self.write_json({"success": True})
+
+
+class ApiNotFoundHandler(ApiHandler):
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, reason="No such API endpoint.")

@@ -1,0 +1,1 @@
+"""Parley: a self-hosted AI live chat for websites."""

@@ -1,0 +1,32 @@
+"""The default answerer: no network, no key. It quotes the site's own knowledge, or says it does not know."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import AsyncIterator
+
+from server.ai.base import AnswerRequest, Provider
+from server.ai.phrases import DONT_KNOW, FOUND_INTRO, pick
+
+class OfflineAnswerer(Provider):
+    name = "offline"
+
+    def __init__(self, *, words_per_chunk: int = 3, chunk_delay: float = 0.02) -> None:
+        # A small pace makes the answer read like typing; tests set it to 0.
+        self.words_per_chunk = words_per_chunk
+        self.chunk_delay = chunk_delay
+
+    def compose(self, request: AnswerRequest) -> str:
+        if not request.passages:
+            return pick(DONT_KNOW, request.lang)
+        quotes = [p.text.strip() for p in request.passages]
+        return "\n\n".join([pick(FOUND_INTRO, request.lang), *quotes])
+
+    async def stream(self, request: AnswerRequest) -> AsyncIterator[str]:
+        # Split after whitespace so joining the chunks gives back the exact text.
+        pieces = re.findall(r"\S+\s*|\s+", self.compose(request))
+        for start in range(0, len(pieces), self.words_per_chunk):
+            if start and self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            yield "".join(pieces[start : start + self.words_per_chunk])

@@ -1,0 +1,116 @@
+"""The app factory: builds every service once and hands them to handlers. No module globals."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import tornado.web
+
+from handlers.chat_stream import ChatStreamHandler
+from handlers.health import HealthHandler, ReadyHandler
+from handlers.pages import DemoPageHandler, UploadedFileHandler, WidgetFileHandler
+from handlers.upload import UploadImageHandler
+from handlers.widget_api import (
+    ApiNotFoundHandler,
+    BlockStatusHandler,
+    ContactHandler,
+    EmailHandler,
+    HistoryHandler,
+    OperatorMessagesHandler,
+    PendingProactiveHandler,
+    RateCommentHandler,
+    RateHandler,
+)
+from server.ai.engine import AIEngine
+from server.ai.knowledge import KnowledgeBase
+from server.ai.offline import OfflineAnswerer
+from server.blobs import BlobStore, LocalBlobStore
+from server.chat import ChatService, Limits
+from server.config import Config
+from server.demo import DEMO_SITE_NAME
+from server.hub import EventBridge, Hub
+from server.operators import OperatorService
+from server.sites import SiteService
+from server.store.base import Store
+from server.store.sqlite import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Services:
+    config: Config
+    store: Store
+    hub: Hub
+    bridge: EventBridge
+    knowledge: KnowledgeBase
+    ai: AIEngine
+    blobs: BlobStore
+    sites: SiteService
+    chat: ChatService
+    operators: OperatorService
+
+    async def close(self) -> None:
+        await self.chat.shutdown()
+        await self.bridge.stop()
+        await self.ai.close()
+        await self.blobs.close()
+        await self.store.close()
+
+
+async def build_services(config: Config, *, limits: Limits | None = None) -> Services:
+    store = SQLiteStore(config.database_path)
+    await store.open()
+    hub = Hub(store)
+    bridge = EventBridge(hub, interval=config.event_poll_interval)
+    knowledge = KnowledgeBase(store)
+    ai = AIEngine(knowledge, OfflineAnswerer(chunk_delay=config.offline_chunk_delay))
+    blobs = LocalBlobStore(config.uploads_dir)
+    return Services(
+        config=config, store=store, hub=hub, bridge=bridge, knowledge=knowledge, ai=ai, blobs=blobs,
+        sites=SiteService(store),
+        chat=ChatService(store, hub, ai, blobs, limits),
+        operators=OperatorService(store, hub),
+    )
+
+
+def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
+    config = services.config
+    api = {"chat": services.chat, "sites": services.sites}
+    routes: list[Any] = [
+        (r"/api/v1/chat/stream", ChatStreamHandler, api),
+        (r"/api/v1/chat/history", HistoryHandler, api),
+        (r"/api/v1/chat/email", EmailHandler, api),
+        (r"/api/v1/chat/contact", ContactHandler, api),
+        (r"/api/v1/chat/operator-messages", OperatorMessagesHandler, api),
+        (r"/api/v1/chat/block-status", BlockStatusHandler, api),
+        (r"/api/v1/chat/pending-proactive", PendingProactiveHandler, api),
+        (r"/api/v1/chat/upload-image", UploadImageHandler, api),
+        (r"/api/v1/chat/rate", RateHandler, api),
+        (r"/api/v1/chat/rate/comment", RateCommentHandler, api),
+        (r"/api/.*", ApiNotFoundHandler, api),
+        (r"/healthz", HealthHandler),
+        (r"/readyz", ReadyHandler, {"store": services.store}),
+        (r"/uploads/(.+)", UploadedFileHandler, {"path": str(config.uploads_dir)}),
+        (r"/widget/(.+)", WidgetFileHandler, {"path": str(ROOT / "static" / "widget")}),
+        (r"/(?:demo)?", DemoPageHandler, {"sites": services.sites, "demo_site_name": DEMO_SITE_NAME}),
+    ]
+    settings: dict[str, Any] = {
+        "static_path": str(ROOT / "static"),
+        "jinja": jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
+            autoescape=jinja2.select_autoescape(default=True),
+        ),
+        "public_url": config.public_url,
+        "sse_keepalive": config.sse_keepalive,
+        "services": services,
+        "xheaders": config.behind_proxy,
+    }
+    settings.update(overrides)
+    return tornado.web.Application(routes, **settings)

@@ -1,0 +1,338 @@
+"""The visitor side of a conversation: messages and answers, held reads, contact, rating, images."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+from server.ai.base import AIUnavailable
+from server.ai.engine import AIEngine
+from server.blobs import BlobStore
+from server.errors import Blocked, Conflict, ParleyError, TooLarge, Unavailable, UnknownConversation
+from server.hub import Hub, session_topic, site_topic
+from server.images import clean_image
+from server.ratelimit import Rate, RateLimiter
+from server.store.base import DuplicateMessageId, Store
+from server.store.models import Conversation, Message, ProactiveMessage, Site
+from server.turns import Turn
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_PIXELS = 40_000_000
+HISTORY_LIMIT_MAX = 200
+AI_HISTORY_MESSAGES = 20
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """Who is asking: a session of a site, seen from an IP address."""
+
+    site: Site
+    session_id: str
+    ip: str | None = None
+
+    @property
+    def topic(self) -> str:
+        return session_topic(self.site.id, self.session_id)
+
+    @property
+    def log_ref(self) -> str:
+        return f"site={self.site.id} session={self.session_id[:12]}…"
+
+
+@dataclass(frozen=True)
+class Limits:
+    messages_per_session: Rate = Rate(burst=10, per_minute=20)
+    writes_per_ip: Rate = Rate(burst=60, per_minute=120)
+    uploads_per_session: Rate = Rate(burst=5, per_minute=10)
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    text: str
+    message_id: str | None
+    lang: str | None
+    page_url: str | None
+    page_title: str | None
+
+
+class ChatService:
+    def __init__(self, store: Store, hub: Hub, ai: AIEngine, blobs: BlobStore,
+                 limits: Limits | None = None) -> None:
+        self.store = store
+        self.hub = hub
+        self.ai = ai
+        self.blobs = blobs
+        limits = limits or Limits()
+        self._message_limiter = RateLimiter(limits.messages_per_session)
+        self._write_limiter = RateLimiter(limits.writes_per_ip)
+        self._upload_limiter = RateLimiter(limits.uploads_per_session)
+        self._live_turns: dict[tuple[int, str], Turn] = {}
+
+    # -- guards -------------------------------------------------------------------------------
+    async def is_blocked(self, visitor: Visitor) -> bool:
+        conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
+        return await self.store.is_blocked(
+            visitor.site.id,
+            session_id=visitor.session_id,
+            ip=visitor.ip,
+            email=conversation.email if conversation else None,
+            now=time.time(),
+        )
+
+    async def guard_write(self, visitor: Visitor, limiter: RateLimiter | None = None) -> None:
+        """Every write: the IP's rate, the endpoint's own rate, then the block list."""
+        if visitor.ip:
+            self._write_limiter.hit(f"{visitor.site.id}:{visitor.ip}")
+        if limiter is not None:
+            limiter.hit(f"{visitor.site.id}:{visitor.session_id}")
+        if await self.is_blocked(visitor):
+            log.info("refused a write from a blocked visitor %s", visitor.log_ref)
+            raise Blocked("You can no longer send messages in this chat.")
+
+    async def _publish_message(self, visitor: Visitor, message: Message) -> None:
+        payload = {"message_id": message.id, "role": message.role}
+        await self.hub.publish(visitor.topic, "message", payload)
+        await self.hub.publish(site_topic(visitor.site.id), "message",
+                               {**payload, "session_id": visitor.session_id})
+
+    # -- a visitor message and its answer ----------------------------------------------------
+    async def start_turn(self, visitor: Visitor, request: TurnRequest) -> Turn:
+        """Store the visitor's message and start (or rejoin) its answer."""
+        await self.guard_write(visitor, self._message_limiter)
+        site = visitor.site
+        message_id = request.message_id or "m_" + secrets.token_urlsafe(12)
+        context = {"lang": request.lang, "page_url": request.page_url,
+                   "page_title": request.page_title, "ip": visitor.ip}
+        conversation = await self.store.ensure_conversation(
+            site.id, visitor.session_id, {k: v for k, v in context.items() if v}
+        )
+        try:
+            message = await self.store.add_message(
+                conversation.id, "visitor", request.text, message_id=message_id
+            )
+        except DuplicateMessageId:
+            return await self._rejoin(visitor, conversation, message_id, request.text)
+        log.info("visitor message %s stored %s mode=%s chars=%d", message.id, visitor.log_ref,
+                 conversation.mode, len(request.text))
+        if conversation.mode == "operator":
+            await self._publish_message(visitor, message)
+            return Turn.finished(self._meta(conversation, message_id, None, "operator"))
+        turn = Turn()
+        # Registered before any await, so a retry racing this request finds it.
+        self._live_turns[(conversation.id, message_id)] = turn
+        turn.producer = asyncio.create_task(
+            self._produce(turn, visitor, conversation, message, request),
+            name=f"answer-{message.id}",
+        )
+        await self._publish_message(visitor, message)
+        return turn
+
+    @staticmethod
+    def _meta(conversation: Conversation, message_id: str, reply: Message | None, mode: str,
+              handoff: bool = False) -> dict[str, Any]:
+        return {
+            "conversation_id": conversation.id,
+            "message_id": message_id,
+            "reply_id": reply.id if reply else None,
+            "mode": mode,
+            "sources": [s.as_dict() for s in reply.sources] if reply else [],
+            "handoff": handoff,
+        }
+
+    async def _rejoin(self, visitor: Visitor, conversation: Conversation, message_id: str,
+                      text: str) -> Turn:
+        existing = await self.store.get_visitor_message(conversation.id, message_id)
+        if existing is None or existing.content != text:
+            raise Conflict("This message_id was already used for a different message.")
+        live = self._live_turns.get((conversation.id, message_id))
+        if live is not None:
+            log.info("retry of %s follows the answer in progress %s", message_id, visitor.log_ref)
+            return live
+        reply = await self.store.get_reply(conversation.id, message_id)
+        log.info("retry of %s replays the stored answer %s", message_id, visitor.log_ref)
+        meta = self._meta(conversation, message_id, reply, conversation.mode, conversation.handoff)
+        return Turn.finished(meta, reply.content if reply else "")
+
+    async def _produce(self, turn: Turn, visitor: Visitor, conversation: Conversation,
+                       message: Message, request: TurnRequest) -> None:
+        site = visitor.site
+        sources: list[Any] = []
+        handoff = False
+        cancelled = False
+        started = time.monotonic()
+        try:
+            history = await self.store.recent_messages(conversation.id, AI_HISTORY_MESSAGES)
+            answer = await self.ai.answer(
+                site, request.text,
+                lang=request.lang or conversation.lang or site.setting("lang", "en"),
+                history=[m for m in history if m.id != message.id],
+                page_url=request.page_url, page_title=request.page_title,
+            )
+            sources, handoff = answer.sources, answer.handoff
+            async for chunk in answer.chunks:
+                if chunk:
+                    turn.append(chunk)
+        except asyncio.CancelledError:
+            cancelled = True
+        except ParleyError as exc:
+            log.warning("answer to %s failed %s: %s", message.id, visitor.log_ref, exc.message)
+            turn.fail(exc)
+        except Exception:  # a bug in a provider must still end the stream and keep the text
+            log.exception("answer to %s crashed %s", message.id, visitor.log_ref)
+            turn.fail(AIUnavailable("The assistant failed to answer; please try again."))
+        status = "interrupted" if cancelled or turn.error else "complete"
+        try:
+            await asyncio.shield(
+                self._finish_turn(turn, visitor, conversation, message, sources, handoff, status)
+            )
+        finally:
+            self._live_turns.pop((conversation.id, message.message_id or ""), None)
+            log.info("answer to %s %s in %.0f ms chunks=%d %s", message.id, status,
+                     (time.monotonic() - started) * 1000, len(turn.chunks), visitor.log_ref)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _finish_turn(self, turn: Turn, visitor: Visitor, conversation: Conversation,
+                           message: Message, sources: list[Any], handoff: bool, status: str) -> None:
+        reply = None
+        try:
+            if turn.text or status == "complete":
+                reply = await self.store.add_message(
+                    conversation.id, "ai", turn.text, reply_to=message.message_id,
+                    sources=sources, status=status,
+                )
+                await self._publish_message(visitor, reply)
+            if handoff:
+                await self.store.update_conversation(conversation.id, {"handoff": True})
+                await self.hub.publish(site_topic(visitor.site.id), "handoff",
+                                       {"session_id": visitor.session_id})
+        except Unavailable as exc:
+            turn.fail(exc)
+        finally:
+            turn.finish(self._meta(conversation, message.message_id or "", reply, "ai", handoff))
+
+    # -- held reads ---------------------------------------------------------------------------
+    async def _hold(self, topic: str, wait: float, fetch: Callable[[], Awaitable[T]],
+                    is_news: Callable[[T], bool]) -> T:
+        """Answer now, or hold up to `wait` seconds until `fetch` finds something new."""
+        if wait <= 0:
+            return await fetch()
+        deadline = time.monotonic() + wait
+        async with self.hub.subscribe(topic) as subscription:
+            while True:
+                result = await fetch()
+                remaining = deadline - time.monotonic()
+                if is_news(result) or remaining <= 0:
+                    return result
+                if not await subscription.wait(remaining):
+                    return result
+                subscription.drain()
+
+    async def history(self, visitor: Visitor, *, after: int | None, limit: int,
+                      wait: float) -> tuple[Conversation | None, list[Message]]:
+        async def fetch() -> tuple[Conversation | None, list[Message]]:
+            conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
+            if conversation is None:
+                return None, []
+            return conversation, await self.store.list_messages(
+                conversation.id, after=after, limit=min(limit, HISTORY_LIMIT_MAX))
+
+        return await self._hold(visitor.topic, wait, fetch, lambda result: bool(result[1]))
+
+    async def operator_messages(self, visitor: Visitor, *, after: int | None,
+                                wait: float) -> tuple[list[Message], str]:
+        async def fetch() -> tuple[list[Message], str]:
+            conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
+            if conversation is None:
+                return [], "ai"
+            messages = await self.store.list_messages(
+                conversation.id, after=after, limit=HISTORY_LIMIT_MAX, roles=("operator",))
+            return messages, conversation.mode
+
+        first_mode: list[str] = []
+
+        def is_news(result: tuple[list[Message], str]) -> bool:
+            if not first_mode:
+                first_mode.append(result[1])
+            return bool(result[0]) or result[1] != first_mode[0]
+
+        return await self._hold(visitor.topic, wait, fetch, is_news)
+
+    async def pending_proactive(self, visitor: Visitor, *, after: int | None,
+                                wait: float) -> list[ProactiveMessage]:
+        if after:
+            await self.store.ack_proactive(visitor.site.id, visitor.session_id, after)
+
+        async def fetch() -> list[ProactiveMessage]:
+            return await self.store.pending_proactive(visitor.site.id, visitor.session_id)
+
+        return await self._hold(visitor.topic, wait, fetch, bool)
+
+    # -- contact, rating ----------------------------------------------------------------------
+    async def save_contact(self, visitor: Visitor, *, email: str | None = None,
+                           phone: str | None = None, name: str | None = None) -> None:
+        await self.guard_write(visitor)
+        conversation = await self.store.ensure_conversation(visitor.site.id, visitor.session_id, {})
+        changes = {k: v for k, v in (("email", email), ("phone", phone), ("contact_name", name)) if v}
+        await self.store.update_conversation(conversation.id, changes)
+        log.info("contact saved %s fields=%s", visitor.log_ref, ",".join(sorted(changes)))
+        await self.hub.publish(site_topic(visitor.site.id), "contact",
+                               {"session_id": visitor.session_id})
+
+    async def _existing_conversation(self, visitor: Visitor) -> Conversation:
+        conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
+        if conversation is None:
+            raise UnknownConversation("This session has no conversation to rate yet.")
+        return conversation
+
+    async def rate(self, visitor: Visitor, score: int) -> None:
+        await self.guard_write(visitor)
+        conversation = await self._existing_conversation(visitor)
+        await self.store.update_conversation(conversation.id, {"rating": score})
+        log.info("rated %d %s", score, visitor.log_ref)
+        await self.hub.publish(site_topic(visitor.site.id), "rating",
+                               {"session_id": visitor.session_id, "score": score})
+
+    async def comment(self, visitor: Visitor, comment: str) -> None:
+        await self.guard_write(visitor)
+        conversation = await self._existing_conversation(visitor)
+        if conversation.rating is None:
+            raise Conflict("Rate the conversation before adding a comment.")
+        await self.store.update_conversation(conversation.id, {"rating_comment": comment})
+        await self.hub.publish(site_topic(visitor.site.id), "rating",
+                               {"session_id": visitor.session_id})
+
+    # -- images -------------------------------------------------------------------------------
+    def upload_limit(self, site: Site) -> int:
+        return int(site.setting("upload_max_bytes", 5 * 1024 * 1024))
+
+    async def upload_image(self, visitor: Visitor, data: bytes) -> Message:
+        await self.guard_write(visitor, self._upload_limiter)
+        limit = self.upload_limit(visitor.site)
+        if len(data) > limit:
+            raise TooLarge(f"Images can be at most {limit // (1024 * 1024)} MB.")
+        image = await asyncio.to_thread(clean_image, data, max_pixels=MAX_PIXELS)
+        key = await self.blobs.put(image.data, image.extension, image.content_type)
+        conversation = await self.store.ensure_conversation(visitor.site.id, visitor.session_id, {})
+        message = await self.store.add_message(conversation.id, "visitor", "", image_key=key)
+        log.info("image %s stored (%dx%d, %d bytes) %s", key, image.width, image.height,
+                 len(image.data), visitor.log_ref)
+        await self._publish_message(visitor, message)
+        return message
+
+    def image_url(self, message: Message, base_url: str) -> str | None:
+        return self.blobs.url_for(message.image_key, base_url) if message.image_key else None
+
+    async def shutdown(self) -> None:
+        """Stop answers in progress; each stores its partial text before it ends."""
+        tasks = [t.producer for t in self._live_turns.values() if t.producer is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)

@@ -1,0 +1,258 @@
+"""`python -m server`: serve (the default), and manage sites, knowledge, operators and blocks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from server.app import Services, build_services
+from server.config import Config, add_config_arguments, load_config
+from server.demo import document_title
+from server.errors import ParleyError
+from server.validation import SESSION_ID_RE
+
+Command = Callable[[Services, argparse.Namespace], Awaitable[int]]
+
+
+def _session(value: str) -> str:
+    if not SESSION_ID_RE.match(value):
+        raise argparse.ArgumentTypeError("a session id looks like sess_ followed by 16 to 64 of A-Z a-z 0-9 _ -")
+    return value
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+# -- sites ----------------------------------------------------------------------------------------
+def _site_json(site: Any) -> dict[str, Any]:
+    return {"id": site.id, "site_key": site.site_key, "name": site.name,
+            "allowed_origins": site.allowed_origins, "created_at": site.created_at}
+
+
+async def site_create(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.create(args.name, args.origin)
+    if args.json:
+        _print_json(_site_json(site))
+    else:
+        print(f"Created site {site.name!r}\nsite_key: {site.site_key}")
+        print(f'Embed: <script src="{{server}}/widget/widget.js" data-site-key="{site.site_key}" async></script>')
+    return 0
+
+
+async def site_list(services: Services, args: argparse.Namespace) -> int:
+    sites = await services.sites.list()
+    if args.json:
+        _print_json([_site_json(s) for s in sites])
+    else:
+        for site in sites:
+            origins = ", ".join(site.allowed_origins) or "any origin"
+            print(f"{site.site_key}  {site.name}  ({origins})")
+        if not sites:
+            print("No sites yet. Create one with: python -m server site create --name NAME")
+    return 0
+
+
+# -- knowledge ------------------------------------------------------------------------------------
+MAX_DOCUMENT_BYTES = 5 * 1024 * 1024
+
+
+async def kb_add(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    for file in args.files:
+        path = Path(file)
+        if path.stat().st_size > MAX_DOCUMENT_BYTES:
+            print(f"skipped {path}: larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB", file=sys.stderr)
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        document = await services.store.add_document(site.id, document_title(path, text), args.url, text)
+        print(f"added document {document.id}: {document.title} ({len(text)} characters)")
+    return 0
+
+
+async def kb_list(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    documents = await services.store.list_documents(site.id)
+    if args.json:
+        _print_json([{"id": d.id, "title": d.title, "url": d.url, "characters": len(d.content),
+                      "updated_at": d.updated_at} for d in documents])
+    else:
+        for document in documents:
+            print(f"{document.id:>5}  {document.title}  ({len(document.content)} characters)")
+    return 0
+
+
+async def kb_remove(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    if not await services.store.remove_document(site.id, args.id):
+        print(f"no document {args.id} on this site", file=sys.stderr)
+        return 1
+    print(f"removed document {args.id}")
+    return 0
+
+
+# -- operators ------------------------------------------------------------------------------------
+async def operator_say(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    message = await services.operators.say(site, args.session, " ".join(args.text),
+                                           operator_name=args.name)
+    print(f"sent message {message.id}")
+    return 0
+
+
+def _set_mode(mode: str) -> Command:
+    async def run(services: Services, args: argparse.Namespace) -> int:
+        site = await services.sites.get(args.site)
+        await services.operators.set_mode(site, args.session, mode)
+        print(f"conversation is now in {mode} mode")
+        return 0
+
+    return run
+
+
+async def proactive_send(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    message = await services.operators.send_proactive(site, args.session, " ".join(args.text))
+    print(f"queued proactive message {message.id}")
+    return 0
+
+
+def _block_target(args: argparse.Namespace) -> tuple[str, str]:
+    for kind in ("session", "ip", "email"):
+        value = getattr(args, kind)
+        if value:
+            return kind, value
+    raise ParleyError("Say what to block: --session, --ip or --email.")
+
+
+async def block(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    kind, value = _block_target(args)
+    await services.operators.block(site, kind, value, minutes=args.minutes, reason=args.reason,
+                                   session_id=args.session)
+    print(f"blocked {kind} {value}" + (f" for {args.minutes:g} minutes" if args.minutes else ""))
+    return 0
+
+
+async def unblock(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    kind, value = _block_target(args)
+    removed = await services.operators.unblock(site, kind, value, session_id=args.session)
+    print(f"removed {removed} block(s)")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Parley: a self-hosted AI live chat for websites. With no command, serves.",
+    )
+    add_config_arguments(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(parent: Any, name: str, help_text: str, run: Command | None = None) -> argparse.ArgumentParser:
+        sub = parent.add_parser(name, help=help_text, description=help_text)
+        add_config_arguments(sub, ("data_dir", "log_level"))
+        if run is not None:
+            sub.set_defaults(run=run)
+        return sub
+
+    serve = commands.add_parser("serve", help="serve the widget API, widget and demo page (the default)")
+    add_config_arguments(serve)
+
+    site = commands.add_parser("site", help="create and list sites").add_subparsers(
+        dest="site_command", metavar="ACTION", required=True)
+    create = command(site, "create", "create a site and print its site_key", site_create)
+    create.add_argument("--name", required=True, help="a name for operators, e.g. the shop's name")
+    create.add_argument("--origin", action="append", default=[], metavar="URL",
+                        help="an origin allowed to embed the widget (repeat; none means any)")
+    create.add_argument("--json", action="store_true", help="print one JSON object")
+    listing = command(site, "list", "list sites", site_list)
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+
+    kb = commands.add_parser("kb", help="manage a site's knowledge documents").add_subparsers(
+        dest="kb_command", metavar="ACTION", required=True)
+    add = command(kb, "add", "add text or Markdown files to a site's knowledge", kb_add)
+    add.add_argument("--site", required=True, metavar="SITE_KEY")
+    add.add_argument("--url", help="the public page these files come from, shown as the source")
+    add.add_argument("files", nargs="+", metavar="FILE")
+    kb_listing = command(kb, "list", "list a site's knowledge documents", kb_list)
+    kb_listing.add_argument("--site", required=True, metavar="SITE_KEY")
+    kb_listing.add_argument("--json", action="store_true", help="print a JSON array")
+    remove = command(kb, "remove", "remove one knowledge document", kb_remove)
+    remove.add_argument("--site", required=True, metavar="SITE_KEY")
+    remove.add_argument("id", type=int, help="the document id from 'kb list'")
+
+    def conversation_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--site", required=True, metavar="SITE_KEY")
+        sub.add_argument("--session", required=True, type=_session, metavar="SESSION_ID")
+
+    operator = commands.add_parser("operator", help="act as an operator on a conversation").add_subparsers(
+        dest="operator_command", metavar="ACTION", required=True)
+    say = command(operator, "say", "send an operator message to a visitor", operator_say)
+    conversation_args(say)
+    say.add_argument("--name", default="Operator", help="the name the visitor sees (default Operator)")
+    say.add_argument("text", nargs="+")
+    for mode, verb, help_text in (("operator", "takeover", "take the conversation over from the AI"),
+                                  ("ai", "release", "hand the conversation back to the AI")):
+        conversation_args(command(operator, verb, help_text, _set_mode(mode)))
+
+    proactive = commands.add_parser("proactive", help="nudge a visitor").add_subparsers(
+        dest="proactive_command", metavar="ACTION", required=True)
+    send = command(proactive, "send", "queue a proactive message for a visitor", proactive_send)
+    conversation_args(send)
+    send.add_argument("text", nargs="+")
+
+    for name, run, help_text in (("block", block, "block a visitor by session, IP or email"),
+                                 ("unblock", unblock, "lift blocks on a session, IP or email")):
+        sub = command(commands, name, help_text, run)
+        sub.add_argument("--site", required=True, metavar="SITE_KEY")
+        target = sub.add_mutually_exclusive_group(required=True)
+        target.add_argument("--session", type=_session, metavar="SESSION_ID")
+        target.add_argument("--ip", metavar="ADDRESS")
+        target.add_argument("--email", metavar="EMAIL")
+        if name == "block":
+            sub.add_argument("--minutes", type=float, help="lift the block after this long (default never)")
+            sub.add_argument("--reason", help="a note for other operators")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _run_command(config: Config, run: Command, args: argparse.Namespace) -> int:
+    services = await build_services(config)
+    try:
+        return await run(services, args)
+    finally:
+        await services.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = load_config(vars(args))
+    setup_logging(config.log_level)
+    if getattr(args, "run", None) is None:
+        from server.serve import serve
+
+        asyncio.run(serve(config))
+        return 0
+    try:
+        return asyncio.run(_run_command(config, args.run, args))
+    except ParleyError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

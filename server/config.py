@@ -1,0 +1,92 @@
+"""Configuration: command-line flags beat PARLEY_* environment variables, which beat defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    public_url: str | None = None
+    behind_proxy: bool = False
+    reuse_port: bool = False
+    backlog: int = 8192
+    sse_keepalive: float = 15.0
+    offline_chunk_delay: float = 0.02
+    event_poll_interval: float = 0.1
+    demo: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "parley.sqlite3"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+
+# Each option: (flag, type, help). The environment variable is PARLEY_ + the upper-cased name.
+OPTIONS: dict[str, tuple[type, str]] = {
+    "host": (str, "address to listen on (default 127.0.0.1)"),
+    "port": (int, "port to listen on (default 8080)"),
+    "data_dir": (Path, "directory for the SQLite database and uploads (default ./data)"),
+    "public_url": (str, "absolute base URL of this server as browsers see it, e.g. "
+                        "https://chat.example.com (default: taken from each request)"),
+    "behind_proxy": (bool, "trust X-Forwarded-For / X-Real-Ip from a reverse proxy"),
+    "reuse_port": (bool, "let several processes listen on one port (SO_REUSEPORT)"),
+    "backlog": (int, "listen backlog; thousands of widgets may reconnect at once (default 8192)"),
+    "sse_keepalive": (float, "seconds between ': keepalive' comments on a quiet stream (default 15)"),
+    "offline_chunk_delay": (float, "pause between chunks of the offline answerer, seconds (default 0.02)"),
+    "event_poll_interval": (float, "how often to read other processes' events while someone waits "
+                                   "(default 0.1 s)"),
+    "demo": (bool, "create the demo site and its knowledge base on start if missing"),
+    "log_level": (str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+}
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+def env_name(option: str) -> str:
+    return "PARLEY_" + option.upper()
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """Flags for `names` (all by default); unset flags stay absent so the environment can apply."""
+    for name in names or tuple(OPTIONS):
+        kind, help_text = OPTIONS[name]
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{help_text} [env {env_name(name)}]"
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
+                                metavar=name.upper(), help=help_text)
+
+
+def load_config(args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    args = args or {}
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in fields(Config):
+        name = field.name
+        if name in args:
+            values[name] = args[name]
+            continue
+        raw = environ.get(env_name(name))
+        if raw is None or raw == "":
+            continue
+        kind = OPTIONS[name][0]
+        try:
+            values[name] = raw.strip().lower() in TRUE_WORDS if kind is bool else kind(raw)
+        except ValueError:
+            raise SystemExit(f"{env_name(name)}={raw!r} is not a valid {kind.__name__}") from None
+    return Config(**values)

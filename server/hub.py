@@ -1,0 +1,151 @@
+"""In-process publish/subscribe keyed by topic, plus the bridge that hears other processes.
+
+A held request subscribes *before* it reads the store, then waits on its subscription; a write
+publishes *after* it is stored. Whatever order the two race in, the waiter either saw the row in
+its read or is woken by the event. Events carry small payloads, never the source of truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from server.store.base import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION_BUFFER = 256
+
+
+def session_topic(site_id: int, session_id: str) -> str:
+    return f"session:{site_id}:{session_id}"
+
+
+def site_topic(site_id: int) -> str:
+    return f"site:{site_id}"
+
+
+class Subscription:
+    """One listener's view of a topic: a bounded buffer of events and a wake-up flag."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=SUBSCRIPTION_BUFFER)
+        self._ready = asyncio.Event()
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        self._events.append(event)
+        self._ready.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when something was published since the last drain; False on timeout."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout=max(timeout, 0))
+        except TimeoutError:
+            return False
+        return True
+
+    def drain(self) -> list[dict[str, Any]]:
+        events = list(self._events)
+        self._events.clear()
+        self._ready.clear()
+        return events
+
+
+class Hub:
+    def __init__(self, store: Store, *, origin: str | None = None) -> None:
+        self.store = store
+        self.origin = origin or uuid.uuid4().hex
+        self._subscribers: dict[str, set[Subscription]] = collections.defaultdict(set)
+        self.bridge: EventBridge | None = None
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(subs) for subs in self._subscribers.values())
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription(topic)
+        self._subscribers[topic].add(subscription)
+        try:
+            if self.bridge is not None:
+                await self.bridge.ensure_running()
+            yield subscription
+        finally:
+            subscribers = self._subscribers.get(topic)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscribers[topic]
+
+    def deliver_local(self, topic: str, event: dict[str, Any]) -> int:
+        """Wake this process's subscribers of `topic`; returns how many were woken."""
+        subscribers = self._subscribers.get(topic, ())
+        for subscription in subscribers:
+            subscription.deliver(event)
+        return len(subscribers)
+
+    async def publish(self, topic: str, kind: str, payload: dict[str, Any] | None = None) -> None:
+        """Tell every process: recorded in the store's events feed, delivered here at once."""
+        event = {"kind": kind, **(payload or {})}
+        self.deliver_local(topic, event)
+        try:
+            await self.store.record_event(topic, kind, payload or {}, self.origin)
+        except StoreUnavailable:
+            # The write itself is stored; other processes' waiters will see it on their next read.
+            log.warning("could not record %s event for other processes", kind)
+
+
+class EventBridge:
+    """Tails the store's events feed for writes made by other processes (CLI, other servers).
+
+    It polls at most every `interval` seconds and only while this process has subscribers, so an
+    idle server costs nothing.
+    """
+
+    def __init__(self, hub: Hub, *, interval: float = 0.1, batch: int = 500) -> None:
+        self.hub = hub
+        self.interval = interval
+        self.batch = batch
+        self._cursor = 0
+        self._task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Lock = asyncio.Lock()
+        hub.bridge = self
+
+    async def ensure_running(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        async with self._starting:
+            if self._task is not None and not self._task.done():
+                return
+            # Read the cursor before the subscriber reads the store, so nothing falls between.
+            self._cursor = await self.hub.store.latest_event_id()
+            self._task = asyncio.create_task(self._tail(), name="event-bridge")
+
+    async def _tail(self) -> None:
+        store = self.hub.store
+        while self.hub.subscriber_count:
+            started = time.monotonic()
+            try:
+                events = await store.events_since(
+                    self._cursor, exclude_origin=self.hub.origin, limit=self.batch
+                )
+            except StoreUnavailable:
+                events = []
+            for event in events:
+                self._cursor = event.id
+                self.hub.deliver_local(event.topic, {"kind": event.kind, **event.payload})
+            if len(events) < self.batch:
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

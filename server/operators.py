@@ -1,0 +1,80 @@
+"""What operators do to a conversation. The CLI uses it now; the dashboard will use the same calls."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from server.errors import InvalidRequest
+from server.hub import Hub, session_topic, site_topic
+from server.store.base import Store
+from server.store.models import Message, ProactiveMessage, Site
+
+log = logging.getLogger(__name__)
+
+BLOCK_KINDS = ("session", "ip", "email")
+
+
+class OperatorService:
+    def __init__(self, store: Store, hub: Hub) -> None:
+        self.store = store
+        self.hub = hub
+
+    async def _notify(self, site: Site, session_id: str, kind: str, payload: dict) -> None:
+        await self.hub.publish(session_topic(site.id, session_id), kind, payload)
+        await self.hub.publish(site_topic(site.id), kind, {**payload, "session_id": session_id})
+
+    async def say(self, site: Site, session_id: str, text: str, *, operator_name: str) -> Message:
+        text = text.strip()
+        if not text or len(text) > 4000:
+            raise InvalidRequest("An operator message is 1 to 4000 characters.")
+        conversation = await self.store.ensure_conversation(site.id, session_id, {})
+        message = await self.store.add_message(
+            conversation.id, "operator", text, operator_name=operator_name
+        )
+        log.info("operator %s wrote message %s to site=%s", operator_name, message.id, site.id)
+        await self._notify(site, session_id, "message", {"message_id": message.id, "role": "operator"})
+        return message
+
+    async def set_mode(self, site: Site, session_id: str, mode: str) -> None:
+        if mode not in ("ai", "operator"):
+            raise InvalidRequest("The mode is 'ai' or 'operator'.")
+        conversation = await self.store.ensure_conversation(site.id, session_id, {})
+        changes: dict[str, object] = {"mode": mode}
+        if mode == "operator":
+            changes["handoff"] = False  # someone has picked it up
+        await self.store.update_conversation(conversation.id, changes)
+        log.info("conversation %s of site=%s now in %s mode", conversation.id, site.id, mode)
+        await self._notify(site, session_id, "mode", {"mode": mode})
+
+    async def block(self, site: Site, kind: str, value: str, *, minutes: float | None = None,
+                    reason: str | None = None, session_id: str | None = None) -> None:
+        if kind not in BLOCK_KINDS:
+            raise InvalidRequest(f"A block matches one of: {', '.join(BLOCK_KINDS)}.")
+        if minutes is not None and minutes <= 0:
+            raise InvalidRequest("A block lasts a positive number of minutes.")
+        expires_at = time.time() + minutes * 60 if minutes else None
+        await self.store.add_block(site.id, kind, value.lower() if kind == "email" else value,
+                                   expires_at, reason)
+        log.info("blocked %s on site=%s for %s", kind, site.id,
+                 f"{minutes:g} min" if minutes else "good")
+        if session_id:
+            await self._notify(site, session_id, "block", {"blocked": True})
+
+    async def unblock(self, site: Site, kind: str, value: str, *,
+                      session_id: str | None = None) -> int:
+        removed = await self.store.remove_blocks(site.id, kind, value.lower() if kind == "email" else value)
+        log.info("removed %d %s block(s) on site=%s", removed, kind, site.id)
+        if session_id:
+            await self._notify(site, session_id, "block", {"blocked": False})
+        return removed
+
+    async def send_proactive(self, site: Site, session_id: str, text: str, *,
+                             sender: str = "operator") -> ProactiveMessage:
+        text = text.strip()
+        if not text or len(text) > 1000:
+            raise InvalidRequest("A proactive message is 1 to 1000 characters.")
+        message = await self.store.add_proactive(site.id, session_id, text, sender)
+        log.info("proactive message %s queued for site=%s", message.id, site.id)
+        await self._notify(site, session_id, "proactive", {"proactive_id": message.id})
+        return message

@@ -1,0 +1,81 @@
+"""Running the server: sockets with a deep backlog, graceful shutdown, periodic housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import tornado.httpserver
+import tornado.netutil
+from tornado.ioloop import PeriodicCallback
+
+from handlers.upload import UPLOAD_BODY_LIMIT
+from server.app import Services, build_services, make_app
+from server.config import Config
+from server.demo import ensure_demo_site
+
+log = logging.getLogger(__name__)
+
+EVENT_RETENTION_SECONDS = 600
+SHUTDOWN_GRACE_SECONDS = 5
+
+
+def start_http_server(services: Services) -> tuple[tornado.httpserver.HTTPServer, int]:
+    """Listen and return the server and its port (useful when the port asked for is 0)."""
+    config = services.config
+    server = tornado.httpserver.HTTPServer(
+        make_app(services),
+        xheaders=config.behind_proxy,
+        max_body_size=UPLOAD_BODY_LIMIT + 1,
+        max_header_size=64 * 1024,
+        body_timeout=60,
+        idle_connection_timeout=120,
+    )
+    # A deep backlog: thousands of widgets reconnect at once after a deploy or a network blip.
+    sockets = tornado.netutil.bind_sockets(
+        config.port, config.host, backlog=config.backlog, reuse_port=config.reuse_port
+    )
+    server.add_sockets(sockets)
+    return server, sockets[0].getsockname()[1]
+
+
+def _browser_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+async def serve(config: Config) -> None:
+    services = await build_services(config)
+    demo = None
+    if config.demo:
+        demo, created = await ensure_demo_site(services.sites, services.store)
+        if created:
+            log.info("created the demo site %s", demo.site_key)
+    server, port = start_http_server(services)
+    base = f"http://{_browser_host(config.host)}:{port}"
+    lines = [f"Parley is serving on {base}  (data in {config.data_dir.resolve()})"]
+    if demo is not None:
+        lines += [f"  Demo page:     {base}/demo", f"  Demo site key: {demo.site_key}"]
+    lines += [f"  Health:        {base}/healthz  (ready: {base}/readyz)", "Stop with Ctrl-C."]
+    print("\n".join(lines), flush=True)
+
+    async def prune() -> None:
+        await services.store.prune_events(time.time() - EVENT_RETENTION_SECONDS)
+
+    housekeeping = PeriodicCallback(prune, 60_000)
+    housekeeping.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    housekeeping.stop()
+    server.stop()
+    await services.chat.shutdown()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
+    except TimeoutError:
+        log.warning("some connections did not close within %d s", SHUTDOWN_GRACE_SECONDS)
+    await services.close()

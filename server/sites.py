@@ -1,0 +1,78 @@
+"""Sites: creating them, finding them by key, and deciding which origins may embed them."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from server.errors import InvalidRequest, OriginNotAllowed, UnknownSite
+from server.store.base import Store
+from server.store.models import Site
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "title": "Chat with us",
+    "greeting": "Hi! Ask me anything about our shop.",
+    "color": "#1f6feb",
+    "position": "right",
+    "lang": "en",
+    "upload_max_bytes": 5 * 1024 * 1024,
+    "handoff_when_unsure": False,
+}
+
+
+def new_site_key() -> str:
+    return "sk_" + secrets.token_urlsafe(24)
+
+
+def normalise_origin(raw: str) -> str:
+    """`https://Shop.example.com/path` -> `https://shop.example.com`; anything else is refused."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"'{raw}' is not an http(s) origin such as https://shop.example.com.")
+    host = parts.hostname.lower()
+    default_port = {"http": 80, "https": 443}[parts.scheme]
+    port = f":{parts.port}" if parts.port and parts.port != default_port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+class SiteService:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def create(self, name: str, origins: list[str] | None = None,
+                     settings: dict[str, Any] | None = None) -> Site:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise InvalidRequest("A site name is 1 to 200 characters.")
+        allowed = [normalise_origin(o) for o in (origins or [])]
+        return await self.store.create_site(
+            new_site_key(), name, allowed, {**DEFAULT_SETTINGS, **(settings or {})}
+        )
+
+    async def list(self) -> list[Site]:
+        return await self.store.list_sites()
+
+    async def get(self, site_key: str) -> Site:
+        site = await self.store.get_site_by_key(site_key)
+        if site is None or not site.enabled:
+            raise UnknownSite("No site has this site_key.")
+        return site
+
+    @staticmethod
+    def origin_allowed(site: Site, origin: str | None) -> bool:
+        """A site with no origin list may be embedded anywhere; otherwise the origin must be listed."""
+        if not site.allowed_origins:
+            return True
+        if not origin:
+            return False
+        try:
+            return normalise_origin(origin) in site.allowed_origins
+        except InvalidRequest:
+            return False
+
+    async def resolve(self, site_key: str, origin: str | None) -> Site:
+        site = await self.get(site_key)
+        if not self.origin_allowed(site, origin):
+            raise OriginNotAllowed("This site does not allow chat from this origin.")
+        return site

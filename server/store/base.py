@@ -1,0 +1,163 @@
+"""The storage interface. Services talk only to this; SQLite and MongoDB implement it."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Iterable
+
+from server.errors import Unavailable
+from server.store.models import (
+    Conversation,
+    Event,
+    KnowledgeDocument,
+    Message,
+    ProactiveMessage,
+    Site,
+    Source,
+)
+
+
+class StoreUnavailable(Unavailable):
+    """The database cannot be reached or refused the operation; nothing was half-written."""
+
+
+class DuplicateMessageId(Exception):
+    """A visitor message with this message_id already exists in the conversation."""
+
+
+class Store(abc.ABC):
+    """Every method is a coroutine and either completes its write or raises StoreUnavailable."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable when the database cannot answer."""
+
+    # Sites
+    @abc.abstractmethod
+    async def create_site(
+        self, site_key: str, name: str, allowed_origins: list[str], settings: dict[str, Any]
+    ) -> Site: ...
+
+    @abc.abstractmethod
+    async def get_site_by_key(self, site_key: str) -> Site | None: ...
+
+    @abc.abstractmethod
+    async def list_sites(self, limit: int = 1000) -> list[Site]: ...
+
+    @abc.abstractmethod
+    async def update_site_settings(self, site_id: int, settings: dict[str, Any]) -> Site: ...
+
+    # Conversations (one per visitor session)
+    @abc.abstractmethod
+    async def get_conversation(self, site_id: int, session_id: str) -> Conversation | None: ...
+
+    @abc.abstractmethod
+    async def ensure_conversation(
+        self, site_id: int, session_id: str, context: dict[str, Any]
+    ) -> Conversation:
+        """Return the session's conversation, creating it (mode 'ai') with `context` if missing."""
+
+    @abc.abstractmethod
+    async def update_conversation(self, conversation_id: int, changes: dict[str, Any]) -> None: ...
+
+    # Messages
+    @abc.abstractmethod
+    async def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        *,
+        message_id: str | None = None,
+        reply_to: str | None = None,
+        image_key: str | None = None,
+        operator_name: str | None = None,
+        sources: Iterable[Source] = (),
+        status: str = "complete",
+    ) -> Message:
+        """Raise DuplicateMessageId when a visitor message_id is reused in the conversation."""
+
+    @abc.abstractmethod
+    async def get_visitor_message(self, conversation_id: int, message_id: str) -> Message | None: ...
+
+    @abc.abstractmethod
+    async def get_reply(self, conversation_id: int, message_id: str) -> Message | None:
+        """The AI answer to the visitor message with this message_id, if stored."""
+
+    @abc.abstractmethod
+    async def list_messages(
+        self,
+        conversation_id: int,
+        *,
+        after: int | None = None,
+        limit: int = 50,
+        roles: tuple[str, ...] | None = None,
+    ) -> list[Message]:
+        """Oldest first, ids greater than `after`."""
+
+    @abc.abstractmethod
+    async def recent_messages(self, conversation_id: int, limit: int) -> list[Message]:
+        """The newest `limit` messages, oldest first."""
+
+    # Blocks
+    @abc.abstractmethod
+    async def add_block(
+        self, site_id: int, kind: str, value: str, expires_at: float | None, reason: str | None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def remove_blocks(self, site_id: int, kind: str, value: str) -> int: ...
+
+    @abc.abstractmethod
+    async def is_blocked(
+        self, site_id: int, *, session_id: str, ip: str | None, email: str | None, now: float
+    ) -> bool: ...
+
+    # Proactive messages
+    @abc.abstractmethod
+    async def add_proactive(
+        self, site_id: int, session_id: str, content: str, sender: str
+    ) -> ProactiveMessage: ...
+
+    @abc.abstractmethod
+    async def pending_proactive(
+        self, site_id: int, session_id: str, limit: int = 50
+    ) -> list[ProactiveMessage]: ...
+
+    @abc.abstractmethod
+    async def ack_proactive(self, site_id: int, session_id: str, through_id: int) -> None: ...
+
+    # Knowledge
+    @abc.abstractmethod
+    async def add_document(
+        self, site_id: int, title: str, url: str | None, content: str
+    ) -> KnowledgeDocument: ...
+
+    @abc.abstractmethod
+    async def list_documents(self, site_id: int, limit: int = 10_000) -> list[KnowledgeDocument]: ...
+
+    @abc.abstractmethod
+    async def remove_document(self, site_id: int, document_id: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def knowledge_version(self, site_id: int) -> str:
+        """Changes whenever the site's documents change; the index cache keys on it."""
+
+    # Events feed: how processes hear each other's writes
+    @abc.abstractmethod
+    async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int: ...
+
+    @abc.abstractmethod
+    async def latest_event_id(self) -> int: ...
+
+    @abc.abstractmethod
+    async def events_since(self, after: int, *, exclude_origin: str, limit: int) -> list[Event]: ...
+
+    @abc.abstractmethod
+    async def prune_events(self, older_than: float) -> int: ...

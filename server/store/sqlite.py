@@ -1,0 +1,532 @@
+"""The embedded default store: one SQLite file in WAL mode, reached through one worker thread.
+
+All statements run on a single thread that owns the connection, so the event loop never blocks on
+disk or on another process's write lock, and each public method is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+from server.store.base import DuplicateMessageId, Store, StoreUnavailable
+from server.store.models import (
+    CONVERSATION_UPDATABLE,
+    Conversation,
+    Event,
+    KnowledgeDocument,
+    Message,
+    ProactiveMessage,
+    Site,
+    Source,
+    utc_now_iso,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    site_key TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    allowed_origins TEXT NOT NULL DEFAULT '[]',
+    settings TEXT NOT NULL DEFAULT '{}',
+    enabled INTEGER NOT NULL DEFAULT 1,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    site_id INTEGER NOT NULL REFERENCES sites(id),
+    session_id TEXT NOT NULL,
+    mode TEXT NOT NULL DEFAULT 'ai',
+    email TEXT, phone TEXT, contact_name TEXT,
+    rating INTEGER, rating_comment TEXT,
+    handoff INTEGER NOT NULL DEFAULT 0,
+    lang TEXT, page_url TEXT, page_title TEXT, ip TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (site_id, session_id)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    message_id TEXT,
+    reply_to TEXT,
+    image_key TEXT,
+    operator_name TEXT,
+    sources TEXT NOT NULL DEFAULT '[]',
+    status TEXT NOT NULL DEFAULT 'complete',
+    created_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_visitor_id
+    ON messages (conversation_id, message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_reply ON messages (conversation_id, reply_to)
+    WHERE reply_to IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation_id, id);
+CREATE TABLE IF NOT EXISTS blocks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    site_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    expires_at REAL,
+    reason TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS blocks_lookup ON blocks (site_id, kind, value);
+CREATE TABLE IF NOT EXISTS proactive_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    site_id INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS proactive_pending ON proactive_messages (site_id, session_id, acked, id);
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    site_id INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    url TEXT,
+    content TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_site ON documents (site_id);
+CREATE TABLE IF NOT EXISTS knowledge_versions (
+    site_id INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+def _site(row: sqlite3.Row) -> Site:
+    return Site(
+        id=row["id"],
+        site_key=row["site_key"],
+        name=row["name"],
+        allowed_origins=json.loads(row["allowed_origins"]),
+        settings=json.loads(row["settings"]),
+        enabled=bool(row["enabled"]),
+        created_at=row["created_at"],
+    )
+
+
+def _conversation(row: sqlite3.Row) -> Conversation:
+    data = dict(row)
+    data["handoff"] = bool(data["handoff"])
+    return Conversation(**data)
+
+
+def _message(row: sqlite3.Row) -> Message:
+    data = dict(row)
+    data["sources"] = [Source(**s) for s in json.loads(data["sources"])]
+    return Message(**data)
+
+
+def _proactive(row: sqlite3.Row) -> ProactiveMessage:
+    data = dict(row)
+    del data["acked"]
+    return ProactiveMessage(**data)
+
+
+def _document(row: sqlite3.Row) -> KnowledgeDocument:
+    return KnowledgeDocument(**dict(row))
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+
+    # -- plumbing -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        await self._run(self._connect)
+
+    def _connect(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreUnavailable("The store is not open.")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except sqlite3.IntegrityError:
+            raise
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+            log.error("sqlite error: %s", exc)
+            raise StoreUnavailable("The database is unavailable; please try again.") from exc
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one immediate transaction (taking the write lock up front avoids deadlocks)."""
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    def _one(self, sql: str, *params: Any) -> sqlite3.Row | None:
+        assert self._db is not None
+        return self._db.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        assert self._db is not None
+        return self._db.execute(sql, params).fetchall()
+
+    async def ping(self) -> None:
+        await self._run(self._one, "SELECT 1")
+
+    # -- sites --------------------------------------------------------------------------------
+    async def create_site(
+        self, site_key: str, name: str, allowed_origins: list[str], settings: dict[str, Any]
+    ) -> Site:
+        def insert(db: sqlite3.Connection) -> sqlite3.Row:
+            cur = db.execute(
+                "INSERT INTO sites (site_key, name, allowed_origins, settings, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (site_key, name, json.dumps(allowed_origins), json.dumps(settings), utc_now_iso()),
+            )
+            return db.execute("SELECT * FROM sites WHERE id = ?", (cur.lastrowid,)).fetchone()
+
+        return _site(await self._run(self._tx, insert))
+
+    async def get_site_by_key(self, site_key: str) -> Site | None:
+        row = await self._run(self._one, "SELECT * FROM sites WHERE site_key = ?", site_key)
+        return _site(row) if row else None
+
+    async def list_sites(self, limit: int = 1000) -> list[Site]:
+        rows = await self._run(self._all, "SELECT * FROM sites ORDER BY id LIMIT ?", limit)
+        return [_site(r) for r in rows]
+
+    async def update_site_settings(self, site_id: int, settings: dict[str, Any]) -> Site:
+        def update(db: sqlite3.Connection) -> sqlite3.Row:
+            db.execute("UPDATE sites SET settings = ? WHERE id = ?", (json.dumps(settings), site_id))
+            return db.execute("SELECT * FROM sites WHERE id = ?", (site_id,)).fetchone()
+
+        return _site(await self._run(self._tx, update))
+
+    # -- conversations ------------------------------------------------------------------------
+    async def get_conversation(self, site_id: int, session_id: str) -> Conversation | None:
+        row = await self._run(
+            self._one,
+            "SELECT * FROM conversations WHERE site_id = ? AND session_id = ?",
+            site_id,
+            session_id,
+        )
+        return _conversation(row) if row else None
+
+    async def ensure_conversation(
+        self, site_id: int, session_id: str, context: dict[str, Any]
+    ) -> Conversation:
+        fields = {k: v for k, v in context.items() if k in ("lang", "page_url", "page_title", "ip")}
+
+        def upsert(db: sqlite3.Connection) -> sqlite3.Row:
+            now = utc_now_iso()
+            columns = ["site_id", "session_id", "created_at", "updated_at", *fields]
+            db.execute(
+                f"INSERT INTO conversations ({', '.join(columns)})"
+                f" VALUES ({', '.join('?' * len(columns))})"
+                " ON CONFLICT (site_id, session_id) DO NOTHING",
+                (site_id, session_id, now, now, *fields.values()),
+            )
+            return db.execute(
+                "SELECT * FROM conversations WHERE site_id = ? AND session_id = ?",
+                (site_id, session_id),
+            ).fetchone()
+
+        return _conversation(await self._run(self._tx, upsert))
+
+    async def update_conversation(self, conversation_id: int, changes: dict[str, Any]) -> None:
+        unknown = set(changes) - CONVERSATION_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if not changes:
+            return
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"UPDATE conversations SET {assignments}, updated_at = ? WHERE id = ?",
+                (*changes.values(), utc_now_iso(), conversation_id),
+            )
+
+        await self._run(self._tx, update)
+
+    # -- messages -----------------------------------------------------------------------------
+    async def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        *,
+        message_id: str | None = None,
+        reply_to: str | None = None,
+        image_key: str | None = None,
+        operator_name: str | None = None,
+        sources: Iterable[Source] = (),
+        status: str = "complete",
+    ) -> Message:
+        sources_json = json.dumps([s.as_dict() for s in sources])
+
+        def insert(db: sqlite3.Connection) -> sqlite3.Row:
+            now = utc_now_iso()
+            cur = db.execute(
+                "INSERT INTO messages (conversation_id, role, content, message_id, reply_to,"
+                " image_key, operator_name, sources, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, role, content, message_id, reply_to, image_key, operator_name,
+                 sources_json, status, now),
+            )
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
+            return db.execute("SELECT * FROM messages WHERE id = ?", (cur.lastrowid,)).fetchone()
+
+        try:
+            return _message(await self._run(self._tx, insert))
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateMessageId(message_id) from exc
+
+    async def get_visitor_message(self, conversation_id: int, message_id: str) -> Message | None:
+        row = await self._run(
+            self._one,
+            "SELECT * FROM messages WHERE conversation_id = ? AND message_id = ?",
+            conversation_id,
+            message_id,
+        )
+        return _message(row) if row else None
+
+    async def get_reply(self, conversation_id: int, message_id: str) -> Message | None:
+        row = await self._run(
+            self._one,
+            "SELECT * FROM messages WHERE conversation_id = ? AND reply_to = ? ORDER BY id LIMIT 1",
+            conversation_id,
+            message_id,
+        )
+        return _message(row) if row else None
+
+    async def list_messages(
+        self,
+        conversation_id: int,
+        *,
+        after: int | None = None,
+        limit: int = 50,
+        roles: tuple[str, ...] | None = None,
+    ) -> list[Message]:
+        sql = "SELECT * FROM messages WHERE conversation_id = ? AND id > ?"
+        params: list[Any] = [conversation_id, after or 0]
+        if roles:
+            sql += f" AND role IN ({', '.join('?' * len(roles))})"
+            params.extend(roles)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [_message(r) for r in await self._run(self._all, sql, *params)]
+
+    async def recent_messages(self, conversation_id: int, limit: int) -> list[Message]:
+        rows = await self._run(
+            self._all,
+            "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+            conversation_id,
+            limit,
+        )
+        return [_message(r) for r in reversed(rows)]
+
+    # -- blocks -------------------------------------------------------------------------------
+    async def add_block(
+        self, site_id: int, kind: str, value: str, expires_at: float | None, reason: str | None
+    ) -> None:
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO blocks (site_id, kind, value, expires_at, reason, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (site_id, kind, value, expires_at, reason, utc_now_iso()),
+            )
+
+        await self._run(self._tx, insert)
+
+    async def remove_blocks(self, site_id: int, kind: str, value: str) -> int:
+        def delete(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "DELETE FROM blocks WHERE site_id = ? AND kind = ? AND value = ?", (site_id, kind, value)
+            ).rowcount
+
+        return await self._run(self._tx, delete)
+
+    async def is_blocked(
+        self, site_id: int, *, session_id: str, ip: str | None, email: str | None, now: float
+    ) -> bool:
+        candidates = [("session", session_id)]
+        if ip:
+            candidates.append(("ip", ip))
+        if email:
+            candidates.append(("email", email.lower()))
+        match = " OR ".join("(kind = ? AND value = ?)" for _ in candidates)
+        row = await self._run(
+            self._one,
+            f"SELECT 1 FROM blocks WHERE site_id = ? AND ({match})"
+            " AND (expires_at IS NULL OR expires_at > ?) LIMIT 1",
+            site_id,
+            *[part for pair in candidates for part in pair],
+            now,
+        )
+        return row is not None
+
+    # -- proactive ----------------------------------------------------------------------------
+    async def add_proactive(
+        self, site_id: int, session_id: str, content: str, sender: str
+    ) -> ProactiveMessage:
+        def insert(db: sqlite3.Connection) -> sqlite3.Row:
+            cur = db.execute(
+                "INSERT INTO proactive_messages (site_id, session_id, content, sender, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (site_id, session_id, content, sender, utc_now_iso()),
+            )
+            return db.execute(
+                "SELECT * FROM proactive_messages WHERE id = ?", (cur.lastrowid,)
+            ).fetchone()
+
+        return _proactive(await self._run(self._tx, insert))
+
+    async def pending_proactive(
+        self, site_id: int, session_id: str, limit: int = 50
+    ) -> list[ProactiveMessage]:
+        rows = await self._run(
+            self._all,
+            "SELECT * FROM proactive_messages WHERE site_id = ? AND session_id = ? AND acked = 0"
+            " ORDER BY id LIMIT ?",
+            site_id,
+            session_id,
+            limit,
+        )
+        return [_proactive(r) for r in rows]
+
+    async def ack_proactive(self, site_id: int, session_id: str, through_id: int) -> None:
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE proactive_messages SET acked = 1"
+                " WHERE site_id = ? AND session_id = ? AND id <= ? AND acked = 0",
+                (site_id, session_id, through_id),
+            )
+
+        await self._run(self._tx, update)
+
+    # -- knowledge ----------------------------------------------------------------------------
+    @staticmethod
+    def _bump_version(db: sqlite3.Connection, site_id: int) -> None:
+        db.execute(
+            "INSERT INTO knowledge_versions (site_id, version) VALUES (?, 1)"
+            " ON CONFLICT (site_id) DO UPDATE SET version = version + 1",
+            (site_id,),
+        )
+
+    async def add_document(
+        self, site_id: int, title: str, url: str | None, content: str
+    ) -> KnowledgeDocument:
+        def insert(db: sqlite3.Connection) -> sqlite3.Row:
+            cur = db.execute(
+                "INSERT INTO documents (site_id, title, url, content, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (site_id, title, url, content, utc_now_iso()),
+            )
+            self._bump_version(db, site_id)
+            return db.execute("SELECT * FROM documents WHERE id = ?", (cur.lastrowid,)).fetchone()
+
+        return _document(await self._run(self._tx, insert))
+
+    async def list_documents(self, site_id: int, limit: int = 10_000) -> list[KnowledgeDocument]:
+        rows = await self._run(
+            self._all, "SELECT * FROM documents WHERE site_id = ? ORDER BY id LIMIT ?", site_id, limit
+        )
+        return [_document(r) for r in rows]
+
+    async def remove_document(self, site_id: int, document_id: int) -> bool:
+        def delete(db: sqlite3.Connection) -> bool:
+            removed = db.execute(
+                "DELETE FROM documents WHERE site_id = ? AND id = ?", (site_id, document_id)
+            ).rowcount
+            if removed:
+                self._bump_version(db, site_id)
+            return bool(removed)
+
+        return await self._run(self._tx, delete)
+
+    async def knowledge_version(self, site_id: int) -> str:
+        row = await self._run(
+            self._one, "SELECT version FROM knowledge_versions WHERE site_id = ?", site_id
+        )
+        return str(row["version"] if row else 0)
+
+    # -- events -------------------------------------------------------------------------------
+    async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int:
+        def insert(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "INSERT INTO events (topic, kind, payload, origin, created_at) VALUES (?, ?, ?, ?, ?)",
+                (topic, kind, json.dumps(payload), origin, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._run(self._tx, insert)
+
+    async def latest_event_id(self) -> int:
+        row = await self._run(self._one, "SELECT COALESCE(MAX(id), 0) AS id FROM events")
+        return int(row["id"]) if row else 0
+
+    async def events_since(self, after: int, *, exclude_origin: str, limit: int) -> list[Event]:
+        rows = await self._run(
+            self._all,
+            "SELECT * FROM events WHERE id > ? AND origin != ? ORDER BY id LIMIT ?",
+            after,
+            exclude_origin,
+            limit,
+        )
+        return [
+            Event(id=r["id"], topic=r["topic"], kind=r["kind"], payload=json.loads(r["payload"]),
+                  origin=r["origin"])
+            for r in rows
+        ]
+
+    async def prune_events(self, older_than: float) -> int:
+        def delete(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM events WHERE created_at < ?", (older_than,)).rowcount
+
+        return await self._run(self._tx, delete)

@@ -1,0 +1,92 @@
+"""A turn is one AI answer in the making. Any number of SSE streams follow it; the answer is
+produced once, by one task, whoever is watching.
+
+When the last follower leaves before the end, the producing task is cancelled, which cancels the
+upstream call; the partial text is then stored as `interrupted` by the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Literal
+
+from server.errors import ParleyError
+
+EventType = Literal["chunk", "keepalive", "error", "done"]
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    type: EventType
+    data: dict[str, Any] | None = None
+
+
+class Turn:
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.error: ParleyError | None = None
+        self.meta: dict[str, Any] | None = None
+        self.producer: asyncio.Task[None] | None = None
+        self._followers = 0
+        self._changed = asyncio.Event()
+
+    @classmethod
+    def finished(cls, meta: dict[str, Any], text: str = "") -> Turn:
+        """A turn whose answer is already known: a replay, or operator mode with no answer."""
+        turn = cls()
+        if text:
+            turn.chunks.append(text)
+        turn.meta = meta
+        return turn
+
+    @property
+    def done(self) -> bool:
+        return self.meta is not None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def append(self, chunk: str) -> None:
+        self.chunks.append(chunk)
+        self._notify()
+
+    def fail(self, error: ParleyError) -> None:
+        self.error = error
+        self._notify()
+
+    def finish(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+        self._notify()
+
+    async def follow(self, *, keepalive: float) -> AsyncIterator[TurnEvent]:
+        """Every chunk from the first, then `error` (if any) and `done`; `keepalive` when quiet."""
+        self._followers += 1
+        sent = 0
+        try:
+            while True:
+                changed = self._changed
+                while sent < len(self.chunks):
+                    yield TurnEvent("chunk", {"type": "chunk", "content": self.chunks[sent]})
+                    sent += 1
+                if self.meta is not None:
+                    if self.error is not None:
+                        yield TurnEvent("error", {"type": "error", "error": self.error.message,
+                                                  "code": self.error.code})
+                    yield TurnEvent("done", {"type": "done", "meta": self.meta})
+                    return
+                if changed is not self._changed:
+                    continue
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=keepalive)
+                except TimeoutError:
+                    yield TurnEvent("keepalive")
+        finally:
+            self._followers -= 1
+            if self._followers == 0 and not self.done and self.producer is not None:
+                self.producer.cancel()

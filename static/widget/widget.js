@@ -1,0 +1,1 @@
+/* The Parley widget is built in its own issue. */

@@ -1,0 +1,87 @@
+"""A real Parley server on an unused port, in the test's own event loop, with an HTTP client."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+import httpx_sse
+import tornado.httpserver
+import tornado.testing
+
+from server.app import Services, build_services, make_app
+from server.chat import Limits
+from server.config import Config
+from server.store.models import Site
+
+SHOP_DOCS = {
+    "Shipping": "# Shipping\n\nWe ship to Canada and the United States. Orders to Canada arrive in "
+                "4 to 7 business days.\n\n## Costs\n\nShipping is free on orders over $75.",
+    "Returns": "# Returns\n\nYou can return unworn items within 60 days for a full refund.",
+}
+
+
+def session(n: int | str) -> str:
+    return f"sess_test{str(n).rjust(12, '0')}"
+
+
+@dataclass
+class Parley:
+    base_url: str
+    services: Services
+    site: Site
+    client: httpx.AsyncClient
+    port: int
+
+    @property
+    def site_key(self) -> str:
+        return self.site.site_key
+
+    def ids(self, session_id: str, site: Site | None = None, **extra: Any) -> dict[str, Any]:
+        return {"site_key": (site or self.site).site_key, "session_id": session_id, **extra}
+
+    async def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+        content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+        return await self.client.post(f"/api/v1/chat/{path}", content=content, headers=headers, **kwargs)
+
+    async def get(self, path: str, **params: Any) -> httpx.Response:
+        return await self.client.get(f"/api/v1/chat/{path}", params=params)
+
+    async def stream_events(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """POST to the stream endpoint and parse every SSE event with httpx-sse."""
+        events = []
+        async with httpx_sse.aconnect_sse(self.client, "POST", "/api/v1/chat/stream", json=body) as source:
+            source.response.raise_for_status()
+            async for event in source.aiter_sse():
+                events.append(json.loads(event.data))
+        return events
+
+    async def ask(self, session_id: str, message: str, **extra: Any) -> list[dict[str, Any]]:
+        return await self.stream_events(self.ids(session_id, message=message, **extra))
+
+
+async def start_parley(data_dir: Path, *, limits: Limits | None = None,
+                       **config: Any) -> AsyncIterator[Parley]:
+    settings = {"offline_chunk_delay": 0.0, "sse_keepalive": 15.0, "event_poll_interval": 0.05, **config}
+    cfg = dataclasses.replace(Config(data_dir=data_dir), **settings)
+    services = await build_services(cfg, limits=limits)
+    site = await services.sites.create("Test shop")
+    for title, text in SHOP_DOCS.items():
+        await services.store.add_document(site.id, title, f"https://shop.test/{title.lower()}", text)
+    server = tornado.httpserver.HTTPServer(make_app(services), max_body_size=22 * 1024 * 1024)
+    sock, port = tornado.testing.bind_unused_port()
+    server.add_sockets([sock])
+    base_url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        try:
+            yield Parley(base_url, services, site, client, port)
+        finally:
+            server.stop()
+            await services.chat.shutdown()
+            await server.close_all_connections()
+            await services.close()
