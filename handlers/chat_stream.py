@@ -32,6 +32,9 @@ class ChatStreamHandler(ApiHandler):
         await self.hold(self._relay(turn))
 
     async def _relay(self, turn: Turn) -> None:
+        # Headers go out at once, so the widget knows its message was accepted before any text.
+        if not await self.safe_flush():
+            return
         keepalive = float(self.settings.get("sse_keepalive", 15.0))
         async with contextlib.aclosing(turn.follow(keepalive=keepalive)) as events:
             async for event in events:

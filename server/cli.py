@@ -179,19 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     kb = commands.add_parser("kb", help="manage a site's knowledge documents").add_subparsers(
         dest="kb_command", metavar="ACTION", required=True)
     add = command(kb, "add", "add text or Markdown files to a site's knowledge", kb_add)
-    add.add_argument("--site", required=True, metavar="SITE_KEY")
+    add.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
     add.add_argument("--url", help="the public page these files come from, shown as the source")
     add.add_argument("files", nargs="+", metavar="FILE")
     kb_listing = command(kb, "list", "list a site's knowledge documents", kb_list)
-    kb_listing.add_argument("--site", required=True, metavar="SITE_KEY")
+    kb_listing.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
     kb_listing.add_argument("--json", action="store_true", help="print a JSON array")
     remove = command(kb, "remove", "remove one knowledge document", kb_remove)
-    remove.add_argument("--site", required=True, metavar="SITE_KEY")
+    remove.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
     remove.add_argument("id", type=int, help="the document id from 'kb list'")
 
     def conversation_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--site", required=True, metavar="SITE_KEY")
-        sub.add_argument("--session", required=True, type=_session, metavar="SESSION_ID")
+        sub.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+        sub.add_argument("--session", required=True, type=_session, metavar="SESSION_ID",
+                         help="the visitor's session_id (sess_...), shown in the widget's storage")
 
     operator = commands.add_parser("operator", help="act as an operator on a conversation").add_subparsers(
         dest="operator_command", metavar="ACTION", required=True)
@@ -212,11 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, help_text in (("block", block, "block a visitor by session, IP or email"),
                                  ("unblock", unblock, "lift blocks on a session, IP or email")):
         sub = command(commands, name, help_text, run)
-        sub.add_argument("--site", required=True, metavar="SITE_KEY")
+        sub.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
         target = sub.add_mutually_exclusive_group(required=True)
-        target.add_argument("--session", type=_session, metavar="SESSION_ID")
-        target.add_argument("--ip", metavar="ADDRESS")
-        target.add_argument("--email", metavar="EMAIL")
+        target.add_argument("--session", type=_session, metavar="SESSION_ID", help="one visitor session")
+        target.add_argument("--ip", metavar="ADDRESS", help="every session from this IP address")
+        target.add_argument("--email", metavar="EMAIL", help="whoever left this email address")
         if name == "block":
             sub.add_argument("--minutes", type=float, help="lift the block after this long (default never)")
             sub.add_argument("--reason", help="a note for other operators")

@@ -1,0 +1,80 @@
+"""The command line and configuration, as an operator types them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.cli import build_parser
+from server.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_site_create_and_list_as_json(tmp_path):
+    created = cli("site", "create", "--name", "Acme", "--origin", "https://Acme.example/shop",
+                  "--json", "--data-dir", str(tmp_path))
+    assert created.returncode == 0, created.stderr
+    site = json.loads(created.stdout)
+    assert site["name"] == "Acme" and site["site_key"].startswith("sk_") and len(site["site_key"]) >= 27
+    assert site["allowed_origins"] == ["https://acme.example"]
+    listed = cli("site", "list", "--json", env={"PARLEY_DATA_DIR": str(tmp_path)})
+    assert [s["site_key"] for s in json.loads(listed.stdout)] == [site["site_key"]]
+    plain = cli("site", "list", "--data-dir", str(tmp_path))
+    assert site["site_key"] in plain.stdout and "Acme" in plain.stdout
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    bad_origin = cli("site", "create", "--name", "X", "--origin", "javascript:alert(1)", "--data-dir", str(tmp_path))
+    assert bad_origin.returncode == 2 and "http(s) origin" in bad_origin.stderr
+    unknown = cli("operator", "say", "--site", "sk_" + "q" * 30, "--session", "sess_" + "a" * 20, "hi",
+                  "--data-dir", str(tmp_path))
+    assert unknown.returncode == 2 and "No site has this site_key" in unknown.stderr
+    bad_session = cli("operator", "takeover", "--site", "sk_x", "--session", "nope")
+    assert bad_session.returncode == 2 and "sess_" in bad_session.stderr
+
+
+def test_kb_add_and_list(tmp_path):
+    site = json.loads(cli("site", "create", "--name", "Docs", "--json", "--data-dir", str(tmp_path)).stdout)
+    doc = tmp_path / "faq.md"
+    doc.write_text("# Opening hours\n\nWe open at nine.", encoding="utf-8")
+    added = cli("kb", "add", "--site", site["site_key"], str(doc), "--data-dir", str(tmp_path))
+    assert added.returncode == 0, added.stderr
+    listed = json.loads(cli("kb", "list", "--site", site["site_key"], "--json", "--data-dir", str(tmp_path)).stdout)
+    assert [d["title"] for d in listed] == ["Opening hours"]
+
+
+def all_parsers(parser):
+    yield parser
+    for action in parser._actions:
+        for sub in getattr(action, "choices", None).values() if isinstance(getattr(action, "choices", None), dict) else ():
+            yield from all_parsers(sub)
+
+
+def test_every_command_and_option_has_help():
+    for parser in all_parsers(build_parser()):
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{parser.prog} {action.option_strings} has no help"
+    result = cli("--help")
+    assert result.returncode == 0 and "--data-dir" in result.stdout and "PARLEY_PORT" in result.stdout
+
+
+def test_flag_beats_environment_beats_default():
+    assert load_config({}, {}).port == 8080
+    assert load_config({}, {"PARLEY_PORT": "9001"}).port == 9001
+    assert load_config({"port": 9002}, {"PARLEY_PORT": "9001"}).port == 9002
+    config = load_config({}, {"PARLEY_HOST": "0.0.0.0", "PARLEY_DATA_DIR": "/srv/parley", "PARLEY_DEMO": "yes"})
+    assert (config.host, str(config.data_dir), config.demo) == ("0.0.0.0", "/srv/parley", True)
+    with pytest.raises(SystemExit, match="PARLEY_PORT"):
+        load_config({}, {"PARLEY_PORT": "eighty"})

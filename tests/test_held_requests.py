@@ -1,0 +1,137 @@
+"""Held reads (`wait=`): woken by the hub within milliseconds, by other processes within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.harness import session
+
+SID = session("held")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def wait_until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_held_operator_messages_request_wakes_within_100_ms(parley):
+    hub = parley.services.hub
+    request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=10))
+    await wait_until(lambda: hub.subscriber_count == 1)
+    sent_at = time.monotonic()
+    await parley.services.operators.say(parley.site, SID, "Hello from Ana", operator_name="Ana")
+    response = await asyncio.wait_for(request, 5)
+    woke_after = time.monotonic() - sent_at
+    assert response.json()["messages"][0]["content"] == "Hello from Ana"
+    assert woke_after < 0.1, f"woke after {woke_after * 1000:.0f} ms"
+    assert hub.subscriber_count == 0
+
+
+async def test_a_mode_change_wakes_operator_messages(parley):
+    request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=10))
+    await wait_until(lambda: parley.services.hub.subscriber_count == 1)
+    await parley.services.operators.set_mode(parley.site, SID, "operator")
+    body = (await asyncio.wait_for(request, 5)).json()
+    assert body == {"success": True, "messages": [], "mode": "operator"}
+
+
+async def test_a_held_history_request_returns_the_new_messages_only(parley):
+    await parley.ask(SID, "hello")
+    last = (await parley.get("history", **parley.ids(SID))).json()["messages"][-1]["id"]
+    request = asyncio.create_task(parley.get("history", **parley.ids(SID), after=last, wait=10))
+    await wait_until(lambda: parley.services.hub.subscriber_count == 1)
+    await parley.services.operators.say(parley.site, SID, "An operator joins", operator_name="Ana")
+    body = (await asyncio.wait_for(request, 5)).json()
+    assert [m["content"] for m in body["messages"]] == ["An operator joins"]
+
+
+async def test_a_held_proactive_request_is_woken_by_a_nudge(parley):
+    request = asyncio.create_task(parley.get("pending-proactive", **parley.ids(SID), wait=10))
+    await wait_until(lambda: parley.services.hub.subscriber_count == 1)
+    await parley.services.operators.send_proactive(parley.site, SID, "Need a hand?")
+    body = (await asyncio.wait_for(request, 5)).json()
+    assert [m["content"] for m in body["messages"]] == ["Need a hand?"]
+
+
+async def test_a_wait_that_sees_nothing_ends_empty_after_its_time(parley):
+    started = time.monotonic()
+    body = (await parley.get("operator-messages", **parley.ids(SID), wait=0.3)).json()
+    assert body["messages"] == []
+    assert time.monotonic() - started >= 0.3
+    assert parley.services.hub.subscriber_count == 0
+
+
+async def test_waits_are_bounded(parley):
+    assert (await parley.get("history", **parley.ids(SID), wait=31)).status_code == 400
+    assert (await parley.get("history", **parley.ids(SID), wait="nan")).status_code == 400
+
+
+async def test_a_client_that_hangs_up_is_forgotten(parley):
+    hub = parley.services.hub
+    async with httpx.AsyncClient(base_url=parley.base_url) as client:
+        request = asyncio.create_task(
+            client.get("/api/v1/chat/history", params={**parley.ids(SID), "wait": 25}))
+        await wait_until(lambda: hub.subscriber_count == 1)
+        request.cancel()
+    await wait_until(lambda: hub.subscriber_count == 0, timeout=2)
+
+
+async def test_other_sessions_do_not_wake_a_waiter(parley):
+    request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=0.5))
+    await wait_until(lambda: parley.services.hub.subscriber_count == 1)
+    await parley.services.operators.say(parley.site, session("other"), "not for you", operator_name="Ana")
+    assert (await asyncio.wait_for(request, 5)).json()["messages"] == []
+
+
+async def run_cli(data_dir: Path, *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", *args, "--data-dir", str(data_dir),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PARLEY_LOG_LEVEL": "WARNING"},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_an_operator_message_from_another_process_wakes_a_held_visitor(parley, tmp_path):
+    data_dir = parley.services.config.data_dir
+    request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=20))
+    await wait_until(lambda: parley.services.hub.subscriber_count == 1)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "operator", "say", "--data-dir", str(data_dir),
+        "--site", parley.site_key, "--session", SID, "--name", "Bo", "From the CLI",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    written_at = time.monotonic()
+    body = (await asyncio.wait_for(request, 5)).json()
+    woke_after = time.monotonic() - written_at
+    assert [(m["content"], m["operator_name"]) for m in body["messages"]] == [("From the CLI", "Bo")]
+    assert woke_after < 1.0, f"woke {woke_after:.2f} s after the CLI wrote"
+
+
+async def test_cli_takeover_proactive_and_block_reach_the_running_server(parley):
+    data_dir = parley.services.config.data_dir
+    common = ["--site", parley.site_key, "--session", SID]
+    request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=20))
+    await wait_until(lambda: parley.services.hub.subscriber_count == 1)
+    await run_cli(data_dir, "operator", "takeover", *common)
+    assert (await asyncio.wait_for(request, 5)).json()["mode"] == "operator"
+    await run_cli(data_dir, "proactive", "send", *common, "Hello", "there")
+    assert [m["content"] for m in (await parley.get("pending-proactive", **parley.ids(SID))).json()["messages"]] == ["Hello there"]
+    await run_cli(data_dir, "block", *common, "--minutes", "5")
+    assert (await parley.get("block-status", **parley.ids(SID))).json()["blocked"] is True
+    await run_cli(data_dir, "unblock", *common)
+    assert (await parley.get("block-status", **parley.ids(SID))).json()["blocked"] is False
+    await run_cli(data_dir, "operator", "release", *common)
+    assert (await parley.get("operator-messages", **parley.ids(SID))).json()["mode"] == "ai"
