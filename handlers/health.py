@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import tornado.web
 
 from server.store.base import Store, StoreUnavailable
@@ -10,7 +12,8 @@ from server.store.base import Store, StoreUnavailable
 class HealthHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.write({"status": "ok"})
+        # The pid tells which of several processes answered.
+        self.write({"status": "ok", "pid": os.getpid()})
 
 
 class ReadyHandler(tornado.web.RequestHandler):
