@@ -25,9 +25,13 @@ from handlers.widget_api import (
     RateCommentHandler,
     RateHandler,
 )
+from handlers.widget_config import WidgetConfigHandler
+from server.ai.caps import CapChecker
 from server.ai.engine import AIEngine
 from server.ai.knowledge import KnowledgeBase
 from server.ai.offline import OfflineAnswerer
+from server.ai.providers import ProviderRegistry
+from server.ai.settings import global_model_config
 from server.blobs import BlobStore, LocalBlobStore
 from server.chat import ChatService, Limits
 from server.config import Config
@@ -70,7 +74,11 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
     hub = Hub(store)
     bridge = EventBridge(hub, interval=config.event_poll_interval)
     knowledge = KnowledgeBase(store)
-    ai = AIEngine(knowledge, OfflineAnswerer(chunk_delay=config.offline_chunk_delay))
+    # The global model (PARLEY_AI_*) when configured, else the offline answerer; sites may override.
+    providers = ProviderRegistry(OfflineAnswerer(chunk_delay=config.offline_chunk_delay),
+                                 global_model_config(config))
+    ai = AIEngine(knowledge, providers.default, provider_for_site=providers.for_site,
+                  caps=CapChecker(store), on_close=providers.close)
     blobs = LocalBlobStore(config.uploads_dir)
     return Services(
         config=config, store=store, hub=hub, bridge=bridge, knowledge=knowledge, ai=ai, blobs=blobs,
@@ -94,6 +102,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         (r"/api/v1/chat/upload-image", UploadImageHandler, api),
         (r"/api/v1/chat/rate", RateHandler, api),
         (r"/api/v1/chat/rate/comment", RateCommentHandler, api),
+        (r"/api/v1/chat/config", WidgetConfigHandler, api),
         (r"/api/.*", ApiNotFoundHandler, api),
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler, {"store": services.store}),
