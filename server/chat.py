@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
-from server.ai.base import AIUnavailable
+from server.ai.base import AIUnavailable, Answer
 from server.ai.engine import AIEngine
 from server.blobs import BlobStore
 from server.errors import Blocked, Conflict, ParleyError, TooLarge, Unavailable, UnknownConversation
@@ -162,8 +163,7 @@ class ChatService:
     async def _produce(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                        message: Message, request: TurnRequest) -> None:
         site = visitor.site
-        sources: list[Any] = []
-        handoff = False
+        answer: Answer | None = None
         cancelled = False
         started = time.monotonic()
         try:
@@ -173,11 +173,14 @@ class ChatService:
                 lang=request.lang or conversation.lang or site.setting("lang", "en"),
                 history=[m for m in history if m.id != message.id],
                 page_url=request.page_url, page_title=request.page_title,
+                session_id=visitor.session_id,
             )
-            sources, handoff = answer.sources, answer.handoff
-            async for chunk in answer.chunks:
-                if chunk:
-                    turn.append(chunk)
+            # aclosing: however this loop ends (cancelled when the visitor leaves, a failure), the
+            # provider's generator is closed now, which closes the upstream HTTP response.
+            async with contextlib.aclosing(answer.chunks) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    if chunk:
+                        turn.append(chunk)
         except asyncio.CancelledError:
             cancelled = True
         except ParleyError as exc:
@@ -188,9 +191,7 @@ class ChatService:
             turn.fail(AIUnavailable("The assistant failed to answer; please try again."))
         status = "interrupted" if cancelled or turn.error else "complete"
         try:
-            await asyncio.shield(
-                self._finish_turn(turn, visitor, conversation, message, sources, handoff, status)
-            )
+            await asyncio.shield(self._finish_turn(turn, visitor, conversation, message, answer, status))
         finally:
             self._live_turns.pop((conversation.id, message.message_id or ""), None)
             log.info("answer to %s %s in %.0f ms chunks=%d %s", message.id, status,
@@ -199,13 +200,17 @@ class ChatService:
             raise asyncio.CancelledError
 
     async def _finish_turn(self, turn: Turn, visitor: Visitor, conversation: Conversation,
-                           message: Message, sources: list[Any], handoff: bool, status: str) -> None:
+                           message: Message, answer: Answer | None, status: str) -> None:
+        # handoff and usage are read only now: the model's handoff marker and the usage report
+        # arrive with the last chunks.
+        handoff = answer.handoff if answer else False
         reply = None
         try:
             if turn.text or status == "complete":
                 reply = await self.store.add_message(
-                    conversation.id, "ai", turn.text, reply_to=message.message_id,
-                    sources=sources, status=status,
+                    conversation.id, answer.role if answer else "ai", turn.text,
+                    reply_to=message.message_id, sources=answer.sources if answer else [],
+                    status=status, usage=answer.usage if answer else None,
                 )
                 await self._publish_message(visitor, reply)
             if handoff:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +23,19 @@ class Config:
     event_poll_interval: float = 0.1
     demo: bool = False
     log_level: str = "INFO"
+    # The AI model. With no base URL the offline answerer answers; see server/ai/settings.py.
+    ai_base_url: str | None = None
+    ai_api_key: str | None = field(default=None, repr=False)  # never in a repr, so never in a log
+    ai_model: str | None = None
+    ai_temperature: float | None = None
+    ai_max_tokens: int | None = None
+    ai_system_prompt: str | None = None
+    ai_connect_timeout: float = 5.0
+    ai_first_token_timeout: float = 30.0
+    ai_idle_timeout: float = 30.0
+    ai_attempts: int = 3
+    ai_backoff: float = 0.5
+    kb_allow_private: bool = False
 
     @property
     def database_path(self) -> Path:
@@ -49,6 +62,21 @@ OPTIONS: dict[str, tuple[type, str]] = {
                                    "(default 0.1 s)"),
     "demo": (bool, "create the demo site and its knowledge base on start if missing"),
     "log_level": (str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+    "ai_base_url": (str, "base URL of an OpenAI-compatible API, e.g. https://api.openai.com/v1; "
+                         "setting it replaces the offline answerer"),
+    "ai_api_key": (str, "API key for that endpoint (prefer the environment variable: flags show "
+                        "in the process list)"),
+    "ai_model": (str, "model name, e.g. gpt-4o-mini or llama3.1"),
+    "ai_temperature": (float, "sampling temperature (default: the endpoint's)"),
+    "ai_max_tokens": (int, "most tokens in one answer (default: the endpoint's)"),
+    "ai_system_prompt": (str, "instructions for the model; {site_name} is replaced "
+                              "(default: answer from the site's help pages, admit not knowing)"),
+    "ai_connect_timeout": (float, "seconds to connect to the model (default 5)"),
+    "ai_first_token_timeout": (float, "seconds to wait for the first token (default 30)"),
+    "ai_idle_timeout": (float, "seconds to wait between tokens (default 30)"),
+    "ai_attempts": (int, "tries before the first token, with backoff (default 3)"),
+    "ai_backoff": (float, "first retry delay in seconds; doubles with jitter (default 0.5)"),
+    "kb_allow_private": (bool, "let knowledge URLs point at loopback or private addresses"),
 }
 
 TRUE_WORDS = {"1", "true", "yes", "on"}

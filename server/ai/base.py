@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Literal
 
 from server.errors import Unavailable
 from server.store.models import Message, Site, Source
@@ -22,6 +22,13 @@ class Passage:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Token counts as the upstream reported them (OpenAI's `usage` object, kept as given)."""
+
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class AnswerRequest:
     site: Site
     question: str
@@ -34,20 +41,31 @@ class AnswerRequest:
 
 @dataclass
 class Answer:
-    """What the engine hands the chat service: sources known up front, text as it is produced."""
+    """What the engine hands the chat service: sources known up front, text as it is produced.
+
+    `handoff` and `usage` may change while `chunks` is consumed (the model's own handoff signal,
+    the upstream's final usage report), so the chat service reads them after the last chunk.
+    `role` is "system" for notices that are not AI answers (a cap reached), so they do not count
+    against the caps themselves.
+    """
 
     chunks: AsyncIterator[str]
     sources: list[Source] = field(default_factory=list)
     handoff: bool = False
+    usage: dict[str, Any] | None = None
+    role: Literal["ai", "system"] = "ai"
 
 
 class Provider(abc.ABC):
-    """Turns a grounded request into text chunks, yielded as soon as each is produced."""
+    """Turns a grounded request into text chunks, yielded as soon as each is produced.
+
+    A provider may also yield one `Usage` (usually last); the engine takes it out of the text.
+    """
 
     name: str = "provider"
 
     @abc.abstractmethod
-    def stream(self, request: AnswerRequest) -> AsyncIterator[str]: ...
+    def stream(self, request: AnswerRequest) -> AsyncIterator[str | Usage]: ...
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         return None

@@ -1,12 +1,28 @@
-"""The AI engine: retrieval, the handoff rule, and the provider that writes the words."""
+"""The AI engine: caps, the handoff rule, retrieval, privacy, and the provider that writes the words.
+
+The handoff rule, in order:
+1. a visitor who asks for a person (built-in phrases in several languages, plus the site's own
+   `handoff_phrases`) is handed over at once, without calling the model;
+2. past a cap (replies per session per hour, per site per day) the visitor is told so and handed
+   over; a message longer than the site's input limit is refused with a request to shorten it;
+3. a question with no relevant knowledge is handed over where the site sets `handoff_when_unsure`;
+4. the model itself may end its answer with the marker [[HANDOFF]]; the marker is removed from the
+   text (never streamed: a short tail that could start the marker is held back) and hands over.
+"""
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable
+import contextlib
+import dataclasses
+from typing import AsyncIterator, Awaitable, Callable
 
-from server.ai.base import Answer, AnswerRequest, Provider
+from server.ai.base import Answer, AnswerRequest, Provider, Usage
+from server.ai.caps import CapChecker
 from server.ai.knowledge import KnowledgeBase
 from server.ai.phrases import HANDING_OVER, asks_for_human, pick
+from server.ai.prompt import HANDOFF_MARKER, fit_passages
+from server.ai.redact import redact
+from server.ai.settings import ai_setting
 from server.store.models import Message, Site
 
 HISTORY_TURNS = 12
@@ -16,6 +32,49 @@ async def _single(text: str) -> AsyncIterator[str]:
     yield text
 
 
+def _held_tail(text: str, marker: str = HANDOFF_MARKER) -> int:
+    """How many trailing characters of `text` could be the start of `marker`."""
+    for size in range(min(len(text), len(marker) - 1), 0, -1):
+        if text.endswith(marker[:size]):
+            return size
+    return 0
+
+
+async def relay(answer_of: Callable[[], Answer], items: AsyncIterator[str | Usage]) -> AsyncIterator[str]:
+    """Provider output to visitor text: usage taken aside, the handoff marker taken out.
+
+    `answer_of` returns the Answer this text belongs to (the Answer holds this generator, so it
+    cannot be passed in directly); its `usage` and `handoff` are set as they become known.
+    """
+    answer = answer_of()
+    held = ""
+    async with contextlib.aclosing(items):  # type: ignore[type-var]
+        async for item in items:
+            if isinstance(item, Usage):
+                answer.usage = item.data
+                continue
+            held += item
+            if HANDOFF_MARKER in held:
+                held = held.replace(HANDOFF_MARKER, "")
+                answer.handoff = True
+            keep = _held_tail(held)
+            ready, held = held[: len(held) - keep], held[len(held) - keep :]
+            if ready:
+                yield ready
+    if held:
+        yield held
+
+
+def _redacted(request: AnswerRequest) -> AnswerRequest:
+    return dataclasses.replace(
+        request,
+        question=redact(request.question),
+        history=[dataclasses.replace(m, content=redact(m.content)) for m in request.history],
+        page_url=redact(request.page_url) if request.page_url else None,
+        page_title=redact(request.page_title) if request.page_title else None,
+    )
+
+
 class AIEngine:
     def __init__(
         self,
@@ -23,10 +82,14 @@ class AIEngine:
         default_provider: Provider,
         *,
         provider_for_site: Callable[[Site], Provider | None] | None = None,
+        caps: CapChecker | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.knowledge = knowledge
         self.default_provider = default_provider
+        self.caps = caps
         self._provider_for_site = provider_for_site
+        self._on_close = on_close
 
     def provider(self, site: Site) -> Provider:
         if self._provider_for_site is not None:
@@ -44,16 +107,17 @@ class AIEngine:
         history: list[Message],
         page_url: str | None = None,
         page_title: str | None = None,
+        session_id: str | None = None,
     ) -> Answer:
-        """Decide handoff and sources now; the text streams from the returned `chunks`.
-
-        The rule: a visitor who asks for a person is handed over at once. A question with no
-        relevant knowledge is answered with "I don't know" and, where the site says
-        `handoff_when_unsure`, handed over too.
-        """
-        if asks_for_human(question, site.setting("handoff_phrases", [])):
+        """Decide handoff and sources now; the text streams from the returned `chunks`."""
+        if asks_for_human(question, ai_setting(site, "handoff_phrases", [])):
             return Answer(chunks=_single(pick(HANDING_OVER, lang)), handoff=True)
-        passages = await self.knowledge.search(site.id, question)
+        if self.caps is not None:
+            notice = await self.caps.check(site, session_id, question, lang)
+            if notice is not None:
+                return Answer(chunks=_single(notice.text), handoff=notice.handoff, role="system")
+        # Only passages that fit the prompt are given, so `sources` are exactly what the model saw.
+        passages = fit_passages(await self.knowledge.search(site.id, question))
         request = AnswerRequest(
             site=site,
             question=question,
@@ -63,9 +127,15 @@ class AIEngine:
             page_url=page_url,
             page_title=page_title,
         )
+        if ai_setting(site, "redact_pii", False):
+            request = _redacted(request)
         sources = list(dict.fromkeys(p.source for p in passages))
-        handoff = not passages and bool(site.setting("handoff_when_unsure", False))
-        return Answer(chunks=self.provider(site).stream(request), sources=sources, handoff=handoff)
+        handoff = not passages and bool(ai_setting(site, "handoff_when_unsure", False))
+        chunks = relay(lambda: answer, self.provider(site).stream(request))
+        answer = Answer(chunks=chunks, sources=sources, handoff=handoff)
+        return answer
 
     async def close(self) -> None:
         await self.default_provider.close()
+        if self._on_close is not None:
+            await self._on_close()

@@ -56,3 +56,38 @@ def asks_for_human(text: str, extra_phrases: list[str] | None = None) -> bool:
     normalised = re.sub(r"\s+", " ", text.lower())
     phrases = HUMAN_REQUEST_PHRASES + [p.lower() for p in (extra_phrases or [])[:200]]
     return any(phrase in normalised for phrase in phrases)
+
+
+# What a visitor reads when a cap stops the AI (see server/ai/caps.py). Each offers a person.
+CAP_SESSION = {
+    "en": "You've reached the limit of answers from the assistant for now. Would you like to talk "
+          "to a person? Leave your email and someone from the team will get back to you.",
+    "fr": "Vous avez atteint la limite de réponses de l'assistant pour le moment. Voulez-vous parler "
+          "à une personne ? Laissez votre e-mail et quelqu'un de l'équipe vous répondra.",
+    "de": "Sie haben das Limit an Antworten des Assistenten vorerst erreicht. Möchten Sie mit einem "
+          "Menschen sprechen? Hinterlassen Sie Ihre E-Mail-Adresse, dann meldet sich jemand.",
+    "es": "Ha alcanzado el límite de respuestas del asistente por ahora. ¿Quiere hablar con una "
+          "persona? Déjenos su correo y alguien del equipo le responderá.",
+}
+
+CAP_SITE = {
+    "en": "The assistant can't answer more questions today. Would you like to talk to a person? "
+          "Leave your email and someone from the team will get back to you.",
+    "fr": "L'assistant ne peut plus répondre aujourd'hui. Voulez-vous parler à une personne ? "
+          "Laissez votre e-mail et quelqu'un de l'équipe vous répondra.",
+    "de": "Der Assistent kann heute keine Fragen mehr beantworten. Möchten Sie mit einem Menschen "
+          "sprechen? Hinterlassen Sie Ihre E-Mail-Adresse, dann meldet sich jemand.",
+    "es": "El asistente no puede responder más preguntas hoy. ¿Quiere hablar con una persona? "
+          "Déjenos su correo y alguien del equipo le responderá.",
+}
+
+CAP_INPUT = {
+    "en": "Your message is too long for the assistant (at most {limit} characters). Please shorten "
+          "it, or ask to talk to a person.",
+    "fr": "Votre message est trop long pour l'assistant ({limit} caractères au plus). Raccourcissez-le "
+          "ou demandez à parler à une personne.",
+    "de": "Ihre Nachricht ist für den Assistenten zu lang (höchstens {limit} Zeichen). Bitte kürzen "
+          "Sie sie oder bitten Sie darum, mit einem Menschen zu sprechen.",
+    "es": "Su mensaje es demasiado largo para el asistente (como máximo {limit} caracteres). "
+          "Acórtelo o pida hablar con una persona.",
+}

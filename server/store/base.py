@@ -80,8 +80,15 @@ class Store(abc.ABC):
         operator_name: str | None = None,
         sources: Iterable[Source] = (),
         status: str = "complete",
+        usage: dict[str, Any] | None = None,
     ) -> Message:
         """Raise DuplicateMessageId when a visitor message_id is reused in the conversation."""
+
+    @abc.abstractmethod
+    async def count_messages(
+        self, site_id: int, *, since: str, role: str | None = None, session_id: str | None = None
+    ) -> int:
+        """Messages of the site (or of one session) created at or after `since` (ISO 8601 UTC)."""
 
     @abc.abstractmethod
     async def get_visitor_message(self, conversation_id: int, message_id: str) -> Message | None: ...

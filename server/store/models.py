@@ -82,6 +82,7 @@ class Message:
     operator_name: str | None = None
     sources: list[Source] = field(default_factory=list)
     status: Literal["complete", "interrupted"] = "complete"
+    usage: dict[str, Any] | None = None  # token counts of an AI answer, as the upstream reported
 
 
 @dataclass(frozen=True)

@@ -66,13 +66,15 @@ CREATE TABLE IF NOT EXISTS messages (
     operator_name TEXT,
     sources TEXT NOT NULL DEFAULT '[]',
     status TEXT NOT NULL DEFAULT 'complete',
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    usage TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_visitor_id
     ON messages (conversation_id, message_id) WHERE message_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_reply ON messages (conversation_id, reply_to)
     WHERE reply_to IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation_id, id);
+CREATE INDEX IF NOT EXISTS messages_role_time ON messages (role, created_at);
 CREATE TABLE IF NOT EXISTS blocks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     site_id INTEGER NOT NULL,
@@ -138,6 +140,7 @@ def _conversation(row: sqlite3.Row) -> Conversation:
 def _message(row: sqlite3.Row) -> Message:
     data = dict(row)
     data["sources"] = [Source(**s) for s in json.loads(data["sources"])]
+    data["usage"] = json.loads(data["usage"]) if data.get("usage") else None
     return Message(**data)
 
 
@@ -171,8 +174,20 @@ class SQLiteStore(Store):
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
+        self._add_missing_columns(db)
         db.executescript(SCHEMA)
         self._db = db
+
+    # Columns added after the first release: (table, column, declaration). SCHEMA creates them in a
+    # new file; an older file gets them here, before SCHEMA's indexes may refer to them.
+    ADDED_COLUMNS = (("messages", "usage", "TEXT"),)
+
+    @classmethod
+    def _add_missing_columns(cls, db: sqlite3.Connection) -> None:
+        for table, column, declaration in cls.ADDED_COLUMNS:
+            existing = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if existing and column not in existing:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     async def close(self) -> None:
         if self._executor is None:
@@ -308,17 +323,19 @@ class SQLiteStore(Store):
         operator_name: str | None = None,
         sources: Iterable[Source] = (),
         status: str = "complete",
+        usage: dict[str, Any] | None = None,
     ) -> Message:
         sources_json = json.dumps([s.as_dict() for s in sources])
+        usage_json = json.dumps(usage) if usage is not None else None
 
         def insert(db: sqlite3.Connection) -> sqlite3.Row:
             now = utc_now_iso()
             cur = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, message_id, reply_to,"
-                " image_key, operator_name, sources, status, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " image_key, operator_name, sources, status, created_at, usage)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (conversation_id, role, content, message_id, reply_to, image_key, operator_name,
-                 sources_json, status, now),
+                 sources_json, status, now, usage_json),
             )
             db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
             return db.execute("SELECT * FROM messages WHERE id = ?", (cur.lastrowid,)).fetchone()
@@ -362,6 +379,21 @@ class SQLiteStore(Store):
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
         return [_message(r) for r in await self._run(self._all, sql, *params)]
+
+    async def count_messages(
+        self, site_id: int, *, since: str, role: str | None = None, session_id: str | None = None
+    ) -> int:
+        sql = ("SELECT COUNT(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+               " WHERE c.site_id = ? AND m.created_at >= ?")
+        params: list[Any] = [site_id, since]
+        if role is not None:
+            sql += " AND m.role = ?"
+            params.append(role)
+        if session_id is not None:
+            sql += " AND c.session_id = ?"
+            params.append(session_id)
+        row = await self._run(self._one, sql, *params)
+        return int(row[0]) if row else 0
 
     async def recent_messages(self, conversation_id: int, limit: int) -> list[Message]:
         rows = await self._run(

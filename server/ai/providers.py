@@ -1,0 +1,49 @@
+"""Which provider answers for a site: the global one, or a site's own model, cached per config.
+
+All OpenAI-compatible providers share one httpx client (one connection pool), so evicting a
+cached provider never cuts a stream in progress.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import httpx
+
+from server.ai.base import Provider
+from server.ai.openai_compat import OpenAICompatible
+from server.ai.settings import ModelConfig, site_model_config
+from server.store.models import Site
+
+
+class ProviderRegistry:
+    def __init__(self, offline: Provider, default_config: ModelConfig | None, *,
+                 max_cached: int = 256) -> None:
+        self.offline = offline
+        self.default_config = default_config
+        self.max_cached = max_cached
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            follow_redirects=False,
+        )
+        self._cache: collections.OrderedDict[ModelConfig, OpenAICompatible] = collections.OrderedDict()
+        self.default: Provider = self._model(default_config) if default_config else offline
+
+    def _model(self, config: ModelConfig) -> OpenAICompatible:
+        provider = self._cache.pop(config, None) or OpenAICompatible(config, self.client)
+        self._cache[config] = provider
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        return provider
+
+    def for_site(self, site: Site) -> Provider | None:
+        """The AIEngine's `provider_for_site` hook; None: the engine's default provider."""
+        config = site_model_config(site, self.default_config)
+        if config == self.default_config:
+            return None
+        if config is None:
+            return self.offline
+        return self._model(config)
+
+    async def close(self) -> None:
+        await self.client.aclose()

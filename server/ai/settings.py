@@ -1,0 +1,101 @@
+"""AI settings: the global model config (flags / env) and a site's overrides in settings["ai"].
+
+A site's `settings["ai"]` may hold: base_url, api_key, model, temperature, max_tokens,
+system_prompt, redact_pii, caps {replies_per_session_hour, replies_per_site_day, max_input_chars},
+handoff_phrases, handoff_when_unsure. Anything missing falls back to the global config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from server.errors import InvalidRequest
+from server.store.models import Site
+
+MODEL_KEYS = ("base_url", "api_key", "model", "temperature", "max_tokens", "system_prompt")
+SITE_KEYS = (*MODEL_KEYS, "redact_pii", "caps", "handoff_phrases", "handoff_when_unsure")
+CAP_KEYS = ("replies_per_session_hour", "replies_per_site_day", "max_input_chars")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything one OpenAI-compatible provider needs. Frozen and hashable: it keys the cache."""
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)  # never in a repr, so never in a log
+    temperature: float | None = None
+    max_tokens: int | None = None
+    system_prompt: str | None = None
+    connect_timeout: float = 5.0
+    first_token_timeout: float = 30.0
+    idle_timeout: float = 30.0
+    attempts: int = 3
+    backoff: float = 0.5
+
+
+def ai_settings(site: Site) -> dict[str, Any]:
+    value = site.setting("ai", None)
+    return value if isinstance(value, dict) else {}
+
+
+def ai_setting(site: Site, name: str, default: Any) -> Any:
+    """settings["ai"][name], else the older top-level settings[name], else `default`."""
+    value = ai_settings(site).get(name)
+    return value if value is not None else site.setting(name, default)
+
+
+def site_model_config(site: Site, default: ModelConfig | None) -> ModelConfig | None:
+    """The site's model: the global one with the site's overrides; None means the offline answerer."""
+    overrides = {k: v for k, v in ai_settings(site).items() if k in MODEL_KEYS and v not in (None, "")}
+    if not overrides:
+        return default
+    if default is None:
+        if "base_url" not in overrides or "model" not in overrides:
+            return None
+        return ModelConfig(**overrides)
+    return replace(default, **overrides)
+
+
+def check_base_url(url: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"'{url}' is not an http(s) URL such as https://api.openai.com/v1.")
+    return url.strip().rstrip("/")
+
+
+def mask_key(key: str | None) -> str | None:
+    """`sk-…wxyz`: enough to tell keys apart, never enough to use one."""
+    if not key:
+        return None
+    return "…" + key[-4:] if len(key) > 12 else "…"
+
+
+def masked(settings: dict[str, Any]) -> dict[str, Any]:
+    shown = dict(settings)
+    if "api_key" in shown:
+        shown["api_key"] = mask_key(shown["api_key"])
+    return shown
+
+
+def global_model_config(config: Any) -> ModelConfig | None:
+    """The model from flags / PARLEY_AI_* (a server.config.Config); None means offline."""
+    if not config.ai_base_url:
+        return None
+    if not config.ai_model:
+        raise SystemExit("PARLEY_AI_MODEL (--ai-model) is required with PARLEY_AI_BASE_URL.")
+    return ModelConfig(
+        base_url=check_base_url(config.ai_base_url),
+        model=config.ai_model,
+        api_key=config.ai_api_key or None,
+        temperature=config.ai_temperature,
+        max_tokens=config.ai_max_tokens,
+        system_prompt=config.ai_system_prompt or None,
+        connect_timeout=config.ai_connect_timeout,
+        first_token_timeout=config.ai_first_token_timeout,
+        idle_timeout=config.ai_idle_timeout,
+        attempts=config.ai_attempts,
+        backoff=config.ai_backoff,
+    )
