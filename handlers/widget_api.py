@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import tornado.web
 
 from server import validation
+from server.chat import Visitor
 from server.errors import InvalidRequest
+from server.store.models import Message
 from server.validation import int_field, query_int, query_seconds, string_field
 
 from handlers.base import ApiHandler
@@ -21,48 +26,64 @@ class PublicUrlMixin(ApiHandler):
         configured = self.settings.get("public_url")
         return configured or f"{self.request.protocol}://{self.request.host}"
 
+    def messages_json(self, messages: list[Message]) -> list[dict[str, Any]]:
+        return [message_json(m, self.chat, self.base_url) for m in messages]
 
-class HistoryHandler(PublicUrlMixin):
-    async def get(self) -> None:
+
+@dataclass(frozen=True)
+class HeldRead:
+    visitor: Visitor
+    query: dict[str, Any]
+    after: int | None
+    wait: float
+
+
+class HeldReadHandler(PublicUrlMixin):
+    """GETs that take an `after` cursor and may be held open for `wait` seconds."""
+
+    async def held_read(self) -> HeldRead:
         query = self.query()
-        visitor = await self.visitor(query)
-        after = query_int(query.get("after"), "after", minimum=0, maximum=MAX_MESSAGE_CURSOR)
-        limit = query_int(query.get("limit"), "limit", minimum=1, maximum=200) or 50
-        wait = query_seconds(query.get("wait"), "wait", maximum=MAX_WAIT_SECONDS)
-        result = await self.hold(self.chat.history(visitor, after=after, limit=limit, wait=wait))
-        if result is None:
+        return HeldRead(
+            visitor=await self.visitor(query),
+            query=query,
+            after=query_int(query.get("after"), "after", minimum=0, maximum=MAX_MESSAGE_CURSOR),
+            wait=query_seconds(query.get("wait"), "wait", maximum=MAX_WAIT_SECONDS),
+        )
+
+
+class HistoryHandler(HeldReadHandler):
+    async def get(self) -> None:
+        read = await self.held_read()
+        limit = query_int(read.query.get("limit"), "limit", minimum=1, maximum=200) or 50
+        result = await self.hold(
+            self.chat.history(read.visitor, after=read.after, limit=limit, wait=read.wait))
+        if result is None:  # the client left
             return
         conversation, messages = result
         self.write_json({
             "success": True,
-            "messages": [message_json(m, self.chat, self.base_url) for m in messages],
+            "messages": self.messages_json(messages),
             "conversation_id": conversation.id if conversation else None,
             "mode": conversation.mode if conversation else "ai",
         })
 
 
-class OperatorMessagesHandler(PublicUrlMixin):
+class OperatorMessagesHandler(HeldReadHandler):
     async def get(self) -> None:
-        query = self.query()
-        visitor = await self.visitor(query)
-        after = query_int(query.get("after"), "after", minimum=0, maximum=MAX_MESSAGE_CURSOR)
-        wait = query_seconds(query.get("wait"), "wait", maximum=MAX_WAIT_SECONDS)
-        result = await self.hold(self.chat.operator_messages(visitor, after=after, wait=wait))
+        read = await self.held_read()
+        result = await self.hold(
+            self.chat.operator_messages(read.visitor, after=read.after, wait=read.wait))
         if result is None:
             return
         messages, mode = result
-        self.write_json({"success": True,
-                         "messages": [message_json(m, self.chat, self.base_url) for m in messages],
-                         "mode": mode})
+        self.write_json({"success": True, "messages": self.messages_json(messages), "mode": mode})
 
 
-class PendingProactiveHandler(ApiHandler):
+class PendingProactiveHandler(HeldReadHandler):
     async def get(self) -> None:
-        query = self.query()
-        visitor = await self.visitor(query)
-        after = query_int(query.get("after"), "after", minimum=0, maximum=MAX_MESSAGE_CURSOR)
-        wait = query_seconds(query.get("wait"), "wait", maximum=MAX_WAIT_SECONDS)
-        messages = await self.hold(self.chat.pending_proactive(visitor, after=after, wait=wait))
+        read = await self.held_read()
+        messages = await self.hold(
+            self.chat.pending_proactive(read.visitor, after=read.after, wait=read.wait))
         if messages is None:
             return
         self.write_json({"success": True, "messages": [proactive_json(m) for m in messages]})
