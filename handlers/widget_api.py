@@ -11,7 +11,7 @@ from server import validation
 from server.chat import Visitor
 from server.errors import InvalidRequest
 from server.store.models import Message
-from server.validation import int_field, query_int, query_seconds, string_field
+from server.validation import MAX_URL_LENGTH, int_field, query_int, query_seconds, string_field
 
 from handlers.base import ApiHandler
 from handlers.serializers import message_json, proactive_json
@@ -82,8 +82,10 @@ class OperatorMessagesHandler(HeldReadHandler):
 class PendingProactiveHandler(HeldReadHandler):
     async def get(self) -> None:
         read = await self.held_read()
+        page_url = string_field(read.query, "page_url", required=False, max_length=MAX_URL_LENGTH)
         messages = await self.hold(
-            self.chat.pending_proactive(read.visitor, after=read.after, wait=read.wait))
+            self.chat.pending_proactive(read.visitor, after=read.after, wait=read.wait,
+                                        page_url=page_url))
         if messages is None:
             return
         self.write_json({"success": True, "messages": [proactive_json(m) for m in messages]})

@@ -38,6 +38,7 @@ from server.config import Config
 from server.demo import DEMO_SITE_NAME
 from server.hub import EventBridge, Hub
 from server.operators import OperatorService
+from server.proactive import ProactiveRules
 from server.sites import SiteService
 from server.store.base import Store
 from server.store.sqlite import SQLiteStore
@@ -59,6 +60,7 @@ class Services:
     sites: SiteService
     chat: ChatService
     operators: OperatorService
+    rules: ProactiveRules
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -85,6 +87,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         sites=SiteService(store),
         chat=ChatService(store, hub, ai, blobs, limits),
         operators=OperatorService(store, hub),
+        rules=ProactiveRules(store),
     )
 
 

@@ -16,6 +16,7 @@ from server.blobs import BlobStore
 from server.errors import Blocked, Conflict, ParleyError, TooLarge, Unavailable, UnknownConversation
 from server.hub import Hub, session_topic, site_topic
 from server.images import clean_image
+from server.proactive import site_rules
 from server.ratelimit import Rate, RateLimiter
 from server.store.base import DuplicateMessageId, Store
 from server.store.models import Conversation, Message, ProactiveMessage, Site
@@ -236,7 +237,7 @@ class ChatService:
                 if is_news(result) or remaining <= 0:
                     return result
                 if not await subscription.wait(remaining):
-                    return result
+                    return await fetch()  # as of the end of the wait (a rule may have fallen due)
                 subscription.drain()
 
     async def history(self, visitor: Visitor, *, after: int | None, limit: int,
@@ -269,13 +270,24 @@ class ChatService:
 
         return await self._hold(visitor.topic, wait, fetch, is_news)
 
-    async def pending_proactive(self, visitor: Visitor, *, after: int | None,
-                                wait: float) -> list[ProactiveMessage]:
+    async def pending_proactive(self, visitor: Visitor, *, after: int | None, wait: float,
+                                page_url: str | None = None) -> list[ProactiveMessage]:
+        site, session_id = visitor.site, visitor.session_id
         if after:
-            await self.store.ack_proactive(visitor.site.id, visitor.session_id, after)
+            await self.store.ack_proactive(site.id, session_id, after)
+        now = time.time()
+        if page_url:
+            for rule in site_rules(site):
+                if rule.matches(page_url):
+                    await self.store.add_proactive(site.id, session_id, rule.text, "rule",
+                                                   rule_key=rule.id, deliver_at=now + rule.delay_seconds)
+        # A rule message falling due is news no one publishes: end the wait when it is due.
+        due = await self.store.next_proactive_due(site.id, session_id, now=now)
+        if due is not None:
+            wait = min(wait, max(0.0, due - now) + 0.01)
 
         async def fetch() -> list[ProactiveMessage]:
-            return await self.store.pending_proactive(visitor.site.id, visitor.session_id)
+            return await self.store.pending_proactive(site.id, session_id, now=time.time())
 
         return await self._hold(visitor.topic, wait, fetch, bool)
 

@@ -75,6 +75,7 @@ class OperatorService:
         if not text or len(text) > 1000:
             raise InvalidRequest("A proactive message is 1 to 1000 characters.")
         message = await self.store.add_proactive(site.id, session_id, text, sender)
+        assert message is not None  # only rule messages are ever deduplicated
         log.info("proactive message %s queued for site=%s", message.id, site.id)
         await self._notify(site, session_id, "proactive", {"proactive_id": message.id})
         return message

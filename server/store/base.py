@@ -129,13 +129,21 @@ class Store(abc.ABC):
     # Proactive messages
     @abc.abstractmethod
     async def add_proactive(
-        self, site_id: int, session_id: str, content: str, sender: str
-    ) -> ProactiveMessage: ...
+        self, site_id: int, session_id: str, content: str, sender: str, *,
+        rule_key: str | None = None, deliver_at: float = 0.0,
+    ) -> ProactiveMessage | None:
+        """Queue a message, visible from `deliver_at` (epoch seconds). With a `rule_key`, at most
+        once per session: None when that rule already produced a message for it."""
 
     @abc.abstractmethod
     async def pending_proactive(
-        self, site_id: int, session_id: str, limit: int = 50
-    ) -> list[ProactiveMessage]: ...
+        self, site_id: int, session_id: str, *, now: float, limit: int = 50
+    ) -> list[ProactiveMessage]:
+        """Unacknowledged messages already due at `now`, oldest first."""
+
+    @abc.abstractmethod
+    async def next_proactive_due(self, site_id: int, session_id: str, *, now: float) -> float | None:
+        """When the next not-yet-due message becomes due, if any."""
 
     @abc.abstractmethod
     async def ack_proactive(self, site_id: int, session_id: str, through_id: int) -> None: ...

@@ -92,9 +92,13 @@ CREATE TABLE IF NOT EXISTS proactive_messages (
     content TEXT NOT NULL,
     sender TEXT NOT NULL,
     acked INTEGER NOT NULL DEFAULT 0,
+    rule_key TEXT,
+    deliver_at REAL NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS proactive_pending ON proactive_messages (site_id, session_id, acked, id);
+CREATE UNIQUE INDEX IF NOT EXISTS proactive_rule_once
+    ON proactive_messages (site_id, session_id, rule_key) WHERE rule_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS documents (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     site_id INTEGER NOT NULL,
@@ -146,7 +150,8 @@ def _message(row: sqlite3.Row) -> Message:
 
 def _proactive(row: sqlite3.Row) -> ProactiveMessage:
     data = dict(row)
-    del data["acked"]
+    for internal in ("acked", "rule_key", "deliver_at"):
+        del data[internal]
     return ProactiveMessage(**data)
 
 
@@ -180,7 +185,11 @@ class SQLiteStore(Store):
 
     # Columns added after the first release: (table, column, declaration). SCHEMA creates them in a
     # new file; an older file gets them here, before SCHEMA's indexes may refer to them.
-    ADDED_COLUMNS = (("messages", "usage", "TEXT"),)
+    ADDED_COLUMNS = (
+        ("messages", "usage", "TEXT"),
+        ("proactive_messages", "rule_key", "TEXT"),
+        ("proactive_messages", "deliver_at", "REAL NOT NULL DEFAULT 0"),
+    )
 
     @classmethod
     def _add_missing_columns(cls, db: sqlite3.Connection) -> None:
@@ -446,32 +455,49 @@ class SQLiteStore(Store):
 
     # -- proactive ----------------------------------------------------------------------------
     async def add_proactive(
-        self, site_id: int, session_id: str, content: str, sender: str
-    ) -> ProactiveMessage:
-        def insert(db: sqlite3.Connection) -> sqlite3.Row:
+        self, site_id: int, session_id: str, content: str, sender: str, *,
+        rule_key: str | None = None, deliver_at: float = 0.0,
+    ) -> ProactiveMessage | None:
+        def insert(db: sqlite3.Connection) -> sqlite3.Row | None:
             cur = db.execute(
-                "INSERT INTO proactive_messages (site_id, session_id, content, sender, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (site_id, session_id, content, sender, utc_now_iso()),
+                "INSERT INTO proactive_messages"
+                " (site_id, session_id, content, sender, rule_key, deliver_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (site_id, session_id, content, sender, rule_key, deliver_at, utc_now_iso()),
             )
+            if not cur.rowcount:
+                return None
             return db.execute(
                 "SELECT * FROM proactive_messages WHERE id = ?", (cur.lastrowid,)
             ).fetchone()
 
-        return _proactive(await self._run(self._tx, insert))
+        row = await self._run(self._tx, insert)
+        return _proactive(row) if row else None
 
     async def pending_proactive(
-        self, site_id: int, session_id: str, limit: int = 50
+        self, site_id: int, session_id: str, *, now: float, limit: int = 50
     ) -> list[ProactiveMessage]:
         rows = await self._run(
             self._all,
             "SELECT * FROM proactive_messages WHERE site_id = ? AND session_id = ? AND acked = 0"
-            " ORDER BY id LIMIT ?",
+            " AND deliver_at <= ? ORDER BY id LIMIT ?",
             site_id,
             session_id,
+            now,
             limit,
         )
         return [_proactive(r) for r in rows]
+
+    async def next_proactive_due(self, site_id: int, session_id: str, *, now: float) -> float | None:
+        row = await self._run(
+            self._one,
+            "SELECT MIN(deliver_at) AS due FROM proactive_messages"
+            " WHERE site_id = ? AND session_id = ? AND acked = 0 AND deliver_at > ?",
+            site_id,
+            session_id,
+            now,
+        )
+        return row["due"] if row and row["due"] is not None else None
 
     async def ack_proactive(self, site_id: int, session_id: str, through_id: int) -> None:
         def update(db: sqlite3.Connection) -> None:
