@@ -13,7 +13,15 @@ from typing import Any, Awaitable, Callable, TypeVar
 from server.ai.base import AIUnavailable, Answer
 from server.ai.engine import AIEngine
 from server.blobs import BlobStore
-from server.errors import Blocked, Conflict, ParleyError, TooLarge, Unavailable, UnknownConversation
+from server.errors import (
+    Blocked,
+    Conflict,
+    ParleyError,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    UnknownConversation,
+)
 from server.hub import Hub, session_topic, site_topic
 from server.images import clean_image
 from server.proactive import site_rules
@@ -27,6 +35,7 @@ T = TypeVar("T")
 
 MAX_PIXELS = 40_000_000
 HISTORY_LIMIT_MAX = 200
+MAX_HELD_PER_SESSION = 12
 AI_HISTORY_MESSAGES = 20
 
 
@@ -229,6 +238,9 @@ class ChatService:
         """Answer now, or hold up to `wait` seconds until `fetch` finds something new."""
         if wait <= 0:
             return await fetch()
+        if self.hub.waiting_on(topic) >= MAX_HELD_PER_SESSION:
+            # A widget holds two requests; a few tabs more are fine, a loop opening hundreds is not.
+            raise RateLimited("Too many requests are waiting for this session.", retry_after=5)
         deadline = time.monotonic() + wait
         async with self.hub.subscribe(topic) as subscription:
             while True:

@@ -68,6 +68,9 @@ class Hub:
     def subscriber_count(self) -> int:
         return sum(len(subs) for subs in self._subscribers.values())
 
+    def waiting_on(self, topic: str) -> int:
+        return len(self._subscribers.get(topic, ()))
+
     @contextlib.asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
         subscription = Subscription(topic)

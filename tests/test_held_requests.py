@@ -135,3 +135,17 @@ async def test_cli_takeover_proactive_and_block_reach_the_running_server(parley)
     assert (await parley.get("block-status", **parley.ids(SID))).json()["blocked"] is False
     await run_cli(data_dir, "operator", "release", *common)
     assert (await parley.get("operator-messages", **parley.ids(SID))).json()["mode"] == "ai"
+
+
+async def test_a_session_cannot_hold_unbounded_requests(parley):
+    from server.chat import MAX_HELD_PER_SESSION
+
+    held = [asyncio.create_task(parley.get("history", **parley.ids(SID), wait=10))
+            for _ in range(MAX_HELD_PER_SESSION)]
+    await wait_until(lambda: parley.services.hub.subscriber_count == MAX_HELD_PER_SESSION)
+    refused = await parley.get("history", **parley.ids(SID), wait=10)
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    other = asyncio.create_task(parley.get("history", **parley.ids(session("held-2")), wait=0.2))
+    assert (await other).status_code == 200
+    await parley.services.operators.say(parley.site, SID, "wake up", operator_name="Ana")
+    assert all(r.status_code == 200 for r in await asyncio.gather(*held))
