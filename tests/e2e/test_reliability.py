@@ -1,0 +1,86 @@
+"""The widget when the network or the server says no: retries that never double, friendly waits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Browser, Route, expect
+
+from server.chat import Limits
+from server.demo import ensure_demo_site
+from server.ratelimit import Rate
+from server.store.models import Site
+from tests.e2e.browser import visit
+from tests.harness import Parley, start_parley
+
+
+async def visitor_messages(parley: Parley, site: Site, session_id: str) -> list[str]:
+    response = await parley.get("history", site_key=site.site_key, session_id=session_id)
+    return [m["content"] for m in response.json()["messages"] if m["role"] == "visitor"]
+
+
+async def test_a_dropped_connection_is_retried_with_the_same_message_id(
+        parley: Parley, demo: Site, browser: Browser) -> None:
+    v = await visit(browser, f"{parley.base_url}/demo")
+    sent: list[dict[str, Any]] = []
+
+    async def drop_the_first(route: Route) -> None:
+        sent.append(json.loads(route.request.post_data or "{}"))
+        if len(sent) == 1:
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    await v.page.route("**/api/v1/chat/stream", drop_the_first)
+    await v.open_chat()
+    await v.ask("Do you ship to Canada?")
+    await expect(v.widget(".msg.bot .src").last).to_be_visible(timeout=10_000)
+    await expect(v.widget(".notice")).to_be_hidden()
+    assert len(sent) == 2 and sent[0]["message_id"] == sent[1]["message_id"]
+    assert await visitor_messages(parley, demo, await v.session_id()) == ["Do you ship to Canada?"]
+    await expect(v.widget(".msg.visitor")).to_have_count(1)
+    assert v.unexpected_errors(allowed=r"ERR_CONNECTION_RESET") == []
+
+
+async def test_too_many_messages_show_a_friendly_wait_then_go_through(
+        tmp_path: Path, browser: Browser) -> None:
+    one_a_second = Limits(messages_per_session=Rate(burst=1, per_minute=60))
+    async for parley in start_parley(tmp_path, limits=one_a_second, offline_chunk_delay=0.0):
+        await ensure_demo_site(parley.services.sites, parley.services.store)
+        v = await visit(browser, f"{parley.base_url}/demo")
+        await v.open_chat()
+        await v.ask("Do you ship to Canada?")
+        await expect(v.widget(".msg.bot .src")).to_have_count(1, timeout=10_000)
+        await v.ask("How long do refunds take?")
+        await expect(v.widget(".notice")).to_contain_text("Please wait 1 s")
+        await v.screenshot("rate-limited")
+        await expect(v.widget(".msg.bot .src")).to_have_count(2, timeout=5_000)
+        await expect(v.widget(".notice")).to_be_hidden()
+        assert v.unexpected_errors(allowed=r"status of 429") == []
+
+
+SET_HIDDEN = """hidden => {
+  Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});
+  document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+async def test_a_hidden_tab_pauses_and_catches_up_once_visible(
+        parley: Parley, demo: Site, browser: Browser) -> None:
+    v = await visit(browser, f"{parley.base_url}/demo")
+    await v.open_chat()
+    session_id = await v.session_id()
+    await v.page.wait_for_timeout(300)  # the held request is open
+    await v.page.evaluate(SET_HIDDEN, True)
+    await parley.services.operators.say(demo, session_id, "While you were away", operator_name="Ana")
+    await v.page.wait_for_timeout(700)
+    await expect(v.widget(".msg.operator")).to_have_count(0)  # nothing is listening while hidden
+
+    await v.page.evaluate(SET_HIDDEN, False)
+    await expect(v.widget(".msg.operator")).to_have_count(1, timeout=2_000)
+    await parley.services.operators.say(demo, session_id, "Welcome back", operator_name="Ana")
+    await expect(v.widget(".msg.operator")).to_have_text(["AnaWhile you were away", "AnaWelcome back"],
+                                                         timeout=2_000)
+    assert v.unexpected_errors() == []
