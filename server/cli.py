@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from server.app import Services, build_services
+from server.ai.settings import ai_settings, masked, updated_ai_settings
 from server.config import Config, add_config_arguments, load_config
-from server.demo import document_title
 from server.errors import ParleyError
+from server.knowledge import DEFAULT_SITEMAP_LIMIT, IngestError, KnowledgeService
 from server.validation import SESSION_ID_RE
 
 Command = Callable[[Services, argparse.Namespace], Awaitable[int]]
@@ -59,40 +60,91 @@ async def site_list(services: Services, args: argparse.Namespace) -> int:
 
 
 # -- knowledge ------------------------------------------------------------------------------------
-MAX_DOCUMENT_BYTES = 5 * 1024 * 1024
+def _knowledge(services: Services, allow_private: bool = False) -> KnowledgeService:
+    return KnowledgeService(services.store, services.knowledge,
+                            allow_private=allow_private or services.config.kb_allow_private)
 
 
 async def kb_add(services: Services, args: argparse.Namespace) -> int:
     site = await services.sites.get(args.site)
-    for file in args.files:
-        path = Path(file)
-        if path.stat().st_size > MAX_DOCUMENT_BYTES:
-            print(f"skipped {path}: larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB", file=sys.stderr)
+    knowledge = _knowledge(services, args.allow_private)
+    failed = 0
+    for source in args.sources:
+        try:
+            if source.startswith(("http://", "https://")):
+                documents = await knowledge.add_url(site, source, sitemap_limit=args.sitemap_limit,
+                                                    title=args.title)
+            else:
+                documents = [await knowledge.add_file(site, Path(source), url=args.url, title=args.title)]
+        except (IngestError, OSError) as exc:
+            print(f"skipped {source}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            failed += 1
             continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        document = await services.store.add_document(site.id, document_title(path, text), args.url, text)
-        print(f"added document {document.id}: {document.title} ({len(text)} characters)")
-    return 0
+        for document in documents:
+            print(f"added document {document.id}: {document.title} ({len(document.content)} characters)")
+        if not documents:
+            print(f"nothing added from {source}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 async def kb_list(services: Services, args: argparse.Namespace) -> int:
     site = await services.sites.get(args.site)
-    documents = await services.store.list_documents(site.id)
+    documents = await _knowledge(services).list(site)
     if args.json:
         _print_json([{"id": d.id, "title": d.title, "url": d.url, "characters": len(d.content),
                       "updated_at": d.updated_at} for d in documents])
     else:
         for document in documents:
-            print(f"{document.id:>5}  {document.title}  ({len(document.content)} characters)")
+            where = f"  <{document.url}>" if document.url else ""
+            print(f"{document.id:>5}  {document.title}  ({len(document.content)} characters){where}")
     return 0
 
 
 async def kb_remove(services: Services, args: argparse.Namespace) -> int:
     site = await services.sites.get(args.site)
-    if not await services.store.remove_document(site.id, args.id):
+    if not await _knowledge(services).remove(site, args.id):
         print(f"no document {args.id} on this site", file=sys.stderr)
         return 1
     print(f"removed document {args.id}")
+    return 0
+
+
+async def kb_reindex(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    documents, passages, seconds = await _knowledge(services).reindex(site)
+    print(f"indexed {documents} documents as {passages} passages in {seconds * 1000:.0f} ms "
+          "(running servers rebuild their index by themselves when documents change)")
+    return 0
+
+
+# -- a site's AI ----------------------------------------------------------------------------------
+AI_CONFIG_FLAGS = ("base_url", "api_key", "model", "temperature", "max_tokens", "system_prompt",
+                   "redact_pii", "handoff_when_unsure", "handoff_phrases")
+CAP_FLAGS = ("replies_per_session_hour", "replies_per_site_day", "max_input_chars")
+
+
+async def site_ai_config(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    current = ai_settings(site)
+    changes = {name: getattr(args, name) for name in AI_CONFIG_FLAGS if getattr(args, name) is not None}
+    caps = {name: (None if value < 0 else value) for name in CAP_FLAGS
+            if (value := getattr(args, name)) is not None}
+    if caps:
+        changes["caps"] = caps
+    if args.clear or changes:
+        updated = updated_ai_settings({} if args.clear else current, changes)
+        site = await services.store.update_site_settings(site.id, {**site.settings, "ai": updated})
+        current = updated
+        print(f"updated the AI settings of {site.name!r}")
+    if args.show or not (args.clear or changes):
+        shown = masked(current)  # the key is never printed in full
+        if args.json:
+            _print_json(shown)
+        else:
+            for name, value in shown.items():
+                print(f"{name}: {json.dumps(value, ensure_ascii=False)}")
+            if not shown:
+                print("no AI settings of its own: this site uses the global ones (PARLEY_AI_*)")
     return 0
 
 
@@ -175,19 +227,56 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print one JSON object")
     listing = command(site, "list", "list sites", site_list)
     listing.add_argument("--json", action="store_true", help="print a JSON array")
+    ai_config = command(site, "ai-config", "show or change a site's own AI model, prompt, caps and "
+                        "handoff rules (unset values fall back to the global PARLEY_AI_* settings)",
+                        site_ai_config)
+    ai_config.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+    ai_config.add_argument("--base-url", metavar="URL",
+                           help="OpenAI-compatible API base URL, e.g. https://api.openai.com/v1 ('' unsets)")
+    ai_config.add_argument("--api-key", metavar="KEY",
+                           help="API key for that URL ('' unsets); stored, never printed in full")
+    ai_config.add_argument("--model", help="model name, e.g. gpt-4o-mini ('' unsets)")
+    ai_config.add_argument("--temperature", type=float, help="sampling temperature, 0 to 2")
+    ai_config.add_argument("--max-tokens", type=int, metavar="N", help="most tokens in one answer")
+    ai_config.add_argument("--system-prompt", metavar="TEXT",
+                           help="instructions for the model; {site_name} is replaced ('' unsets)")
+    ai_config.add_argument("--redact-pii", action=argparse.BooleanOptionalAction, default=None,
+                           help="hide emails, phone and card numbers from the model (the stored chat keeps them)")
+    ai_config.add_argument("--handoff-when-unsure", action=argparse.BooleanOptionalAction, default=None,
+                           help="hand the conversation to operators when no knowledge matches")
+    ai_config.add_argument("--handoff-phrase", dest="handoff_phrases", action="append", metavar="TEXT",
+                           help="an extra phrase meaning 'let me talk to a person' (repeat; replaces the list)")
+    ai_config.add_argument("--replies-per-session-hour", type=int, metavar="N",
+                           help="most AI answers per visitor per hour (default 30; -1: no limit)")
+    ai_config.add_argument("--replies-per-site-day", type=int, metavar="N",
+                           help="most AI answers per site per 24 hours (default no limit; -1: no limit)")
+    ai_config.add_argument("--max-input-chars", type=int, metavar="N",
+                           help="longest visitor message the AI takes (default 4000)")
+    ai_config.add_argument("--clear", action="store_true", help="drop every site AI setting first")
+    ai_config.add_argument("--show", action="store_true", help="print the settings (the key masked)")
+    ai_config.add_argument("--json", action="store_true", help="with --show, print one JSON object")
 
     kb = commands.add_parser("kb", help="manage a site's knowledge documents").add_subparsers(
         dest="kb_command", metavar="ACTION", required=True)
-    add = command(kb, "add", "add text or Markdown files to a site's knowledge", kb_add)
+    add = command(kb, "add", "add files (.txt, .md, .html, .pdf) or URLs (a page, or a sitemap) to "
+                  "a site's knowledge; adding a URL again refreshes it", kb_add)
     add.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
-    add.add_argument("--url", help="the public page these files come from, shown as the source")
-    add.add_argument("files", nargs="+", metavar="FILE")
+    add.add_argument("--url", help="for files: the public page they come from, shown as the source")
+    add.add_argument("--title", help="the document title (default: from the document)")
+    add.add_argument("--sitemap-limit", type=int, default=DEFAULT_SITEMAP_LIMIT, metavar="N",
+                     help=f"most pages to fetch from a sitemap (default {DEFAULT_SITEMAP_LIMIT})")
+    add.add_argument("--allow-private", action="store_true",
+                     help="allow URLs on loopback or private addresses (an intranet wiki) "
+                          "[env PARLEY_KB_ALLOW_PRIVATE]")
+    add.add_argument("sources", nargs="+", metavar="FILE_OR_URL", help="a file path or an http(s) URL")
     kb_listing = command(kb, "list", "list a site's knowledge documents", kb_list)
     kb_listing.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
     kb_listing.add_argument("--json", action="store_true", help="print a JSON array")
     remove = command(kb, "remove", "remove one knowledge document", kb_remove)
     remove.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
     remove.add_argument("id", type=int, help="the document id from 'kb list'")
+    reindex = command(kb, "reindex", "build a site's search index now and report its size", kb_reindex)
+    reindex.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
 
     def conversation_args(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")

@@ -115,6 +115,10 @@ class KnowledgeBase:
                 self._locks.pop(evicted, None)
             return index
 
+    async def passage_count(self, site_id: int) -> int:
+        """Passages in the site's index, building it first if it is missing or stale."""
+        return len((await self._index_for(site_id)).passages)
+
     async def search(self, site_id: int, query: str, *, k: int = 3, min_share: float = 0.5) -> list[Passage]:
         """The best passages for `query`: score above zero and at least `min_share` of the best."""
         index = await self._index_for(site_id)

@@ -99,3 +99,32 @@ def global_model_config(config: Any) -> ModelConfig | None:
         attempts=config.ai_attempts,
         backoff=config.ai_backoff,
     )
+
+
+def updated_ai_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A site's settings["ai"] with `changes` applied and checked; "" or None in `changes` removes
+    a key (falls back to the global config). `caps` changes merge into the current caps."""
+    result = dict(current)
+    for name, value in changes.items():
+        if name not in SITE_KEYS:
+            raise InvalidRequest(f"Unknown AI setting '{name}'.")
+        if name == "caps":
+            caps = {**(result.get("caps") or {}), **value}
+            for cap, limit in caps.items():
+                if cap not in CAP_KEYS:
+                    raise InvalidRequest(f"Unknown cap '{cap}'.")
+                if limit is not None and (not isinstance(limit, int) or limit < 0):
+                    raise InvalidRequest(f"The cap {cap} is a whole number, 0 or more.")
+            result["caps"] = caps
+            continue
+        if value is None or value == "":
+            result.pop(name, None)
+            continue
+        if name == "base_url":
+            value = check_base_url(value)
+        elif name == "temperature" and not 0 <= float(value) <= 2:
+            raise InvalidRequest("The temperature is between 0 and 2.")
+        elif name == "max_tokens" and int(value) < 1:
+            raise InvalidRequest("max_tokens is at least 1.")
+        result[name] = value
+    return result
