@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from server.ai.settings import ai_settings, masked, updated_ai_settings
 from server.config import Config, add_config_arguments, load_config
 from server.errors import ParleyError
 from server.knowledge import DEFAULT_SITEMAP_LIMIT, IngestError, KnowledgeService
+from server.proactive import site_rules
 from server.validation import SESSION_ID_RE
 
 Command = Callable[[Services, argparse.Namespace], Awaitable[int]]
@@ -174,6 +176,33 @@ async def proactive_send(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
+async def rule_add(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    rule = await services.rules.add(site, args.path, args.after, " ".join(args.text))
+    print(f"added rule {rule.id}: on {rule.path} after {rule.delay_seconds:g} s")
+    return 0
+
+
+async def rule_list(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    rules = site_rules(site)
+    if args.json:
+        _print_json([dataclasses.asdict(r) for r in rules])
+        return 0
+    for rule in rules:
+        print(f"{rule.id}  {rule.path}  after {rule.delay_seconds:g} s  {rule.text}")
+    return 0
+
+
+async def rule_remove(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    if not await services.rules.remove(site, args.id):
+        print(f"no rule {args.id} on this site", file=sys.stderr)
+        return 1
+    print(f"removed rule {args.id}")
+    return 0
+
+
 def _block_target(args: argparse.Namespace) -> tuple[str, str]:
     for kind in ("session", "ip", "email"):
         value = getattr(args, kind)
@@ -297,7 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
         dest="proactive_command", metavar="ACTION", required=True)
     send = command(proactive, "send", "queue a proactive message for a visitor", proactive_send)
     conversation_args(send)
-    send.add_argument("text", nargs="+")
+    send.add_argument("text", nargs="+", help="the message")
+    rule = proactive.add_parser("rule", help="messages shown on matching pages after a delay")
+    rules = rule.add_subparsers(dest="rule_command", metavar="ACTION", required=True)
+    rule_adding = command(rules, "add", "show TEXT to visitors of PATH after a delay", rule_add)
+    rule_adding.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+    rule_adding.add_argument("--path", required=True,
+                             help="page path it applies to, with everything below it (e.g. /pricing)")
+    rule_adding.add_argument("--after", type=float, default=0, metavar="SECONDS",
+                             help="seconds on the page before it shows (default 0)")
+    rule_adding.add_argument("text", nargs="+", help="the message")
+    rule_listing = command(rules, "list", "list the site's rules", rule_list)
+    rule_listing.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+    rule_listing.add_argument("--json", action="store_true", help="print a JSON array")
+    rule_removing = command(rules, "remove", "remove a rule", rule_remove)
+    rule_removing.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+    rule_removing.add_argument("id", help="the rule id from 'proactive rule list'")
 
     for name, run, help_text in (("block", block, "block a visitor by session, IP or email"),
                                  ("unblock", unblock, "lift blocks on a session, IP or email")):

@@ -78,3 +78,17 @@ def test_flag_beats_environment_beats_default():
     assert (config.host, str(config.data_dir), config.demo) == ("0.0.0.0", "/srv/parley", True)
     with pytest.raises(SystemExit, match="PARLEY_PORT"):
         load_config({}, {"PARLEY_PORT": "eighty"})
+
+
+def test_proactive_rules_from_the_cli(tmp_path):
+    site = json.loads(cli("site", "create", "--name", "Rules", "--json", "--data-dir", str(tmp_path)).stdout)
+    added = cli("proactive", "rule", "add", "--site", site["site_key"], "--path", "/pricing", "--after", "20",
+                "Questions", "about", "plans?", "--data-dir", str(tmp_path))
+    assert added.returncode == 0, added.stderr
+    rules = json.loads(cli("proactive", "rule", "list", "--site", site["site_key"], "--json",
+                           "--data-dir", str(tmp_path)).stdout)
+    assert [(r["path"], r["delay_seconds"], r["text"]) for r in rules] == [("/pricing", 20.0, "Questions about plans?")]
+    removed = cli("proactive", "rule", "remove", "--site", site["site_key"], rules[0]["id"], "--data-dir", str(tmp_path))
+    assert removed.returncode == 0
+    bad = cli("proactive", "rule", "add", "--site", site["site_key"], "--path", "pricing", "x", "--data-dir", str(tmp_path))
+    assert bad.returncode == 2 and "starts with '/'" in bad.stderr
