@@ -87,3 +87,17 @@ async def test_an_older_database_gets_the_usage_column(tmp_path: Path):
         assert message.usage == {"total_tokens": 7}
     finally:
         await store.close()
+
+
+async def test_no_public_endpoint_returns_a_site_key_for_the_model(parley):
+    site = parley.site
+    await parley.services.store.update_site_settings(
+        site.id, {**site.settings, "ai": {"api_key": KEY, "redact_pii": True}})
+    events = await parley.ask("sess_keycheck000000001", "Do you ship to Canada?")
+    assert events[-1]["type"] == "done"
+    bodies = [
+        (await parley.get("config", site_key=parley.site_key)).text,
+        (await parley.get("history", **parley.ids("sess_keycheck000000001"))).text,
+        json.dumps(events),
+    ]
+    assert all(KEY not in body for body in bodies)
