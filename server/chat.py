@@ -234,8 +234,9 @@ class ChatService:
 
     # -- held reads ---------------------------------------------------------------------------
     async def _hold(self, topic: str, wait: float, fetch: Callable[[], Awaitable[T]],
-                    is_news: Callable[[T], bool]) -> T:
-        """Answer now, or hold up to `wait` seconds until `fetch` finds something new."""
+                    is_news: Callable[[T], bool], wake_on: frozenset[str] = frozenset()) -> T:
+        """Answer now, or hold up to `wait` seconds until `fetch` finds something new, or until an
+        event of a kind in `wake_on` happens (news the response cannot show by itself)."""
         if wait <= 0:
             return await fetch()
         if self.hub.waiting_on(topic) >= MAX_HELD_PER_SESSION:
@@ -250,7 +251,8 @@ class ChatService:
                     return result
                 if not await subscription.wait(remaining):
                     return await fetch()  # as of the end of the wait (a rule may have fallen due)
-                subscription.drain()
+                if any(event.get("kind") in wake_on for event in subscription.drain()):
+                    return await fetch()
 
     async def history(self, visitor: Visitor, *, after: int | None, limit: int,
                       wait: float) -> tuple[Conversation | None, list[Message]]:
@@ -261,7 +263,9 @@ class ChatService:
             return conversation, await self.store.list_messages(
                 conversation.id, after=after, limit=min(limit, HISTORY_LIMIT_MAX))
 
-        return await self._hold(visitor.topic, wait, fetch, lambda result: bool(result[1]))
+        # A takeover or a block changes what the widget shows even without a new message.
+        return await self._hold(visitor.topic, wait, fetch, lambda result: bool(result[1]),
+                                wake_on=frozenset({"mode", "block"}))
 
     async def operator_messages(self, visitor: Visitor, *, after: int | None,
                                 wait: float) -> tuple[list[Message], str]:

@@ -149,3 +149,15 @@ async def test_a_session_cannot_hold_unbounded_requests(parley):
     assert (await other).status_code == 200
     await parley.services.operators.say(parley.site, SID, "wake up", operator_name="Ana")
     assert all(r.status_code == 200 for r in await asyncio.gather(*held))
+
+
+async def test_a_held_history_request_returns_on_a_takeover_or_a_block(parley):
+    for act in (lambda: parley.services.operators.set_mode(parley.site, SID, "operator"),
+                lambda: parley.services.operators.block(parley.site, "session", SID, session_id=SID)):
+        request = asyncio.create_task(parley.get("history", **parley.ids(SID), wait=10))
+        await wait_until(lambda: parley.services.hub.subscriber_count == 1)
+        started = time.monotonic()
+        await act()
+        body = (await asyncio.wait_for(request, 5)).json()
+        assert body["messages"] == [] and time.monotonic() - started < 1
+    assert body["mode"] == "operator"

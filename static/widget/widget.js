@@ -599,11 +599,12 @@
     var self = this;
     if (!this.wanted || document.hidden) return; // resumed by visibilitychange, with the same cursor
     var ctrl = this.ctrl = new AbortController();
+    var started = Date.now();
     request("GET", this.path, Object.assign({ wait: HOLD }, this.params()), ctrl.signal).then(function (data) {
       if (self.ctrl !== ctrl) return; // stopped meanwhile: a fresher loop owns the cursor
       self.ctrl = null;
       self.attempt = 0;
-      self.onData(data);
+      self.onData(data, Date.now() - started);
       self.run();
     }, function (err) {
       if (self.ctrl !== ctrl) return;
@@ -614,9 +615,11 @@
     });
   };
 
-  var historyLoop = new Poller("history", function () { return { after: state.lastId || null, limit: 200 }; }, function (data) {
+  var historyLoop = new Poller("history", function () { return { after: state.lastId || null, limit: 200 }; }, function (data, heldMs) {
     state.mode = data.mode || state.mode;
     showMessages(data.messages, true);
+    // Back early with nothing new: the server woke us for a takeover or a block.
+    if (!(data.messages || []).length && heldMs < HOLD * 1000 - 1000) checkBlocked();
   });
 
   var proactive = new Poller("pending-proactive", function () {
