@@ -159,3 +159,12 @@ async def test_the_ai_is_silent_while_an_operator_has_the_conversation(ai_parley
     assert [e["type"] for e in events] == ["done"]
     assert events[0]["meta"]["mode"] == "operator"
     assert len(fake_openai.calls) == 1
+
+
+def test_human_phrases_match_whole_words_only():
+    from server.ai.phrases import asks_for_human
+
+    assert asks_for_human("Can I TALK to a   human?")
+    assert asks_for_human("need an operator now")
+    assert not asks_for_human("we are a cooperator shop")
+    assert asks_for_human("bitte mit Mensch reden", ["mit mensch"])

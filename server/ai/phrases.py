@@ -53,9 +53,11 @@ def pick(table: dict[str, str], lang: str) -> str:
 
 
 def asks_for_human(text: str, extra_phrases: list[str] | None = None) -> bool:
-    normalised = re.sub(r"\s+", " ", text.lower())
-    phrases = HUMAN_REQUEST_PHRASES + [p.lower() for p in (extra_phrases or [])[:200]]
-    return any(phrase in normalised for phrase in phrases)
+    """True when a phrase appears as whole words ("operator", not "cooperator")."""
+    normalised = " " + " ".join(re.findall(r"\w+", text.lower())) + " "
+    phrases = HUMAN_REQUEST_PHRASES + [p for p in (extra_phrases or [])[:200] if isinstance(p, str)]
+    return any(" " + " ".join(re.findall(r"\w+", phrase.lower())) + " " in normalised
+               for phrase in phrases if phrase.strip())
 
 
 # What a visitor reads when a cap stops the AI (see server/ai/caps.py). Each offers a person.

@@ -25,7 +25,7 @@ class Site:
     site_key: str
     name: str
     allowed_origins: list[str]
-    settings: dict[str, Any]
+    settings: dict[str, Any] = field(repr=False)  # may hold a model API key: never in a log line
     enabled: bool
     created_at: str
 
