@@ -177,12 +177,20 @@ async def test_blocked_visitor_sees_why_and_cannot_type(parley: Parley, demo: Si
     v = await visit(browser, demo_url(parley))
     await v.open_chat()
     session_id = await v.session_id()
-    # Blocked while the page is open: the next message gets 403 `blocked`.
+    # Blocked by an operator while the page is open: the held request brings it within a second.
     await parley.services.operators.block(demo, "session", session_id, session_id=session_id)
+    await expect(v.widget(".blocked")).to_have_text("You can no longer send messages in this chat.",
+                                                    timeout=2000)
+    await expect(v.widget("textarea")).to_be_disabled()
+    await v.screenshot("blocked")
+    await parley.services.operators.unblock(demo, "session", session_id, session_id=session_id)
+    await expect(v.widget("textarea")).to_be_enabled(timeout=2000)
+
+    # A block nobody announced (by IP): the next message gets 403 `blocked`.
+    await parley.services.operators.block(demo, "ip", "127.0.0.1")
     await v.ask("Hello?")
     await expect(v.widget(".blocked")).to_have_text("You can no longer send messages in this chat.")
     await expect(v.widget("textarea")).to_be_disabled()
-    await v.screenshot("blocked")
 
     # And after a reload the widget learns it from block-status before anything is typed.
     await v.page.reload()
