@@ -66,31 +66,25 @@ async def main() -> None:
             return asyncio.create_task(raw_get(
                 port, f"/api/v1/chat/operator-messages?site_key={site.site_key}&session_id={sid}&wait={wait}"))
 
-        same_process = []
-        for n in range(args.rounds):
-            sid = f"sess_round{n:012d}"
-            task = held(sid)
-            await wait_for_subscribers(services, 1)
-            started = time.perf_counter()
-            await services.operators.say(site, sid, "hello", operator_name="Ana")
-            await task
-            same_process.append(time.perf_counter() - started)
-        summary("wake, same process", same_process)
+        async def time_wakes(writer, prefix: str) -> list[float]:
+            """One held request at a time, woken by a message `writer` stores."""
+            seconds = []
+            for n in range(args.rounds):
+                sid = f"sess_{prefix}{n:012d}"
+                task = held(sid)
+                await wait_for_subscribers(services, 1)
+                started = time.perf_counter()
+                await writer.operators.say(site, sid, "hello", operator_name="Ana")
+                await task
+                seconds.append(time.perf_counter() - started)
+            return seconds
 
+        summary("wake, same process", await time_wakes(services, "same"))
         # Another process: its own store connection and hub, so the wake-up can only
         # travel through the events feed that the server's bridge tails.
         other = await build_services(config)
-        other_process = []
-        for n in range(args.rounds):
-            sid = f"sess_other{n:012d}"
-            task = held(sid)
-            await wait_for_subscribers(services, 1)
-            started = time.perf_counter()
-            await other.operators.say(site, sid, "hello", operator_name="Bo")
-            await task
-            other_process.append(time.perf_counter() - started)
+        summary("wake, other process (events feed)", await time_wakes(other, "other"))
         await other.close()
-        summary("wake, other process (events feed)", other_process)
 
         started = time.perf_counter()
         tasks = [held(f"sess_many{n:013d}") for n in range(args.held)]
