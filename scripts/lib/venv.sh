@@ -28,8 +28,8 @@ ensure_venv() {
     fi
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
         echo "Installing $(basename "$requirements") into .venv ..." >&2
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements" >&2
+        "$VENV/bin/python" -m pip install -qq --disable-pip-version-check --upgrade pip >&2
+        "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -r "$requirements" >&2
         echo "$wanted" > "$stamp"
     fi
 }

@@ -525,7 +525,8 @@
   function sourcesBlock(sources) {
     var items = (sources || []).map(function (s) {
       var title = String((s && s.title) || "").slice(0, 200);
-      var href = s && s.url ? safeUrl(s.url, location.href) : null;
+      // A relative source URL is a page of this server, not of the page the widget sits on.
+      var href = s && s.url ? safeUrl(s.url, BASE + "/") : null;
       return title ? h("li", {}, [href ? link(href, title) : title]) : null;
     }).filter(Boolean);
     return items.length ? h("div", { class: "src" }, [h("b", { text: t("sources") }), h("ul", {}, items)]) : null;
