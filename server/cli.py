@@ -362,6 +362,8 @@ def setup_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # bm25s sets its own logger to DEBUG; its index-building chatter is not ours to print.
+    logging.getLogger("bm25s").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 async def _run_command(config: Config, run: Command, args: argparse.Namespace) -> int:
