@@ -52,6 +52,7 @@ class ApiHandler(tornado.web.RequestHandler):
             # Which sites may embed the widget is enforced per request (403 origin_not_allowed);
             # reflecting the origin lets the widget read that error.
             self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", "Retry-After")
             self.set_header("Vary", "Origin")
 
     def prepare(self) -> None:
@@ -59,8 +60,8 @@ class ApiHandler(tornado.web.RequestHandler):
             declared = self.request.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
                 raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
-            # Tornado itself stops reading past this, for bodies sent without a length.
-            self.request.connection.set_max_body_size(self.max_body_bytes + 1)  # type: ignore[union-attr]
+            # A body without a length is counted as it streams in (data_received keeps nothing past
+            # the limit) and refused with 413 once complete; the server-wide cap still applies.
 
     def data_received(self, chunk: bytes) -> None:
         self._body_size += len(chunk)
@@ -112,8 +113,10 @@ class ApiHandler(tornado.web.RequestHandler):
         raw = self.body
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise InvalidRequest("The body must be a JSON object.") from None
+            # A lone surrogate ("\ud800") parses but cannot be stored: refuse it here, whole.
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except (UnicodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+            raise InvalidRequest("The body must be a JSON object of valid UTF-8 text.") from None
         if not isinstance(data, dict):
             raise InvalidRequest("The body must be a JSON object.")
         return data
@@ -147,7 +150,10 @@ class ApiHandler(tornado.web.RequestHandler):
             raise
 
     def on_connection_close(self) -> None:
+        # Tornado's own version ends a body still streaming in; without it post() would wait forever.
+        super().on_connection_close()
         self.client_gone = True
+        self._body_parts.clear()
         if self._held is not None and not self._held.done():
             self._held.cancel()
 

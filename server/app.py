@@ -91,6 +91,17 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
     )
 
 
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The access log without query strings: a site_key with a session_id reads a conversation,
+    and page URLs can carry personal data."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    logging.getLogger("tornado.access").log(
+        level, "%d %s %s (%s) %.1fms", status, request.method, request.path, request.remote_ip,
+        1000.0 * request.request_time())
+
+
 def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
     config = services.config
     api = {"chat": services.chat, "sites": services.sites}
@@ -123,6 +134,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         "sse_keepalive": config.sse_keepalive,
         "services": services,
         "xheaders": config.behind_proxy,
+        "log_function": log_request,
     }
     settings.update(overrides)
     return tornado.web.Application(routes, **settings)

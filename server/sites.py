@@ -27,12 +27,17 @@ def new_site_key() -> str:
 
 def normalise_origin(raw: str) -> str:
     """`https://Shop.example.com/path` -> `https://shop.example.com`; anything else is refused."""
-    parts = urlsplit(raw.strip())
+    refusal = InvalidRequest(f"'{raw[:200]}' is not an http(s) origin such as https://shop.example.com.")
+    try:
+        parts = urlsplit(raw.strip())
+        explicit_port = parts.port  # raises ValueError when out of range
+    except ValueError:
+        raise refusal from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(f"'{raw}' is not an http(s) origin such as https://shop.example.com.")
+        raise refusal
     host = parts.hostname.lower()
     default_port = {"http": 80, "https": 443}[parts.scheme]
-    port = f":{parts.port}" if parts.port and parts.port != default_port else ""
+    port = f":{explicit_port}" if explicit_port and explicit_port != default_port else ""
     return f"{parts.scheme}://{host}{port}"
 
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 
-import httpx
 import httpx_sse
 
 from tests.harness import session
@@ -203,16 +202,3 @@ async def test_a_body_over_the_limit_is_413(parley):
     response = await parley.post("stream", b'{"message": "' + b"x" * 70_000 + b'"}')
     assert response.status_code == 413
     assert response.json()["code"] == "too_large"
-
-
-async def test_chunked_body_over_the_limit_is_refused(parley):
-    async def body():
-        for _ in range(100):
-            yield b"x" * 1024
-
-    try:
-        response = await parley.client.post("/api/v1/chat/stream", content=body(),
-                                            headers={"Content-Type": "application/json"})
-    except httpx.HTTPError:
-        return  # the server closed the connection mid-body: also a refusal
-    assert response.status_code in (400, 413)
