@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import secrets
@@ -36,6 +37,13 @@ T = TypeVar("T")
 MAX_PIXELS = 40_000_000
 HISTORY_LIMIT_MAX = 200
 MAX_HELD_PER_SESSION = 12
+MAX_HELD_PER_IP = 500
+IMAGE_DECODES_AT_ONCE = 2
+IMAGE_QUEUE_SECONDS = 20
+
+
+def readable_size(size: int) -> str:
+    return f"{size / 1048576:.3g} MB" if size >= 1048576 else f"{max(1, size // 1024)} KB"
 AI_HISTORY_MESSAGES = 20
 
 
@@ -84,6 +92,8 @@ class ChatService:
         self._write_limiter = RateLimiter(limits.writes_per_ip)
         self._upload_limiter = RateLimiter(limits.uploads_per_session)
         self._live_turns: dict[tuple[int, str], Turn] = {}
+        self._held_by_ip: collections.Counter[str] = collections.Counter()
+        self._image_slots = asyncio.Semaphore(IMAGE_DECODES_AT_ONCE)
 
     # -- guards -------------------------------------------------------------------------------
     async def is_blocked(self, visitor: Visitor) -> bool:
@@ -107,10 +117,14 @@ class ChatService:
             raise Blocked("You can no longer send messages in this chat.")
 
     async def _publish_message(self, visitor: Visitor, message: Message) -> None:
-        payload = {"message_id": message.id, "role": message.role}
-        await self.hub.publish(visitor.topic, "message", payload)
-        await self.hub.publish(site_topic(visitor.site.id), "message",
-                               {**payload, "session_id": visitor.session_id})
+        await self.hub.publish_to_session(visitor.site.id, visitor.session_id, "message",
+                                          {"message_id": message.id, "role": message.role})
+
+    async def _refresh_context(self, conversation: Conversation, context: dict[str, Any]) -> None:
+        """Operators see the page the visitor is on now, not the one where the chat began."""
+        changes = {k: v for k, v in context.items() if v and getattr(conversation, k) != v}
+        if changes:
+            await self.store.update_conversation(conversation.id, changes)
 
     # -- a visitor message and its answer ----------------------------------------------------
     async def start_turn(self, visitor: Visitor, request: TurnRequest) -> Turn:
@@ -123,25 +137,32 @@ class ChatService:
         conversation = await self.store.ensure_conversation(
             site.id, visitor.session_id, {k: v for k, v in context.items() if v}
         )
+        await self._refresh_context(conversation, context)
         try:
             message = await self.store.add_message(
                 conversation.id, "visitor", request.text, message_id=message_id
             )
         except DuplicateMessageId:
-            return await self._rejoin(visitor, conversation, message_id, request.text)
+            return await self._rejoin(visitor, conversation, message_id, request)
         log.info("visitor message %s stored %s mode=%s chars=%d", message.id, visitor.log_ref,
                  conversation.mode, len(request.text))
+        turn = self._answer(visitor, conversation, message, request)
+        await self._publish_message(visitor, message)
+        return turn
+
+    def _answer(self, visitor: Visitor, conversation: Conversation, message: Message,
+                request: TurnRequest) -> Turn:
+        """Start answering a stored visitor message. No await in here: the turn is registered
+        before anything else runs, so a retry racing this request finds it."""
+        message_id = message.message_id or ""
         if conversation.mode == "operator":
-            await self._publish_message(visitor, message)
             return Turn.finished(self._meta(conversation, message_id, None, "operator"))
         turn = Turn()
-        # Registered before any await, so a retry racing this request finds it.
         self._live_turns[(conversation.id, message_id)] = turn
         turn.producer = asyncio.create_task(
             self._produce(turn, visitor, conversation, message, request),
             name=f"answer-{message.id}",
         )
-        await self._publish_message(visitor, message)
         return turn
 
     @staticmethod
@@ -157,18 +178,26 @@ class ChatService:
         }
 
     async def _rejoin(self, visitor: Visitor, conversation: Conversation, message_id: str,
-                      text: str) -> Turn:
+                      request: TurnRequest) -> Turn:
+        """A retry of a stored message: follow its answer, replay it, or answer again if the
+        first answer was cut off (the visitor's connection dropped, the model failed)."""
         existing = await self.store.get_visitor_message(conversation.id, message_id)
-        if existing is None or existing.content != text:
+        if existing is None or existing.content != request.text:
             raise Conflict("This message_id was already used for a different message.")
-        live = self._live_turns.get((conversation.id, message_id))
-        if live is not None:
+        key = (conversation.id, message_id)
+        if key in self._live_turns:
             log.info("retry of %s follows the answer in progress %s", message_id, visitor.log_ref)
-            return live
+            return self._live_turns[key]
         reply = await self.store.get_reply(conversation.id, message_id)
-        log.info("retry of %s replays the stored answer %s", message_id, visitor.log_ref)
-        meta = self._meta(conversation, message_id, reply, conversation.mode, conversation.handoff)
-        return Turn.finished(meta, reply.content if reply else "")
+        if reply is not None and reply.status == "complete":
+            log.info("retry of %s replays the stored answer %s", message_id, visitor.log_ref)
+            meta = self._meta(conversation, message_id, reply, conversation.mode, conversation.handoff)
+            return Turn.finished(meta, reply.content)
+        if key in self._live_turns:  # another retry started one while we read the store
+            return self._live_turns[key]
+        log.info("retry of %s answers again (the first answer was %s) %s", message_id,
+                 "cut off" if reply else "never stored", visitor.log_ref)
+        return self._answer(visitor, conversation, existing, request)
 
     async def _produce(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                        message: Message, request: TurnRequest) -> None:
@@ -233,15 +262,29 @@ class ChatService:
             turn.finish(self._meta(conversation, message.message_id or "", reply, "ai", handoff))
 
     # -- held reads ---------------------------------------------------------------------------
-    async def _hold(self, topic: str, wait: float, fetch: Callable[[], Awaitable[T]],
+    async def _hold(self, visitor: Visitor, wait: float, fetch: Callable[[], Awaitable[T]],
                     is_news: Callable[[T], bool], wake_on: frozenset[str] = frozenset()) -> T:
         """Answer now, or hold up to `wait` seconds until `fetch` finds something new, or until an
         event of a kind in `wake_on` happens (news the response cannot show by itself)."""
         if wait <= 0:
             return await fetch()
-        if self.hub.waiting_on(topic) >= MAX_HELD_PER_SESSION:
-            # A widget holds two requests; a few tabs more are fine, a loop opening hundreds is not.
+        # A widget holds two requests; a few tabs more are fine, a loop opening hundreds is not,
+        # nor one address inventing sessions (an office behind one NAT still fits).
+        if self.hub.waiting_on(visitor.topic) >= MAX_HELD_PER_SESSION:
             raise RateLimited("Too many requests are waiting for this session.", retry_after=5)
+        ip_key = visitor.ip or ""
+        if self._held_by_ip[ip_key] >= MAX_HELD_PER_IP:
+            raise RateLimited("Too many requests are waiting from this address.", retry_after=5)
+        self._held_by_ip[ip_key] += 1
+        try:
+            return await self._hold_subscribed(visitor.topic, wait, fetch, is_news, wake_on)
+        finally:
+            self._held_by_ip[ip_key] -= 1
+            if not self._held_by_ip[ip_key]:
+                del self._held_by_ip[ip_key]
+
+    async def _hold_subscribed(self, topic: str, wait: float, fetch: Callable[[], Awaitable[T]],
+                               is_news: Callable[[T], bool], wake_on: frozenset[str]) -> T:
         deadline = time.monotonic() + wait
         async with self.hub.subscribe(topic) as subscription:
             while True:
@@ -264,7 +307,7 @@ class ChatService:
                 conversation.id, after=after, limit=min(limit, HISTORY_LIMIT_MAX))
 
         # A takeover or a block changes what the widget shows even without a new message.
-        return await self._hold(visitor.topic, wait, fetch, lambda result: bool(result[1]),
+        return await self._hold(visitor, wait, fetch, lambda result: bool(result[1]),
                                 wake_on=frozenset({"mode", "block"}))
 
     async def operator_messages(self, visitor: Visitor, *, after: int | None,
@@ -284,19 +327,16 @@ class ChatService:
                 first_mode.append(result[1])
             return bool(result[0]) or result[1] != first_mode[0]
 
-        return await self._hold(visitor.topic, wait, fetch, is_news)
+        return await self._hold(visitor, wait, fetch, is_news)
 
     async def pending_proactive(self, visitor: Visitor, *, after: int | None, wait: float,
                                 page_url: str | None = None) -> list[ProactiveMessage]:
         site, session_id = visitor.site, visitor.session_id
-        if after:
-            await self.store.ack_proactive(site.id, session_id, after)
         now = time.time()
+        if after:
+            await self.store.ack_proactive(site.id, session_id, after, now=now)
         if page_url:
-            for rule in site_rules(site):
-                if rule.matches(page_url):
-                    await self.store.add_proactive(site.id, session_id, rule.text, "rule",
-                                                   rule_key=rule.id, deliver_at=now + rule.delay_seconds)
+            await self._apply_rules(visitor, page_url, now)
         # A rule message falling due is news no one publishes: end the wait when it is due.
         due = await self.store.next_proactive_due(site.id, session_id, now=now)
         if due is not None:
@@ -305,7 +345,23 @@ class ChatService:
         async def fetch() -> list[ProactiveMessage]:
             return await self.store.pending_proactive(site.id, session_id, now=time.time())
 
-        return await self._hold(visitor.topic, wait, fetch, bool)
+        return await self._hold(visitor, wait, fetch, bool)
+
+    async def _apply_rules(self, visitor: Visitor, page_url: str, now: float) -> None:
+        """Queue the site's rules matching this page, once per session. A read that writes: each
+        new row counts against the address's write rate, so invented sessions cannot fill the table."""
+        site = visitor.site
+        for rule in site_rules(site):
+            if not rule.matches(page_url):
+                continue
+            queued = await self.store.add_proactive(site.id, visitor.session_id, rule.text, "rule",
+                                                    rule_key=rule.id, deliver_at=now + rule.delay_seconds)
+            if queued is not None and visitor.ip:
+                try:
+                    self._write_limiter.hit(f"{site.id}:{visitor.ip}")
+                except RateLimited:
+                    log.warning("stopped queueing rule messages for a busy address on site=%s", site.id)
+                    return
 
     # -- contact, rating ----------------------------------------------------------------------
     async def save_contact(self, visitor: Visitor, *, email: str | None = None,
@@ -349,8 +405,17 @@ class ChatService:
         await self.guard_write(visitor, self._upload_limiter)
         limit = self.upload_limit(visitor.site)
         if len(data) > limit:
-            raise TooLarge(f"Images can be at most {limit // (1024 * 1024)} MB.")
-        image = await asyncio.to_thread(clean_image, data, max_pixels=MAX_PIXELS)
+            raise TooLarge(f"Images can be at most {readable_size(limit)}.")
+        try:
+            # Decoding a 40-megapixel image takes seconds and ~200 MB: a few at a time, not sixty.
+            async with asyncio.timeout(IMAGE_QUEUE_SECONDS):
+                await self._image_slots.acquire()
+        except TimeoutError:
+            raise Unavailable("Too many images are being processed; please try again.") from None
+        try:
+            image = await asyncio.to_thread(clean_image, data, max_pixels=MAX_PIXELS)
+        finally:
+            self._image_slots.release()
         key = await self.blobs.put(image.data, image.extension, image.content_type)
         conversation = await self.store.ensure_conversation(visitor.site.id, visitor.session_id, {})
         message = await self.store.add_message(conversation.id, "visitor", "", image_key=key)

@@ -104,6 +104,13 @@ class Hub:
             log.warning("could not record %s event for other processes", kind)
 
 
+    async def publish_to_session(self, site_id: int, session_id: str, kind: str,
+                                 payload: dict[str, Any]) -> None:
+        """News of one visitor: to the visitor's own waiters and to the site's operators."""
+        await self.publish(session_topic(site_id, session_id), kind, payload)
+        await self.publish(site_topic(site_id), kind, {**payload, "session_id": session_id})
+
+
 class EventBridge:
     """Tails the store's events feed for writes made by other processes (CLI, other servers).
 

@@ -6,7 +6,7 @@ import logging
 import time
 
 from server.errors import InvalidRequest
-from server.hub import Hub, session_topic, site_topic
+from server.hub import Hub
 from server.store.base import Store
 from server.store.models import Message, ProactiveMessage, Site
 
@@ -21,8 +21,7 @@ class OperatorService:
         self.hub = hub
 
     async def _notify(self, site: Site, session_id: str, kind: str, payload: dict) -> None:
-        await self.hub.publish(session_topic(site.id, session_id), kind, payload)
-        await self.hub.publish(site_topic(site.id), kind, {**payload, "session_id": session_id})
+        await self.hub.publish_to_session(site.id, session_id, kind, payload)
 
     async def say(self, site: Site, session_id: str, text: str, *, operator_name: str) -> Message:
         text = text.strip()

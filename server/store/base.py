@@ -95,7 +95,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_reply(self, conversation_id: int, message_id: str) -> Message | None:
-        """The AI answer to the visitor message with this message_id, if stored."""
+        """The latest AI answer to the visitor message with this message_id, if stored."""
 
     @abc.abstractmethod
     async def list_messages(
@@ -146,7 +146,8 @@ class Store(abc.ABC):
         """When the next not-yet-due message becomes due, if any."""
 
     @abc.abstractmethod
-    async def ack_proactive(self, site_id: int, session_id: str, through_id: int) -> None: ...
+    async def ack_proactive(self, site_id: int, session_id: str, through_id: int, *, now: float) -> None:
+        """Acknowledge the delivered messages (due by `now`) up to `through_id`."""
 
     # Knowledge
     @abc.abstractmethod

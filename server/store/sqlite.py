@@ -366,7 +366,7 @@ class SQLiteStore(Store):
     async def get_reply(self, conversation_id: int, message_id: str) -> Message | None:
         row = await self._run(
             self._one,
-            "SELECT * FROM messages WHERE conversation_id = ? AND reply_to = ? ORDER BY id LIMIT 1",
+            "SELECT * FROM messages WHERE conversation_id = ? AND reply_to = ? ORDER BY id DESC LIMIT 1",
             conversation_id,
             message_id,
         )
@@ -499,12 +499,13 @@ class SQLiteStore(Store):
         )
         return row["due"] if row and row["due"] is not None else None
 
-    async def ack_proactive(self, site_id: int, session_id: str, through_id: int) -> None:
+    async def ack_proactive(self, site_id: int, session_id: str, through_id: int, *, now: float) -> None:
         def update(db: sqlite3.Connection) -> None:
+            # A message not yet due was never delivered, whatever its id: it stays pending.
             db.execute(
                 "UPDATE proactive_messages SET acked = 1"
-                " WHERE site_id = ? AND session_id = ? AND id <= ? AND acked = 0",
-                (site_id, session_id, through_id),
+                " WHERE site_id = ? AND session_id = ? AND id <= ? AND acked = 0 AND deliver_at <= ?",
+                (site_id, session_id, through_id, now),
             )
 
         await self._run(self._tx, update)

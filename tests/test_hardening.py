@@ -1,0 +1,134 @@
+"""What a careless client or an attacker tries: none of it may cost a 500, a leak or lost data."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import time
+
+import httpx_sse
+
+from handlers.upload import UploadImageHandler
+from tests.harness import session
+from tests.providers import GatedProvider
+
+SID = session("hardening")
+
+
+async def test_a_retry_after_a_dropped_stream_gets_a_whole_answer(parley):
+    parley.services.ai.default_provider = first = GatedProvider(["Partial ", "rest"])
+    body = parley.ids(SID, message="Do you ship to Canada?", message_id="m_dropped")
+    async with httpx_sse.aconnect_sse(parley.client, "POST", "/api/v1/chat/stream", json=body) as source:
+        first.release()
+        async for _ in source.aiter_sse():
+            break  # the connection drops after the first chunk
+    await asyncio.wait_for(first.cancelled.wait(), 5)
+    parley.services.ai.default_provider = second = GatedProvider(["Yes, ", "we do."])
+    second.release(2)
+    for _ in range(50):  # the cut-off answer is stored once the producer has finished
+        history = (await parley.get("history", **parley.ids(SID))).json()["messages"]
+        if len(history) == 2:
+            break
+        await asyncio.sleep(0.02)
+    events = await parley.stream_events(body)
+    assert "".join(e["content"] for e in events if e["type"] == "chunk") == "Yes, we do."
+    history = (await parley.get("history", **parley.ids(SID))).json()["messages"]
+    assert [(m["role"], m["status"]) for m in history] == [
+        ("visitor", "complete"), ("ai", "interrupted"), ("ai", "complete")]
+    replay = await parley.stream_events(body)  # and once complete, it is replayed, not redone
+    assert [e["content"] for e in replay if e["type"] == "chunk"] == ["Yes, we do."]
+    assert len(second.requests) == 1
+
+
+async def test_odd_input_is_a_400_never_a_500(parley):
+    bodies = [
+        b"[" * 50_000,
+        b'{"site_key": "x", "score": ' + b"9" * 5000 + b"}",
+        json.dumps(parley.ids(SID, message="\ud800 x")).encode("utf-8", "surrogatepass"),
+        b'{"message": "\\ud800 x", "site_key": "' + parley.site_key.encode() + b'", "session_id": "' + SID.encode() + b'"}',
+    ]
+    for body in bodies:
+        response = await parley.post("stream", body)
+        assert response.status_code == 400, body[:60]
+        assert response.json()["code"] == "invalid_request"
+    assert (await parley.get("history", **parley.ids(SID))).json()["messages"] == []  # nothing half-written
+
+
+async def test_malformed_origins_are_refused_not_crashed(parley):
+    strict = await parley.services.sites.create("Strict", ["https://shop.example.com"])
+    for origin in ("http://[::1", "https://x.com:99999", "null"):
+        response = await parley.client.get("/api/v1/chat/block-status", params=parley.ids(SID, site=strict),
+                                           headers={"Origin": origin})
+        assert response.status_code == 403, origin
+        assert response.json()["code"] == "origin_not_allowed"
+
+
+async def test_a_chunked_body_over_the_limit_is_a_413_in_json(parley):
+    async def body():
+        for _ in range(100):
+            yield b"x" * 1024
+
+    response = await parley.client.post("/api/v1/chat/stream", content=body(),
+                                        headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["code"] == "too_large"
+
+
+async def test_an_upload_abandoned_midway_frees_its_handler(parley):
+    def live_uploads() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, UploadImageHandler))
+
+    before = live_uploads()
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", parley.port)
+        writer.write(b"POST /api/v1/chat/upload-image HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n"
+                     + b"x" * 5000)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+    deadline = time.monotonic() + 3
+    while live_uploads() > before and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert live_uploads() == before
+
+
+async def test_cross_origin_widgets_can_read_retry_after(parley):
+    response = await parley.client.get("/api/v1/chat/history", params=parley.ids(SID),
+                                       headers={"Origin": "https://shop.example.com"})
+    assert "retry-after" in response.headers["access-control-expose-headers"].lower()
+
+
+async def test_the_access_log_keeps_session_ids_and_page_urls_out(parley, caplog):
+    with caplog.at_level(logging.INFO, logger="tornado.access"):
+        await parley.get("pending-proactive", **parley.ids(SID), page_url="https://shop.test/?email=a@b.co")
+    lines = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+    assert any("/api/v1/chat/pending-proactive" in line for line in lines)
+    assert not any(SID in line or "a@b.co" in line for line in lines)
+
+
+async def test_acknowledging_does_not_swallow_a_rule_not_yet_due(parley):
+    await parley.services.rules.add(parley.site, "/pricing", 0.3, "Questions about plans?")
+    await parley.get("pending-proactive", **parley.ids(SID), page_url="https://shop.test/pricing")
+    sent = await parley.services.operators.send_proactive(parley.site, SID, "Hi from Ana")
+    acked = (await parley.get("pending-proactive", **parley.ids(SID), after=sent.id, wait=5)).json()
+    assert [m["content"] for m in acked["messages"]] == ["Questions about plans?"]
+
+
+async def test_one_address_cannot_hold_unbounded_requests(parley, monkeypatch):
+    import server.chat
+
+    monkeypatch.setattr(server.chat, "MAX_HELD_PER_IP", 3)
+    held = [asyncio.create_task(parley.get("history", **parley.ids(session(f"ip{n}")), wait=10))
+            for n in range(3)]
+    while parley.services.hub.subscriber_count < 3:
+        await asyncio.sleep(0.01)
+    refused = await parley.get("history", **parley.ids(session("ip-more")), wait=10)
+    assert refused.status_code == 429
+    for n in range(3):
+        await parley.services.operators.say(parley.site, session(f"ip{n}"), "hi", operator_name="Ana")
+    assert all(r.status_code == 200 for r in await asyncio.gather(*held))
+    assert (await parley.get("history", **parley.ids(session("ip-more")), wait=0.1)).status_code == 200
