@@ -786,10 +786,8 @@
       var note = h("span", { class: "note", text: t("failed") + " " });
       note.appendChild(h("button", { type: "button", class: "btn ghost", text: t("retry"), onclick: function () {
         note.remove();
-        // A failed answer is stored as it stands; asking again needs a new message_id.
-        var again = { mid: "m_" + randomId(20), text: turn.text, mine: turn.mine };
-        state.sentMids[again.mid] = true;
-        ask(again);
+        // The same message_id: the server answers a cut-off answer again, without a second question.
+        ask({ mid: turn.mid, text: turn.text, mine: turn.mine });
       } }));
       el.appendChild(note);
     }

@@ -14,6 +14,7 @@ from server.ratelimit import Rate
 from server.store.models import Site
 from tests.e2e.browser import visit
 from tests.harness import Parley, start_parley
+from tests.providers import GatedProvider
 
 
 async def visitor_messages(parley: Parley, site: Site, session_id: str) -> list[str]:
@@ -83,4 +84,30 @@ async def test_a_hidden_tab_pauses_and_catches_up_once_visible(
     await parley.services.operators.say(demo, session_id, "Welcome back", operator_name="Ana")
     await expect(v.widget(".msg.operator")).to_have_text(["AnaWhile you were away", "AnaWelcome back"],
                                                          timeout=2_000)
+    assert v.unexpected_errors() == []
+
+
+async def test_an_answer_that_fails_midway_is_asked_again_without_a_second_question(
+        parley: Parley, demo: Site, browser: Browser) -> None:
+    failing = GatedProvider(["Half an answer ", "never"], fail_after=1)
+    failing.release()
+    parley.services.ai.default_provider = failing
+    v = await visit(browser, f"{parley.base_url}/demo")
+    await v.open_chat()
+    await v.ask("Do you ship to Canada?")
+    retry = v.widget(".msg.bot button").filter(has_text="Retry")
+    await expect(retry).to_be_visible(timeout=5_000)
+    working = GatedProvider(["Yes, ", "we ship to Canada."])
+    working.release(2)
+    parley.services.ai.default_provider = working
+    await retry.click()
+    await expect(v.widget(".msg.bot").last).to_contain_text("Yes, we ship to Canada.")
+    await expect(v.widget(".msg.visitor")).to_have_count(1)
+    assert await visitor_messages(parley, demo, await v.session_id()) == ["Do you ship to Canada?"]
+    await v.page.reload()
+    await v.widget(".launcher").wait_for()
+    if not await v.widget(".panel").is_visible():
+        await v.open_chat()
+    await expect(v.widget(".msg.bot").last).to_contain_text("Yes, we ship to Canada.")
+    await expect(v.widget(".msg.visitor")).to_have_count(1)
     assert v.unexpected_errors() == []
