@@ -5,12 +5,13 @@ from __future__ import annotations
 from tornado.httputil import HTTPFile, parse_body_arguments
 
 from server.errors import InvalidRequest
+from server.sites import MAX_UPLOAD_SETTING
 
 from handlers.base import ApiHandler
 from handlers.widget_api import PublicUrlMixin
 
 # Room for the largest per-site image limit plus the multipart framing.
-UPLOAD_BODY_LIMIT = 21 * 1024 * 1024
+UPLOAD_BODY_LIMIT = MAX_UPLOAD_SETTING + 1024 * 1024
 
 
 class UploadImageHandler(PublicUrlMixin, ApiHandler):

@@ -8,7 +8,7 @@ from typing import Any
 import tornado.web
 
 from server import validation
-from server.chat import Visitor
+from server.chat import HISTORY_LIMIT_MAX, Visitor
 from server.errors import InvalidRequest
 from server.store.models import Message
 from server.validation import MAX_URL_LENGTH, int_field, query_int, query_seconds, string_field
@@ -54,7 +54,7 @@ class HeldReadHandler(PublicUrlMixin):
 class HistoryHandler(HeldReadHandler):
     async def get(self) -> None:
         read = await self.held_read()
-        limit = query_int(read.query.get("limit"), "limit", minimum=1, maximum=200) or 50
+        limit = query_int(read.query.get("limit"), "limit", minimum=1, maximum=HISTORY_LIMIT_MAX) or 50
         result = await self.hold(
             self.chat.history(read.visitor, after=read.after, limit=limit, wait=read.wait))
         if result is None:  # the client left

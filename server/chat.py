@@ -27,6 +27,7 @@ from server.hub import Hub, session_topic, site_topic
 from server.images import clean_image
 from server.proactive import site_rules
 from server.ratelimit import Rate, RateLimiter
+from server.sites import upload_limit
 from server.store.base import DuplicateMessageId, Store
 from server.store.models import Conversation, Message, ProactiveMessage, Site
 from server.turns import Turn
@@ -398,12 +399,9 @@ class ChatService:
                                {"session_id": visitor.session_id})
 
     # -- images -------------------------------------------------------------------------------
-    def upload_limit(self, site: Site) -> int:
-        return int(site.setting("upload_max_bytes", 5 * 1024 * 1024))
-
     async def upload_image(self, visitor: Visitor, data: bytes) -> Message:
         await self.guard_write(visitor, self._upload_limiter)
-        limit = self.upload_limit(visitor.site)
+        limit = upload_limit(visitor.site)
         if len(data) > limit:
             raise TooLarge(f"Images can be at most {readable_size(limit)}.")
         try:

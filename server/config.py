@@ -37,6 +37,21 @@ class Config:
     ai_backoff: float = 0.5
     kb_allow_private: bool = False
 
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append("port is 0 to 65535")
+        if self.backlog < 1:
+            problems.append("backlog is at least 1")
+        if self.sse_keepalive < 0.01:
+            problems.append("sse_keepalive is a positive number of seconds")
+        if self.event_poll_interval < 0.01:
+            problems.append("event_poll_interval is at least 0.01 s")
+        if self.offline_chunk_delay < 0:
+            problems.append("offline_chunk_delay is not negative")
+        if problems:
+            raise ValueError("; ".join(problems))
+
     @property
     def database_path(self) -> Path:
         return self.data_dir / "parley.sqlite3"
@@ -117,4 +132,7 @@ def load_config(args: Mapping[str, Any] | None = None, environ: Mapping[str, str
             values[name] = raw.strip().lower() in TRUE_WORDS if kind is bool else kind(raw)
         except ValueError:
             raise SystemExit(f"{env_name(name)}={raw!r} is not a valid {kind.__name__}") from None
-    return Config(**values)
+    try:
+        return Config(**values)
+    except ValueError as exc:
+        raise SystemExit(f"invalid configuration: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 
@@ -9,6 +10,7 @@ from server.errors import InvalidRequest
 from server.hub import Hub
 from server.store.base import Store
 from server.store.models import Message, ProactiveMessage, Site
+from server.validation import SESSION_ID_RE, normalise_email
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,9 @@ class OperatorService:
             raise InvalidRequest(f"A block matches one of: {', '.join(BLOCK_KINDS)}.")
         if minutes is not None and minutes <= 0:
             raise InvalidRequest("A block lasts a positive number of minutes.")
+        value = self._block_value(kind, value)
         expires_at = time.time() + minutes * 60 if minutes else None
-        await self.store.add_block(site.id, kind, value.lower() if kind == "email" else value,
-                                   expires_at, reason)
+        await self.store.add_block(site.id, kind, value, expires_at, reason)
         log.info("blocked %s on site=%s for %s", kind, site.id,
                  f"{minutes:g} min" if minutes else "good")
         if session_id:
@@ -62,11 +64,25 @@ class OperatorService:
 
     async def unblock(self, site: Site, kind: str, value: str, *,
                       session_id: str | None = None) -> int:
-        removed = await self.store.remove_blocks(site.id, kind, value.lower() if kind == "email" else value)
+        removed = await self.store.remove_blocks(site.id, kind, self._block_value(kind, value))
         log.info("removed %d %s block(s) on site=%s", removed, kind, site.id)
         if session_id:
             await self._notify(site, session_id, "block", {"blocked": False})
         return removed
+
+    @staticmethod
+    def _block_value(kind: str, value: str) -> str:
+        """The form a block is stored and matched in: a canonical IP, a lower-case email."""
+        if kind == "ip":
+            try:
+                return str(ipaddress.ip_address(value.strip()))
+            except ValueError:
+                raise InvalidRequest(f"'{value[:100]}' is not an IP address.") from None
+        if kind == "email":
+            return normalise_email(value.strip()).lower()
+        if not SESSION_ID_RE.match(value):
+            raise InvalidRequest("A session id looks like sess_ followed by 16 to 64 characters.")
+        return value
 
     async def send_proactive(self, site: Site, session_id: str, text: str, *,
                              sender: str = "operator") -> ProactiveMessage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
@@ -9,6 +10,7 @@ from urllib.parse import urlsplit
 from server.errors import InvalidRequest, OriginNotAllowed, UnknownSite
 from server.store.base import Store
 from server.store.models import Site
+from server.validation import LANG_RE
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "title": "Chat with us",
@@ -81,3 +83,38 @@ class SiteService:
         if not self.origin_allowed(site, origin):
             raise OriginNotAllowed("This site does not allow chat from this origin.")
         return site
+
+
+COLOR_RE = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+# The largest image a site may allow; the upload endpoint reads this plus room for the form.
+MAX_UPLOAD_SETTING = 20 * 1024 * 1024
+
+
+def _text(value: Any, default: str, limit: int) -> str:
+    return value.strip()[:limit] if isinstance(value, str) and value.strip() else default
+
+
+def upload_limit(site: Site) -> int:
+    """The site's largest image in bytes: its setting if sane, capped by what the endpoint reads."""
+    limit = site.settings.get("upload_max_bytes")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        return min(limit, MAX_UPLOAD_SETTING)
+    return int(DEFAULT_SETTINGS["upload_max_bytes"])
+
+
+def public_config(site: Site) -> dict[str, Any]:
+    """Only the settings the widget shows, each checked: a bad value falls back to the default
+    rather than reaching CSS (a colour) or the layout (a position) in customers' pages."""
+    settings = site.settings
+    color = settings.get("color")
+    position = settings.get("position")
+    lang = settings.get("lang")
+    return {
+        "title": _text(settings.get("title"), DEFAULT_SETTINGS["title"], 80),
+        "greeting": _text(settings.get("greeting"), DEFAULT_SETTINGS["greeting"], 500),
+        "color": color if isinstance(color, str) and COLOR_RE.match(color) else DEFAULT_SETTINGS["color"],
+        "position": position if position in ("left", "right") else "right",
+        "lang": lang if isinstance(lang, str) and LANG_RE.match(lang) else "en",
+        # Lets the widget refuse a too-large image before uploading it.
+        "upload_max_bytes": upload_limit(site),
+    }

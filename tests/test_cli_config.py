@@ -92,3 +92,18 @@ def test_proactive_rules_from_the_cli(tmp_path):
     assert removed.returncode == 0
     bad = cli("proactive", "rule", "add", "--site", site["site_key"], "--path", "pricing", "x", "--data-dir", str(tmp_path))
     assert bad.returncode == 2 and "starts with '/'" in bad.stderr
+
+
+def test_nonsense_configuration_is_refused_at_start():
+    for env in ({"PARLEY_PORT": "99999"}, {"PARLEY_SSE_KEEPALIVE": "0"}, {"PARLEY_EVENT_POLL_INTERVAL": "0"},
+                {"PARLEY_BACKLOG": "-5"}):
+        with pytest.raises(SystemExit, match="invalid configuration"):
+            load_config({}, env)
+
+
+def test_blocks_take_real_addresses(tmp_path):
+    site = json.loads(cli("site", "create", "--name", "B", "--json", "--data-dir", str(tmp_path)).stdout)
+    bad = cli("block", "--site", site["site_key"], "--ip", "999.1.1.1", "--data-dir", str(tmp_path))
+    assert bad.returncode == 2 and "not an IP address" in bad.stderr
+    good = cli("block", "--site", site["site_key"], "--ip", "2001:DB8::1", "--data-dir", str(tmp_path))
+    assert good.returncode == 0 and "2001:db8::1" in good.stdout.lower()

@@ -15,10 +15,6 @@ def utc_now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def now_epoch() -> float:
-    return time.time()
-
-
 @dataclass(frozen=True)
 class Site:
     id: int
