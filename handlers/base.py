@@ -11,9 +11,10 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from server import validation
-from server.chat import ChatService, Visitor
+from server.chat import ChatService
 from server.errors import InvalidRequest, ParleyError, TooLarge
 from server.sites import SiteService
+from server.visitor import Visitor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from server.chat import TurnRequest
+from server.visitor import TurnRequest
 from server.turns import Turn
 from server.validation import LANG_RE, MAX_URL_LENGTH, MESSAGE_ID_RE, string_field
 

@@ -8,7 +8,8 @@ from typing import Any
 import tornado.web
 
 from server import validation
-from server.chat import HISTORY_LIMIT_MAX, Visitor
+from server.chat import HISTORY_LIMIT_MAX
+from server.visitor import Visitor
 from server.errors import InvalidRequest
 from server.store.models import Message
 from server.validation import MAX_URL_LENGTH, int_field, query_int, query_seconds, string_field

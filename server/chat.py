@@ -1,36 +1,37 @@
-"""The visitor side of a conversation: messages and answers, held reads, contact, rating, images."""
+"""The visitor side of a conversation: messages, held reads, contact, rating, images.
+
+Answers themselves are made in server/answering.py."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
-from server.ai.base import AIUnavailable, Answer
 from server.ai.engine import AIEngine
+from server.answering import Answerer, publish_message
 from server.blobs import BlobStore
 from server.errors import (
     Blocked,
     Conflict,
-    ParleyError,
     RateLimited,
     TooLarge,
     Unavailable,
     UnknownConversation,
 )
-from server.hub import Hub, session_topic, site_topic
+from server.hub import Hub, site_topic
 from server.images import clean_image
 from server.proactive import site_rules
 from server.ratelimit import Rate, RateLimiter
 from server.sites import upload_limit
 from server.store.base import DuplicateMessageId, Store
-from server.store.models import Conversation, Message, ProactiveMessage, Site
+from server.store.models import Conversation, Message, ProactiveMessage
 from server.turns import Turn
+from server.visitor import TurnRequest, Visitor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,24 +46,6 @@ IMAGE_QUEUE_SECONDS = 20
 
 def readable_size(size: int) -> str:
     return f"{size / 1048576:.3g} MB" if size >= 1048576 else f"{max(1, size // 1024)} KB"
-AI_HISTORY_MESSAGES = 20
-
-
-@dataclass(frozen=True)
-class Visitor:
-    """Who is asking: a session of a site, seen from an IP address."""
-
-    site: Site
-    session_id: str
-    ip: str | None = None
-
-    @property
-    def topic(self) -> str:
-        return session_topic(self.site.id, self.session_id)
-
-    @property
-    def log_ref(self) -> str:
-        return f"site={self.site.id} session={self.session_id[:12]}…"
 
 
 @dataclass(frozen=True)
@@ -70,15 +53,6 @@ class Limits:
     messages_per_session: Rate = Rate(burst=10, per_minute=20)
     writes_per_ip: Rate = Rate(burst=60, per_minute=120)
     uploads_per_session: Rate = Rate(burst=5, per_minute=10)
-
-
-@dataclass(frozen=True)
-class TurnRequest:
-    text: str
-    message_id: str | None
-    lang: str | None
-    page_url: str | None
-    page_title: str | None
 
 
 class ChatService:
@@ -92,7 +66,7 @@ class ChatService:
         self._message_limiter = RateLimiter(limits.messages_per_session)
         self._write_limiter = RateLimiter(limits.writes_per_ip)
         self._upload_limiter = RateLimiter(limits.uploads_per_session)
-        self._live_turns: dict[tuple[int, str], Turn] = {}
+        self.answers = Answerer(store, hub, ai)
         self._held_by_ip: collections.Counter[str] = collections.Counter()
         self._image_slots = asyncio.Semaphore(IMAGE_DECODES_AT_ONCE)
 
@@ -117,10 +91,6 @@ class ChatService:
             log.info("refused a write from a blocked visitor %s", visitor.log_ref)
             raise Blocked("You can no longer send messages in this chat.")
 
-    async def _publish_message(self, visitor: Visitor, message: Message) -> None:
-        await self.hub.publish_to_session(visitor.site.id, visitor.session_id, "message",
-                                          {"message_id": message.id, "role": message.role})
-
     async def _refresh_context(self, conversation: Conversation, context: dict[str, Any]) -> None:
         """Operators see the page the visitor is on now, not the one where the chat began."""
         changes = {k: v for k, v in context.items() if v and getattr(conversation, k) != v}
@@ -144,123 +114,12 @@ class ChatService:
                 conversation.id, "visitor", request.text, message_id=message_id
             )
         except DuplicateMessageId:
-            return await self._rejoin(visitor, conversation, message_id, request)
+            return await self.answers.rejoin(visitor, conversation, message_id, request)
         log.info("visitor message %s stored %s mode=%s chars=%d", message.id, visitor.log_ref,
                  conversation.mode, len(request.text))
-        turn = self._answer(visitor, conversation, message, request)
-        await self._publish_message(visitor, message)
+        turn = self.answers.start(visitor, conversation, message, request)
+        await publish_message(self.hub, visitor, message)
         return turn
-
-    def _answer(self, visitor: Visitor, conversation: Conversation, message: Message,
-                request: TurnRequest) -> Turn:
-        """Start answering a stored visitor message. No await in here: the turn is registered
-        before anything else runs, so a retry racing this request finds it."""
-        message_id = message.message_id or ""
-        if conversation.mode == "operator":
-            return Turn.finished(self._meta(conversation, message_id, None, "operator"))
-        turn = Turn()
-        self._live_turns[(conversation.id, message_id)] = turn
-        turn.producer = asyncio.create_task(
-            self._produce(turn, visitor, conversation, message, request),
-            name=f"answer-{message.id}",
-        )
-        return turn
-
-    @staticmethod
-    def _meta(conversation: Conversation, message_id: str, reply: Message | None, mode: str,
-              handoff: bool = False) -> dict[str, Any]:
-        return {
-            "conversation_id": conversation.id,
-            "message_id": message_id,
-            "reply_id": reply.id if reply else None,
-            "mode": mode,
-            "sources": [s.as_dict() for s in reply.sources] if reply else [],
-            "handoff": handoff,
-        }
-
-    async def _rejoin(self, visitor: Visitor, conversation: Conversation, message_id: str,
-                      request: TurnRequest) -> Turn:
-        """A retry of a stored message: follow its answer, replay it, or answer again if the
-        first answer was cut off (the visitor's connection dropped, the model failed)."""
-        existing = await self.store.get_visitor_message(conversation.id, message_id)
-        if existing is None or existing.content != request.text:
-            raise Conflict("This message_id was already used for a different message.")
-        key = (conversation.id, message_id)
-        if key in self._live_turns:
-            log.info("retry of %s follows the answer in progress %s", message_id, visitor.log_ref)
-            return self._live_turns[key]
-        reply = await self.store.get_reply(conversation.id, message_id)
-        if reply is not None and reply.status == "complete":
-            log.info("retry of %s replays the stored answer %s", message_id, visitor.log_ref)
-            meta = self._meta(conversation, message_id, reply, conversation.mode, conversation.handoff)
-            return Turn.finished(meta, reply.content)
-        if key in self._live_turns:  # another retry started one while we read the store
-            return self._live_turns[key]
-        log.info("retry of %s answers again (the first answer was %s) %s", message_id,
-                 "cut off" if reply else "never stored", visitor.log_ref)
-        return self._answer(visitor, conversation, existing, request)
-
-    async def _produce(self, turn: Turn, visitor: Visitor, conversation: Conversation,
-                       message: Message, request: TurnRequest) -> None:
-        site = visitor.site
-        answer: Answer | None = None
-        cancelled = False
-        started = time.monotonic()
-        try:
-            history = await self.store.recent_messages(conversation.id, AI_HISTORY_MESSAGES)
-            answer = await self.ai.answer(
-                site, request.text,
-                lang=request.lang or conversation.lang or site.setting("lang", "en"),
-                history=[m for m in history if m.id != message.id],
-                page_url=request.page_url, page_title=request.page_title,
-                session_id=visitor.session_id,
-            )
-            # aclosing: however this loop ends (cancelled when the visitor leaves, a failure), the
-            # provider's generator is closed now, which closes the upstream HTTP response.
-            async with contextlib.aclosing(answer.chunks) as chunks:  # type: ignore[type-var]
-                async for chunk in chunks:
-                    if chunk:
-                        turn.append(chunk)
-        except asyncio.CancelledError:
-            cancelled = True
-        except ParleyError as exc:
-            log.warning("answer to %s failed %s: %s", message.id, visitor.log_ref, exc.message)
-            turn.fail(exc)
-        except Exception:  # a bug in a provider must still end the stream and keep the text
-            log.exception("answer to %s crashed %s", message.id, visitor.log_ref)
-            turn.fail(AIUnavailable("The assistant failed to answer; please try again."))
-        status = "interrupted" if cancelled or turn.error else "complete"
-        try:
-            await asyncio.shield(self._finish_turn(turn, visitor, conversation, message, answer, status))
-        finally:
-            self._live_turns.pop((conversation.id, message.message_id or ""), None)
-            log.info("answer to %s %s in %.0f ms chunks=%d %s", message.id, status,
-                     (time.monotonic() - started) * 1000, len(turn.chunks), visitor.log_ref)
-        if cancelled:
-            raise asyncio.CancelledError
-
-    async def _finish_turn(self, turn: Turn, visitor: Visitor, conversation: Conversation,
-                           message: Message, answer: Answer | None, status: str) -> None:
-        # handoff and usage are read only now: the model's handoff marker and the usage report
-        # arrive with the last chunks.
-        handoff = answer.handoff if answer else False
-        reply = None
-        try:
-            if turn.text or status == "complete":
-                reply = await self.store.add_message(
-                    conversation.id, answer.role if answer else "ai", turn.text,
-                    reply_to=message.message_id, sources=answer.sources if answer else [],
-                    status=status, usage=answer.usage if answer else None,
-                )
-                await self._publish_message(visitor, reply)
-            if handoff:
-                await self.store.update_conversation(conversation.id, {"handoff": True})
-                await self.hub.publish(site_topic(visitor.site.id), "handoff",
-                                       {"session_id": visitor.session_id})
-        except Unavailable as exc:
-            turn.fail(exc)
-        finally:
-            turn.finish(self._meta(conversation, message.message_id or "", reply, "ai", handoff))
 
     # -- held reads ---------------------------------------------------------------------------
     async def _hold(self, visitor: Visitor, wait: float, fetch: Callable[[], Awaitable[T]],
@@ -419,16 +278,11 @@ class ChatService:
         message = await self.store.add_message(conversation.id, "visitor", "", image_key=key)
         log.info("image %s stored (%dx%d, %d bytes) %s", key, image.width, image.height,
                  len(image.data), visitor.log_ref)
-        await self._publish_message(visitor, message)
+        await publish_message(self.hub, visitor, message)
         return message
 
     def image_url(self, message: Message, base_url: str) -> str | None:
         return self.blobs.url_for(message.image_key, base_url) if message.image_key else None
 
     async def shutdown(self) -> None:
-        """Stop answers in progress; each stores its partial text before it ends."""
-        tasks = [t.producer for t in self._live_turns.values() if t.producer is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        await self.answers.shutdown()

@@ -119,8 +119,8 @@ def load_config(args: Mapping[str, Any] | None = None, environ: Mapping[str, str
     args = args or {}
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for field in fields(Config):
-        name = field.name
+    for option in fields(Config):
+        name = option.name
         if name in args:
             values[name] = args[name]
             continue

@@ -6,6 +6,9 @@ import pytest
 
 from tests.harness import Parley, start_parley
 
+# The fake OpenAI-compatible upstream and a Parley wired to it, for the AI tests.
+pytest_plugins = ["tests.fake_openai"]
+
 
 @pytest.fixture
 async def parley(tmp_path) -> AsyncIterator[Parley]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fake_openai import FakeOpenAI, ai_parley, fake_openai  # noqa: F401
+from tests.fake_openai import FakeOpenAI
 from tests.harness import Parley, session
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from server.ai.offline import OfflineAnswerer
 from server.ai.openai_compat import OpenAICompatible
-from tests.fake_openai import FakeOpenAI, Plan, ai_parley, fake_openai  # noqa: F401
+from tests.fake_openai import FakeOpenAI, Plan
 from tests.harness import Parley, session
 
 

@@ -9,7 +9,7 @@ import logging
 import httpx_sse
 
 from server.ai.openai_compat import OpenAICompatible
-from tests.fake_openai import API_KEY, FakeOpenAI, Plan, ai_parley, fake_openai  # noqa: F401
+from tests.fake_openai import API_KEY, FakeOpenAI, Plan
 from tests.harness import Parley, session, start_parley
 
 

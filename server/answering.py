@@ -1,0 +1,158 @@
+"""Answers: each visitor message gets one, produced once by one task, whoever is watching.
+
+A retry of the same message_id follows the answer in progress, replays a complete one, or answers
+again when the first was cut off (the visitor's connection dropped, the model failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from server.ai.base import AIUnavailable, Answer
+from server.ai.engine import AIEngine
+from server.errors import Conflict, ParleyError, Unavailable
+from server.hub import Hub, site_topic
+from server.store.base import Store
+from server.store.models import Conversation, Message
+from server.turns import Turn
+from server.visitor import TurnRequest, Visitor
+
+log = logging.getLogger(__name__)
+
+AI_HISTORY_MESSAGES = 20
+
+
+async def publish_message(hub: Hub, visitor: Visitor, message: Message) -> None:
+    await hub.publish_to_session(visitor.site.id, visitor.session_id, "message",
+                                 {"message_id": message.id, "role": message.role})
+
+
+class Answerer:
+    def __init__(self, store: Store, hub: Hub, ai: AIEngine) -> None:
+        self.store = store
+        self.hub = hub
+        self.ai = ai
+        self._live_turns: dict[tuple[int, str], Turn] = {}
+
+    def start(self, visitor: Visitor, conversation: Conversation, message: Message,
+                request: TurnRequest) -> Turn:
+        """Start answering a stored visitor message. No await in here: the turn is registered
+        before anything else runs, so a retry racing this request finds it."""
+        message_id = message.message_id or ""
+        if conversation.mode == "operator":
+            return Turn.finished(self._meta(conversation, message_id, None, "operator"))
+        turn = Turn()
+        self._live_turns[(conversation.id, message_id)] = turn
+        turn.producer = asyncio.create_task(
+            self._produce(turn, visitor, conversation, message, request),
+            name=f"answer-{message.id}",
+        )
+        return turn
+
+    @staticmethod
+    def _meta(conversation: Conversation, message_id: str, reply: Message | None, mode: str,
+              handoff: bool = False) -> dict[str, Any]:
+        return {
+            "conversation_id": conversation.id,
+            "message_id": message_id,
+            "reply_id": reply.id if reply else None,
+            "mode": mode,
+            "sources": [s.as_dict() for s in reply.sources] if reply else [],
+            "handoff": handoff,
+        }
+
+    async def rejoin(self, visitor: Visitor, conversation: Conversation, message_id: str,
+                      request: TurnRequest) -> Turn:
+        """A retry of a stored message: follow its answer, replay it, or answer again if the
+        first answer was cut off (the visitor's connection dropped, the model failed)."""
+        existing = await self.store.get_visitor_message(conversation.id, message_id)
+        if existing is None or existing.content != request.text:
+            raise Conflict("This message_id was already used for a different message.")
+        key = (conversation.id, message_id)
+        if key in self._live_turns:
+            log.info("retry of %s follows the answer in progress %s", message_id, visitor.log_ref)
+            return self._live_turns[key]
+        reply = await self.store.get_reply(conversation.id, message_id)
+        if reply is not None and reply.status == "complete":
+            log.info("retry of %s replays the stored answer %s", message_id, visitor.log_ref)
+            meta = self._meta(conversation, message_id, reply, conversation.mode, conversation.handoff)
+            return Turn.finished(meta, reply.content)
+        if key in self._live_turns:  # another retry started one while we read the store
+            return self._live_turns[key]
+        log.info("retry of %s answers again (the first answer was %s) %s", message_id,
+                 "cut off" if reply else "never stored", visitor.log_ref)
+        return self.start(visitor, conversation, existing, request)
+
+    async def _produce(self, turn: Turn, visitor: Visitor, conversation: Conversation,
+                       message: Message, request: TurnRequest) -> None:
+        site = visitor.site
+        answer: Answer | None = None
+        cancelled = False
+        started = time.monotonic()
+        try:
+            history = await self.store.recent_messages(conversation.id, AI_HISTORY_MESSAGES)
+            answer = await self.ai.answer(
+                site, request.text,
+                lang=request.lang or conversation.lang or site.setting("lang", "en"),
+                history=[m for m in history if m.id != message.id],
+                page_url=request.page_url, page_title=request.page_title,
+                session_id=visitor.session_id,
+            )
+            # aclosing: however this loop ends (cancelled when the visitor leaves, a failure), the
+            # provider's generator is closed now, which closes the upstream HTTP response.
+            async with contextlib.aclosing(answer.chunks) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    if chunk:
+                        turn.append(chunk)
+        except asyncio.CancelledError:
+            cancelled = True
+        except ParleyError as exc:
+            log.warning("answer to %s failed %s: %s", message.id, visitor.log_ref, exc.message)
+            turn.fail(exc)
+        except Exception:  # a bug in a provider must still end the stream and keep the text
+            log.exception("answer to %s crashed %s", message.id, visitor.log_ref)
+            turn.fail(AIUnavailable("The assistant failed to answer; please try again."))
+        status = "interrupted" if cancelled or turn.error else "complete"
+        try:
+            await asyncio.shield(self._finish_turn(turn, visitor, conversation, message, answer, status))
+        finally:
+            self._live_turns.pop((conversation.id, message.message_id or ""), None)
+            log.info("answer to %s %s in %.0f ms chunks=%d %s", message.id, status,
+                     (time.monotonic() - started) * 1000, len(turn.chunks), visitor.log_ref)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _finish_turn(self, turn: Turn, visitor: Visitor, conversation: Conversation,
+                           message: Message, answer: Answer | None, status: str) -> None:
+        # handoff and usage are read only now: the model's handoff marker and the usage report
+        # arrive with the last chunks.
+        handoff = answer.handoff if answer else False
+        reply = None
+        try:
+            if turn.text or status == "complete":
+                reply = await self.store.add_message(
+                    conversation.id, answer.role if answer else "ai", turn.text,
+                    reply_to=message.message_id, sources=answer.sources if answer else [],
+                    status=status, usage=answer.usage if answer else None,
+                )
+                await publish_message(self.hub, visitor, reply)
+            if handoff:
+                await self.store.update_conversation(conversation.id, {"handoff": True})
+                await self.hub.publish(site_topic(visitor.site.id), "handoff",
+                                       {"session_id": visitor.session_id})
+        except Unavailable as exc:
+            turn.fail(exc)
+        finally:
+            turn.finish(self._meta(conversation, message.message_id or "", reply, "ai", handoff))
+
+    async def shutdown(self) -> None:
+        """Stop answers in progress; each stores its partial text before it ends."""
+        tasks = [t.producer for t in self._live_turns.values() if t.producer is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
