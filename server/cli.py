@@ -135,7 +135,7 @@ async def site_ai_config(services: Services, args: argparse.Namespace) -> int:
         changes["caps"] = caps
     if args.clear or changes:
         updated = updated_ai_settings({} if args.clear else current, changes)
-        site = await services.store.update_site_settings(site.id, {**site.settings, "ai": updated})
+        site = await services.store.update_site_settings(site.id, {"ai": updated})
         current = updated
         print(f"updated the AI settings of {site.name!r}")
     if args.show or not (args.clear or changes):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import asdict, dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from server.errors import InvalidRequest
@@ -74,5 +73,4 @@ class ProactiveRules:
         return True
 
     async def _save(self, site: Site, rules: list[ProactiveRule]) -> None:
-        settings: dict[str, Any] = {**site.settings, "proactive_rules": [asdict(r) for r in rules]}
-        await self.store.update_site_settings(site.id, settings)
+        await self.store.update_site_settings(site.id, {"proactive_rules": [asdict(r) for r in rules]})

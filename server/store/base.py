@@ -51,7 +51,8 @@ class Store(abc.ABC):
     async def list_sites(self, limit: int = 1000) -> list[Site]: ...
 
     @abc.abstractmethod
-    async def update_site_settings(self, site_id: int, settings: dict[str, Any]) -> Site: ...
+    async def update_site_settings(self, site_id: int, changes: dict[str, Any]) -> Site:
+        """Set the given top-level settings atomically, keeping every other key as stored."""
 
     # Conversations (one per visitor session)
     @abc.abstractmethod

@@ -265,9 +265,13 @@ class SQLiteStore(Store):
         rows = await self._run(self._all, "SELECT * FROM sites ORDER BY id LIMIT ?", limit)
         return [_site(r) for r in rows]
 
-    async def update_site_settings(self, site_id: int, settings: dict[str, Any]) -> Site:
+    async def update_site_settings(self, site_id: int, changes: dict[str, Any]) -> Site:
         def update(db: sqlite3.Connection) -> sqlite3.Row:
-            db.execute("UPDATE sites SET settings = ? WHERE id = ?", (json.dumps(settings), site_id))
+            # Read and write in one immediate transaction: a concurrent change of another key,
+            # from another process, is kept rather than overwritten.
+            row = db.execute("SELECT settings FROM sites WHERE id = ?", (site_id,)).fetchone()
+            merged = {**json.loads(row["settings"]), **changes} if row else changes
+            db.execute("UPDATE sites SET settings = ? WHERE id = ?", (json.dumps(merged), site_id))
             return db.execute("SELECT * FROM sites WHERE id = ?", (site_id,)).fetchone()
 
         return _site(await self._run(self._tx, update))
