@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = parent.add_parser(name, help=help_text, description=help_text)
         add_config_arguments(sub, ("data_dir", "log_level"))
         if run is not None:
-            sub.set_defaults(run=run)
+            sub.set_defaults(run=run, command_parser=sub)
         return sub
 
     serve = commands.add_parser("serve", help="serve the widget API, widget and demo page (the default)")
@@ -376,7 +376,9 @@ async def _run_command(config: Config, run: Command, args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the subcommand, so its usage is the one shown
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     config = load_config(vars(args))
     setup_logging(config.log_level)
     if getattr(args, "run", None) is None:

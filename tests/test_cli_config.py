@@ -107,3 +107,9 @@ def test_blocks_take_real_addresses(tmp_path):
     assert bad.returncode == 2 and "not an IP address" in bad.stderr
     good = cli("block", "--site", site["site_key"], "--ip", "2001:DB8::1", "--data-dir", str(tmp_path))
     assert good.returncode == 0 and "2001:db8::1" in good.stdout.lower()
+
+
+def test_a_wrong_option_is_reported_by_the_command_that_was_typed():
+    result = cli("proactive", "rule", "add", "--site", "sk_x", "--path", "/p", "--delay", "3", "hi")
+    assert result.returncode == 2
+    assert "python -m server proactive rule add: error: unrecognized arguments: --delay" in result.stderr
