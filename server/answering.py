@@ -1,7 +1,9 @@
 """Answers: each visitor message gets one, produced once by one task, whoever is watching.
 
 A retry of the same message_id follows the answer in progress, replays a complete one, or answers
-again when the first was cut off (the visitor's connection dropped, the model failed).
+again when the first was cut off (the visitor's connection dropped, the model failed). Across
+processes a claim in the store says who is answering, so a retry landing elsewhere waits for that
+answer instead of making a second one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from server.visitor import TurnRequest, Visitor
 log = logging.getLogger(__name__)
 
 AI_HISTORY_MESSAGES = 20
+# How long a process's claim on an answer holds before another may take over (it died, most
+# likely): longer than a slow model's answer, short enough that a retry still gets one.
+CLAIM_STALE_SECONDS = 120.0
+CLAIM_ATTEMPTS = 3
 
 
 async def publish_message(hub: Hub, visitor: Visitor, message: Message) -> None:
@@ -89,6 +95,60 @@ class Answerer:
 
     async def _produce(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                        message: Message, request: TurnRequest) -> None:
+        try:
+            try:
+                elsewhere = await self._answered_elsewhere(turn, visitor, conversation, message)
+            except ParleyError as exc:  # the store is down: say so rather than hang the stream
+                turn.fail(exc)
+                turn.finish(self._meta(conversation, message.message_id or "", None, "ai"))
+                return
+            if not elsewhere:
+                await self._generate(turn, visitor, conversation, message, request)
+        finally:
+            self._live_turns.pop((conversation.id, message.message_id or ""), None)
+
+    async def _answered_elsewhere(self, turn: Turn, visitor: Visitor, conversation: Conversation,
+                                  message: Message) -> bool:
+        """Claim the answer for this process, or relay the one another process is making.
+
+        With several processes, a retry can land on a process that did not take the first
+        request. It waits for that answer and replays it; if that answer is cut off (its own
+        visitor left), it claims and answers itself. False: this process holds the claim.
+        """
+        message_id = message.message_id or ""
+        known = await self.store.get_reply(conversation.id, message_id)
+        for _ in range(CLAIM_ATTEMPTS):
+            if await self.store.claim_answer(conversation.id, message_id, self.hub.origin,
+                                             now=time.time(), stale_after=CLAIM_STALE_SECONDS):
+                return False
+            log.info("answer to %s is being made by another process %s", message.id, visitor.log_ref)
+            reply = await self._await_reply(visitor, conversation.id, message_id,
+                                            newer_than=known.id if known else 0)
+            if reply is not None and reply.status == "complete":
+                turn.append(reply.content)
+                turn.finish(self._meta(conversation, message_id, reply, "ai"))
+                return True
+            known = reply or known
+        turn.fail(Unavailable("The answer is taking too long; please try again."))
+        turn.finish(self._meta(conversation, message_id, None, "ai"))
+        return True
+
+    async def _await_reply(self, visitor: Visitor, conversation_id: int, message_id: str, *,
+                           newer_than: int) -> Message | None:
+        """The answer another process stores, woken by its event; None after CLAIM_STALE_SECONDS."""
+        deadline = time.monotonic() + CLAIM_STALE_SECONDS
+        async with self.hub.subscribe(visitor.topic) as subscription:
+            while (remaining := deadline - time.monotonic()) > 0:
+                reply = await self.store.get_reply(conversation_id, message_id)
+                if reply is not None and reply.id > newer_than:
+                    return reply
+                # Also look again now and then: a process that died stores nothing at all.
+                await subscription.wait(min(remaining, 5.0))
+                subscription.drain()
+        return None
+
+    async def _generate(self, turn: Turn, visitor: Visitor, conversation: Conversation,
+                        message: Message, request: TurnRequest) -> None:
         site = visitor.site
         answer: Answer | None = None
         cancelled = False
@@ -120,7 +180,6 @@ class Answerer:
         try:
             await asyncio.shield(self._finish_turn(turn, visitor, conversation, message, answer, status))
         finally:
-            self._live_turns.pop((conversation.id, message.message_id or ""), None)
             log.info("answer to %s %s in %.0f ms chunks=%d %s", message.id, status,
                      (time.monotonic() - started) * 1000, len(turn.chunks), visitor.log_ref)
         if cancelled:
@@ -144,8 +203,9 @@ class Answerer:
                 await self.store.update_conversation(conversation.id, {"handoff": True})
                 await self.hub.publish(site_topic(visitor.site.id), "handoff",
                                        {"session_id": visitor.session_id})
+            await self.store.release_answer(conversation.id, message.message_id or "", self.hub.origin)
         except Unavailable as exc:
-            turn.fail(exc)
+            turn.fail(exc)  # an unreleased claim goes stale by itself
         finally:
             turn.finish(self._meta(conversation, message.message_id or "", reply, "ai", handoff))
 

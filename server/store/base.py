@@ -166,6 +166,16 @@ class Store(abc.ABC):
     async def knowledge_version(self, site_id: int) -> str:
         """Changes whenever the site's documents change; the index cache keys on it."""
 
+    # Answer claims: which process is answering a visitor message right now
+    @abc.abstractmethod
+    async def claim_answer(self, conversation_id: int, message_id: str, origin: str, *,
+                           now: float, stale_after: float) -> bool:
+        """Claim the answer to a visitor message for `origin` (a process). False while another
+        process holds a claim younger than `stale_after` seconds."""
+
+    @abc.abstractmethod
+    async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None: ...
+
     # Events feed: how processes hear each other's writes
     @abc.abstractmethod
     async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int: ...

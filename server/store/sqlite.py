@@ -112,6 +112,13 @@ CREATE TABLE IF NOT EXISTS knowledge_versions (
     site_id INTEGER PRIMARY KEY,
     version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS answer_claims (
+    conversation_id INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    claimed_at REAL NOT NULL,
+    PRIMARY KEY (conversation_id, message_id)
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -558,6 +565,34 @@ class SQLiteStore(Store):
             self._one, "SELECT version FROM knowledge_versions WHERE site_id = ?", site_id
         )
         return str(row["version"] if row else 0)
+
+    # -- answer claims ------------------------------------------------------------------------
+    async def claim_answer(self, conversation_id: int, message_id: str, origin: str, *,
+                           now: float, stale_after: float) -> bool:
+        def claim(db: sqlite3.Connection) -> bool:
+            db.execute(
+                "INSERT INTO answer_claims (conversation_id, message_id, origin, claimed_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id) DO UPDATE"
+                " SET origin = excluded.origin, claimed_at = excluded.claimed_at"
+                " WHERE answer_claims.origin = excluded.origin OR answer_claims.claimed_at < ?",
+                (conversation_id, message_id, origin, now, now - stale_after),
+            )
+            row = db.execute(
+                "SELECT origin FROM answer_claims WHERE conversation_id = ? AND message_id = ?",
+                (conversation_id, message_id),
+            ).fetchone()
+            return bool(row and row["origin"] == origin)
+
+        return await self._run(self._tx, claim)
+
+    async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute(
+                "DELETE FROM answer_claims WHERE conversation_id = ? AND message_id = ? AND origin = ?",
+                (conversation_id, message_id, origin),
+            )
+
+        await self._run(self._tx, delete)
 
     # -- events -------------------------------------------------------------------------------
     async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int:
