@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from server.knowledge import KnowledgeService
 from server.store.base import Store
 from server.store.models import Site
 from server.sites import SiteService
 
 DEMO_SITE_NAME = "Demo: Northwind Outfitters"
 DEMO_KB_DIR = Path(__file__).resolve().parent / "demo_kb"
-
-
-def document_title(path: Path, text: str) -> str:
-    """The first Markdown heading, else the file name."""
-    for line in text.splitlines()[:20]:
-        if line.startswith("# "):
-            return line[2:].strip()
-    return path.stem.replace("-", " ").replace("_", " ").capitalize()
 
 
 async def ensure_demo_site(sites: SiteService, store: Store) -> tuple[Site, bool]:
@@ -29,7 +22,7 @@ async def ensure_demo_site(sites: SiteService, store: Store) -> tuple[Site, bool
         "title": "Northwind help",
         "greeting": "Hi! I'm Northwind's assistant. Ask me about shipping, returns or sizes.",
     })
+    knowledge = KnowledgeService(store)
     for path in sorted(DEMO_KB_DIR.glob("*.md")):
-        text = path.read_text(encoding="utf-8")
-        await store.add_document(site.id, document_title(path, text), f"/demo#{path.stem}", text)
+        await knowledge.add_file(site, path, url=f"/demo#{path.stem}")
     return site, True

@@ -25,7 +25,6 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from server.ai.knowledge import KnowledgeBase
-from server.demo import document_title
 from server.errors import InvalidRequest
 from server.store.base import Store
 from server.store.models import KnowledgeDocument, Site
@@ -54,6 +53,14 @@ class Extracted:
 
 
 # -- extraction -----------------------------------------------------------------------------------
+def document_title(path: Path, text: str) -> str:
+    """The first Markdown heading, else the file name."""
+    for line in text.splitlines()[:20]:
+        if line.startswith("# "):
+            return line[2:].strip()
+    return path.stem.replace("-", " ").replace("_", " ").capitalize()
+
+
 def extract_html(html: str, fallback_title: str, url: str | None = None) -> Extracted:
     import trafilatura  # imported here: it is slow to import and only ingest needs it
 
