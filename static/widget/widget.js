@@ -245,12 +245,13 @@
 
   // ---------------------------------------------------------------- safe Markdown subset
   // Bold, italics, links (http/https only), bare URLs, lists; headings shown as bold lines.
-  var INLINE = /\*\*([^*\n]+?)\*\*|(?<![\w*])\*(?!\s)([^*\n]+?)\*(?![\w*])|(?<!\w)_(?!\s)([^_\n]+?)_(?!\w)|\[([^\]\n]+)\]\(([^)\s]+)\)|(https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"])/g;
+  var INLINE = /\*\*(?!\s)([^*\n]+?)(?<!\s)\*\*|(?<![\w*])\*(?!\s)([^*\n]+?)\*(?![\w*])|(?<!\w)_(?!\s)([^_\n]+?)_(?!\w)|\[([^\]\n]+)\]\(([^)\s]+)\)|(https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"])/;
 
   function inline(parent, text) {
-    var last = 0, m;
-    INLINE.lastIndex = 0;
-    while ((m = INLINE.exec(text))) {
+    // A /g regex keeps its position in lastIndex; nested calls (bold inside a link text, italics inside
+    // bold) each need their own, or the outer loop restarts from the inner one's position forever.
+    var pattern = new RegExp(INLINE.source, "g"), last = 0, m;
+    while ((m = pattern.exec(text))) {
       if (m.index > last) parent.appendChild(document.createTextNode(text.slice(last, m.index)));
       if (m[1] != null) inline(parent.appendChild(h("strong")), m[1]);
       else if (m[2] != null || m[3] != null) inline(parent.appendChild(h("em")), m[2] != null ? m[2] : m[3]);
@@ -261,7 +262,7 @@
         var bare = safeUrl(m[6]);
         parent.appendChild(bare ? link(bare, m[6]) : document.createTextNode(m[6]));
       }
-      last = INLINE.lastIndex;
+      last = pattern.lastIndex;
     }
     if (last < text.length) parent.appendChild(document.createTextNode(text.slice(last)));
   }
@@ -1010,7 +1011,9 @@
     version: "1.0.0",
     open: function () { if (ui.root) openPanel(); },
     close: function () { if (ui.root) closePanel(); },
-    get sessionId() { return state.session; }
+    get sessionId() { return state.session; },
+    // The widget's own Markdown renderer, so a page (or a test) can see exactly what a message becomes.
+    renderMarkdown: function (text) { return markdown(text); }
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
