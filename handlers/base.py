@@ -1,4 +1,10 @@
-"""The base of every /api/ handler: JSON errors, bounded bodies, CORS, the visitor being served."""
+"""Handler bases: JSON in and out for every API, and the widget's public, cookie-less, CORS face.
+
+`JsonHandler` answers errors as JSON, parses bodies into objects or 400, and holds a request open
+while a service waits (cancelling the wait when the client goes away). `ApiHandler` is the widget's
+base on top of it: bodies streamed in and capped, CORS, the visitor being served. The dashboard's
+base (sign-in, XSRF, pages) lives in handlers/operator_base.py.
+"""
 
 from __future__ import annotations
 
@@ -20,60 +26,30 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 JSON_BODY_LIMIT = 64 * 1024
-STATUS_CODES = {400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-                413: "too_large", 415: "unsupported_media_type", 429: "rate_limited",
-                503: "unavailable"}
+STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
+                429: "rate_limited", 503: "unavailable"}
 
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-@tornado.web.stream_request_body
-class ApiHandler(tornado.web.RequestHandler):
-    """Bodies are streamed in and capped at `max_body_bytes`, so nobody can make us buffer 100 MB."""
+class JsonHandler(tornado.web.RequestHandler):
+    """JSON errors, JSON bodies, and held responses that end cleanly when the client leaves."""
 
-    max_body_bytes = JSON_BODY_LIMIT
-
-    def initialize(self, chat: ChatService, sites: SiteService) -> None:
-        self.chat = chat
-        self.sites = sites
-        self._body_parts: list[bytes] = []
-        self._body_size = 0
+    def initialize(self, **kwargs: Any) -> None:
         self._held: asyncio.Future[Any] | None = None
         self.client_gone = False
 
-    # -- framing ------------------------------------------------------------------------------
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
-        origin = self.request.headers.get("Origin")
-        if origin:
-            # Which sites may embed the widget is enforced per request (403 origin_not_allowed);
-            # reflecting the origin lets the widget read that error.
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Expose-Headers", "Retry-After")
-            self.set_header("Vary", "Origin")
-
-    def prepare(self) -> None:
-        if self.request.method in ("POST", "PUT", "PATCH"):
-            declared = self.request.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
-            # A body without a length is counted as it streams in (data_received keeps nothing past
-            # the limit) and refused with 413 once complete; the server-wide cap still applies.
-
-    def data_received(self, chunk: bytes) -> None:
-        self._body_size += len(chunk)
-        if self._body_size <= self.max_body_bytes:
-            self._body_parts.append(chunk)
 
     @property
     def body(self) -> bytes:
-        if self._body_size > self.max_body_bytes:
-            raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
-        return b"".join(self._body_parts)
+        return self.request.body
 
     def write_json(self, payload: dict[str, Any]) -> None:
         self.finish(dumps(payload))
@@ -101,14 +77,6 @@ class ApiHandler(tornado.web.RequestHandler):
         else:
             super().log_exception(typ, value, tb)
 
-    def options(self, *args: Any) -> None:
-        self.set_status(204)
-        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
-        self.set_header("Access-Control-Allow-Headers", "Content-Type")
-        self.set_header("Access-Control-Max-Age", "86400")
-        self.clear_header("Content-Type")
-        self.finish()
-
     # -- input --------------------------------------------------------------------------------
     def json_body(self) -> dict[str, Any]:
         raw = self.body
@@ -125,12 +93,6 @@ class ApiHandler(tornado.web.RequestHandler):
     def query(self) -> dict[str, Any]:
         """Query arguments as a plain dict of strings (last one wins)."""
         return {name: self.get_query_argument(name) for name in self.request.query_arguments}
-
-    async def visitor(self, data: dict[str, Any]) -> Visitor:
-        site_key = validation.site_key(data)
-        session_id = validation.session_id(data)
-        site = await self.sites.resolve(site_key, self.request.headers.get("Origin"))
-        return Visitor(site=site, session_id=session_id, ip=self.request.remote_ip)
 
     # -- held responses -----------------------------------------------------------------------
     def set_nodelay(self) -> None:
@@ -151,10 +113,8 @@ class ApiHandler(tornado.web.RequestHandler):
             raise
 
     def on_connection_close(self) -> None:
-        # Tornado's own version ends a body still streaming in; without it post() would wait forever.
         super().on_connection_close()
         self.client_gone = True
-        self._body_parts.clear()
         if self._held is not None and not self._held.done():
             self._held.cancel()
 
@@ -170,3 +130,66 @@ class ApiHandler(tornado.web.RequestHandler):
             self.client_gone = True
             return False
         return True
+
+
+@tornado.web.stream_request_body
+class ApiHandler(JsonHandler):
+    """The widget's public API. Bodies are streamed in and capped at `max_body_bytes`, so nobody
+    can make us buffer 100 MB; no cookies; any origin may call (sites restrict per request)."""
+
+    max_body_bytes = JSON_BODY_LIMIT
+
+    def initialize(self, chat: ChatService, sites: SiteService) -> None:  # type: ignore[override]
+        super().initialize()
+        self.chat = chat
+        self.sites = sites
+        self._body_parts: list[bytes] = []
+        self._body_size = 0
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        origin = self.request.headers.get("Origin")
+        if origin:
+            # Which sites may embed the widget is enforced per request (403 origin_not_allowed);
+            # reflecting the origin lets the widget read that error.
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", "Retry-After")
+            self.set_header("Vary", "Origin")
+
+    def prepare(self) -> None:
+        if self.request.method in ("POST", "PUT", "PATCH"):
+            declared = self.request.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
+            # A body without a length is counted as it streams in (data_received keeps nothing past
+            # the limit) and refused with 413 once complete; the server-wide cap still applies.
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size <= self.max_body_bytes:
+            self._body_parts.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        if self._body_size > self.max_body_bytes:
+            raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
+        return b"".join(self._body_parts)
+
+    def options(self, *args: Any) -> None:
+        self.set_status(204)
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Content-Type")
+        self.set_header("Access-Control-Max-Age", "86400")
+        self.clear_header("Content-Type")
+        self.finish()
+
+    async def visitor(self, data: dict[str, Any]) -> Visitor:
+        site_key = validation.site_key(data)
+        session_id = validation.session_id(data)
+        site = await self.sites.resolve(site_key, self.request.headers.get("Origin"))
+        return Visitor(site=site, session_id=session_id, ip=self.request.remote_ip)
+
+    def on_connection_close(self) -> None:
+        # Tornado's own version ends a body still streaming in; without it post() would wait forever.
+        super().on_connection_close()
+        self._body_parts.clear()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from server.visitor import TurnRequest
-from server.turns import Turn
 from server.validation import LANG_RE, MAX_URL_LENGTH, MESSAGE_ID_RE, string_field
 
-from handlers.base import ApiHandler, dumps
+from handlers.base import ApiHandler
+from handlers.serializers import turn_event_json
+from handlers.sse import EventStreamMixin
 
 
-class ChatStreamHandler(ApiHandler):
+class ChatStreamHandler(EventStreamMixin, ApiHandler):
     async def post(self) -> None:
         data = self.json_body()
         visitor = await self.visitor(data)
@@ -25,22 +24,7 @@ class ChatStreamHandler(ApiHandler):
         )
         # Every refusal (bad input, blocked, rate limit) is raised above or here, before any SSE byte.
         turn = await self.chat.start_turn(visitor, request)
-        self.set_status(200)
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
-        await self.hold(self._relay(turn))
-
-    async def _relay(self, turn: Turn) -> None:
+        self.start_event_stream()
         # Headers go out at once, so the widget knows its message was accepted before any text.
-        if not await self.safe_flush():
-            return
-        keepalive = float(self.settings.get("sse_keepalive", 15.0))
-        async with contextlib.aclosing(turn.follow(keepalive=keepalive)) as events:
-            async for event in events:
-                if event.type == "keepalive":
-                    self.write(": keepalive\n\n")
-                else:
-                    self.write(f"data: {dumps(event.data)}\n\n")
-                if not await self.safe_flush():
-                    return
+        await self.hold(self.send_events(turn.follow(),
+                                         lambda event: self.write_event(turn_event_json(event))))

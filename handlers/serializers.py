@@ -6,6 +6,7 @@ from typing import Any
 
 from server.chat import ChatService
 from server.store.models import Message, ProactiveMessage
+from server.turns import TurnEvent
 
 
 def message_json(message: Message, chat: ChatService, base_url: str) -> dict[str, Any]:
@@ -25,3 +26,13 @@ def message_json(message: Message, chat: ChatService, base_url: str) -> dict[str
 def proactive_json(message: ProactiveMessage) -> dict[str, Any]:
     return {"id": message.id, "content": message.content, "created_at": message.created_at,
             "from": message.sender}
+
+
+def turn_event_json(event: TurnEvent) -> dict[str, Any]:
+    """One event of the answer stream (POST /api/v1/chat/stream)."""
+    if event.type == "chunk":
+        return {"type": "chunk", "content": event.content}
+    if event.type == "error":
+        assert event.error is not None
+        return {"type": "error", "error": event.error.message, "code": event.error.code}
+    return {"type": "done", "meta": event.meta}

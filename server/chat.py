@@ -5,7 +5,6 @@ Answers themselves are made in server/answering.py."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import secrets
 import time
@@ -38,8 +37,6 @@ T = TypeVar("T")
 
 MAX_PIXELS = 40_000_000
 HISTORY_LIMIT_MAX = 200
-MAX_HELD_PER_SESSION = 12
-MAX_HELD_PER_IP = 500
 IMAGE_DECODES_AT_ONCE = 2
 IMAGE_QUEUE_SECONDS = 20
 
@@ -67,7 +64,6 @@ class ChatService:
         self._write_limiter = RateLimiter(limits.writes_per_ip)
         self._upload_limiter = RateLimiter(limits.uploads_per_session)
         self.answers = Answerer(store, hub, ai)
-        self._held_by_ip: collections.Counter[str] = collections.Counter()
         self._image_slots = asyncio.Semaphore(IMAGE_DECODES_AT_ONCE)
 
     # -- guards -------------------------------------------------------------------------------
@@ -124,38 +120,8 @@ class ChatService:
     # -- held reads ---------------------------------------------------------------------------
     async def _hold(self, visitor: Visitor, wait: float, fetch: Callable[[], Awaitable[T]],
                     is_news: Callable[[T], bool], wake_on: frozenset[str] = frozenset()) -> T:
-        """Answer now, or hold up to `wait` seconds until `fetch` finds something new, or until an
-        event of a kind in `wake_on` happens (news the response cannot show by itself)."""
-        if wait <= 0:
-            return await fetch()
-        # A widget holds two requests; a few tabs more are fine, a loop opening hundreds is not,
-        # nor one address inventing sessions (an office behind one NAT still fits).
-        if self.hub.waiting_on(visitor.topic) >= MAX_HELD_PER_SESSION:
-            raise RateLimited("Too many requests are waiting for this session.", retry_after=5)
-        ip_key = visitor.ip or ""
-        if self._held_by_ip[ip_key] >= MAX_HELD_PER_IP:
-            raise RateLimited("Too many requests are waiting from this address.", retry_after=5)
-        self._held_by_ip[ip_key] += 1
-        try:
-            return await self._hold_subscribed(visitor.topic, wait, fetch, is_news, wake_on)
-        finally:
-            self._held_by_ip[ip_key] -= 1
-            if not self._held_by_ip[ip_key]:
-                del self._held_by_ip[ip_key]
-
-    async def _hold_subscribed(self, topic: str, wait: float, fetch: Callable[[], Awaitable[T]],
-                               is_news: Callable[[T], bool], wake_on: frozenset[str]) -> T:
-        deadline = time.monotonic() + wait
-        async with self.hub.subscribe(topic) as subscription:
-            while True:
-                result = await fetch()
-                remaining = deadline - time.monotonic()
-                if is_news(result) or remaining <= 0:
-                    return result
-                if not await subscription.wait(remaining):
-                    return await fetch()  # as of the end of the wait (a rule may have fallen due)
-                if any(event.get("kind") in wake_on for event in subscription.drain()):
-                    return await fetch()
+        return await self.hub.hold(visitor.topic, wait, fetch, is_news, address=visitor.ip,
+                                   wake_on=wake_on)
 
     async def history(self, visitor: Visitor, *, after: int | None, limit: int,
                       wait: float) -> tuple[Conversation | None, list[Message]]:

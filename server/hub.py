@@ -1,8 +1,12 @@
-"""In-process publish/subscribe keyed by topic, plus the bridge that hears other processes.
+"""In-process publish/subscribe keyed by topic, the held-read engine, and the bridge that hears
+other processes.
 
 A held request subscribes *before* it reads the store, then waits on its subscription; a write
 publishes *after* it is stored. Whatever order the two race in, the waiter either saw the row in
 its read or is woken by the event. Events carry small payloads, never the source of truth.
+
+The widget's held reads and the dashboard's live feed both wait here: one engine, one set of
+limits, one place where a waiter is cleaned up.
 """
 
 from __future__ import annotations
@@ -13,13 +17,20 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
+from server.errors import RateLimited
 from server.store.base import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SUBSCRIPTION_BUFFER = 256
+# A widget holds two requests; a few tabs more are fine, a loop opening hundreds is not, nor one
+# address inventing sessions (an office behind one NAT still fits).
+MAX_HELD_PER_TOPIC = 12
+MAX_HELD_PER_ADDRESS = 500
 
 
 def session_topic(site_id: int, session_id: str) -> str:
@@ -31,15 +42,29 @@ def site_topic(site_id: int) -> str:
 
 
 class Subscription:
-    """One listener's view of a topic: a bounded buffer of events and a wake-up flag."""
+    """One listener's view of one or more topics: a bounded buffer of events and a wake-up flag.
 
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=SUBSCRIPTION_BUFFER)
+    When more than SUBSCRIPTION_BUFFER events arrive between two drains, the buffer stops taking
+    them and `overflowed` is set: the listener has missed news and must read the store again
+    (a held read fetches, the dashboard feed tells its page to refetch). Nothing is lost silently.
+    """
+
+    def __init__(self, topics: tuple[str, ...], *, buffer: int = SUBSCRIPTION_BUFFER) -> None:
+        self.topics = topics
+        self.buffer = buffer
+        self.overflowed = False
+        self._events: collections.deque[dict[str, Any]] = collections.deque()
         self._ready = asyncio.Event()
 
+    @property
+    def topic(self) -> str:
+        return self.topics[0]
+
     def deliver(self, event: dict[str, Any]) -> None:
-        self._events.append(event)
+        if len(self._events) >= self.buffer:
+            self.overflowed = True
+        else:
+            self._events.append(event)
         self._ready.set()
 
     async def wait(self, timeout: float) -> bool:
@@ -51,17 +76,28 @@ class Subscription:
         return True
 
     def drain(self) -> list[dict[str, Any]]:
+        """The buffered events; check `overflowed` first (drain clears it)."""
         events = list(self._events)
         self._events.clear()
         self._ready.clear()
+        self.overflowed = False
         return events
 
 
+@dataclass(frozen=True)
+class HoldLimits:
+    per_topic: int = MAX_HELD_PER_TOPIC
+    per_address: int = MAX_HELD_PER_ADDRESS
+
+
 class Hub:
-    def __init__(self, store: Store, *, origin: str | None = None) -> None:
+    def __init__(self, store: Store, *, origin: str | None = None,
+                 hold_limits: HoldLimits | None = None) -> None:
         self.store = store
+        self.hold_limits = hold_limits or HoldLimits()
         self.origin = origin or uuid.uuid4().hex
         self._subscribers: dict[str, set[Subscription]] = collections.defaultdict(set)
+        self._held_by_address: collections.Counter[str] = collections.Counter()
         self.bridge: EventBridge | None = None
 
     @property
@@ -72,19 +108,62 @@ class Hub:
         return len(self._subscribers.get(topic, ()))
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
-        subscription = Subscription(topic)
-        self._subscribers[topic].add(subscription)
+    async def subscribe(self, *topics: str, buffer: int = SUBSCRIPTION_BUFFER
+                        ) -> AsyncIterator[Subscription]:
+        subscription = Subscription(topics, buffer=buffer)
+        for topic in topics:
+            self._subscribers[topic].add(subscription)
         try:
             if self.bridge is not None:
                 await self.bridge.ensure_running()
             yield subscription
         finally:
-            subscribers = self._subscribers.get(topic)
-            if subscribers is not None:
-                subscribers.discard(subscription)
-                if not subscribers:
-                    del self._subscribers[topic]
+            for topic in topics:
+                subscribers = self._subscribers.get(topic)
+                if subscribers is not None:
+                    subscribers.discard(subscription)
+                    if not subscribers:
+                        del self._subscribers[topic]
+
+    # -- held reads ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def held_slot(self, topic: str, address: str | None,
+                  limits: HoldLimits | None = None) -> Iterator[None]:
+        """Count one held connection against its topic and its address, or refuse it (429)."""
+        limits = limits or self.hold_limits
+        if self.waiting_on(topic) >= limits.per_topic:
+            raise RateLimited("Too many requests are waiting for this session.", retry_after=5)
+        key = address or ""
+        if self._held_by_address[key] >= limits.per_address:
+            raise RateLimited("Too many requests are waiting from this address.", retry_after=5)
+        self._held_by_address[key] += 1
+        try:
+            yield
+        finally:
+            self._held_by_address[key] -= 1
+            if not self._held_by_address[key]:
+                del self._held_by_address[key]
+
+    async def hold(self, topic: str, wait: float, fetch: Callable[[], Awaitable[T]],
+                   is_news: Callable[[T], bool], *, address: str | None,
+                   wake_on: frozenset[str] = frozenset(), limits: HoldLimits | None = None) -> T:
+        """Answer now, or hold up to `wait` seconds until `fetch` finds something new, or until an
+        event of a kind in `wake_on` happens (news the response cannot show by itself)."""
+        if wait <= 0:
+            return await fetch()
+        with self.held_slot(topic, address, limits):
+            deadline = time.monotonic() + wait
+            async with self.subscribe(topic) as subscription:
+                while True:
+                    result = await fetch()
+                    remaining = deadline - time.monotonic()
+                    if is_news(result) or remaining <= 0:
+                        return result
+                    if not await subscription.wait(remaining):
+                        return await fetch()  # as of the end of the wait (a rule may have fallen due)
+                    missed = subscription.overflowed
+                    if any(event.get("kind") in wake_on for event in subscription.drain()) or missed:
+                        return await fetch()
 
     def deliver_local(self, topic: str, event: dict[str, Any]) -> int:
         """Wake this process's subscribers of `topic`; returns how many were woken."""

@@ -13,13 +13,18 @@ from typing import Any, AsyncIterator, Literal
 
 from server.errors import ParleyError
 
-EventType = Literal["chunk", "keepalive", "error", "done"]
+EventType = Literal["chunk", "error", "done"]
 
 
 @dataclass(frozen=True)
 class TurnEvent:
+    """One step of an answer: a chunk of text, the failure, or the end with its meta.
+    handlers/serializers.py gives it its wire shape."""
+
     type: EventType
-    data: dict[str, Any] | None = None
+    content: str = ""
+    error: ParleyError | None = None
+    meta: dict[str, Any] | None = None
 
 
 class Turn:
@@ -64,28 +69,25 @@ class Turn:
         self.meta = meta
         self._notify()
 
-    async def follow(self, *, keepalive: float) -> AsyncIterator[TurnEvent]:
-        """Every chunk from the first, then `error` (if any) and `done`; `keepalive` when quiet."""
+    async def follow(self) -> AsyncIterator[TurnEvent]:
+        """Every chunk from the first, then `error` (if any) and `done`. Quiet while nothing
+        happens: the SSE writer adds keepalives (handlers/sse.py)."""
         self._followers += 1
         sent = 0
         try:
             while True:
                 changed = self._changed
                 while sent < len(self.chunks):
-                    yield TurnEvent("chunk", {"type": "chunk", "content": self.chunks[sent]})
+                    yield TurnEvent("chunk", content=self.chunks[sent])
                     sent += 1
                 if self.meta is not None:
                     if self.error is not None:
-                        yield TurnEvent("error", {"type": "error", "error": self.error.message,
-                                                  "code": self.error.code})
-                    yield TurnEvent("done", {"type": "done", "meta": self.meta})
+                        yield TurnEvent("error", error=self.error)
+                    yield TurnEvent("done", meta=self.meta)
                     return
                 if changed is not self._changed:
                     continue
-                try:
-                    await asyncio.wait_for(changed.wait(), timeout=keepalive)
-                except TimeoutError:
-                    yield TurnEvent("keepalive")
+                await changed.wait()
         finally:
             self._followers -= 1
             if self._followers == 0 and not self.done and self.producer is not None:

@@ -18,9 +18,9 @@ SID = session("two-processes")
 
 
 async def relayed_text(turn: Turn) -> str:
-    events = [event async for event in turn.follow(keepalive=5)]
+    events = [event async for event in turn.follow()]
     assert events[-1].type == "done"
-    return "".join(e.data["content"] for e in events if e.type == "chunk")
+    return "".join(e.content for e in events if e.type == "chunk")
 
 
 @pytest.fixture

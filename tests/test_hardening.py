@@ -119,9 +119,9 @@ async def test_acknowledging_does_not_swallow_a_rule_not_yet_due(parley):
 
 
 async def test_one_address_cannot_hold_unbounded_requests(parley, monkeypatch):
-    import server.chat
+    from server.hub import HoldLimits
 
-    monkeypatch.setattr(server.chat, "MAX_HELD_PER_IP", 3)
+    monkeypatch.setattr(parley.services.hub, "hold_limits", HoldLimits(per_address=3))
     held = [asyncio.create_task(parley.get("history", **parley.ids(session(f"ip{n}")), wait=10))
             for n in range(3)]
     while parley.services.hub.subscriber_count < 3:

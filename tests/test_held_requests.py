@@ -138,7 +138,7 @@ async def test_cli_takeover_proactive_and_block_reach_the_running_server(parley)
 
 
 async def test_a_session_cannot_hold_unbounded_requests(parley):
-    from server.chat import MAX_HELD_PER_SESSION
+    from server.hub import MAX_HELD_PER_TOPIC as MAX_HELD_PER_SESSION
 
     held = [asyncio.create_task(parley.get("history", **parley.ids(SID), wait=10))
             for _ in range(MAX_HELD_PER_SESSION)]
