@@ -39,6 +39,7 @@ from server.demo import DEMO_SITE_NAME
 from server.hub import EventBridge, Hub
 from server.operators import OperatorService
 from server.proactive import ProactiveRules
+from server.proxies import ProxyAwareApplication, TrustedProxies
 from server.sites import SiteService
 from server.store.base import Store
 from server.store.sqlite import SQLiteStore
@@ -133,8 +134,8 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         "public_url": config.public_url,
         "sse_keepalive": config.sse_keepalive,
         "services": services,
-        "xheaders": config.behind_proxy,
+        "trusted_proxies": TrustedProxies(config.proxy_networks),
         "log_function": log_request,
     }
     settings.update(overrides)
-    return tornado.web.Application(routes, **settings)
+    return ProxyAwareApplication(routes, **settings)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from server.proxies import LOOPBACK, Network, parse_networks
+
 
 @dataclass(frozen=True)
 class Config:
@@ -16,6 +18,7 @@ class Config:
     data_dir: Path = Path("data")
     public_url: str | None = None
     behind_proxy: bool = False
+    trusted_proxies: str = ""
     reuse_port: bool = False
     backlog: int = 8192
     sse_keepalive: float = 15.0
@@ -49,8 +52,18 @@ class Config:
             problems.append("event_poll_interval is at least 0.01 s")
         if self.offline_chunk_delay < 0:
             problems.append("offline_chunk_delay is not negative")
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            problems.append(f"trusted_proxies: {exc}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def proxy_networks(self) -> tuple[Network, ...]:
+        """Peers whose forwarding headers count; --behind-proxy is shorthand for loopback."""
+        loopback = parse_networks(LOOPBACK) if self.behind_proxy else ()
+        return loopback + parse_networks(self.trusted_proxies)
 
     @property
     def database_path(self) -> Path:
@@ -68,7 +81,10 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "data_dir": (Path, "directory for the SQLite database and uploads (default ./data)"),
     "public_url": (str, "absolute base URL of this server as browsers see it, e.g. "
                         "https://chat.example.com (default: taken from each request)"),
-    "behind_proxy": (bool, "trust X-Forwarded-For / X-Real-Ip from a reverse proxy"),
+    "behind_proxy": (bool, "a reverse proxy on this machine: trust forwarding headers from loopback "
+                           "(same as adding 127.0.0.1 and ::1 to --trusted-proxies)"),
+    "trusted_proxies": (str, "comma-separated addresses or CIDR networks of reverse proxies whose "
+                             "X-Forwarded-For / X-Forwarded-Proto count (default: none)"),
     "reuse_port": (bool, "let several processes listen on one port (SO_REUSEPORT)"),
     "backlog": (int, "listen backlog; thousands of widgets may reconnect at once (default 8192)"),
     "sse_keepalive": (float, "seconds between ': keepalive' comments on a quiet stream (default 15)"),

@@ -27,7 +27,6 @@ def start_http_server(services: Services) -> tuple[tornado.httpserver.HTTPServer
     config = services.config
     server = tornado.httpserver.HTTPServer(
         make_app(services),
-        xheaders=config.behind_proxy,
         max_body_size=UPLOAD_BODY_LIMIT + 1,
         max_header_size=64 * 1024,
         body_timeout=60,
