@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from server.sites import kept_page_url
 from server.visitor import TurnRequest
 from server.validation import LANG_RE, MAX_URL_LENGTH, MESSAGE_ID_RE, string_field
 
@@ -19,7 +20,8 @@ class ChatStreamHandler(EventStreamMixin, ApiHandler):
             message_id=string_field(data, "message_id", required=False, max_length=66,
                                     pattern=MESSAGE_ID_RE),
             lang=string_field(data, "lang", required=False, max_length=35, pattern=LANG_RE),
-            page_url=string_field(data, "page_url", required=False, max_length=MAX_URL_LENGTH),
+            page_url=kept_page_url(visitor.site, string_field(data, "page_url", required=False,
+                                                              max_length=MAX_URL_LENGTH)),
             page_title=string_field(data, "page_title", required=False, max_length=300),
         )
         # Every refusal (bad input, blocked, rate limit) is raised above or here, before any SSE byte.

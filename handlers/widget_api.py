@@ -9,6 +9,7 @@ import tornado.web
 
 from server import validation
 from server.chat import HISTORY_LIMIT_MAX
+from server.sites import kept_page_url
 from server.visitor import Visitor
 from server.errors import InvalidRequest
 from server.store.models import Message
@@ -83,7 +84,8 @@ class OperatorMessagesHandler(HeldReadHandler):
 class PendingProactiveHandler(HeldReadHandler):
     async def get(self) -> None:
         read = await self.held_read()
-        page_url = string_field(read.query, "page_url", required=False, max_length=MAX_URL_LENGTH)
+        page_url = kept_page_url(read.visitor.site, string_field(
+            read.query, "page_url", required=False, max_length=MAX_URL_LENGTH))
         messages = await self.hold(
             self.chat.pending_proactive(read.visitor, after=read.after, wait=read.wait,
                                         page_url=page_url))

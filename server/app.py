@@ -11,6 +11,7 @@ import jinja2
 import tornado.web
 
 from handlers.chat_stream import ChatStreamHandler
+from handlers.headers import SecurityHeaders
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.pages import DemoPageHandler, UploadedFileHandler, WidgetFileHandler
 from handlers.upload import UploadImageHandler
@@ -138,4 +139,6 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         "log_function": log_request,
     }
     settings.update(overrides)
-    return ProxyAwareApplication(routes, **settings)
+    app = ProxyAwareApplication(routes, **settings)
+    app.add_transform(SecurityHeaders)
+    return app

@@ -13,10 +13,12 @@ from typing import Any, Awaitable, Callable
 
 from server.app import Services, build_services
 from server.ai.settings import ai_settings, masked, updated_ai_settings
-from server.config import Config, add_config_arguments, load_config
-from server.errors import ParleyError
+from server.config import Config, add_config_arguments, browser_host, load_config
+from server.data_dir import HOW_TO_POINT, DataDirProblem, check_data_dir
+from server.errors import ParleyError, UnknownSite
 from server.knowledge import DEFAULT_SITEMAP_LIMIT, IngestError, KnowledgeService
 from server.proactive import site_rules
+from server.sites import keeps_full_page_urls
 from server.validation import SESSION_ID_RE
 
 Command = Callable[[Services, argparse.Namespace], Awaitable[int]]
@@ -44,7 +46,12 @@ async def site_create(services: Services, args: argparse.Namespace) -> int:
         _print_json(_site_json(site))
     else:
         print(f"Created site {site.name!r}\nsite_key: {site.site_key}")
-        print(f'Embed: <script src="{{server}}/widget/widget.js" data-site-key="{site.site_key}" async></script>')
+        config = services.config
+        base = (config.public_url or f"http://{browser_host(config.host)}:{config.port}").rstrip("/")
+        print(f'Embed: <script src="{base}/widget/widget.js" data-site-key="{site.site_key}" async></script>')
+        if not config.public_url:
+            print("(that is this machine's address: use the URL browsers reach Parley at, or set "
+                  "--public-url / PARLEY_PUBLIC_URL)")
     return 0
 
 
@@ -58,6 +65,17 @@ async def site_list(services: Services, args: argparse.Namespace) -> int:
             print(f"{site.site_key}  {site.name}  ({origins})")
         if not sites:
             print("No sites yet. Create one with: python -m server site create --name NAME")
+    return 0
+
+
+async def site_settings(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    if args.full_page_urls is not None:
+        site = await services.store.update_site_settings(site.id, {"full_page_urls": args.full_page_urls})
+    full = keeps_full_page_urls(site)
+    print(f"full_page_urls: {json.dumps(full)}  (" + (
+        "page URLs are kept whole, query and fragment included)" if full else
+        "only the origin and path of page URLs are kept)"))
     return 0
 
 
@@ -250,12 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     site = commands.add_parser("site", help="create and list sites").add_subparsers(
         dest="site_command", metavar="ACTION", required=True)
     create = command(site, "create", "create a site and print its site_key", site_create)
+    create.set_defaults(creates_data=True)  # the first command on a fresh install
+    add_config_arguments(create, ("public_url",))  # for the embed line it prints
     create.add_argument("--name", required=True, help="a name for operators, e.g. the shop's name")
     create.add_argument("--origin", action="append", default=[], metavar="URL",
                         help="an origin allowed to embed the widget (repeat; none means any)")
     create.add_argument("--json", action="store_true", help="print one JSON object")
     listing = command(site, "list", "list sites", site_list)
     listing.add_argument("--json", action="store_true", help="print a JSON array")
+    settings = command(site, "settings", "show or change a site's privacy settings", site_settings)
+    settings.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+    settings.add_argument("--full-page-urls", action=argparse.BooleanOptionalAction, default=None,
+                          help="keep the whole URL of the page a visitor chats from, query and "
+                               "fragment included (default: origin and path only; queries can "
+                               "carry tokens and emails)")
     ai_config = command(site, "ai-config", "show or change a site's own AI model, prompt, caps and "
                         "handoff rules (unset values fall back to the global PARLEY_AI_* settings)",
                         site_ai_config)
@@ -381,13 +407,23 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     config = load_config(vars(args))
     setup_logging(config.log_level)
-    if getattr(args, "run", None) is None:
+    serving = getattr(args, "run", None) is None
+    try:
+        check_data_dir(config.data_dir, create=serving or getattr(args, "creates_data", False))
+    except DataDirProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if serving:
         from server.serve import serve
 
         asyncio.run(serve(config))
         return 0
     try:
         return asyncio.run(_run_command(config, args.run, args))
+    except UnknownSite as exc:
+        print(f"error: {exc.message} (looked in {config.database_path.absolute()}; "
+              f"if that is not the server's database, {HOW_TO_POINT})", file=sys.stderr)
+        return 2
     except ParleyError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

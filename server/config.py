@@ -110,6 +110,11 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "kb_allow_private": (bool, "let knowledge URLs point at loopback or private addresses"),
 }
 
+def browser_host(host: str) -> str:
+    """The address a browser on this machine uses for a server listening on `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
 TRUE_WORDS = {"1", "true", "yes", "on"}
 
 

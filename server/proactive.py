@@ -27,7 +27,10 @@ class ProactiveRule:
 
     def matches(self, page_url: str) -> bool:
         """`/pricing` matches /pricing and /pricing/teams; `/` matches every page."""
-        path = urlsplit(page_url).path or "/"
+        try:
+            path = urlsplit(page_url).path or "/"
+        except ValueError:  # "http://[oops": no page this rule knows
+            return False
         prefix = self.path.rstrip("/")
         return path == self.path or path.startswith(prefix + "/")
 

@@ -13,7 +13,7 @@ from tornado.ioloop import PeriodicCallback
 
 from handlers.upload import UPLOAD_BODY_LIMIT
 from server.app import Services, build_services, make_app
-from server.config import Config
+from server.config import Config, browser_host
 from server.demo import ensure_demo_site
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,6 @@ def start_http_server(services: Services) -> tuple[tornado.httpserver.HTTPServer
     return server, sockets[0].getsockname()[1]
 
 
-def _browser_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-
-
 async def serve(config: Config) -> None:
     services = await build_services(config)
     demo = None
@@ -52,7 +48,7 @@ async def serve(config: Config) -> None:
         if created:
             log.info("created the demo site %s", demo.site_key)
     server, port = start_http_server(services)
-    base = f"http://{_browser_host(config.host)}:{port}"
+    base = f"http://{browser_host(config.host)}:{port}"
     lines = [f"Parley is serving on {base}  (data in {config.data_dir.resolve()})"]
     if demo is not None:
         lines += [f"  Demo page:     {base}/demo", f"  Demo site key: {demo.site_key}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from server.errors import InvalidRequest, OriginNotAllowed, UnknownSite
 from server.store.base import Store
@@ -20,6 +20,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "lang": "en",
     "upload_max_bytes": 5 * 1024 * 1024,
     "handoff_when_unsure": False,
+    # Keep the query and fragment of the pages visitors chat from (they can hold tokens and emails).
+    "full_page_urls": False,
 }
 
 
@@ -117,4 +119,25 @@ def public_config(site: Site) -> dict[str, Any]:
         "lang": lang if isinstance(lang, str) and LANG_RE.match(lang) else "en",
         # Lets the widget refuse a too-large image before uploading it.
         "upload_max_bytes": upload_limit(site),
+        "full_page_urls": keeps_full_page_urls(site),
     }
+
+
+def keeps_full_page_urls(site: Site) -> bool:
+    return site.settings.get("full_page_urls") is True
+
+
+def kept_page_url(site: Site, raw: str | None) -> str | None:
+    """The page a visitor chats from, as stored and shown to the model: origin and path, or the
+    whole URL where the site opted in. Whatever the widget sent, as the server is the one to trust."""
+    if raw is None:
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise InvalidRequest("'page_url' is not a URL.") from None
+    if keeps_full_page_urls(site):
+        return raw
+    host = parts.netloc.rpartition("@")[2]  # never a user:password
+    return urlunsplit((parts.scheme, host, parts.path, "", "")) or None

@@ -11,7 +11,10 @@ SITE_KEY_RE = re.compile(r"^sk_[A-Za-z0-9_-]{24,128}$")
 SESSION_ID_RE = re.compile(r"^sess_[A-Za-z0-9_-]{16,64}$")
 MESSAGE_ID_RE = re.compile(r"^m_[A-Za-z0-9_-]{1,64}$")
 LANG_RE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,4}$")
-EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+# No spaces, control or invisible characters (bidi overrides, zero-width), nor those that end an
+# address in mail headers and HTML (<>"(),;:[] and backslash): operators see what is stored.
+_EMAIL_CHAR = r"[^@\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff<>\"(),;:\[\]\\]"
+EMAIL_RE = re.compile(rf"^{_EMAIL_CHAR}{{1,64}}@{_EMAIL_CHAR}+\.{_EMAIL_CHAR}{{2,}}$")
 
 MAX_URL_LENGTH = 2048
 

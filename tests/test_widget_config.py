@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.harness import Parley
 
-WIDGET_FIELDS = {"title", "greeting", "color", "position", "lang", "upload_max_bytes"}
+WIDGET_FIELDS = {"title", "greeting", "color", "position", "lang", "upload_max_bytes", "full_page_urls"}
 
 
 async def test_config_gives_the_site_look_and_words(parley: Parley) -> None:
@@ -16,7 +16,8 @@ async def test_config_gives_the_site_look_and_words(parley: Parley) -> None:
     body = response.json()
     assert body["success"] is True
     assert body["config"] == {"title": "Ask the baker", "greeting": "Bonjour !", "color": "#0a7d4f",
-                              "position": "left", "lang": "fr", "upload_max_bytes": 5 * 1024 * 1024}
+                              "position": "left", "lang": "fr", "upload_max_bytes": 5 * 1024 * 1024,
+                              "full_page_urls": False}
     assert "secret" not in response.text and "internal" not in response.text
 
 

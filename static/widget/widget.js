@@ -624,8 +624,15 @@
     if (!(data.messages || []).length && heldMs < HOLD * 1000 - 1000) checkBlocked();
   });
 
+  // Where the visitor is: origin and path only. Queries and fragments carry tokens and emails; a site
+  // opts in to sending them whole (its full_page_urls setting).
+  function pageUrl() {
+    var full = state.config && state.config.full_page_urls;
+    return String(full ? location.href : location.origin + location.pathname).slice(0, 2000);
+  }
+
   var proactive = new Poller("pending-proactive", function () {
-    return { after: state.proactiveAfter || null, page_url: String(location.href).slice(0, 2000) };
+    return { after: state.proactiveAfter || null, page_url: pageUrl() };
   }, function (data) {
     (data.messages || []).forEach(function (p) {
       if (typeof p.id !== "number") return;
@@ -690,7 +697,7 @@
   function attempt(turn) {
     var text = "", started = false;
     var body = { site_key: SITE_KEY, session_id: state.session, message: turn.text, lang: lang, message_id: turn.mid,
-      page_url: String(location.href).slice(0, 2000), page_title: String(document.title || "").slice(0, 300) };
+      page_url: pageUrl(), page_title: String(document.title || "").slice(0, 300) };
     fetch(API + "stream", { method: "POST", credentials: "omit", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })
       .then(function (res) {
         if (!res.ok) return failure(res);
