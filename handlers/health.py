@@ -6,6 +6,7 @@ import os
 
 import tornado.web
 
+from server.feed import EventFeed
 from server.store.base import Store, StoreUnavailable
 
 
@@ -17,15 +18,19 @@ class HealthHandler(tornado.web.RequestHandler):
 
 
 class ReadyHandler(tornado.web.RequestHandler):
-    def initialize(self, store: Store) -> None:
+    def initialize(self, store: Store, feed: EventFeed) -> None:
         self.store = store
+        self.feed = feed
 
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         try:
             await self.store.ping()
+            store = "ok"
         except StoreUnavailable:
-            self.set_status(503)
-            self.write({"status": "unavailable", "store": "unreachable"})
-            return
-        self.write({"status": "ok", "store": "ok"})
+            store = "unreachable"
+        # A process that cannot hear the others would leave its held visitors waiting.
+        feed = "ok" if self.feed.healthy else "down"
+        ready = store == "ok" and feed == "ok"
+        self.set_status(200 if ready else 503)
+        self.write({"status": "ok" if ready else "unavailable", "store": store, "events": feed})

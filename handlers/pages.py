@@ -7,6 +7,8 @@ from typing import Any
 
 import tornado.web
 
+from server.blobs import BlobStore, is_blob_key
+from server.errors import Unavailable
 from server.sites import SiteService
 
 
@@ -18,13 +20,34 @@ class FileHandler(tornado.web.StaticFileHandler):
         return super().parse_url_path(url_path)
 
 
-class UploadedFileHandler(FileHandler):
-    """Uploaded images: never sniffed as HTML, cached for long (the names are random)."""
+class UploadedFileHandler(tornado.web.RequestHandler):
+    """/uploads/<key>: the image from the blob store, or a redirect to where the store serves it
+    (a fresh signed URL). Never sniffed as HTML; cached for long, since keys are random."""
 
-    def set_extra_headers(self, path: str) -> None:
+    def initialize(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+
+    async def get(self, key: str) -> None:
+        if not is_blob_key(key):
+            raise tornado.web.HTTPError(404)
+        try:
+            target = await self.blobs.redirect_for(key)
+            blob = None if target else await self.blobs.open(key)
+        except Unavailable:
+            raise tornado.web.HTTPError(503) from None
+        if target:
+            self.set_header("Cache-Control", "private, max-age=300")  # shorter than the signature
+            self.redirect(target)
+            return
+        if blob is None:
+            raise tornado.web.HTTPError(404)
+        self.set_header("Content-Type", blob.content_type)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
         self.set_header("Cache-Control", "public, max-age=31536000, immutable")
+        self.finish(blob.data)
+
+    head = get
 
 
 class WidgetFileHandler(FileHandler):

@@ -33,17 +33,18 @@ from server.ai.knowledge import KnowledgeBase
 from server.ai.offline import OfflineAnswerer
 from server.ai.providers import ProviderRegistry
 from server.ai.settings import global_model_config
-from server.blobs import BlobStore, LocalBlobStore
+from server.backends import build_blob_store, build_store
+from server.blobs import BlobStore
 from server.chat import ChatService, Limits
 from server.config import Config
 from server.demo import DEMO_SITE_NAME
-from server.hub import EventBridge, Hub
+from server.feed import EventFeed, build_feed
+from server.hub import Hub
 from server.operators import OperatorService
 from server.proactive import ProactiveRules
 from server.proxies import ProxyAwareApplication, TrustedProxies
 from server.sites import SiteService
 from server.store.base import Store
-from server.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Services:
     config: Config
     store: Store
     hub: Hub
-    bridge: EventBridge
+    bridge: EventFeed
     knowledge: KnowledgeBase
     ai: AIEngine
     blobs: BlobStore
@@ -73,17 +74,22 @@ class Services:
 
 
 async def build_services(config: Config, *, limits: Limits | None = None) -> Services:
-    store = SQLiteStore(config.database_path)
+    store = build_store(config)
     await store.open()
+    blobs = build_blob_store(config)
+    try:
+        await blobs.start()
+    except BaseException:
+        await store.close()
+        raise
     hub = Hub(store)
-    bridge = EventBridge(hub, interval=config.event_poll_interval)
+    bridge = build_feed(hub, store, poll_interval=config.event_poll_interval)
     knowledge = KnowledgeBase(store)
     # The global model (PARLEY_AI_*) when configured, else the offline answerer; sites may override.
     providers = ProviderRegistry(OfflineAnswerer(chunk_delay=config.offline_chunk_delay),
                                  global_model_config(config))
     ai = AIEngine(knowledge, providers.default, provider_for_site=providers.for_site,
                   caps=CapChecker(store), on_close=providers.close)
-    blobs = LocalBlobStore(config.uploads_dir)
     return Services(
         config=config, store=store, hub=hub, bridge=bridge, knowledge=knowledge, ai=ai, blobs=blobs,
         sites=SiteService(store),
@@ -121,8 +127,8 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         (r"/api/v1/chat/config", WidgetConfigHandler, api),
         (r"/api/.*", ApiNotFoundHandler, api),
         (r"/healthz", HealthHandler),
-        (r"/readyz", ReadyHandler, {"store": services.store}),
-        (r"/uploads/(.+)", UploadedFileHandler, {"path": str(config.uploads_dir)}),
+        (r"/readyz", ReadyHandler, {"store": services.store, "feed": services.bridge}),
+        (r"/uploads/(.+)", UploadedFileHandler, {"blobs": services.blobs}),
         (r"/widget/(.+)", WidgetFileHandler, {"path": str(ROOT / "static" / "widget")}),
         (r"/(?:demo)?", DemoPageHandler, {"sites": services.sites, "demo_site_name": DEMO_SITE_NAME}),
     ]

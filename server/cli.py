@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(parent: Any, name: str, help_text: str, run: Command | None = None) -> argparse.ArgumentParser:
         sub = parent.add_parser(name, help=help_text, description=help_text)
-        add_config_arguments(sub, ("data_dir", "log_level"))
+        add_config_arguments(sub, ("data_dir", "store", "blobs", "log_level"))
         if run is not None:
             sub.set_defaults(run=run, command_parser=sub)
         return sub

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,6 +40,11 @@ class Config:
     ai_attempts: int = 3
     ai_backoff: float = 0.5
     kb_allow_private: bool = False
+    # Backends. The store URI may carry a password: never in a repr, so never in a log.
+    store: str = field(default="sqlite", repr=False)
+    blobs: str = "local"
+    s3_endpoint_url: str | None = None
+    s3_public_url: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,6 +62,11 @@ class Config:
             parse_networks(self.trusted_proxies)
         except ValueError as exc:
             problems.append(f"trusted_proxies: {exc}")
+        if self.store != "sqlite" and not self.store.startswith(("mongodb://", "mongodb+srv://")):
+            problems.append("store is 'sqlite' or a mongodb:// or mongodb+srv:// URI")
+        if self.blobs != "local" and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+                                                  self.blobs):
+            problems.append("blobs is 'local' or s3://bucket/prefix")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -108,6 +119,13 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "ai_attempts": (int, "tries before the first token, with backoff (default 3)"),
     "ai_backoff": (float, "first retry delay in seconds; doubles with jitter (default 0.5)"),
     "kb_allow_private": (bool, "let knowledge URLs point at loopback or private addresses"),
+    "store": (str, "where conversations live: 'sqlite' (a file in the data directory, the default) "
+                   "or a MongoDB URI, mongodb://host/dbname (database 'parley' when the path is empty)"),
+    "blobs": (str, "where uploaded images live: 'local' (the data directory, the default) or "
+                   "s3://bucket/prefix (credentials and region from the AWS_* variables)"),
+    "s3_endpoint_url": (str, "endpoint of an S3-compatible server (MinIO, R2 ...); default AWS"),
+    "s3_public_url": (str, "base URL where browsers fetch the bucket's objects (a CDN); default: "
+                           "/uploads/<key> on this server redirects to a short-lived signed URL"),
 }
 
 def browser_host(host: str) -> str:

@@ -13,6 +13,7 @@ from tornado.ioloop import PeriodicCallback
 
 from handlers.upload import UPLOAD_BODY_LIMIT
 from server.app import Services, build_services, make_app
+from server.backends import describe
 from server.config import Config, browser_host
 from server.demo import ensure_demo_site
 
@@ -49,7 +50,7 @@ async def serve(config: Config) -> None:
             log.info("created the demo site %s", demo.site_key)
     server, port = start_http_server(services)
     base = f"http://{browser_host(config.host)}:{port}"
-    lines = [f"Parley is serving on {base}  (data in {config.data_dir.resolve()})"]
+    lines = [f"Parley is serving on {base}  ({describe(config)})"]
     if demo is not None:
         lines += [f"  Demo page:     {base}/demo", f"  Demo site key: {demo.site_key}"]
     lines += [f"  Health:        {base}/healthz  (ready: {base}/readyz)", "Stop with Ctrl-C."]

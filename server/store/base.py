@@ -26,7 +26,24 @@ class DuplicateMessageId(Exception):
 
 
 class Store(abc.ABC):
-    """Every method is a coroutine and either completes its write or raises StoreUnavailable."""
+    """Every method is a coroutine and either completes its write or raises StoreUnavailable.
+
+    The rules every backend keeps (tests/store_conformance.py checks them on each):
+
+    - Ids are integers, unique per kind of record, and increase in commit order within what a
+      cursor reads: a message committed after another in the same conversation has the larger id,
+      so `list_messages(after=...)` never skips a row; the same holds for one session's proactive
+      messages (acknowledged "up to an id"). Events may commit out of id order across processes;
+      their readers (server/feed.py) look again for ids skipped over.
+    - A record is written whole or not at all; a failed call leaves nothing half-written.
+    - Values are plain: a method taking a str takes only a str (a dict such as {"$gt": ""} raises
+      TypeError before it reaches the database); no query is built from unchecked input.
+    - After creation a conversation changes only in the fields of CONVERSATION_UPDATABLE (and its
+      updated_at); a message never changes; a site changes only in its settings.
+    - Every call is bounded in time: a database that does not answer raises StoreUnavailable,
+      and the store recovers by itself when the database is back.
+    - Nothing leaks across sites or sessions: every lookup is keyed by the site (and session).
+    """
 
     @abc.abstractmethod
     async def open(self) -> None: ...
@@ -184,7 +201,13 @@ class Store(abc.ABC):
     async def latest_event_id(self) -> int: ...
 
     @abc.abstractmethod
-    async def events_since(self, after: int, *, exclude_origin: str, limit: int) -> list[Event]: ...
+    async def events_since(self, after: int, *, exclude_origin: str, limit: int) -> list[Event]:
+        """Events with ids above `after`, oldest first, leaving out those `exclude_origin` wrote."""
+
+    @abc.abstractmethod
+    async def events_by_id(self, ids: list[int]) -> list[Event]:
+        """The events among `ids` that exist now, oldest first (a reader looking again at ids it
+        saw skipped)."""
 
     @abc.abstractmethod
     async def prune_events(self, older_than: float) -> int: ...

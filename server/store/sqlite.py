@@ -162,6 +162,11 @@ def _proactive(row: sqlite3.Row) -> ProactiveMessage:
     return ProactiveMessage(**data)
 
 
+def _event(row: sqlite3.Row) -> Event:
+    return Event(id=row["id"], topic=row["topic"], kind=row["kind"], payload=json.loads(row["payload"]),
+                 origin=row["origin"])
+
+
 def _document(row: sqlite3.Row) -> KnowledgeDocument:
     return KnowledgeDocument(**dict(row))
 
@@ -221,6 +226,10 @@ class SQLiteStore(Store):
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
         except sqlite3.IntegrityError:
+            raise
+        except sqlite3.ProgrammingError as exc:
+            if "binding parameter" in str(exc):  # a dict or list where a plain value belongs
+                raise TypeError(str(exc)) from None
             raise
         except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
             log.error("sqlite error: %s", exc)
@@ -617,11 +626,15 @@ class SQLiteStore(Store):
             exclude_origin,
             limit,
         )
-        return [
-            Event(id=r["id"], topic=r["topic"], kind=r["kind"], payload=json.loads(r["payload"]),
-                  origin=r["origin"])
-            for r in rows
-        ]
+        return [_event(r) for r in rows]
+
+    async def events_by_id(self, ids: list[int]) -> list[Event]:
+        ids = [int(i) for i in ids[:1000]]
+        if not ids:
+            return []
+        rows = await self._run(
+            self._all, f"SELECT * FROM events WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", *ids)
+        return [_event(r) for r in rows]
 
     async def prune_events(self, older_than: float) -> int:
         def delete(db: sqlite3.Connection) -> int:

@@ -1,0 +1,621 @@
+"""The scale-out store: MongoDB through PyMongo's asyncio API (AsyncMongoClient).
+
+How it keeps the rules of base.Store:
+- Integer ids from one atomic counter per kind of record (`find_one_and_update` with `$inc`), so
+  cursors are the same numbers as on SQLite. A counter alone hands out ids in *allocation* order,
+  not commit order; where a reader walks a cursor (one conversation's messages, one session's
+  proactive messages) writers take a short lease on that scope first, so ids there commit in order.
+- Every value going into a filter is checked for its plain type first (`_str`, `_int`): a request
+  value such as {"$gt": ""} raises TypeError and never reaches the driver.
+- Every call has a deadline (the client's timeoutMS, default 5 s); any driver error becomes
+  StoreUnavailable (503), and the driver reconnects by itself when the server is back.
+- Nothing relies on what the nx-27017 stand-in gets wrong: no ObjectIds, no multi-document
+  transactions, and a conditional upsert that loses a race may either raise a duplicate-key error
+  or return None; both are handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from server.store.base import DuplicateMessageId, Store, StoreUnavailable
+from server.store.models import (
+    CONVERSATION_UPDATABLE,
+    Conversation,
+    Event,
+    KnowledgeDocument,
+    Message,
+    ProactiveMessage,
+    Site,
+    Source,
+    utc_now_iso,
+)
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+DEFAULT_DATABASE = "parley"
+CLIENT_DEFAULTS = {"timeoutMS": 5000, "serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
+LEASE_SECONDS = 10.0  # a writer that died holding a lease blocks its scope at most this long
+LEASE_WAIT_SECONDS = 5.0
+NEVER = 1e18  # expires_at of a block without expiry: one comparison, no null matching
+RETAIN_EVENTS = timedelta(hours=1)  # TTL backstop; serve.py prunes events after 10 minutes
+RETAIN_CLAIMS = timedelta(days=1)
+NO_CHANGE_STREAMS = (40573, 40324, 136)  # "only supported on replica sets", unknown stage, disabled
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, not {type(value).__name__}")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, not {type(value).__name__}")
+    return value
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _utc(seconds_from_now: float = 0.0) -> datetime:
+    return datetime.now(timezone.utc) + timedelta(seconds=seconds_from_now)
+
+
+def _guarded(method: F) -> F:
+    """Driver errors become StoreUnavailable; the caller answers 503 and nothing is half-written."""
+
+    @functools.wraps(method)
+    async def guarded(self: MongoStore, *args: Any, **kwargs: Any) -> Any:
+        if self._db is None:
+            raise StoreUnavailable("The store is not open.")
+        try:
+            return await method(self, *args, **kwargs)
+        except PyMongoError as exc:
+            log.error("mongodb %s failed: %s", method.__name__, exc)
+            raise StoreUnavailable("The database is unavailable; please try again.") from exc
+
+    return guarded  # type: ignore[return-value]
+
+
+def _site(doc: dict[str, Any]) -> Site:
+    return Site(id=doc["_id"], site_key=doc["site_key"], name=doc["name"],
+                allowed_origins=list(doc.get("allowed_origins") or []),
+                settings=dict(doc.get("settings") or {}), enabled=bool(doc.get("enabled", True)),
+                created_at=doc["created_at"])
+
+
+CONVERSATION_FIELDS = ("site_id", "session_id", "mode", "created_at", "updated_at", *sorted(
+    CONVERSATION_UPDATABLE - {"mode"}))
+
+
+def _conversation(doc: dict[str, Any]) -> Conversation:
+    data = {name: doc.get(name) for name in CONVERSATION_FIELDS}
+    data["handoff"] = bool(data["handoff"])
+    return Conversation(id=doc["_id"], **data)
+
+
+def _message(doc: dict[str, Any]) -> Message:
+    return Message(
+        id=doc["_id"], conversation_id=doc["conversation_id"], role=doc["role"], content=doc["content"],
+        created_at=doc["created_at"], message_id=doc.get("message_id"), reply_to=doc.get("reply_to"),
+        image_key=doc.get("image_key"), operator_name=doc.get("operator_name"),
+        sources=[Source(**s) for s in doc.get("sources") or []], status=doc.get("status", "complete"),
+        usage=doc.get("usage"))
+
+
+def _proactive(doc: dict[str, Any]) -> ProactiveMessage:
+    return ProactiveMessage(id=doc["_id"], site_id=doc["site_id"], session_id=doc["session_id"],
+                            content=doc["content"], sender=doc["sender"], created_at=doc["created_at"])
+
+
+def _document(doc: dict[str, Any]) -> KnowledgeDocument:
+    return KnowledgeDocument(id=doc["_id"], site_id=doc["site_id"], title=doc["title"], url=doc.get("url"),
+                             content=doc["content"], updated_at=doc["updated_at"])
+
+
+def _event(doc: dict[str, Any]) -> Event:
+    return Event(id=doc["_id"], topic=doc["topic"], kind=doc["kind"], payload=dict(doc.get("payload") or {}),
+                 origin=doc["origin"])
+
+
+def _partial_string(field: str) -> dict[str, Any]:
+    return {"partialFilterExpression": {field: {"$type": "string"}}}
+
+
+# (collection, keys, options): created at start-up; creating an existing index is a no-op.
+INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
+    ("sites", [("site_key", ASCENDING)], {"unique": True}),
+    ("conversations", [("site_id", ASCENDING), ("session_id", ASCENDING)], {"unique": True}),
+    ("conversations", [("site_id", ASCENDING), ("updated_at", DESCENDING)], {}),  # the inbox
+    ("messages", [("conversation_id", ASCENDING), ("_id", ASCENDING)], {}),  # history
+    ("messages", [("conversation_id", ASCENDING), ("message_id", ASCENDING)],
+     {"unique": True, **_partial_string("message_id")}),
+    ("messages", [("conversation_id", ASCENDING), ("reply_to", ASCENDING)], _partial_string("reply_to")),
+    ("messages", [("site_id", ASCENDING), ("created_at", ASCENDING)], {}),  # caps and counts
+    ("blocks", [("site_id", ASCENDING), ("kind", ASCENDING), ("value", ASCENDING)], {}),
+    ("blocks", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),  # expired blocks go away
+    ("proactive_messages", [("site_id", ASCENDING), ("session_id", ASCENDING), ("acked", ASCENDING),
+                            ("_id", ASCENDING)], {}),
+    ("proactive_messages", [("site_id", ASCENDING), ("session_id", ASCENDING), ("rule_key", ASCENDING)],
+     {"unique": True, **_partial_string("rule_key")}),
+    ("documents", [("site_id", ASCENDING), ("_id", ASCENDING)], {}),
+    ("answer_claims", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
+    ("events", [("created_at", ASCENDING)], {}),
+    ("events", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
+    ("leases", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
+)
+
+
+class MongoEventStream:
+    """A change stream on the events collection, as server/feed.py reads it."""
+
+    BATCH = 200
+    MIN_EMPTY_ROUND = 0.05  # a server that answers an await at once must not make us spin
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    @property
+    def resume_token(self) -> Any:
+        return self._stream.resume_token
+
+    async def next_batch(self) -> list[Event]:
+        started = time.monotonic()
+        events: list[Event] = []
+        try:
+            while len(events) < self.BATCH:
+                change = await self._stream.try_next()
+                if change is None:
+                    break
+                document = change.get("fullDocument")
+                if document:
+                    events.append(_event(document))
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"the change stream failed: {exc}") from exc
+        if not events:
+            await asyncio.sleep(max(0.0, self.MIN_EMPTY_ROUND - (time.monotonic() - started)))
+        return events
+
+    async def close(self) -> None:
+        try:
+            await self._stream.close()
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+
+class MongoStore(Store):
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        parsed = parse_uri(uri)
+        self.database_name = parsed.get("database") or DEFAULT_DATABASE
+        given = {name.lower() for name in parsed.get("options", {})}
+        # Our deadlines unless the URI sets its own.
+        self._client_options = {k: v for k, v in CLIENT_DEFAULTS.items() if k.lower() not in given}
+        self._client: AsyncMongoClient[dict[str, Any]] | None = None
+        self._db: Any = None
+
+    def __repr__(self) -> str:  # the URI may hold a password
+        return f"MongoStore(database={self.database_name!r})"
+
+    # -- plumbing -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        self._client = AsyncMongoClient(self.uri, appname="parley", **self._client_options)
+        self._db = self._client[self.database_name]
+        try:
+            for collection, keys, options in INDEXES:
+                await self._db[collection].create_index(keys, **options)
+        except PyMongoError as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot prepare MongoDB database {self.database_name!r}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        self._client = None
+        self._db = None
+
+    @_guarded
+    async def ping(self) -> None:
+        await self._db.command("ping")
+
+    async def _next_id(self, name: str) -> int:
+        for _ in range(3):
+            try:
+                doc = await self._db.counters.find_one_and_update(
+                    {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+            except DuplicateKeyError:  # two first-ever upserts raced; the loser tries again
+                continue
+            if doc is not None:
+                return int(doc["seq"])
+        raise StoreUnavailable(f"could not allocate an id for {name}")
+
+    async def _take_lease(self, scope: str, holder: str) -> bool:
+        now = time.time()
+        try:
+            doc = await self._db.leases.find_one_and_update(
+                {"_id": scope, "until": {"$lt": now}},
+                {"$set": {"holder": holder, "until": now + LEASE_SECONDS, "expire_at": _utc(86400)}},
+                upsert=True, return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError:  # held by someone else: the upsert's insert collided
+            return False
+        return doc is not None and doc.get("holder") == holder
+
+    async def _ordered_insert(self, scope: str, collection: str, document: dict[str, Any],
+                              before_insert: Callable[[], Awaitable[dict[str, Any]]] | None = None
+                              ) -> dict[str, Any]:
+        """Insert with a fresh id while holding `scope`'s lease, so ids within the scope commit in
+        increasing order (one writer at a time; a write takes milliseconds)."""
+        holder = secrets.token_hex(8)
+        deadline = time.monotonic() + LEASE_WAIT_SECONDS
+        pause = 0.002
+        while not await self._take_lease(scope, holder):
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"timed out waiting to write to {scope}")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        try:
+            if before_insert is not None:
+                document = {**await before_insert(), **document}
+            document = {"_id": await self._next_id(collection), **document}
+            await self._db[collection].insert_one(document)
+            return document
+        finally:
+            await self._db.leases.update_one({"_id": scope, "holder": holder}, {"$set": {"until": 0}})
+
+    # -- sites --------------------------------------------------------------------------------
+    @_guarded
+    async def create_site(
+        self, site_key: str, name: str, allowed_origins: list[str], settings: dict[str, Any]
+    ) -> Site:
+        document = {"_id": await self._next_id("sites"), "site_key": _str(site_key), "name": _str(name),
+                    "allowed_origins": [_str(o) for o in allowed_origins], "settings": dict(settings),
+                    "enabled": True, "created_at": utc_now_iso()}
+        await self._db.sites.insert_one(document)
+        return _site(document)
+
+    @_guarded
+    async def get_site_by_key(self, site_key: str) -> Site | None:
+        doc = await self._db.sites.find_one({"site_key": _str(site_key)})
+        return _site(doc) if doc else None
+
+    @_guarded
+    async def list_sites(self, limit: int = 1000) -> list[Site]:
+        return [_site(d) async for d in self._db.sites.find({}).sort("_id", ASCENDING).limit(_int(limit))]
+
+    @_guarded
+    async def update_site_settings(self, site_id: int, changes: dict[str, Any]) -> Site:
+        for key in changes:
+            if not isinstance(key, str) or not key or key.startswith("$") or "." in key:
+                raise ValueError(f"not a settings name: {key!r}")
+        if not changes:
+            doc = await self._db.sites.find_one({"_id": _int(site_id)})
+        else:  # one $set of each key: a concurrent change of another key is kept
+            doc = await self._db.sites.find_one_and_update(
+                {"_id": _int(site_id)}, {"$set": {f"settings.{k}": v for k, v in changes.items()}},
+                return_document=ReturnDocument.AFTER)
+        if doc is None:
+            raise StoreUnavailable(f"site {site_id} does not exist")
+        return _site(doc)
+
+    # -- conversations ------------------------------------------------------------------------
+    @_guarded
+    async def get_conversation(self, site_id: int, session_id: str) -> Conversation | None:
+        doc = await self._db.conversations.find_one({"site_id": _int(site_id), "session_id": _str(session_id)})
+        return _conversation(doc) if doc else None
+
+    @_guarded
+    async def ensure_conversation(
+        self, site_id: int, session_id: str, context: dict[str, Any]
+    ) -> Conversation:
+        key = {"site_id": _int(site_id), "session_id": _str(session_id)}
+        doc = await self._db.conversations.find_one(key)
+        if doc is None:
+            fields = {k: _opt_str(v) for k, v in context.items() if k in ("lang", "page_url", "page_title", "ip")}
+            now = utc_now_iso()
+            new = {"_id": await self._next_id("conversations"), "mode": "ai", "handoff": False,
+                   "created_at": now, "updated_at": now, **fields}
+            try:
+                await self._db.conversations.update_one(key, {"$setOnInsert": new}, upsert=True)
+            except DuplicateKeyError:
+                pass  # another process created it first: theirs stands
+            doc = await self._db.conversations.find_one(key)
+            if doc is None:
+                raise StoreUnavailable("the conversation was not stored")
+        return _conversation(doc)
+
+    @_guarded
+    async def update_conversation(self, conversation_id: int, changes: dict[str, Any]) -> None:
+        unknown = set(changes) - CONVERSATION_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if not changes:
+            return
+        for name, value in changes.items():
+            if value is not None and not isinstance(value, (str, int, float, bool)):
+                raise TypeError(f"{name} is a plain value")
+        await self._db.conversations.update_one(
+            {"_id": _int(conversation_id)}, {"$set": {**changes, "updated_at": utc_now_iso()}})
+
+    # -- messages -----------------------------------------------------------------------------
+    @_guarded
+    async def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        *,
+        message_id: str | None = None,
+        reply_to: str | None = None,
+        image_key: str | None = None,
+        operator_name: str | None = None,
+        sources: Iterable[Source] = (),
+        status: str = "complete",
+        usage: dict[str, Any] | None = None,
+    ) -> Message:
+        conversation_id = _int(conversation_id)
+        now = utc_now_iso()
+        document = {"conversation_id": conversation_id, "role": _str(role), "content": _str(content),
+                    "message_id": _opt_str(message_id), "reply_to": _opt_str(reply_to),
+                    "image_key": _opt_str(image_key), "operator_name": _opt_str(operator_name),
+                    "sources": [s.as_dict() for s in sources], "status": _str(status),
+                    "created_at": now, "usage": dict(usage) if usage is not None else None}
+
+        async def touch_conversation() -> dict[str, Any]:
+            # Messages carry their site and session, so counts need no join.
+            conversation = await self._db.conversations.find_one_and_update(
+                {"_id": conversation_id}, {"$set": {"updated_at": now}})
+            if conversation is None:
+                raise StoreUnavailable(f"conversation {conversation_id} does not exist")
+            return {"site_id": conversation["site_id"], "session_id": conversation["session_id"]}
+
+        try:
+            stored = await self._ordered_insert(f"messages:{conversation_id}", "messages", document,
+                                                touch_conversation)
+        except DuplicateKeyError as exc:
+            raise DuplicateMessageId(message_id) from exc
+        return _message(stored)
+
+    @_guarded
+    async def count_messages(
+        self, site_id: int, *, since: str, role: str | None = None, session_id: str | None = None
+    ) -> int:
+        query: dict[str, Any] = {"site_id": _int(site_id), "created_at": {"$gte": _str(since)}}
+        if role is not None:
+            query["role"] = _str(role)
+        if session_id is not None:
+            query["session_id"] = _str(session_id)
+        return await self._db.messages.count_documents(query)
+
+    @_guarded
+    async def get_visitor_message(self, conversation_id: int, message_id: str) -> Message | None:
+        doc = await self._db.messages.find_one(
+            {"conversation_id": _int(conversation_id), "message_id": _str(message_id)})
+        return _message(doc) if doc else None
+
+    @_guarded
+    async def get_reply(self, conversation_id: int, message_id: str) -> Message | None:
+        doc = await self._db.messages.find_one(
+            {"conversation_id": _int(conversation_id), "reply_to": _str(message_id)},
+            sort=[("_id", DESCENDING)])
+        return _message(doc) if doc else None
+
+    @_guarded
+    async def list_messages(
+        self,
+        conversation_id: int,
+        *,
+        after: int | None = None,
+        limit: int = 50,
+        roles: tuple[str, ...] | None = None,
+    ) -> list[Message]:
+        query: dict[str, Any] = {"conversation_id": _int(conversation_id), "_id": {"$gt": _int(after or 0)}}
+        if roles:
+            query["role"] = {"$in": [_str(r) for r in roles]}
+        cursor = self._db.messages.find(query).sort("_id", ASCENDING).limit(_int(limit))
+        return [_message(d) async for d in cursor]
+
+    @_guarded
+    async def recent_messages(self, conversation_id: int, limit: int) -> list[Message]:
+        cursor = self._db.messages.find({"conversation_id": _int(conversation_id)}).sort(
+            "_id", DESCENDING).limit(_int(limit))
+        return [_message(d) async for d in cursor][::-1]
+
+    # -- blocks -------------------------------------------------------------------------------
+    @_guarded
+    async def add_block(
+        self, site_id: int, kind: str, value: str, expires_at: float | None, reason: str | None
+    ) -> None:
+        document: dict[str, Any] = {
+            "_id": await self._next_id("blocks"), "site_id": _int(site_id), "kind": _str(kind),
+            "value": _str(value), "expires_at": NEVER if expires_at is None else _num(expires_at),
+            "reason": _opt_str(reason), "created_at": utc_now_iso()}
+        if expires_at is not None:  # MongoDB removes it some time after it lapses
+            document["expire_at"] = datetime.fromtimestamp(expires_at, timezone.utc)
+        await self._db.blocks.insert_one(document)
+
+    @_guarded
+    async def remove_blocks(self, site_id: int, kind: str, value: str) -> int:
+        result = await self._db.blocks.delete_many(
+            {"site_id": _int(site_id), "kind": _str(kind), "value": _str(value)})
+        return result.deleted_count
+
+    @_guarded
+    async def is_blocked(
+        self, site_id: int, *, session_id: str, ip: str | None, email: str | None, now: float
+    ) -> bool:
+        candidates = [{"kind": "session", "value": _str(session_id)}]
+        if ip:
+            candidates.append({"kind": "ip", "value": _str(ip)})
+        if email:
+            candidates.append({"kind": "email", "value": _str(email).lower()})
+        doc = await self._db.blocks.find_one(
+            {"site_id": _int(site_id), "$or": candidates, "expires_at": {"$gt": _num(now)}},
+            projection={"_id": 1})
+        return doc is not None
+
+    # -- proactive ----------------------------------------------------------------------------
+    @_guarded
+    async def add_proactive(
+        self, site_id: int, session_id: str, content: str, sender: str, *,
+        rule_key: str | None = None, deliver_at: float = 0.0,
+    ) -> ProactiveMessage | None:
+        site_id, session_id = _int(site_id), _str(session_id)
+        document = {"site_id": site_id, "session_id": session_id, "content": _str(content),
+                    "sender": _str(sender), "acked": False, "rule_key": _opt_str(rule_key),
+                    "deliver_at": _num(deliver_at), "created_at": utc_now_iso()}
+        try:
+            stored = await self._ordered_insert(f"proactive:{site_id}:{session_id}", "proactive_messages",
+                                                document)
+        except DuplicateKeyError:
+            return None  # this rule already spoke to this session
+        return _proactive(stored)
+
+    def _proactive_query(self, site_id: int, session_id: str, **extra: Any) -> dict[str, Any]:
+        return {"site_id": _int(site_id), "session_id": _str(session_id), "acked": False, **extra}
+
+    @_guarded
+    async def pending_proactive(
+        self, site_id: int, session_id: str, *, now: float, limit: int = 50
+    ) -> list[ProactiveMessage]:
+        cursor = self._db.proactive_messages.find(
+            self._proactive_query(site_id, session_id, deliver_at={"$lte": _num(now)})
+        ).sort("_id", ASCENDING).limit(_int(limit))
+        return [_proactive(d) async for d in cursor]
+
+    @_guarded
+    async def next_proactive_due(self, site_id: int, session_id: str, *, now: float) -> float | None:
+        doc = await self._db.proactive_messages.find_one(
+            self._proactive_query(site_id, session_id, deliver_at={"$gt": _num(now)}),
+            sort=[("deliver_at", ASCENDING)])
+        return float(doc["deliver_at"]) if doc else None
+
+    @_guarded
+    async def ack_proactive(self, site_id: int, session_id: str, through_id: int, *, now: float) -> None:
+        # A message not yet due was never delivered, whatever its id: it stays pending.
+        await self._db.proactive_messages.update_many(
+            self._proactive_query(site_id, session_id, _id={"$lte": _int(through_id)},
+                                  deliver_at={"$lte": _num(now)}),
+            {"$set": {"acked": True}})
+
+    # -- knowledge ----------------------------------------------------------------------------
+    async def _bump_version(self, site_id: int) -> None:
+        await self._db.knowledge_versions.update_one({"_id": site_id}, {"$inc": {"version": 1}}, upsert=True)
+
+    @_guarded
+    async def add_document(
+        self, site_id: int, title: str, url: str | None, content: str
+    ) -> KnowledgeDocument:
+        document = {"_id": await self._next_id("documents"), "site_id": _int(site_id), "title": _str(title),
+                    "url": _opt_str(url), "content": _str(content), "updated_at": utc_now_iso()}
+        await self._db.documents.insert_one(document)
+        await self._bump_version(site_id)
+        return _document(document)
+
+    @_guarded
+    async def list_documents(self, site_id: int, limit: int = 10_000) -> list[KnowledgeDocument]:
+        cursor = self._db.documents.find({"site_id": _int(site_id)}).sort("_id", ASCENDING).limit(_int(limit))
+        return [_document(d) async for d in cursor]
+
+    @_guarded
+    async def remove_document(self, site_id: int, document_id: int) -> bool:
+        result = await self._db.documents.delete_one({"_id": _int(document_id), "site_id": _int(site_id)})
+        if result.deleted_count:
+            await self._bump_version(site_id)
+        return bool(result.deleted_count)
+
+    @_guarded
+    async def knowledge_version(self, site_id: int) -> str:
+        doc = await self._db.knowledge_versions.find_one({"_id": _int(site_id)})
+        return str(doc["version"] if doc else 0)
+
+    # -- answer claims ------------------------------------------------------------------------
+    @staticmethod
+    def _claim_key(conversation_id: int, message_id: str) -> str:
+        return f"{_int(conversation_id)}:{_str(message_id)}"
+
+    @_guarded
+    async def claim_answer(self, conversation_id: int, message_id: str, origin: str, *,
+                           now: float, stale_after: float) -> bool:
+        key = self._claim_key(conversation_id, message_id)
+        try:
+            doc = await self._db.answer_claims.find_one_and_update(
+                {"_id": key, "$or": [{"origin": _str(origin)}, {"claimed_at": {"$lt": _num(now) - stale_after}}]},
+                {"$set": {"origin": origin, "claimed_at": now, "expire_at": _utc(RETAIN_CLAIMS.total_seconds())}},
+                upsert=True, return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError:  # another process holds a fresh claim
+            return False
+        return doc is not None and doc.get("origin") == origin
+
+    @_guarded
+    async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None:
+        await self._db.answer_claims.delete_one(
+            {"_id": self._claim_key(conversation_id, message_id), "origin": _str(origin)})
+
+    # -- events -------------------------------------------------------------------------------
+    @_guarded
+    async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int:
+        event_id = await self._next_id("events")
+        await self._db.events.insert_one({
+            "_id": event_id, "topic": _str(topic), "kind": _str(kind), "payload": dict(payload),
+            "origin": _str(origin), "created_at": time.time(), "expire_at": _utc(RETAIN_EVENTS.total_seconds())})
+        return event_id
+
+    @_guarded
+    async def latest_event_id(self) -> int:
+        doc = await self._db.events.find_one({}, sort=[("_id", DESCENDING)], projection={"_id": 1})
+        return int(doc["_id"]) if doc else 0
+
+    @_guarded
+    async def events_since(self, after: int, *, exclude_origin: str, limit: int) -> list[Event]:
+        cursor = self._db.events.find(
+            {"_id": {"$gt": _int(after)}, "origin": {"$ne": _str(exclude_origin)}}
+        ).sort("_id", ASCENDING).limit(_int(limit))
+        return [_event(d) async for d in cursor]
+
+    @_guarded
+    async def events_by_id(self, ids: list[int]) -> list[Event]:
+        wanted = [_int(i) for i in ids[:1000]]
+        if not wanted:
+            return []
+        cursor = self._db.events.find({"_id": {"$in": wanted}}).sort("_id", ASCENDING)
+        return [_event(d) async for d in cursor]
+
+    @_guarded
+    async def prune_events(self, older_than: float) -> int:
+        result = await self._db.events.delete_many({"created_at": {"$lt": _num(older_than)}})
+        return result.deleted_count
+
+    async def watch_events(self, *, exclude_origin: str, resume_after: Any = None) -> MongoEventStream | None:
+        """A change stream of events other processes record; None when the server has none (a
+        standalone server rather than a replica set)."""
+        if self._db is None:
+            raise StoreUnavailable("The store is not open.")
+        pipeline = [{"$match": {"operationType": "insert", "fullDocument.origin": {"$ne": _str(exclude_origin)}}}]
+        try:
+            stream = await self._db.events.watch(pipeline, resume_after=resume_after, max_await_time_ms=500)
+        except OperationFailure as exc:
+            if exc.code in NO_CHANGE_STREAMS or "replica set" in str(exc).lower():
+                return None
+            raise StoreUnavailable(f"cannot open a change stream: {exc}") from exc
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"cannot open a change stream: {exc}") from exc
+        return MongoEventStream(stream)
