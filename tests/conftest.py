@@ -7,7 +7,7 @@ import pytest
 from tests.harness import Parley, start_parley
 
 # The fake OpenAI-compatible upstream and a Parley wired to it, for the AI tests.
-pytest_plugins = ["tests.fake_openai"]
+pytest_plugins = ["tests.fake_openai", "tests.mongo"]
 
 
 @pytest.fixture

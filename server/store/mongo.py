@@ -146,18 +146,19 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
     ("sites", [("site_key", ASCENDING)], {"unique": True}),
     ("conversations", [("site_id", ASCENDING), ("session_id", ASCENDING)], {"unique": True}),
     ("conversations", [("site_id", ASCENDING), ("updated_at", DESCENDING)], {}),  # the inbox
-    ("messages", [("conversation_id", ASCENDING), ("_id", ASCENDING)], {}),  # history
+    # History. (conversation_id, _id) would also serve the sort, but the stand-in cannot insert
+    # into a collection with _id in a compound index; a conversation's messages sort in memory.
+    ("messages", [("conversation_id", ASCENDING)], {}),
     ("messages", [("conversation_id", ASCENDING), ("message_id", ASCENDING)],
      {"unique": True, **_partial_string("message_id")}),
     ("messages", [("conversation_id", ASCENDING), ("reply_to", ASCENDING)], _partial_string("reply_to")),
     ("messages", [("site_id", ASCENDING), ("created_at", ASCENDING)], {}),  # caps and counts
     ("blocks", [("site_id", ASCENDING), ("kind", ASCENDING), ("value", ASCENDING)], {}),
     ("blocks", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),  # expired blocks go away
-    ("proactive_messages", [("site_id", ASCENDING), ("session_id", ASCENDING), ("acked", ASCENDING),
-                            ("_id", ASCENDING)], {}),
+    ("proactive_messages", [("site_id", ASCENDING), ("session_id", ASCENDING), ("acked", ASCENDING)], {}),
     ("proactive_messages", [("site_id", ASCENDING), ("session_id", ASCENDING), ("rule_key", ASCENDING)],
      {"unique": True, **_partial_string("rule_key")}),
-    ("documents", [("site_id", ASCENDING), ("_id", ASCENDING)], {}),
+    ("documents", [("site_id", ASCENDING)], {}),
     ("answer_claims", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
     ("events", [("created_at", ASCENDING)], {}),
     ("events", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),

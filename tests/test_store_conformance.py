@@ -1,0 +1,303 @@
+"""One suite for the Store interface, run on every backend: SQLite, and MongoDB (the nx-27017
+stand-in the fixtures start, or a real replica set with PARLEY_TEST_MONGO_URI).
+
+`store` and `other` are two handles on the same data, as two processes would hold them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+import pytest
+
+from server.feed import build_feed
+from server.hub import Hub
+from server.store.base import DuplicateMessageId, Store
+from server.store.models import Source
+from server.store.mongo import MongoStore
+from server.store.sqlite import SQLiteStore
+
+BACKENDS = ["sqlite", "mongodb"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def stores(request, tmp_path) -> AsyncIterator[tuple[Store, Store]]:
+    if request.param == "sqlite":
+        make = lambda: SQLiteStore(tmp_path / "parley.sqlite3")  # noqa: E731
+    else:
+        uri = request.getfixturevalue("mongo_uri")
+        make = lambda: MongoStore(uri)  # noqa: E731
+    first, second = make(), make()
+    await first.open()
+    await second.open()
+    yield first, second
+    await second.close()
+    await first.close()
+
+
+@pytest.fixture
+def store(stores) -> Store:
+    return stores[0]
+
+
+@pytest.fixture
+def other(stores) -> Store:
+    return stores[1]
+
+
+async def new_site(store: Store, name: str = "Shop") -> int:
+    site = await store.create_site(f"sk_{name.lower():_<30}", name, [], {"lang": "en"})
+    return site.id
+
+
+SESSION = "sess_conformance00000001"
+
+
+async def conversation_id(store: Store, site_id: int, session_id: str = SESSION) -> int:
+    return (await store.ensure_conversation(site_id, session_id, {"lang": "en"})).id
+
+
+# -- sites and conversations ----------------------------------------------------------------------
+async def test_sites_and_settings_merge(store, other):
+    site_id = await new_site(store)
+    site = await other.get_site_by_key("sk_shop" + "_" * 26)
+    assert site is not None and site.id == site_id and site.settings == {"lang": "en"} and site.enabled
+    await store.update_site_settings(site_id, {"ai": {"model": "m"}})
+    updated = await other.update_site_settings(site_id, {"title": "Hi"})
+    assert updated.settings == {"lang": "en", "ai": {"model": "m"}, "title": "Hi"}
+    assert [s.id for s in await other.list_sites()] == [site_id]
+    assert await store.get_site_by_key("sk_missing" + "_" * 24) is None
+
+
+async def test_a_conversation_is_made_once_and_changes_only_where_allowed(store, other):
+    site_id = await new_site(store)
+    first, again = await asyncio.gather(
+        store.ensure_conversation(site_id, SESSION, {"page_url": "https://shop.test/a"}),
+        other.ensure_conversation(site_id, SESSION, {"page_url": "https://shop.test/b"}))
+    assert first.id == again.id and first.mode == "ai" and first.handoff is False
+    await store.update_conversation(first.id, {"mode": "operator", "email": "a@b.co", "rating": 4})
+    seen = await other.get_conversation(site_id, SESSION)
+    assert (seen.mode, seen.email, seen.rating, seen.session_id) == ("operator", "a@b.co", 4, SESSION)
+    with pytest.raises(ValueError):
+        await store.update_conversation(first.id, {"site_id": 99})
+    assert await store.get_conversation(site_id, "sess_nobody0000000000000") is None
+
+
+# -- messages -------------------------------------------------------------------------------------
+async def test_messages_come_oldest_first_and_after_is_a_cursor(store):
+    conv = await conversation_id(store, await new_site(store))
+    stored = [await store.add_message(conv, role, f"text {n}") for n, role in
+              enumerate(["visitor", "ai", "operator", "visitor", "ai"])]
+    ids = [m.id for m in stored]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert [m.content for m in await store.list_messages(conv)] == [f"text {n}" for n in range(5)]
+    assert [m.id for m in await store.list_messages(conv, after=ids[1], limit=2)] == ids[2:4]
+    assert [m.role for m in await store.list_messages(conv, roles=("operator",))] == ["operator"]
+    assert await store.list_messages(conv, after=ids[-1]) == []
+    assert [m.id for m in await store.recent_messages(conv, 2)] == ids[3:]
+
+
+async def test_message_fields_round_trip(store, other):
+    conv = await conversation_id(store, await new_site(store))
+    await store.add_message(conv, "visitor", "Hello", message_id="m_1")
+    answer = await store.add_message(conv, "ai", "Hi!", reply_to="m_1", status="interrupted",
+                                     sources=[Source("Shipping", "https://shop.test/s")],
+                                     usage={"prompt_tokens": 3})
+    got = (await other.list_messages(conv))[-1]
+    assert got == answer
+    assert got.sources == [Source("Shipping", "https://shop.test/s")] and got.usage == {"prompt_tokens": 3}
+    assert got.created_at.endswith("Z") and got.status == "interrupted"
+
+
+async def test_a_message_id_is_stored_once_per_conversation(store, other):
+    site_id = await new_site(store)
+    conv = await conversation_id(store, site_id)
+    elsewhere = await conversation_id(store, site_id, "sess_conformance00000002")
+    first = await store.add_message(conv, "visitor", "Hello", message_id="m_same")
+    with pytest.raises(DuplicateMessageId):
+        await other.add_message(conv, "visitor", "Hello", message_id="m_same")
+    await store.add_message(elsewhere, "visitor", "Hello", message_id="m_same")  # another visitor
+    assert (await other.get_visitor_message(conv, "m_same")).id == first.id
+    await store.add_message(conv, "ai", "one", reply_to="m_same")
+    latest = await other.add_message(conv, "ai", "two", reply_to="m_same")
+    assert (await store.get_reply(conv, "m_same")).id == latest.id
+    assert await store.get_reply(conv, "m_other") is None
+    assert len(await store.list_messages(conv)) == 3
+
+
+async def test_concurrent_writers_never_make_a_cursor_skip(store, other):
+    """Two processes write into one conversation while a reader walks it by cursor: the reader
+    sees every message exactly once, in id order."""
+    conv = await conversation_id(store, await new_site(store))
+    per_writer = 25
+
+    async def write(handle: Store, name: str) -> None:
+        for n in range(per_writer):
+            await handle.add_message(conv, "operator", f"{name}{n}")
+
+    seen: list[int] = []
+    writers = asyncio.gather(write(store, "a"), write(other, "b"))
+
+    async def read() -> None:
+        cursor = 0
+        deadline = time.monotonic() + 60
+        while len(seen) < 2 * per_writer and time.monotonic() < deadline:
+            batch = await other.list_messages(conv, after=cursor, limit=7)
+            seen.extend(m.id for m in batch)
+            cursor = batch[-1].id if batch else cursor
+
+    await asyncio.gather(writers, read())
+    everything = [m.id for m in await store.list_messages(conv, limit=200)]
+    assert len(everything) == 2 * per_writer
+    assert seen == everything
+
+
+async def test_counts_by_site_session_and_role(store):
+    shop, other_shop = await new_site(store, "Shop"), await new_site(store, "Other")
+    since = "2000-01-01T00:00:00Z"
+    a = await conversation_id(store, shop)
+    b = await conversation_id(store, shop, "sess_conformance00000002")
+    c = await conversation_id(store, other_shop)  # the same session id on another site
+    for conv in (a, a, b, c):
+        await store.add_message(conv, "ai", "x")
+    await store.add_message(a, "visitor", "y")
+    assert await store.count_messages(shop, since=since) == 4
+    assert await store.count_messages(shop, since=since, role="ai") == 3
+    assert await store.count_messages(shop, since=since, role="ai", session_id=SESSION) == 2
+    assert await store.count_messages(other_shop, since=since) == 1
+    assert await store.count_messages(shop, since="2999-01-01T00:00:00Z") == 0
+
+
+async def test_sites_and_sessions_are_isolated(store):
+    shop, other_shop = await new_site(store, "Shop"), await new_site(store, "Other")
+    mine = await conversation_id(store, shop)
+    theirs = await conversation_id(store, other_shop)
+    assert mine != theirs
+    await store.add_message(mine, "visitor", "private")
+    assert await store.list_messages(theirs) == []
+    await store.add_block(shop, "session", SESSION, None, None)
+    assert await store.is_blocked(shop, session_id=SESSION, ip=None, email=None, now=time.time())
+    assert not await store.is_blocked(other_shop, session_id=SESSION, ip=None, email=None, now=time.time())
+    await store.add_proactive(shop, SESSION, "psst", "operator")
+    assert await store.pending_proactive(other_shop, SESSION, now=time.time()) == []
+    assert await store.pending_proactive(shop, "sess_conformance00000002", now=time.time()) == []
+
+
+async def test_plain_values_only(store):
+    site_id = await new_site(store)
+    with pytest.raises(TypeError):
+        await store.get_site_by_key({"$gt": ""})  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await store.get_conversation(site_id, {"$ne": None})  # type: ignore[arg-type]
+
+
+# -- blocks ---------------------------------------------------------------------------------------
+async def test_blocks_match_session_ip_or_email_and_expire(store, other):
+    site_id = await new_site(store)
+    now = time.time()
+
+    async def blocked(**who: str | None) -> bool:
+        return await other.is_blocked(site_id, session_id=who.get("session", "sess_innocent000000000000"),
+                                      ip=who.get("ip"), email=who.get("email"), now=now)
+
+    await store.add_block(site_id, "ip", "203.0.113.9", None, "spam")
+    await store.add_block(site_id, "email", "troll@example.com", now + 60, None)
+    await store.add_block(site_id, "session", SESSION, now - 1, None)  # already lapsed
+    assert await blocked(ip="203.0.113.9")
+    assert await blocked(email="Troll@Example.com")
+    assert not await blocked(session=SESSION)
+    assert not await blocked(ip="203.0.113.10", email="friend@example.com")
+    assert await store.remove_blocks(site_id, "ip", "203.0.113.9") == 1
+    assert not await blocked(ip="203.0.113.9")
+    assert await store.remove_blocks(site_id, "ip", "203.0.113.9") == 0
+
+
+# -- proactive ------------------------------------------------------------------------------------
+async def test_proactive_delivery_acknowledgement_and_rules_once(store, other):
+    site_id = await new_site(store)
+    now = time.time()
+    first = await store.add_proactive(site_id, SESSION, "Hello!", "operator")
+    later = await other.add_proactive(site_id, SESSION, "Need help with pricing?", "rule",
+                                      rule_key="r1", deliver_at=now + 30)
+    assert await store.add_proactive(site_id, SESSION, "again", "rule", rule_key="r1") is None
+    second = await other.add_proactive(site_id, SESSION, "Still there?", "operator")
+    assert first.id < later.id < second.id
+    assert [m.content for m in await store.pending_proactive(site_id, SESSION, now=now)] == \
+        ["Hello!", "Still there?"]
+    assert await store.next_proactive_due(site_id, SESSION, now=now) == pytest.approx(now + 30)
+    await other.ack_proactive(site_id, SESSION, second.id, now=now)  # the rule one was not due yet
+    assert await store.pending_proactive(site_id, SESSION, now=now) == []
+    due = await store.pending_proactive(site_id, SESSION, now=now + 31)
+    assert [(m.id, m.sender) for m in due] == [(later.id, "rule")]
+    assert await store.next_proactive_due(site_id, SESSION, now=now + 31) is None
+
+
+# -- knowledge ------------------------------------------------------------------------------------
+async def test_documents_and_their_version(store, other):
+    site_id = await new_site(store)
+    before = await store.knowledge_version(site_id)
+    doc = await store.add_document(site_id, "Returns", "https://shop.test/r", "60 days")
+    after_add = await other.knowledge_version(site_id)
+    assert after_add != before
+    assert [(d.id, d.title, d.url) for d in await other.list_documents(site_id)] == \
+        [(doc.id, "Returns", "https://shop.test/r")]
+    assert not await store.remove_document(site_id + 1000, doc.id)  # not another site's
+    assert await store.remove_document(site_id, doc.id)
+    assert await other.knowledge_version(site_id) not in (before, after_add)
+    assert await store.list_documents(site_id) == []
+
+
+# -- answer claims --------------------------------------------------------------------------------
+async def test_one_process_claims_an_answer_until_released_or_stale(store, other):
+    conv = await conversation_id(store, await new_site(store))
+    now = time.time()
+    results = await asyncio.gather(store.claim_answer(conv, "m_1", "A", now=now, stale_after=60),
+                                   other.claim_answer(conv, "m_1", "B", now=now, stale_after=60))
+    assert sorted(results) == [False, True]
+    holder, loser = ("A", "B") if results[0] else ("B", "A")
+    assert await store.claim_answer(conv, "m_1", holder, now=now + 1, stale_after=60)  # renewed
+    assert not await other.claim_answer(conv, "m_1", loser, now=now + 2, stale_after=60)
+    assert await other.claim_answer(conv, "m_1", loser, now=now + 100, stale_after=60)  # stale
+    await store.release_answer(conv, "m_1", holder)  # not the holder any more: no effect
+    assert not await store.claim_answer(conv, "m_1", holder, now=now + 101, stale_after=60)
+    await other.release_answer(conv, "m_1", loser)
+    assert await store.claim_answer(conv, "m_1", holder, now=now + 102, stale_after=60)
+    assert await store.claim_answer(conv, "m_2", loser, now=now, stale_after=60)  # another message
+
+
+# -- events ---------------------------------------------------------------------------------------
+async def test_events_in_order_without_our_own_and_pruned(store, other):
+    start = await store.latest_event_id()
+    ids = [await store.record_event("session:1:s", "message", {"n": n}, "A") for n in range(3)]
+    ids.append(await other.record_event("site:1", "contact", {"n": 3}, "B"))
+    assert ids == sorted(ids) and await other.latest_event_id() == ids[-1]
+    seen = await other.events_since(start, exclude_origin="B", limit=10)
+    assert [(e.id, e.topic, e.kind, e.payload, e.origin) for e in seen] == \
+        [(ids[n], "session:1:s", "message", {"n": n}, "A") for n in range(3)]
+    assert [e.id for e in await store.events_since(ids[0], exclude_origin="", limit=2)] == ids[1:3]
+    assert [e.id for e in await store.events_by_id([ids[3], ids[1], 10**9])] == [ids[1], ids[3]]
+    assert await store.prune_events(time.time() - 3600) == 0  # retention keeps recent events
+    assert await store.prune_events(time.time() + 1) == 4
+    assert await other.events_since(start, exclude_origin="", limit=10) == []
+
+
+async def test_the_feed_wakes_a_subscriber_of_another_process(stores):
+    """An event recorded by one process reaches a subscriber held by another within a second."""
+    store, other = stores
+    listener, speaker = Hub(store), Hub(other)
+    feed = build_feed(listener, store, poll_interval=0.05)
+    try:
+        async with listener.subscribe("session:1:sess_x") as subscription:
+            started = time.monotonic()
+            await speaker.publish("session:1:sess_x", "message", {"message_id": 7})
+            assert await subscription.wait(5)
+            assert time.monotonic() - started < 1.0
+            assert subscription.drain() == [{"kind": "message", "message_id": 7}]
+            await listener.publish("session:1:sess_x", "mine", {})  # delivered here, once
+            assert await subscription.wait(5)
+            assert subscription.drain() == [{"kind": "mine"}]
+            assert not await subscription.wait(0.3)  # and the feed does not bring it back
+            assert feed.healthy
+    finally:
+        await feed.stop()
