@@ -27,13 +27,17 @@ def build_blob_store(config: Config) -> BlobStore:
     return S3BlobStore(config.blobs, endpoint_url=config.s3_endpoint_url, public_url=config.s3_public_url)
 
 
-def describe(config: Config) -> str:
-    """Where the data lives, for the start-up banner; never the store URI's password."""
+def store_name(config: Config) -> str:
+    """Which database, in words; never the store URI's password."""
     if config.store == "sqlite":
-        store = f"SQLite {config.database_path.resolve()}"
-    else:
-        from server.store.mongo import MongoStore
+        return f"SQLite {config.database_path.resolve()}"
+    from server.store.mongo import MongoStore
 
-        store = f"MongoDB database {MongoStore(config.store).database_name!r}"
+    return f"MongoDB database {MongoStore(config.store).database_name!r}"
+
+
+def describe(config: Config) -> str:
+    """Where the data lives, for the start-up banner."""
+    store = store_name(config)
     blobs = f"uploads in {config.uploads_dir.resolve()}" if config.blobs == "local" else f"uploads in {config.blobs}"
     return f"{store}, {blobs}"

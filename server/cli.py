@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 from server.app import Services, build_services
 from server.ai.settings import ai_settings, masked, updated_ai_settings
 from server.config import Config, add_config_arguments, browser_host, load_config
+from server.backends import store_name
 from server.data_dir import HOW_TO_POINT, DataDirProblem, check_data_dir
 from server.errors import ParleyError, UnknownSite
 from server.knowledge import DEFAULT_SITEMAP_LIMIT, IngestError, KnowledgeService
@@ -409,7 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level)
     serving = getattr(args, "run", None) is None
     try:
-        check_data_dir(config.data_dir, create=serving or getattr(args, "creates_data", False))
+        if config.store == "sqlite" or config.blobs == "local":
+            # A command on MongoDB finds its database there; only local files need the directory.
+            check_data_dir(config.data_dir, create=serving or getattr(args, "creates_data", False)
+                           or config.store != "sqlite")
     except DataDirProblem as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -421,8 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(_run_command(config, args.run, args))
     except UnknownSite as exc:
-        print(f"error: {exc.message} (looked in {config.database_path.absolute()}; "
-              f"if that is not the server's database, {HOW_TO_POINT})", file=sys.stderr)
+        where, how = ((config.database_path.absolute(), HOW_TO_POINT) if config.store == "sqlite" else
+                      (store_name(config), "point --store (or PARLEY_STORE) at the server's database"))
+        print(f"error: {exc.message} (looked in {where}; if that is not the server's database, {how})",
+              file=sys.stderr)
         return 2
     except ParleyError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""In-process publish/subscribe keyed by topic, the held-read engine, and the bridge that hears
-other processes.
+"""In-process publish/subscribe keyed by topic and the held-read engine. Other processes' events
+arrive through a feed (server/feed.py) that the hub starts when someone subscribes.
 
 A held request subscribes *before* it reads the store, then waits on its subscription; a write
 publishes *after* it is stored. Whatever order the two race in, the waiter either saw the row in
@@ -18,10 +18,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 from server.errors import RateLimited
 from server.store.base import Store, StoreUnavailable
+
+if TYPE_CHECKING:
+    from server.feed import EventFeed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,7 +101,7 @@ class Hub:
         self.origin = origin or uuid.uuid4().hex
         self._subscribers: dict[str, set[Subscription]] = collections.defaultdict(set)
         self._held_by_address: collections.Counter[str] = collections.Counter()
-        self.bridge: EventBridge | None = None
+        self.bridge: EventFeed | None = None  # set by the feed (server/feed.py)
 
     @property
     def subscriber_count(self) -> int:
@@ -188,53 +191,3 @@ class Hub:
         """News of one visitor: to the visitor's own waiters and to the site's operators."""
         await self.publish(session_topic(site_id, session_id), kind, payload)
         await self.publish(site_topic(site_id), kind, {**payload, "session_id": session_id})
-
-
-class EventBridge:
-    """Tails the store's events feed for writes made by other processes (CLI, other servers).
-
-    It polls at most every `interval` seconds and only while this process has subscribers, so an
-    idle server costs nothing.
-    """
-
-    def __init__(self, hub: Hub, *, interval: float = 0.1, batch: int = 500) -> None:
-        self.hub = hub
-        self.interval = interval
-        self.batch = batch
-        self._cursor = 0
-        self._task: asyncio.Task[None] | None = None
-        self._starting: asyncio.Lock = asyncio.Lock()
-        hub.bridge = self
-
-    async def ensure_running(self) -> None:
-        if self._task is not None and not self._task.done():
-            return
-        async with self._starting:
-            if self._task is not None and not self._task.done():
-                return
-            # Read the cursor before the subscriber reads the store, so nothing falls between.
-            self._cursor = await self.hub.store.latest_event_id()
-            self._task = asyncio.create_task(self._tail(), name="event-bridge")
-
-    async def _tail(self) -> None:
-        store = self.hub.store
-        while self.hub.subscriber_count:
-            started = time.monotonic()
-            try:
-                events = await store.events_since(
-                    self._cursor, exclude_origin=self.hub.origin, limit=self.batch
-                )
-            except StoreUnavailable:
-                events = []
-            for event in events:
-                self._cursor = event.id
-                self.hub.deliver_local(event.topic, {"kind": event.kind, **event.payload})
-            if len(events) < self.batch:
-                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
