@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from bench.load_held import read_response
 from bench.pushing import push_at_rate
 
-CEILING_CONNECTIONS = 16
+CEILING_CONNECTIONS = 100
 
 
 class KeptAlive:
