@@ -2,13 +2,15 @@
 read per second, with 1 and 50 concurrent writers or readers, through Parley's store interface.
 Beside it, the ceiling: the same INSERT and SELECT run inline on one sqlite3 connection, one
 transaction each, with no threads and no event loop, which is what the disk and SQLite allow.
-A MongoDB store, when one exists in server/store/, is measured against the nx-27017 stand-in
-when that is installed (it is not MongoDB's speed).
+The MongoDB store runs against PARLEY_BENCH_MONGO_URI when set, else against the nx-27017 stand-in
+the tests use (a stand-in: its numbers are not MongoDB's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 import tempfile
 import time
@@ -16,27 +18,32 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from bench.common import markdown_table, ratio
-from server.store.base import Store
+from server.store.base import Store, StoreUnavailable
 from server.store.sqlite import SCHEMA, SQLiteStore
 
 TEXT = "Where is my order? It has been a week."
-HISTORY_SEED = 100
+HISTORY_SEED = 60
 PAGE = 50
 
 
-async def for_a_while(worker: Callable[[int], Awaitable[None]], workers: int, seconds: float) -> float:
-    """Run `workers` copies of `worker` back to back until `seconds` have passed: operations per second."""
-    done = [0]
+async def for_a_while(worker: Callable[[int], Awaitable[None]], workers: int,
+                      seconds: float) -> tuple[float, int]:
+    """Run `workers` copies of `worker` back to back until `seconds` have passed: operations per
+    second, and how many failed (the store answered StoreUnavailable, e.g. past its timeout)."""
+    done, failed = [0], [0]
     deadline = time.perf_counter() + seconds
 
     async def loop(n: int) -> None:
         while time.perf_counter() < deadline:
-            await worker(n)
-            done[0] += 1
+            try:
+                await worker(n)
+                done[0] += 1
+            except StoreUnavailable:
+                failed[0] += 1
 
     started = time.perf_counter()
     await asyncio.gather(*(loop(n) for n in range(workers)))
-    return done[0] / (time.perf_counter() - started)
+    return done[0] / (time.perf_counter() - started), failed[0]
 
 
 async def measure_store(store: Store, seconds: float, concurrency: list[int]) -> list[dict[str, Any]]:
@@ -52,12 +59,13 @@ async def measure_store(store: Store, seconds: float, concurrency: list[int]) ->
         async def read(n: int) -> None:
             await store.list_messages(conversations[n], limit=PAGE)
 
-        appends = await for_a_while(append, workers, seconds)
+        appends, append_failures = await for_a_while(append, workers, seconds)
         for conversation in conversations:  # every history read returns a full page
             for _ in range(HISTORY_SEED):
                 await store.add_message(conversation, "visitor", TEXT)
-        reads = await for_a_while(read, workers, seconds)
-        rows.append({"concurrency": workers, "appends_per_s": round(appends, 1), "reads_per_s": round(reads, 1)})
+        reads, read_failures = await for_a_while(read, workers, seconds)
+        rows.append({"concurrency": workers, "appends_per_s": round(appends, 1), "reads_per_s": round(reads, 1),
+                     "failed": append_failures + read_failures})
     return rows
 
 
@@ -114,16 +122,38 @@ async def run(quick: bool) -> dict[str, Any]:
     if isinstance(mongo, str):
         results["notes"] = [mongo]
     else:
-        results["stores"]["mongodb (nx-27017 stand-in)"] = mongo
+        name = "mongodb" if os.environ.get("PARLEY_BENCH_MONGO_URI") else "mongodb (nx-27017 stand-in)"
+        results["stores"][name] = mongo
     return results
 
 
 async def measure_mongo(seconds: float, concurrency: list[int]) -> list[dict[str, Any]] | str:
+    """The MongoDB store against PARLEY_BENCH_MONGO_URI, or the nx-27017 stand-in the tests use."""
     try:
-        from server.store import mongo  # noqa: F401
-    except ImportError:
-        return "MongoDB: no server/store/mongo.py in this tree yet; not measured."
-    return "MongoDB: not wired into the benchmark yet."
+        from server.store.mongo import MongoStore
+        from tests.mongo import start_stand_in
+    except ImportError as exc:
+        return f"MongoDB: not measured ({exc})."
+    uri = os.environ.get("PARLEY_BENCH_MONGO_URI")
+    stand_in = None
+    logging.getLogger("server.store.mongo").setLevel(logging.CRITICAL)  # timeouts are counted instead
+    with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
+        try:
+            if not uri:
+                stand_in = await asyncio.to_thread(start_stand_in, Path(tmp) / "nx-27017")
+                uri = stand_in.database_uri("parley_bench")
+            print("store: mongodb ...", flush=True)
+            store = MongoStore(uri)
+            await store.open()
+            try:
+                return await measure_store(store, seconds, concurrency)
+            finally:
+                await store.close()
+        except (RuntimeError, OSError) as exc:
+            return f"MongoDB: not measured ({exc})."
+        finally:
+            if stand_in is not None:
+                stand_in.stop()
 
 
 def tables(data: dict[str, Any]) -> str:
@@ -133,7 +163,7 @@ def tables(data: dict[str, Any]) -> str:
         for row in measured:
             rows.append([name, row["concurrency"], row["appends_per_s"],
                          ratio(row["appends_per_s"], inline["appends_per_s"]), row["reads_per_s"],
-                         ratio(row["reads_per_s"], inline["reads_per_s"])])
+                         ratio(row["reads_per_s"], inline["reads_per_s"]), row.get("failed", 0)])
     table = markdown_table(["store", "writers / readers", "appends/s", "× inline", "history reads/s",
-                            "× inline"], rows)
+                            "× inline", "failed"], rows)
     return table + "".join(f"\n\n{note}" for note in data.get("notes", []))
