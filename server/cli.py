@@ -410,10 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level)
     serving = getattr(args, "run", None) is None
     try:
-        if config.store == "sqlite" or config.blobs == "local":
-            # A command on MongoDB finds its database there; only local files need the directory.
-            check_data_dir(config.data_dir, create=serving or getattr(args, "creates_data", False)
-                           or config.store != "sqlite")
+        if config.store == "sqlite" or (serving and config.blobs == "local"):
+            # A command on MongoDB finds its database there, not in the data directory.
+            check_data_dir(config.data_dir, create=serving or getattr(args, "creates_data", False))
     except DataDirProblem as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,129 @@
+"""The events feeds on their own: a change stream that breaks and resumes where it left off, a
+polling feed that does not lose an event committed out of id order, and /readyz saying so."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from server.feed import ChangeStreamFeed, PollingFeed
+from server.hub import Hub
+from server.store.base import StoreUnavailable
+from server.store.models import Event
+
+
+async def eventually(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
+
+
+def event(n: int, origin: str = "elsewhere") -> Event:
+    return Event(id=n, topic="t", kind="message", payload={"n": n}, origin=origin)
+
+
+class ScriptedStream:
+    """A change stream that hands out `batches` in turn and then breaks, or waits."""
+
+    def __init__(self, batches: list[list[Event]], token: str, breaks: bool) -> None:
+        self.batches, self.token, self.breaks = batches, token, breaks
+
+    @property
+    def resume_token(self) -> Any:
+        return self.token
+
+    async def next_batch(self) -> list[Event]:
+        if self.batches:
+            return self.batches.pop(0)
+        if self.breaks:
+            raise StoreUnavailable("primary stepped down")
+        await asyncio.sleep(0.01)
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+class ChangeStreamStore:
+    def __init__(self) -> None:
+        self.opened_with: list[Any] = []
+        self.refusals = 0
+
+    async def watch_events(self, *, exclude_origin: str, resume_after: Any = None) -> ScriptedStream:
+        self.opened_with.append(resume_after)
+        if len(self.opened_with) == 1:
+            return ScriptedStream([[event(1)]], token="after-1", breaks=True)
+        if self.refusals < 2:  # the new primary is not elected yet
+            self.refusals += 1
+            raise StoreUnavailable("no primary")
+        return ScriptedStream([[event(2)]], token="after-2", breaks=False)
+
+
+async def test_a_broken_change_stream_resumes_from_its_token_and_reports_while_down():
+    store = ChangeStreamStore()
+    hub = Hub(store)  # type: ignore[arg-type]
+    feed = ChangeStreamFeed(hub, store)
+    health: list[bool] = []
+    try:
+        async with hub.subscribe("t") as subscription:
+            got: list[int] = []
+
+            def collect() -> bool:
+                health.append(feed.healthy)
+                got.extend(e["n"] for e in subscription.drain())
+                return got == [1, 2]
+
+            await eventually(collect)
+    finally:
+        await feed.stop()
+    assert store.opened_with == [None, "after-1", "after-1", "after-1"]
+    assert False in health and feed.healthy
+
+
+class OutOfOrderStore:
+    """Event 12 commits before event 11 (ids from a counter, two writers)."""
+
+    def __init__(self) -> None:
+        self.rows = [event(10)]
+
+    async def latest_event_id(self) -> int:
+        return 10
+
+    async def events_since(self, after: int, *, exclude_origin: str, limit: int) -> list[Event]:
+        return [e for e in sorted(self.rows, key=lambda e: e.id) if e.id > after][:limit]
+
+    async def events_by_id(self, ids: list[int]) -> list[Event]:
+        return [e for e in self.rows if e.id in ids]
+
+    async def record_event(self, *args: Any) -> int:
+        return 0
+
+
+async def test_the_polling_feed_finds_an_event_committed_out_of_order():
+    store = OutOfOrderStore()
+    hub = Hub(store)  # type: ignore[arg-type]
+    feed = PollingFeed(hub, store, interval=0.01)  # type: ignore[arg-type]
+    seen: list[int] = []
+    try:
+        async with hub.subscribe("t") as subscription:
+            store.rows.append(event(12))
+            await eventually(lambda: bool(seen.extend(e["n"] for e in subscription.drain())) or seen == [12])
+            store.rows.append(event(11))
+            store.rows.append(event(13, origin=hub.origin))  # our own: never delivered twice
+            await eventually(lambda: bool(seen.extend(e["n"] for e in subscription.drain())) or seen == [12, 11])
+    finally:
+        await feed.stop()
+
+
+async def test_readyz_fails_while_the_feed_is_down(parley):
+    feed = parley.services.bridge
+    feed._failed(StoreUnavailable("change stream closed"))
+    try:
+        response = await parley.client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json() == {"status": "unavailable", "store": "ok", "events": "down"}
+    finally:
+        feed._recovered()
+    assert (await parley.client.get("/readyz")).status_code == 200
