@@ -7,14 +7,18 @@ import os
 import tornado.web
 
 from server.feed import EventFeed
+from server.hub import Hub
 from server.store.base import Store, StoreUnavailable
 
 
 class HealthHandler(tornado.web.RequestHandler):
+    def initialize(self, hub: Hub) -> None:
+        self.hub = hub
+
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        # The pid tells which of several processes answered.
-        self.write({"status": "ok", "pid": os.getpid()})
+        # The pid tells which of several processes answered; `held`, how many waits it holds.
+        self.write({"status": "ok", "pid": os.getpid(), "held": self.hub.subscriber_count})
 
 
 class ReadyHandler(tornado.web.RequestHandler):

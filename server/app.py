@@ -126,7 +126,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         (r"/api/v1/chat/rate/comment", RateCommentHandler, api),
         (r"/api/v1/chat/config", WidgetConfigHandler, api),
         (r"/api/.*", ApiNotFoundHandler, api),
-        (r"/healthz", HealthHandler),
+        (r"/healthz", HealthHandler, {"hub": services.hub}),
         (r"/readyz", ReadyHandler, {"store": services.store, "feed": services.bridge}),
         (r"/uploads/(.+)", UploadedFileHandler, {"blobs": services.blobs}),
         (r"/widget/(.+)", WidgetFileHandler, {"path": str(ROOT / "static" / "widget")}),

@@ -20,16 +20,22 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def cli(data_dir: Path, *args: str) -> str:
+def cli(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> str:
     result = subprocess.run([sys.executable, "-m", "server", *args, "--data-dir", str(data_dir)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+                            cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    """supervisord.conf as shipped, pointed at a temporary data directory and a free port."""
+    yield from start_cluster(tmp_path)
+
+
+def start_cluster(tmp_path: Path, env: dict[str, str] | None = None):
+    """supervisord.conf as shipped, pointed at a temporary data directory and a free port, with
+    `env` added to the processes' environment (e.g. PARLEY_STORE)."""
     sock, port = tornado.testing.bind_unused_port()
     sock.close()
     data_dir = tmp_path / "data"
@@ -39,9 +45,11 @@ def cluster(tmp_path):
     conf = conf.replace("%(here)s/data", str(data_dir)).replace("directory=%(here)s", f"directory={ROOT}")
     conf = re.sub(r'PARLEY_PORT="\d+"', f'PARLEY_PORT="{port}"', conf)
     conf = re.sub(r"numprocs=\d+", "numprocs=2", conf)
+    extra = "".join(f',{name}="{value}"' for name, value in (env or {}).items())
+    conf = re.sub(r"^(environment=.*)$", lambda m: m.group(1) + extra, conf, flags=re.M)
     conf_path = tmp_path / "supervisord.conf"
     conf_path.write_text(conf)
-    site = json.loads(cli(data_dir, "site", "create", "--name", "Cluster", "--json"))
+    site = json.loads(cli(data_dir, "site", "create", "--name", "Cluster", "--json", env=env))
     supervisord = subprocess.Popen([str(BIN / "supervisord"), "-c", str(conf_path)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}"
