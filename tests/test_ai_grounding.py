@@ -114,6 +114,16 @@ async def test_unsure_hands_over_when_the_site_says_so(ai_parley: Parley, fake_o
     assert "(no passage of the help pages matches this question)" in system_prompt(fake_openai)
 
 
+async def test_a_passage_below_the_relevance_floor_is_not_sent(ai_parley: Parley, fake_openai: FakeOpenAI):
+    # "ship" matches the shipping page, but nothing there is about shipping cats to Mars.
+    events = await ai_parley.ask(session(13), "Can you ship my cat to Mars by rocket?")
+    assert events[-1]["meta"]["sources"] == []
+    prompt = system_prompt(fake_openai)
+    assert "(no passage of the help pages matches this question)" in prompt
+    assert "Orders to Canada" not in prompt
+    assert "say \"I don't know\" plainly" in prompt
+
+
 async def test_redaction_hides_personal_data_from_the_model_only(ai_parley: Parley, fake_openai: FakeOpenAI):
     await set_ai(ai_parley, redact_pii=True)
     message = ("Refund to card 4111 1111 1111 1111 please, write to jane.doe@example.com "

@@ -45,6 +45,7 @@ class Answer:
 
     `handoff` and `usage` may change while `chunks` is consumed (the model's own handoff signal,
     the upstream's final usage report), so the chat service reads them after the last chunk.
+    `relevance` is how well the site's knowledge covers the question, kept to list what it lacks.
     `role` is "system" for notices that are not AI answers (a cap reached), so they do not count
     against the caps themselves.
     """
@@ -54,6 +55,8 @@ class Answer:
     handoff: bool = False
     usage: dict[str, Any] | None = None
     role: Literal["ai", "system"] = "ai"
+    # The best relevance of the site's passages to the question (0 to 1), None when not searched.
+    relevance: float | None = None
 
 
 class Provider(abc.ABC):

@@ -117,7 +117,8 @@ class AIEngine:
             if notice is not None:
                 return Answer(chunks=_single(notice.text), handoff=notice.handoff, role="system")
         # Only passages that fit the prompt are given, so `sources` are exactly what the model saw.
-        passages = fit_passages(await self.knowledge.search(site.id, question))
+        retrieval = await self.knowledge.retrieve(site.id, question)
+        passages = fit_passages(retrieval.passages)
         request = AnswerRequest(
             site=site,
             question=question,
@@ -132,7 +133,7 @@ class AIEngine:
         sources = list(dict.fromkeys(p.source for p in passages))
         handoff = not passages and bool(ai_setting(site, "handoff_when_unsure", False))
         chunks = relay(lambda: answer, self.provider(site).stream(request))
-        answer = Answer(chunks=chunks, sources=sources, handoff=handoff)
+        answer = Answer(chunks=chunks, sources=sources, handoff=handoff, relevance=retrieval.relevance)
         return answer
 
     async def close(self) -> None:

@@ -1,62 +1,61 @@
-"""A site's knowledge base: documents cut into passages and searched with BM25 (bm25s)."""
+"""A site's knowledge base: passages searched with BM25 (bm25s), kept only above a relevance floor.
+
+BM25 ranks passages but says nothing absolute: on a small knowledge base any one shared word makes
+a "best" passage. So each candidate also gets a relevance between 0 and 1, the IDF-weighted share
+of the question's content words that the passage (with its headings and page title) contains; a
+word the site never uses weighs the most. Below RELEVANCE_FLOOR no passage is returned and the
+answerer says it does not know. A misspelt word ("subscripton") is read as the site's word one
+edit away, so typos do not make a question look unanswerable.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import bm25s
 import Stemmer
 
 from server.ai.base import Passage
+from server.ai.passages import split_sections
 from server.store.base import Store
 from server.store.models import KnowledgeDocument, Source
 
-PASSAGE_CHARS = 700
 MAX_PASSAGES_PER_SITE = 50_000
-HEADING_RE = re.compile(r"^#{1,6}\s+(.*)$")
+# Chosen on the tuning half of the evaluation set (tests/data/eval/), checked on the other half.
+RELEVANCE_FLOOR = 0.45
+# Passages kept after the best one: within this much of its relevance.
+RELEVANCE_SPREAD = 0.15
+HEADING_WEIGHT = 0.5
+CANDIDATES = 30
+MIN_TYPO_WORD = 5
+MAX_QUERY_WORDS = 64
+WORD_RE = re.compile(r"\w\w+")
+# "How long", "how often": the kind of answer wanted, not its topic.
+HOW_RE = re.compile(r"\bhow\s+(?:long|often|soon|far|many|much)\b")
+HYPHENATED_RE = re.compile(r"\b(\w+)-(\w+)\b")
 
-
-def split_passages(document: KnowledgeDocument, *, size: int = PASSAGE_CHARS) -> list[tuple[str, str]]:
-    """Cut a text or Markdown document into (heading, passage) pairs of about `size` characters.
-
-    Paragraphs stay whole where they fit; each passage remembers the heading above it so a
-    quote still makes sense on its own.
-    """
-    passages: list[tuple[str, str]] = []
-    heading = document.title
-    buffer: list[str] = []
-
-    def flush() -> None:
-        if buffer:
-            passages.append((heading, "\n\n".join(buffer)))
-            buffer.clear()
-
-    for block in re.split(r"\n\s*\n", document.content):
-        block = block.strip()
-        if not block:
-            continue
-        first_line, _, rest = block.partition("\n")
-        match = HEADING_RE.match(first_line)
-        if match:
-            flush()
-            heading = match.group(1).strip() or document.title
-            block = rest.strip()
-            if not block:
-                continue
-        while len(block) > size:
-            cut = block.rfind(" ", 0, size)
-            cut = cut if cut > size // 2 else size
-            flush()
-            passages.append((heading, block[:cut].strip()))
-            block = block[cut:].strip()
-        if sum(len(b) for b in buffer) + len(block) > size:
-            flush()
-        buffer.append(block)
-    flush()
-    return passages
+# Function words, chat filler and light verbs ("give", "turn on", "make"): they carry no topic, so
+# they neither match nor count as missing.
+STOPWORDS = frozenset("""
+a about above after again against all am an and any are aren't as at be because been before being
+below between both but by can can't cannot could couldn't did didn't do does doesn't doing don't
+down during each few for from further had hadn't has hasn't have haven't having he her here hers
+herself him himself his how i i'm if in into is isn't it it's its itself just let's me more most
+mustn't my myself no nor not of off on once only or other ought our ours ourselves out over own same
+she should shouldn't so some such than that that's the their theirs them themselves then there
+there's these they they're this those through to too under until up very was wasn't we we're were
+weren't what what's when where which while who whom why why's with won't would wouldn't you you're
+your yours yourself yourselves u ur pls plz please hi hello hey thanks thank thx ok okay yes yeah
+want wanted need needs know tell anyone someone something anything get got also still really
+give gives make makes take takes turn turns go goes going keep keeps try tries
+tried happen happens work works see put come say said let mean means
+one many much lot lots way ways thing things
+question questions im ive dont doesnt cant wont isnt whats hows wanna gonna would like could
+""".split())
 
 
 @dataclass
@@ -64,37 +63,82 @@ class _Index:
     version: str
     retriever: bm25s.BM25 | None
     passages: list[Passage]
+    terms: list[frozenset[str]] = field(default_factory=list)
+    heading_terms: list[frozenset[str]] = field(default_factory=list)
+    idf: dict[str, float] = field(default_factory=dict)
+    words: collections.Counter[str] = field(default_factory=collections.Counter)
+    near: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def unseen_idf(self) -> float:
+        """The weight of a word no passage contains: more than any word the site uses."""
+        return math.log(len(self.passages) + 1.0) + 1.0
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """The passages worth giving (best first), and the best relevance found, even below the floor."""
+
+    passages: list[Passage]
+    relevance: float
+
+
+def _deletes(word: str) -> set[str]:
+    return {word[:i] + word[i + 1:] for i in range(len(word))}
 
 
 class KnowledgeBase:
     """Per-site BM25 indexes, rebuilt when the site's documents change, cached for `max_sites`."""
 
-    def __init__(self, store: Store, *, max_sites: int = 256, language: str = "english") -> None:
+    def __init__(self, store: Store, *, max_sites: int = 256, language: str = "english",
+                 floor: float = RELEVANCE_FLOOR) -> None:
         self.store = store
         self.max_sites = max_sites
+        self.floor = floor
         self._stemmer = Stemmer.Stemmer(language)
         self._indexes: collections.OrderedDict[int, _Index] = collections.OrderedDict()
         self._locks: dict[int, asyncio.Lock] = {}
 
     def _tokenize(self, texts: list[str]) -> list[list[str]]:
         return bm25s.tokenize(  # type: ignore[no-any-return]
-            texts, stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False
-        )
+            texts, stopwords=list(STOPWORDS), stemmer=self._stemmer, return_ids=False,
+            show_progress=False)
 
     def _build(self, version: str, documents: list[KnowledgeDocument]) -> _Index:
         passages: list[Passage] = []
+        indexed: list[str] = []
+        headings: list[str] = []
         for document in documents:
-            for heading, text in split_passages(document):
-                title = document.title if heading == document.title else f"{document.title}: {heading}"
-                passages.append(Passage(text=text, source=Source(title, document.url), score=0.0))
+            for section in split_sections(document):
+                title = section.headings[-1] if len(section.headings) == 1 else \
+                    f"{section.headings[0]}: {section.headings[-1]}"
+                passages.append(Passage(text=section.text, source=Source(title, document.url), score=0.0))
+                # The page title and headings count twice: they say what the passage is about.
+                heading = " ".join(section.headings)
+                # "pro-rated" is also "prorated", as visitors often write it.
+                joined = " ".join(a + b for a, b in HYPHENATED_RE.findall(f"{heading} {section.text}"))
+                indexed.append(f"{heading}\n{heading}\n{section.text}\n{joined}")
+                # Its own heading (the title, for a page's opening): what this passage is about.
+                headings.append(f"{section.headings[-1]} {joined}")
                 if len(passages) >= MAX_PASSAGES_PER_SITE:
                     break
         if not passages:
             return _Index(version, None, [])
+        tokens = self._tokenize(indexed)
         retriever = bm25s.BM25()
-        retriever.index(self._tokenize([p.text + " " + p.source.title for p in passages]),
-                        show_progress=False)
-        return _Index(version, retriever, passages)
+        retriever.index(tokens, show_progress=False)
+        terms = [frozenset(t) for t in tokens]
+        heading_terms = [frozenset(t) for t in self._tokenize(headings)]
+        df = collections.Counter(term for passage_terms in terms for term in passage_terms)
+        total = len(passages)
+        idf = {t: math.log(1.0 + (total - n + 0.5) / (n + 0.5)) for t, n in df.items()}
+        words = collections.Counter(w for text in indexed for w in WORD_RE.findall(text.lower()))
+        near: dict[str, list[str]] = collections.defaultdict(list)
+        for word in words:
+            if len(word) >= MIN_TYPO_WORD - 1 and not word.isdigit():
+                for variant in _deletes(word):
+                    near[variant].append(word)
+        return _Index(version, retriever, passages, terms, heading_terms, idf, words, dict(near))
 
     async def _index_for(self, site_id: int) -> _Index:
         version = await self.store.knowledge_version(site_id)
@@ -119,26 +163,76 @@ class KnowledgeBase:
         """Passages in the site's index, building it first if it is missing or stale."""
         return len((await self._index_for(site_id)).passages)
 
-    async def search(self, site_id: int, query: str, *, k: int = 3, min_share: float = 0.8) -> list[Passage]:
-        """The best passages for `query`: score above zero and at least `min_share` of the best.
+    @staticmethod
+    def _corrected(index: _Index, word: str) -> str:
+        """`word`, or the site's word one edit away from it when the site never uses `word`."""
+        if word in index.words or len(word) < MIN_TYPO_WORD or word.isdigit() or word in STOPWORDS:
+            return word
+        candidates: set[str] = set(index.near.get(word, ()))
+        for variant in _deletes(word):
+            if variant in index.words:
+                candidates.add(variant)
+            candidates.update(index.near.get(variant, ()))
+        candidates = {c for c in candidates if abs(len(c) - len(word)) <= 1 and c not in STOPWORDS}
+        return max(candidates, key=lambda c: (index.words[c], c)) if candidates else word
 
-        BM25 scores on a small knowledge base sit close together; on the demo shop, passages below
-        about 80% of the best one were matches on a stray word ("take", "ship the new item").
-        """
+    @staticmethod
+    def _joined(index: _Index, words: list[str]) -> list[str]:
+        """Two words the site writes as one ("non profit": "nonprofit") read as that one word."""
+        joined: list[str] = []
+        skip = False
+        for first, second in zip(words, [*words[1:], ""]):
+            if skip:
+                skip = False
+                continue
+            together = first + second
+            known = first in index.words and second in index.words  # "log in" stays two words
+            if second and not known and (together in index.words or together.rstrip("s") in index.words):
+                joined.append(together)
+                skip = True
+            else:
+                joined.append(first)
+        return joined
+
+    @staticmethod
+    def _coverage(weights: dict[str, float], terms: frozenset[str]) -> float:
+        total = sum(weights.values())
+        return sum(w for t, w in weights.items() if t in terms) / total if total else 0.0
+
+    async def retrieve(self, site_id: int, query: str, *, k: int = 3) -> Retrieval:
+        """The best passages for `query` that clear the relevance floor, at most `k`."""
         index = await self._index_for(site_id)
         if index.retriever is None:
-            return []
-        tokens = self._tokenize([query])
-        if not tokens[0]:
-            return []
-        k = min(k, len(index.passages))
-        ids, scores = index.retriever.retrieve(tokens, k=k, show_progress=False)
-        best = float(scores[0][0]) if k else 0.0
-        found: list[Passage] = []
-        for passage_id, score in zip(ids[0], scores[0]):
-            score = float(score)
-            if score <= 0 or score < best * min_share:
+            return Retrieval([], 0.0)
+        words = WORD_RE.findall(HOW_RE.sub("how", query.lower()))[:MAX_QUERY_WORDS]
+        corrected = " ".join(self._corrected(index, w) for w in self._joined(index, words))
+        query_terms = list(dict.fromkeys(self._tokenize([corrected])[0]))
+        if not query_terms:
+            return Retrieval([], 0.0)
+        count = min(CANDIDATES, len(index.passages))
+        ids, scores = index.retriever.retrieve([query_terms], k=count, show_progress=False)
+        weights = {t: index.idf.get(t, index.unseen_idf) for t in query_terms}
+        ranked = []
+        for passage_id, score in zip(ids[0].tolist(), scores[0].tolist()):
+            if score <= 0:
                 continue
-            passage = index.passages[int(passage_id)]
-            found.append(Passage(passage.text, passage.source, score))
-        return found
+            relevance = self._coverage(weights, index.terms[passage_id])
+            # Among passages that cover the question alike, the one whose own heading names it wins:
+            # "Delete your site data" over "Delete your account" for deleting a site's stats, a
+            # page's opening over its later sections when the question is the page's title.
+            rank = relevance + HEADING_WEIGHT * self._coverage(weights, index.heading_terms[passage_id])
+            ranked.append((rank, score, relevance, passage_id))
+        if not ranked:
+            return Retrieval([], 0.0)
+        ranked.sort(reverse=True)
+        best = max(r[2] for r in ranked)
+        found: list[Passage] = []
+        for _, _, relevance, passage_id in ranked:
+            if len(found) == k:
+                break
+            first = found[0].score if found else relevance
+            if relevance < self.floor or relevance < first - RELEVANCE_SPREAD:
+                continue
+            passage = index.passages[passage_id]
+            found.append(Passage(passage.text, passage.source, relevance))
+        return Retrieval(found, best)

@@ -20,7 +20,8 @@ class OfflineAnswerer(Provider):
     def compose(self, request: AnswerRequest) -> str:
         if not request.passages:
             return pick(DONT_KNOW, request.lang)
-        quotes = [p.text.strip() for p in request.passages]
+        # Each quote under its heading in bold, so it reads on its own (the widget renders Markdown).
+        quotes = [f"**{p.source.title}**\n\n{p.text.strip()}" for p in request.passages]
         return "\n\n".join([pick(FOUND_INTRO, request.lang), *quotes])
 
     async def stream(self, request: AnswerRequest) -> AsyncIterator[str]:
