@@ -9,6 +9,9 @@ from typing import AsyncIterator
 from server.ai.base import AnswerRequest, Provider
 from server.ai.phrases import DONT_KNOW, FOUND_INTRO, pick
 
+PIECE_RE = re.compile(r"\*\*[^*\n]{1,200}\*\*\S*\s*|\S+\s*|\s+")
+
+
 class OfflineAnswerer(Provider):
     name = "offline"
 
@@ -25,8 +28,9 @@ class OfflineAnswerer(Provider):
         return "\n\n".join([pick(FOUND_INTRO, request.lang), *quotes])
 
     async def stream(self, request: AnswerRequest) -> AsyncIterator[str]:
-        # Split after whitespace so joining the chunks gives back the exact text.
-        pieces = re.findall(r"\S+\s*|\s+", self.compose(request))
+        # Split after whitespace so joining the chunks gives back the exact text; a **bold** span
+        # is one piece, so the widget never shows its asterisks half-way.
+        pieces = PIECE_RE.findall(self.compose(request))
         for start in range(0, len(pieces), self.words_per_chunk):
             if start and self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
