@@ -188,8 +188,10 @@ class Answerer:
     async def _finish_turn(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                            message: Message, answer: Answer | None, status: str) -> None:
         # handoff and usage are read only now: the model's handoff marker and the usage report
-        # arrive with the last chunks.
-        handoff = answer.handoff if answer else False
+        # arrive with the last chunks. An answer the AI failed to give (not one the visitor left)
+        # is a question for a person.
+        failed = status == "interrupted" and isinstance(turn.error, AIUnavailable)
+        handoff = (answer.handoff if answer else False) or failed
         reply = None
         try:
             if turn.text or status == "complete":
@@ -197,12 +199,14 @@ class Answerer:
                     conversation.id, answer.role if answer else "ai", turn.text,
                     reply_to=message.message_id, sources=answer.sources if answer else [],
                     status=status, usage=answer.usage if answer else None,
+                    relevance=answer.relevance if answer else None,
                 )
                 await publish_message(self.hub, visitor, reply)
             if handoff:
                 await self.store.update_conversation(conversation.id, {"handoff": True})
                 await self.hub.publish(site_topic(visitor.site.id), "handoff",
-                                       {"session_id": visitor.session_id})
+                                       {"session_id": visitor.session_id,
+                                        "reason": "ai_failed" if failed else "handoff"})
             await self.store.release_answer(conversation.id, message.message_id or "", self.hub.origin)
         except Unavailable as exc:
             turn.fail(exc)  # an unreleased claim goes stale by itself

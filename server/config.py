@@ -39,6 +39,7 @@ class Config:
     ai_idle_timeout: float = 30.0
     ai_attempts: int = 3
     ai_backoff: float = 0.5
+    ai_deadline: float = 20.0
     kb_allow_private: bool = False
     # Backends. The store URI may carry a password: never in a repr, so never in a log.
     store: str = field(default="sqlite", repr=False)
@@ -56,6 +57,8 @@ class Config:
             problems.append("sse_keepalive is a positive number of seconds")
         if self.event_poll_interval < 0.01:
             problems.append("event_poll_interval is at least 0.01 s")
+        if self.ai_deadline <= 0:
+            problems.append("ai_deadline is a positive number of seconds")
         if self.offline_chunk_delay < 0:
             problems.append("offline_chunk_delay is not negative")
         try:
@@ -118,6 +121,8 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "ai_idle_timeout": (float, "seconds to wait between tokens (default 30)"),
     "ai_attempts": (int, "tries before the first token, with backoff (default 3)"),
     "ai_backoff": (float, "first retry delay in seconds; doubles with jitter (default 0.5)"),
+    "ai_deadline": (float, "seconds a visitor waits at most for the first token, across all tries; "
+                           "then an error and an offer of a person (default 20)"),
     "kb_allow_private": (bool, "let knowledge URLs point at loopback or private addresses"),
     "store": (str, "where conversations live: 'sqlite' (a file in the data directory, the default) "
                    "or a MongoDB URI, mongodb://host/dbname (database 'parley' when the path is empty)"),

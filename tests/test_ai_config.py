@@ -69,7 +69,7 @@ def test_site_ai_config_refuses_bad_values(tmp_path: Path):
     assert bad_temperature.returncode == 2 and "between 0 and 2" in bad_temperature.stderr
 
 
-async def test_an_older_database_gets_the_usage_column(tmp_path: Path):
+async def test_an_older_database_gets_the_usage_and_relevance_columns(tmp_path: Path):
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, conversation_id INTEGER NOT NULL,"
@@ -83,8 +83,9 @@ async def test_an_older_database_gets_the_usage_column(tmp_path: Path):
     try:
         site = await store.create_site("sk_" + "a" * 30, "Old", [], {})
         conversation = await store.ensure_conversation(site.id, "sess_" + "b" * 20, {})
-        message = await store.add_message(conversation.id, "ai", "hi", usage={"total_tokens": 7})
-        assert message.usage == {"total_tokens": 7}
+        message = await store.add_message(conversation.id, "ai", "hi", usage={"total_tokens": 7},
+                                          relevance=0.25)
+        assert message.usage == {"total_tokens": 7} and message.relevance == 0.25
     finally:
         await store.close()
 

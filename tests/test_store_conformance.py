@@ -110,6 +110,23 @@ async def test_message_fields_round_trip(store, other):
     assert got.created_at.endswith("Z") and got.status == "interrupted"
 
 
+async def test_answers_keep_their_relevance_and_the_gaps_are_listed(store, other):
+    site = await new_site(store)
+    conv = await conversation_id(store, site)
+    for number, (question, relevance) in enumerate([("Do you ship?", 0.9), ("Stickers?", 0.1),
+                                                    ("Refunds?", 0.3)]):
+        await store.add_message(conv, "visitor", question, message_id=f"m_{number}")
+        await store.add_message(conv, "ai", "…", reply_to=f"m_{number}", relevance=relevance)
+    await store.add_message(conv, "operator", "Hi", operator_name="Ana")  # no relevance: not a gap
+    gaps = await other.knowledge_gaps(site, below=0.45)
+    assert [(g.question, g.relevance, g.session_id) for g in gaps] == [
+        ("Refunds?", 0.3, SESSION), ("Stickers?", 0.1, SESSION)]
+    assert gaps[0].asked_at.endswith("Z")
+    assert await other.knowledge_gaps(site, below=0.45, limit=1) == gaps[:1]
+    assert await other.knowledge_gaps(await new_site(store, "Other"), below=1.0) == []
+    assert (await other.list_messages(conv))[1].relevance == 0.9
+
+
 async def test_a_message_id_is_stored_once_per_conversation(store, other):
     site_id = await new_site(store)
     conv = await conversation_id(store, site_id)

@@ -4,6 +4,8 @@ Streamed with httpx + httpx-sse: decoding an event costs a few microseconds of C
 `openai` SDK's cost, which builds a pydantic object per chunk.
 
 Failure rules:
+- the first token arrives within one overall deadline (`deadline`, 20 s by default) across every
+  attempt and backoff, or the visitor gets an error at once (and is offered a person);
 - before the first token, a transient failure (connect error, timeout, 5xx/429, an error event,
   a stream cut short) is retried with exponential backoff and jitter, a bounded number of times;
 - after the first token nothing is retried (the visitor already reads the answer): the failure
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 UNAVAILABLE = "The assistant is unavailable right now; please try again in a moment."
 INTERRUPTED = "The answer was interrupted; please try again."
+TOO_SLOW = "The assistant is taking too long to answer. Someone from the team can reply instead."
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 ERROR_BODY_CHARS = 300
 
@@ -116,6 +119,15 @@ class OpenAICompatible(Provider):
             retry=retry_if_exception_type(_Transient),
             reraise=True,
         )
+        try:
+            async with asyncio.timeout(self.config.deadline):
+                return await self._first_token(retrying, payload, outer)
+        except TimeoutError:
+            self._log_failure(f"no first token within the {self.config.deadline:g} s deadline")
+            raise AIUnavailable(TOO_SLOW) from None
+
+    async def _first_token(self, retrying: AsyncRetrying, payload: dict[str, Any],
+                           outer: contextlib.AsyncExitStack) -> tuple[AsyncIterator[str | Usage], str]:
         async for attempt in retrying:
             with attempt:
                 stack = contextlib.AsyncExitStack()

@@ -34,6 +34,8 @@ class ModelConfig:
     idle_timeout: float = 30.0
     attempts: int = 3
     backoff: float = 0.5
+    # The first token, across every attempt and backoff, arrives within this or not at all.
+    deadline: float = 20.0
 
 
 def ai_settings(site: Site) -> dict[str, Any]:
@@ -98,6 +100,7 @@ def global_model_config(config: Any) -> ModelConfig | None:
         idle_timeout=config.ai_idle_timeout,
         attempts=config.ai_attempts,
         backoff=config.ai_backoff,
+        deadline=config.ai_deadline,
     )
 
 

@@ -10,6 +10,7 @@ from server.store.models import (
     Conversation,
     Event,
     KnowledgeDocument,
+    KnowledgeGap,
     Message,
     ProactiveMessage,
     Site,
@@ -99,6 +100,7 @@ class Store(abc.ABC):
         sources: Iterable[Source] = (),
         status: str = "complete",
         usage: dict[str, Any] | None = None,
+        relevance: float | None = None,
     ) -> Message:
         """Raise DuplicateMessageId when a visitor message_id is reused in the conversation."""
 
@@ -129,6 +131,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def recent_messages(self, conversation_id: int, limit: int) -> list[Message]:
         """The newest `limit` messages, oldest first."""
+
+    @abc.abstractmethod
+    async def knowledge_gaps(self, site_id: int, *, below: float, limit: int = 50) -> list[KnowledgeGap]:
+        """The newest visitor questions whose AI answer had a relevance under `below`."""
 
     # Blocks
     @abc.abstractmethod

@@ -78,6 +78,19 @@ class Message:
     sources: list[Source] = field(default_factory=list)
     status: Literal["complete", "interrupted"] = "complete"
     usage: dict[str, Any] | None = None  # token counts of an AI answer, as the upstream reported
+    # An AI answer's best relevance of the site's knowledge to its question (0 to 1): below the
+    # answerer's floor, the pages did not cover it. None for other messages.
+    relevance: float | None = None
+
+
+@dataclass(frozen=True)
+class KnowledgeGap:
+    """A visitor question the site's knowledge did not cover well, with the answer's relevance."""
+
+    question: str
+    relevance: float
+    session_id: str
+    asked_at: str
 
 
 @dataclass(frozen=True)

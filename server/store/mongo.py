@@ -34,6 +34,7 @@ from server.store.models import (
     Conversation,
     Event,
     KnowledgeDocument,
+    KnowledgeGap,
     Message,
     ProactiveMessage,
     Site,
@@ -119,7 +120,7 @@ def _message(doc: dict[str, Any]) -> Message:
         created_at=doc["created_at"], message_id=doc.get("message_id"), reply_to=doc.get("reply_to"),
         image_key=doc.get("image_key"), operator_name=doc.get("operator_name"),
         sources=[Source(**s) for s in doc.get("sources") or []], status=doc.get("status", "complete"),
-        usage=doc.get("usage"))
+        usage=doc.get("usage"), relevance=doc.get("relevance"))
 
 
 def _proactive(doc: dict[str, Any]) -> ProactiveMessage:
@@ -153,6 +154,7 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
      {"unique": True, **_partial_string("message_id")}),
     ("messages", [("conversation_id", ASCENDING), ("reply_to", ASCENDING)], _partial_string("reply_to")),
     ("messages", [("site_id", ASCENDING), ("created_at", ASCENDING)], {}),  # caps and counts
+    ("messages", [("site_id", ASCENDING), ("relevance", ASCENDING)], {}),  # knowledge gaps
     ("blocks", [("site_id", ASCENDING), ("kind", ASCENDING), ("value", ASCENDING)], {}),
     ("blocks", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),  # expired blocks go away
     ("proactive_messages", [("site_id", ASCENDING), ("session_id", ASCENDING), ("acked", ASCENDING)], {}),
@@ -371,6 +373,7 @@ class MongoStore(Store):
         sources: Iterable[Source] = (),
         status: str = "complete",
         usage: dict[str, Any] | None = None,
+        relevance: float | None = None,
     ) -> Message:
         conversation_id = _int(conversation_id)
         now = utc_now_iso()
@@ -378,7 +381,8 @@ class MongoStore(Store):
                     "message_id": _opt_str(message_id), "reply_to": _opt_str(reply_to),
                     "image_key": _opt_str(image_key), "operator_name": _opt_str(operator_name),
                     "sources": [s.as_dict() for s in sources], "status": _str(status),
-                    "created_at": now, "usage": dict(usage) if usage is not None else None}
+                    "created_at": now, "usage": dict(usage) if usage is not None else None,
+                    "relevance": None if relevance is None else _num(relevance)}
 
         async def touch_conversation() -> dict[str, Any]:
             # Messages carry their site and session, so counts need no join.
@@ -439,6 +443,20 @@ class MongoStore(Store):
         cursor = self._db.messages.find({"conversation_id": _int(conversation_id)}).sort(
             "_id", DESCENDING).limit(_int(limit))
         return [_message(d) async for d in cursor][::-1]
+
+    @_guarded
+    async def knowledge_gaps(self, site_id: int, *, below: float, limit: int = 50) -> list[KnowledgeGap]:
+        cursor = self._db.messages.find(
+            {"site_id": _int(site_id), "role": "ai", "relevance": {"$lt": _num(below)}}
+        ).sort("_id", DESCENDING).limit(_int(limit))
+        gaps = []
+        async for answer in cursor:
+            question = await self._db.messages.find_one(
+                {"conversation_id": answer["conversation_id"], "message_id": answer.get("reply_to")})
+            if question is not None:
+                gaps.append(KnowledgeGap(question["content"], answer["relevance"], answer["session_id"],
+                                         question["created_at"]))
+        return gaps
 
     # -- blocks -------------------------------------------------------------------------------
     @_guarded

@@ -22,6 +22,7 @@ from server.store.models import (
     Conversation,
     Event,
     KnowledgeDocument,
+    KnowledgeGap,
     Message,
     ProactiveMessage,
     Site,
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS messages (
     sources TEXT NOT NULL DEFAULT '[]',
     status TEXT NOT NULL DEFAULT 'complete',
     created_at TEXT NOT NULL,
-    usage TEXT
+    usage TEXT,
+    relevance REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_visitor_id
     ON messages (conversation_id, message_id) WHERE message_id IS NOT NULL;
@@ -199,6 +201,7 @@ class SQLiteStore(Store):
     # new file; an older file gets them here, before SCHEMA's indexes may refer to them.
     ADDED_COLUMNS = (
         ("messages", "usage", "TEXT"),
+        ("messages", "relevance", "REAL"),
         ("proactive_messages", "rule_key", "TEXT"),
         ("proactive_messages", "deliver_at", "REAL NOT NULL DEFAULT 0"),
     )
@@ -353,6 +356,7 @@ class SQLiteStore(Store):
         sources: Iterable[Source] = (),
         status: str = "complete",
         usage: dict[str, Any] | None = None,
+        relevance: float | None = None,
     ) -> Message:
         sources_json = json.dumps([s.as_dict() for s in sources])
         usage_json = json.dumps(usage) if usage is not None else None
@@ -361,10 +365,10 @@ class SQLiteStore(Store):
             now = utc_now_iso()
             cur = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, message_id, reply_to,"
-                " image_key, operator_name, sources, status, created_at, usage)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " image_key, operator_name, sources, status, created_at, usage, relevance)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (conversation_id, role, content, message_id, reply_to, image_key, operator_name,
-                 sources_json, status, now, usage_json),
+                 sources_json, status, now, usage_json, relevance),
             )
             db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
             return db.execute("SELECT * FROM messages WHERE id = ?", (cur.lastrowid,)).fetchone()
@@ -432,6 +436,21 @@ class SQLiteStore(Store):
             limit,
         )
         return [_message(r) for r in reversed(rows)]
+
+    async def knowledge_gaps(self, site_id: int, *, below: float, limit: int = 50) -> list[KnowledgeGap]:
+        rows = await self._run(
+            self._all,
+            "SELECT question.content AS question, answer.relevance AS relevance,"
+            " c.session_id AS session_id, question.created_at AS asked_at"
+            " FROM messages AS answer"
+            " JOIN conversations AS c ON c.id = answer.conversation_id"
+            " JOIN messages AS question ON question.conversation_id = answer.conversation_id"
+            "  AND question.message_id = answer.reply_to"
+            " WHERE c.site_id = ? AND answer.role = 'ai' AND answer.relevance < ?"
+            " ORDER BY answer.id DESC LIMIT ?",
+            site_id, below, limit,
+        )
+        return [KnowledgeGap(**dict(r)) for r in rows]
 
     # -- blocks -------------------------------------------------------------------------------
     async def add_block(

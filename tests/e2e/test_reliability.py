@@ -97,6 +97,8 @@ async def test_an_answer_that_fails_midway_is_asked_again_without_a_second_quest
     await v.ask("Do you ship to Canada?")
     retry = v.widget(".msg.bot button").filter(has_text="Retry")
     await expect(retry).to_be_visible(timeout=5_000)
+    # The AI failed: the conversation is handed to a person and the visitor may leave an email.
+    await expect(v.widget(".card.email")).to_be_visible()
     working = GatedProvider(["Yes, ", "we ship to Canada."])
     working.release(2)
     parley.services.ai.default_provider = working

@@ -1,0 +1,57 @@
+"""Never leave a visitor waiting: one deadline for the first token, a person offered when the AI
+fails, and every AI answer remembering how well the site's knowledge covered its question."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from server.ai.knowledge import RELEVANCE_FLOOR
+from server.hub import site_topic
+from tests.fake_openai import FakeOpenAI, Plan
+from tests.harness import Parley, session, start_parley
+
+
+def types(events: list[dict]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+async def test_one_deadline_across_all_retries_then_a_person_is_offered(tmp_path, fake_openai: FakeOpenAI):
+    # Without the overall deadline this would wait 3 x 30 s plus backoff before the error.
+    fake_openai.default = Plan(stall_after=0)
+    async for parley in start_parley(tmp_path, ai_base_url=fake_openai.base_url, ai_model="m",
+                                     ai_first_token_timeout=30.0, ai_attempts=3, ai_backoff=0.01,
+                                     ai_deadline=0.5):
+        site = parley.site
+        async with parley.services.hub.subscribe(site_topic(site.id)) as operators:
+            started = time.monotonic()
+            events = await asyncio.wait_for(parley.ask(session(1), "Do you ship to Canada?"), 20)
+            elapsed = time.monotonic() - started
+            assert types(events) == ["error", "done"]
+            assert "taking too long" in events[0]["error"] and events[0]["code"] == "unavailable"
+            assert events[-1]["meta"]["handoff"] is True
+            assert elapsed < 15  # one 0.5 s deadline, not 90 s of attempts
+            await operators.wait(5)
+            handoffs = [e for e in operators.drain() if e.get("kind") == "handoff"]
+        assert handoffs == [{"kind": "handoff", "session_id": session(1), "reason": "ai_failed"}]
+        conversation = await parley.services.store.get_conversation(site.id, session(1))
+        assert conversation is not None and conversation.handoff is True
+        await asyncio.wait_for(fake_openai.hung_up.wait(), 5)  # the stalled upstream was let go
+
+
+async def test_a_refused_model_hands_the_visitor_to_a_person(ai_parley: Parley, fake_openai: FakeOpenAI):
+    fake_openai.script(Plan(status=401, error_body='{"error": {"message": "bad key"}}'))
+    events = await ai_parley.ask(session(2), "Do you ship to Canada?")
+    assert types(events) == ["error", "done"] and events[-1]["meta"]["handoff"] is True
+
+
+async def test_each_answer_stores_its_relevance_and_the_gaps_are_listed(parley: Parley):
+    await parley.ask(session(4), "Do you ship to Canada?")
+    await parley.ask(session(4), "Do you sell gift cards for birthdays?")
+    store = parley.services.store
+    conversation = await store.get_conversation(parley.site.id, session(4))
+    answers = [m for m in await store.list_messages(conversation.id) if m.role == "ai"]
+    assert answers[0].relevance is not None and answers[0].relevance >= RELEVANCE_FLOOR
+    assert answers[1].relevance is not None and answers[1].relevance < RELEVANCE_FLOOR
+    gaps = await store.knowledge_gaps(parley.site.id, below=RELEVANCE_FLOOR)
+    assert [g.question for g in gaps] == ["Do you sell gift cards for birthdays?"]
