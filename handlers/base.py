@@ -187,7 +187,8 @@ class ApiHandler(JsonHandler):
         site_key = validation.site_key(data)
         session_id = validation.session_id(data)
         site = await self.sites.resolve(site_key, self.request.headers.get("Origin"))
-        return Visitor(site=site, session_id=session_id, ip=self.request.remote_ip)
+        return Visitor(site=site, session_id=session_id, ip=self.request.remote_ip,
+                       user_agent=(self.request.headers.get("User-Agent") or "")[:300] or None)
 
     def on_connection_close(self) -> None:
         # Tornado's own version ends a body still streaming in; without it post() would wait forever.

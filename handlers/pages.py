@@ -59,6 +59,14 @@ class WidgetFileHandler(FileHandler):
         self.set_header("Cache-Control", "public, max-age=300")
 
 
+class DashboardFileHandler(tornado.web.StaticFileHandler):
+    """The dashboard's own scripts and styles (no build step): same-origin only."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-cache")
+
+
 class DemoPageHandler(tornado.web.RequestHandler):
     def initialize(self, sites: SiteService, demo_site_name: str) -> None:
         self.sites = sites

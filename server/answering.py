@@ -43,6 +43,17 @@ class Answerer:
         self.hub = hub
         self.ai = ai
         self._live_turns: dict[tuple[int, str], Turn] = {}
+        self._turn_topics: dict[Turn, str] = {}
+        hub.add_listener(self._on_event)
+
+    def _on_event(self, topic: str, event: dict[str, Any]) -> None:
+        """An operator taking over stops the AI mid-answer; the partial text is kept, interrupted."""
+        if event.get("kind") != "mode" or event.get("mode") != "operator":
+            return
+        for turn, turn_topic in list(self._turn_topics.items()):
+            if turn_topic == topic and turn.producer is not None and not turn.done:
+                log.info("an operator took over: stopping the answer in progress")
+                turn.producer.cancel()
 
     def start(self, visitor: Visitor, conversation: Conversation, message: Message,
                 request: TurnRequest) -> Turn:
@@ -53,6 +64,13 @@ class Answerer:
             return Turn.finished(self._meta(conversation, message_id, None, "operator"))
         turn = Turn()
         self._live_turns[(conversation.id, message_id)] = turn
+        self._turn_topics[turn] = visitor.topic
+        # Operators watching the conversation see the answer token by token (this process only;
+        # other processes' dashboards see it whole once stored).
+        watchers = site_topic(visitor.site.id)
+        turn.on_chunk = lambda text: self.hub.deliver_local(watchers, {
+            "kind": "chunk", "session_id": visitor.session_id, "reply_to": message_id,
+            "content": text})
         turn.producer = asyncio.create_task(
             self._produce(turn, visitor, conversation, message, request),
             name=f"answer-{message.id}",
@@ -106,6 +124,7 @@ class Answerer:
                 await self._generate(turn, visitor, conversation, message, request)
         finally:
             self._live_turns.pop((conversation.id, message.message_id or ""), None)
+            self._turn_topics.pop(turn, None)
 
     async def _answered_elsewhere(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                                   message: Message) -> bool:

@@ -12,8 +12,32 @@ import tornado.web
 
 from handlers.chat_stream import ChatStreamHandler
 from handlers.headers import SecurityHeaders
+from handlers.dashboard_api import (
+    ConversationActionHandler,
+    ConversationApiHandler,
+    FeedHandler,
+    InboxApiHandler,
+    MeHandler,
+    ProactiveApiHandler,
+    VisitorsApiHandler,
+)
+from handlers.dashboard_pages import (
+    AccountPageHandler,
+    AuditPageHandler,
+    InboxPageHandler,
+    LoginHandler,
+    LogoutHandler,
+    SecondFactorHandler,
+    SetupHandler,
+    VisitorsPageHandler,
+)
 from handlers.health import HealthHandler, ReadyHandler
-from handlers.pages import DemoPageHandler, UploadedFileHandler, WidgetFileHandler
+from handlers.pages import (
+    DashboardFileHandler,
+    DemoPageHandler,
+    UploadedFileHandler,
+    WidgetFileHandler,
+)
 from handlers.upload import UploadImageHandler
 from handlers.widget_api import (
     ApiNotFoundHandler,
@@ -27,6 +51,7 @@ from handlers.widget_api import (
     RateHandler,
 )
 from handlers.widget_config import WidgetConfigHandler
+from server.accounts import AccountService, load_cookie_secret
 from server.ai.caps import CapChecker
 from server.ai.engine import AIEngine
 from server.ai.knowledge import KnowledgeBase
@@ -38,8 +63,10 @@ from server.blobs import BlobStore
 from server.chat import ChatService, Limits
 from server.config import Config
 from server.demo import DEMO_SITE_NAME
+from server.audit import AuditLog
 from server.feed import EventFeed, build_feed
 from server.hub import Hub
+from server.inbox import InboxService
 from server.operators import OperatorService
 from server.proactive import ProactiveRules
 from server.proxies import ProxyAwareApplication, TrustedProxies
@@ -64,6 +91,9 @@ class Services:
     chat: ChatService
     operators: OperatorService
     rules: ProactiveRules
+    accounts: AccountService
+    inbox: InboxService
+    audit: AuditLog
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -90,12 +120,16 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
                                  global_model_config(config))
     ai = AIEngine(knowledge, providers.default, provider_for_site=providers.for_site,
                   caps=CapChecker(store), on_close=providers.close)
+    audit = AuditLog(store)
     return Services(
         config=config, store=store, hub=hub, bridge=bridge, knowledge=knowledge, ai=ai, blobs=blobs,
         sites=SiteService(store),
         chat=ChatService(store, hub, ai, blobs, limits),
-        operators=OperatorService(store, hub),
+        operators=OperatorService(store, hub, audit),
         rules=ProactiveRules(store),
+        accounts=AccountService(store, idle_timeout=config.session_idle_minutes * 60),
+        inbox=InboxService(store, hub),
+        audit=audit,
     )
 
 
@@ -108,6 +142,32 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     logging.getLogger("tornado.access").log(
         level, "%d %s %s (%s) %.1fms", status, request.method, request.path, request.remote_ip,
         1000.0 * request.request_time())
+
+
+def dashboard_routes(services: Services) -> list[Any]:
+    dash = {"services": services}
+    conversation = r"(?P<conversation_id>[0-9]{1,18})"
+    return [
+        (r"/dashboard", tornado.web.RedirectHandler, {"url": "/dashboard/"}),
+        (r"/dashboard/", InboxPageHandler, dash),
+        (rf"/dashboard/c/{conversation}", InboxPageHandler, dash),
+        (r"/dashboard/login", LoginHandler, dash),
+        (r"/dashboard/login/code", SecondFactorHandler, dash),
+        (r"/dashboard/logout", LogoutHandler, dash),
+        (r"/dashboard/setup", SetupHandler, dash),
+        (r"/dashboard/visitors", VisitorsPageHandler, dash),
+        (r"/dashboard/audit", AuditPageHandler, dash),
+        (r"/dashboard/account", AccountPageHandler, dash),
+        (r"/dashboard/events", FeedHandler, dash),
+        (r"/dashboard/api/me", MeHandler, dash),
+        (r"/dashboard/api/inbox", InboxApiHandler, dash),
+        (r"/dashboard/api/visitors", VisitorsApiHandler, dash),
+        (r"/dashboard/api/proactive", ProactiveApiHandler, dash),
+        (rf"/dashboard/api/conversations/{conversation}", ConversationApiHandler, dash),
+        (rf"/dashboard/api/conversations/{conversation}/(?P<action>[a-z]+)",
+         ConversationActionHandler, dash),
+        (r"/dashboard/static/(.+)", DashboardFileHandler, {"path": str(ROOT / "static" / "dashboard")}),
+    ]
 
 
 def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
@@ -131,6 +191,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         (r"/uploads/(.+)", UploadedFileHandler, {"blobs": services.blobs}),
         (r"/widget/(.+)", WidgetFileHandler, {"path": str(ROOT / "static" / "widget")}),
         (r"/(?:demo)?", DemoPageHandler, {"sites": services.sites, "demo_site_name": DEMO_SITE_NAME}),
+        *dashboard_routes(services),
     ]
     settings: dict[str, Any] = {
         "static_path": str(ROOT / "static"),
@@ -139,6 +200,9 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
             autoescape=jinja2.select_autoescape(default=True),
         ),
         "public_url": config.public_url,
+        "cookie_secret": load_cookie_secret(config.data_dir, config.cookie_secret),
+        # The dashboard's XSRF cookie stays on /dashboard: the widget API never sees a cookie.
+        "xsrf_cookie_kwargs": {"httponly": True, "samesite": "Lax", "path": "/dashboard"},
         "sse_keepalive": config.sse_keepalive,
         "services": services,
         "trusted_proxies": TrustedProxies(config.proxy_networks),

@@ -5,6 +5,7 @@ Answers themselves are made in server/answering.py."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 import time
@@ -37,6 +38,9 @@ T = TypeVar("T")
 
 MAX_PIXELS = 40_000_000
 HISTORY_LIMIT_MAX = 200
+SEEN_EVERY_SECONDS = 30  # how often a visitor's presence is written, at most
+SEEN_REMEMBERED = 50_000
+ONLINE_SECONDS = 120
 IMAGE_DECODES_AT_ONCE = 2
 IMAGE_QUEUE_SECONDS = 20
 
@@ -65,6 +69,7 @@ class ChatService:
         self._upload_limiter = RateLimiter(limits.uploads_per_session)
         self.answers = Answerer(store, hub, ai)
         self._image_slots = asyncio.Semaphore(IMAGE_DECODES_AT_ONCE)
+        self._seen: collections.OrderedDict[tuple[int, str], float] = collections.OrderedDict()
 
     # -- guards -------------------------------------------------------------------------------
     async def is_blocked(self, visitor: Visitor) -> bool:
@@ -105,6 +110,7 @@ class ChatService:
             site.id, visitor.session_id, {k: v for k, v in context.items() if v}
         )
         await self._refresh_context(conversation, context)
+        await self.mark_seen(visitor)
         try:
             message = await self.store.add_message(
                 conversation.id, "visitor", request.text, message_id=message_id
@@ -117,9 +123,46 @@ class ChatService:
         await publish_message(self.hub, visitor, message)
         return turn
 
+    # -- presence -----------------------------------------------------------------------------
+    async def mark_seen(self, visitor: Visitor, page_url: str | None = None) -> None:
+        """Note that the visitor is here (and on which page), for operators' "visitors online".
+        Written at most every SEEN_EVERY_SECONDS per session; a visitor who has not chatted yet
+        gets a conversation row only when the widget says which page it is on."""
+        key = (visitor.site.id, visitor.session_id)
+        now = time.time()
+        last = self._seen.get(key)
+        if last is not None and now - last < SEEN_EVERY_SECONDS:
+            return
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        while len(self._seen) > SEEN_REMEMBERED:
+            self._seen.popitem(last=False)
+        try:
+            conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
+            if conversation is None:
+                if not page_url:
+                    return
+                if visitor.ip:  # a new row is a write: invented sessions count against the address
+                    self._write_limiter.hit(f"{visitor.site.id}:{visitor.ip}")
+                conversation = await self.store.ensure_conversation(
+                    visitor.site.id, visitor.session_id, {"page_url": page_url, "ip": visitor.ip})
+            changes: dict[str, Any] = {"last_seen_at": now}
+            if visitor.user_agent and conversation.user_agent != visitor.user_agent:
+                changes["user_agent"] = visitor.user_agent
+            if page_url and conversation.page_url != page_url:
+                changes["page_url"] = page_url
+            await self.store.update_conversation(conversation.id, changes)
+            if conversation.last_seen_at is None or now - conversation.last_seen_at > ONLINE_SECONDS:
+                await self.hub.publish(site_topic(visitor.site.id), "seen",
+                                       {"session_id": visitor.session_id})
+        except (RateLimited, Unavailable):
+            return  # presence is a nicety: never fail a visitor's read for it
+
     # -- held reads ---------------------------------------------------------------------------
     async def _hold(self, visitor: Visitor, wait: float, fetch: Callable[[], Awaitable[T]],
-                    is_news: Callable[[T], bool], wake_on: frozenset[str] = frozenset()) -> T:
+                    is_news: Callable[[T], bool], wake_on: frozenset[str] = frozenset(),
+                    page_url: str | None = None) -> T:
+        await self.mark_seen(visitor, page_url)
         return await self.hub.hold(visitor.topic, wait, fetch, is_news, address=visitor.ip,
                                    wake_on=wake_on)
 
@@ -171,7 +214,7 @@ class ChatService:
         async def fetch() -> list[ProactiveMessage]:
             return await self.store.pending_proactive(site.id, session_id, now=time.time())
 
-        return await self._hold(visitor, wait, fetch, bool)
+        return await self._hold(visitor, wait, fetch, bool, page_url=page_url)
 
     async def _apply_rules(self, visitor: Visitor, page_url: str, now: float) -> None:
         """Queue the site's rules matching this page, once per session. A read that writes: each

@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable
 
 from server.app import Services, build_services
 from server.ai.settings import ai_settings, masked, updated_ai_settings
+from server.audit import CLI
 from server.config import Config, add_config_arguments, browser_host, load_config
 from server.backends import store_name
 from server.data_dir import HOW_TO_POINT, DataDirProblem, check_data_dir
@@ -166,6 +167,85 @@ async def site_ai_config(services: Services, args: argparse.Namespace) -> int:
                 print(f"{name}: {json.dumps(value, ensure_ascii=False)}")
             if not shown:
                 print("no AI settings of its own: this site uses the global ones (PARLEY_AI_*)")
+    return 0
+
+
+# -- operator accounts ----------------------------------------------------------------------------
+def _read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(prompt)
+        if password != getpass.getpass("Again: "):
+            raise ParleyError("The passwords differ.")
+    else:
+        raise ParleyError("Give the password on standard input with --password-stdin.")
+    if not password:
+        raise ParleyError("The password is empty.")
+    return password
+
+
+def _operator_json(operator: Any, sites: dict[int, str]) -> dict[str, Any]:
+    return {"id": operator.id, "email": operator.email, "name": operator.name, "role": operator.role,
+            "disabled": operator.disabled, "sites": [sites.get(i, str(i)) for i in operator.site_ids],
+            "two_factor": operator.totp_secret is not None, "created_at": operator.created_at}
+
+
+async def operator_add(services: Services, args: argparse.Namespace) -> int:
+    site_ids = [(await services.sites.get(key)).id for key in args.site]
+    if args.role == "agent" and not site_ids:
+        print("note: this agent sees no site until one is given with --site", file=sys.stderr)
+    operator = await services.accounts.create(args.email, args.name, args.role, _read_password(args),
+                                              site_ids)
+    await services.audit.record(CLI, "operator_add", target=operator.email, role=operator.role)
+    print(f"created {operator.role} {operator.email} (id {operator.id})")
+    return 0
+
+
+async def operator_list(services: Services, args: argparse.Namespace) -> int:
+    sites = {site.id: site.site_key for site in await services.sites.list()}
+    operators = [_operator_json(o, sites) for o in await services.store.list_operators()]
+    if args.json:
+        _print_json(operators)
+        return 0
+    for o in operators:
+        state = "disabled" if o["disabled"] else "active"
+        where = "all sites" if o["role"] == "admin" else (", ".join(o["sites"]) or "no site")
+        print(f"{o['id']:>4}  {o['email']}  {o['name']}  {o['role']}  {state}  ({where})")
+    if not operators:
+        print("No operators yet. Add one with: operator add --email E --name N --role admin --password-stdin")
+    return 0
+
+
+async def operator_passwd(services: Services, args: argparse.Namespace) -> int:
+    operator = await services.accounts.get_by_email(args.email)
+    await services.accounts.set_password(operator, _read_password(args, "New password: "))
+    await services.audit.record(CLI, "password_change", target=operator.email)
+    print(f"changed the password of {operator.email}; their open sessions have ended")
+    return 0
+
+
+def _set_disabled(disabled: bool) -> Command:
+    async def run(services: Services, args: argparse.Namespace) -> int:
+        operator = await services.accounts.get_by_email(args.email)
+        await services.accounts.set_disabled(operator, disabled)
+        await services.audit.record(CLI, "operator_disable" if disabled else "operator_enable",
+                                    target=operator.email)
+        print(f"{operator.email} is now {'disabled; their open sessions have ended' if disabled else 'enabled'}")
+        return 0
+
+    return run
+
+
+async def operator_sites(services: Services, args: argparse.Namespace) -> int:
+    operator = await services.accounts.get_by_email(args.email)
+    site_ids = [(await services.sites.get(key)).id for key in args.site]
+    await services.store.set_operator_sites(operator.id, site_ids)
+    await services.audit.record(CLI, "operator_sites", target=operator.email, sites=args.site)
+    print(f"{operator.email} now sees {len(site_ids)} site(s)"
+          + (" (admins see every site anyway)" if operator.is_admin else ""))
     return 0
 
 
@@ -339,8 +419,34 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--session", required=True, type=_session, metavar="SESSION_ID",
                          help="the visitor's session_id (sess_...), shown in the widget's storage")
 
-    operator = commands.add_parser("operator", help="act as an operator on a conversation").add_subparsers(
-        dest="operator_command", metavar="ACTION", required=True)
+    operator = commands.add_parser(
+        "operator", help="dashboard accounts, and acting as an operator on a conversation"
+    ).add_subparsers(dest="operator_command", metavar="ACTION", required=True)
+    op_add = command(operator, "add", "create a dashboard account", operator_add)
+    op_add.add_argument("--email", required=True, help="what they sign in with")
+    op_add.add_argument("--name", required=True, help="the name visitors and colleagues see")
+    op_add.add_argument("--role", required=True, choices=("admin", "agent"),
+                        help="admin: every site and the audit log; agent: only the sites given")
+    op_add.add_argument("--site", action="append", default=[], metavar="SITE_KEY",
+                        help="a site an agent works on (repeat)")
+    op_add.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input")
+    op_listing = command(operator, "list", "list dashboard accounts", operator_list)
+    op_listing.add_argument("--json", action="store_true", help="print a JSON array")
+    op_passwd = command(operator, "passwd", "set an operator's password (ends their sessions)",
+                        operator_passwd)
+    op_passwd.add_argument("--email", required=True, help="the operator's email")
+    op_passwd.add_argument("--password-stdin", action="store_true",
+                           help="read the password from the first line of standard input")
+    for verb, disabled, help_text in (
+            ("disable", True, "stop an operator signing in (ends their open sessions at once)"),
+            ("enable", False, "let a disabled operator sign in again")):
+        command(operator, verb, help_text, _set_disabled(disabled)).add_argument(
+            "--email", required=True, help="the operator's email")
+    op_sites = command(operator, "sites", "set the sites an agent works on", operator_sites)
+    op_sites.add_argument("--email", required=True, help="the operator's email")
+    op_sites.add_argument("--site", action="append", default=[], metavar="SITE_KEY",
+                          help="a site (repeat; none removes them all)")
     say = command(operator, "say", "send an operator message to a visitor", operator_say)
     conversation_args(say)
     say.add_argument("--name", default="Operator", help="the name the visitor sees (default Operator)")

@@ -46,6 +46,8 @@ class Config:
     blobs: str = "local"
     s3_endpoint_url: str | None = None
     s3_public_url: str | None = None
+    cookie_secret: str | None = field(default=None, repr=False)
+    session_idle_minutes: float = 720.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -59,6 +61,8 @@ class Config:
             problems.append("event_poll_interval is at least 0.01 s")
         if self.ai_deadline <= 0:
             problems.append("ai_deadline is a positive number of seconds")
+        if self.session_idle_minutes <= 0:
+            problems.append("session_idle_minutes is a positive number")
         if self.offline_chunk_delay < 0:
             problems.append("offline_chunk_delay is not negative")
         try:
@@ -131,6 +135,10 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "s3_endpoint_url": (str, "endpoint of an S3-compatible server (MinIO, R2 ...); default AWS"),
     "s3_public_url": (str, "base URL where browsers fetch the bucket's objects (a CDN); default: "
                            "/uploads/<key> on this server redirects to a short-lived signed URL"),
+    "cookie_secret": (str, "secret that signs dashboard cookies; the same for every process "
+                           "(default: made on first start, kept in DATA_DIR/cookie_secret)"),
+    "session_idle_minutes": (float, "sign a dashboard session out after this long without use "
+                                    "(default 720)"),
 }
 
 def browser_host(host: str) -> str:

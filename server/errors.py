@@ -53,3 +53,18 @@ class RateLimited(ParleyError):
 
 class Unavailable(ParleyError):
     status, code = 503, "unavailable"
+
+
+class Unauthorized(ParleyError):
+    """Not signed in to the dashboard (or the session ended)."""
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ParleyError):
+    """Signed in, but this operator may not do that (e.g. an agent managing accounts)."""
+    status, code = 403, "forbidden"
+
+
+class NotFound(ParleyError):
+    """Nothing here for this operator: also what another site's conversation answers."""
+    status, code = 404, "not_found"

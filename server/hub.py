@@ -101,6 +101,7 @@ class Hub:
         self.origin = origin or uuid.uuid4().hex
         self._subscribers: dict[str, set[Subscription]] = collections.defaultdict(set)
         self._held_by_address: collections.Counter[str] = collections.Counter()
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.bridge: EventFeed | None = None  # set by the feed (server/feed.py)
 
     @property
@@ -168,8 +169,16 @@ class Hub:
                     if any(event.get("kind") in wake_on for event in subscription.drain()) or missed:
                         return await fetch()
 
+    def add_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call `listener(topic, event)` for every event this process hears, its own and other
+        processes' (while the bridge runs). For services that act on news, e.g. a takeover
+        stopping an answer; it must not block."""
+        self._listeners.append(listener)
+
     def deliver_local(self, topic: str, event: dict[str, Any]) -> int:
         """Wake this process's subscribers of `topic`; returns how many were woken."""
+        for listener in self._listeners:
+            listener(topic, event)
         subscribers = self._subscribers.get(topic, ())
         for subscription in subscribers:
             subscription.deliver(event)
@@ -178,13 +187,14 @@ class Hub:
     async def publish(self, topic: str, kind: str, payload: dict[str, Any] | None = None) -> None:
         """Tell every process: recorded in the store's events feed, delivered here at once."""
         event = {"kind": kind, **(payload or {})}
-        self.deliver_local(topic, event)
+        # Recorded first, then delivered: a listener that reads the feed back from the store on
+        # waking (the dashboard) finds the event there.
         try:
             await self.store.record_event(topic, kind, payload or {}, self.origin)
         except StoreUnavailable:
             # The write itself is stored; other processes' waiters will see it on their next read.
             log.warning("could not record %s event for other processes", kind)
-
+        self.deliver_local(topic, event)
 
     async def publish_to_session(self, site_id: int, session_id: str, kind: str,
                                  payload: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""What operators do to a conversation. The CLI uses it now; the dashboard will use the same calls."""
+"""What operators do to a conversation. The CLI and the dashboard make the same calls; each
+action says who acted (an `Actor`), and the ones worth keeping go to the audit log."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import ipaddress
 import logging
 import time
 
+from server.audit import CLI, Actor, AuditLog
 from server.errors import InvalidRequest
-from server.hub import Hub
+from server.hub import Hub, site_topic
 from server.store.base import Store
-from server.store.models import Message, ProactiveMessage, Site
+from server.store.models import Conversation, Message, Note, ProactiveMessage, Site
 from server.validation import SESSION_ID_RE, normalise_email
 
 log = logging.getLogger(__name__)
@@ -18,12 +20,17 @@ BLOCK_KINDS = ("session", "ip", "email")
 
 
 class OperatorService:
-    def __init__(self, store: Store, hub: Hub) -> None:
+    def __init__(self, store: Store, hub: Hub, audit: AuditLog | None = None) -> None:
         self.store = store
         self.hub = hub
+        self.audit = audit or AuditLog(store)
 
     async def _notify(self, site: Site, session_id: str, kind: str, payload: dict) -> None:
         await self.hub.publish_to_session(site.id, session_id, kind, payload)
+
+    async def _notify_operators(self, site: Site, kind: str, payload: dict) -> None:
+        """News only operators hear (never the visitor's topic): assignments, notes, closing."""
+        await self.hub.publish(site_topic(site.id), kind, payload)
 
     async def say(self, site: Site, session_id: str, text: str, *, operator_name: str) -> Message:
         text = text.strip()
@@ -37,7 +44,7 @@ class OperatorService:
         await self._notify(site, session_id, "message", {"message_id": message.id, "role": "operator"})
         return message
 
-    async def set_mode(self, site: Site, session_id: str, mode: str) -> None:
+    async def set_mode(self, site: Site, session_id: str, mode: str, *, actor: Actor = CLI) -> None:
         if mode not in ("ai", "operator"):
             raise InvalidRequest("The mode is 'ai' or 'operator'.")
         conversation = await self.store.ensure_conversation(site.id, session_id, {})
@@ -46,10 +53,14 @@ class OperatorService:
             changes["handoff"] = False  # someone has picked it up
         await self.store.update_conversation(conversation.id, changes)
         log.info("conversation %s of site=%s now in %s mode", conversation.id, site.id, mode)
+        # Heard by the process answering this visitor too: a takeover stops an answer in progress.
         await self._notify(site, session_id, "mode", {"mode": mode})
+        await self.audit.record(actor, "takeover" if mode == "operator" else "handback",
+                                site_id=site.id, target=session_id)
 
     async def block(self, site: Site, kind: str, value: str, *, minutes: float | None = None,
-                    reason: str | None = None, session_id: str | None = None) -> None:
+                    reason: str | None = None, session_id: str | None = None,
+                    actor: Actor = CLI) -> None:
         if kind not in BLOCK_KINDS:
             raise InvalidRequest(f"A block matches one of: {', '.join(BLOCK_KINDS)}.")
         if minutes is not None and minutes <= 0:
@@ -59,13 +70,18 @@ class OperatorService:
         await self.store.add_block(site.id, kind, value, expires_at, reason)
         log.info("blocked %s on site=%s for %s", kind, site.id,
                  f"{minutes:g} min" if minutes else "good")
+        await self.audit.record(actor, "block", site_id=site.id, target=f"{kind}:{value}",
+                                minutes=minutes, reason=reason)
         if session_id:
             await self._notify(site, session_id, "block", {"blocked": True})
 
     async def unblock(self, site: Site, kind: str, value: str, *,
-                      session_id: str | None = None) -> int:
-        removed = await self.store.remove_blocks(site.id, kind, self._block_value(kind, value))
+                      session_id: str | None = None, actor: Actor = CLI) -> int:
+        value = self._block_value(kind, value)
+        removed = await self.store.remove_blocks(site.id, kind, value)
         log.info("removed %d %s block(s) on site=%s", removed, kind, site.id)
+        await self.audit.record(actor, "unblock", site_id=site.id, target=f"{kind}:{value}",
+                                removed=removed)
         if session_id:
             await self._notify(site, session_id, "block", {"blocked": False})
         return removed
@@ -94,3 +110,48 @@ class OperatorService:
         log.info("proactive message %s queued for site=%s", message.id, site.id)
         await self._notify(site, session_id, "proactive", {"proactive_id": message.id})
         return message
+
+    # -- the dashboard's own actions ----------------------------------------------------------
+    async def set_closed(self, site: Site, conversation: Conversation, closed: bool, *,
+                         actor: Actor = CLI) -> None:
+        await self.store.update_conversation(conversation.id, {"closed": closed})
+        await self._notify_operators(site, "closed", {"session_id": conversation.session_id,
+                                                      "closed": closed})
+        await self.audit.record(actor, "close" if closed else "reopen", site_id=site.id,
+                                target=conversation.session_id)
+
+    async def assign(self, site: Site, conversation: Conversation, operator_id: int | None, *,
+                     actor: Actor = CLI) -> None:
+        if operator_id is not None:
+            assignee = await self.store.get_operator(operator_id)
+            if assignee is None or assignee.disabled or not (
+                    assignee.is_admin or site.id in assignee.site_ids):
+                raise InvalidRequest("That operator cannot take conversations of this site.")
+        await self.store.update_conversation(conversation.id, {"assignee_id": operator_id})
+        await self._notify_operators(site, "assigned", {"session_id": conversation.session_id,
+                                                        "assignee_id": operator_id})
+        await self.audit.record(actor, "assign", site_id=site.id, target=conversation.session_id,
+                                assignee_id=operator_id)
+
+    async def add_note(self, site: Site, conversation: Conversation, text: str, *,
+                       actor: Actor) -> Note:
+        """An internal note: stored apart from messages, so neither the visitor nor the model
+        can ever read it."""
+        text = text.strip()
+        if not text or len(text) > 4000:
+            raise InvalidRequest("A note is 1 to 4000 characters.")
+        note = await self.store.add_note(conversation.id, actor.id, actor.name, text)
+        await self._notify_operators(site, "note", {"session_id": conversation.session_id,
+                                                    "note_id": note.id})
+        return note
+
+    async def mark_read(self, site: Site, conversation: Conversation, through: int) -> None:
+        if through > conversation.read_through:
+            await self.store.update_conversation(conversation.id, {"read_through": through})
+            await self._notify_operators(site, "read", {"session_id": conversation.session_id})
+
+    async def viewing(self, site: Site, conversation: Conversation, *, actor: Actor) -> None:
+        """Tell other operators who has this conversation open (pages repeat it every 20 s)."""
+        await self._notify_operators(site, "viewing", {"conversation_id": conversation.id,
+                                                       "operator_id": actor.id,
+                                                       "operator_name": actor.name})

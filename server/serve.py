@@ -13,6 +13,7 @@ from tornado.ioloop import PeriodicCallback
 
 from handlers.upload import UPLOAD_BODY_LIMIT
 from server.app import Services, build_services, make_app
+from server.accounts import dashboard_lines
 from server.backends import describe
 from server.config import Config, browser_host
 from server.demo import ensure_demo_site
@@ -53,6 +54,7 @@ async def serve(config: Config) -> None:
     lines = [f"Parley is serving on {base}  ({describe(config)})"]
     if demo is not None:
         lines += [f"  Demo page:     {base}/demo", f"  Demo site key: {demo.site_key}"]
+    lines += await dashboard_lines(services, base)
     lines += [f"  Health:        {base}/healthz  (ready: {base}/readyz)", "Stop with Ctrl-C."]
     print("\n".join(lines), flush=True)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Callable, Literal
 
 from server.errors import ParleyError
 
@@ -33,6 +33,7 @@ class Turn:
         self.error: ParleyError | None = None
         self.meta: dict[str, Any] | None = None
         self.producer: asyncio.Task[None] | None = None
+        self.on_chunk: Callable[[str], object] | None = None
         self._followers = 0
         self._changed = asyncio.Event()
 
@@ -60,6 +61,8 @@ class Turn:
     def append(self, chunk: str) -> None:
         self.chunks.append(chunk)
         self._notify()
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
 
     def fail(self, error: ParleyError) -> None:
         self.error = error

@@ -15,6 +15,7 @@ class Visitor:
     site: Site
     session_id: str
     ip: str | None = None
+    user_agent: str | None = None
 
     @property
     def topic(self) -> str:

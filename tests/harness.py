@@ -13,6 +13,9 @@ import httpx_sse
 import tornado.httpserver
 import tornado.testing
 
+from argon2 import PasswordHasher, profiles
+
+from server.accounts import AccountService
 from server.app import Services, build_services, make_app
 from server.chat import Limits
 from server.config import Config
@@ -70,6 +73,9 @@ async def start_parley(data_dir: Path, *, limits: Limits | None = None,
     settings = {"offline_chunk_delay": 0.0, "sse_keepalive": 15.0, "event_poll_interval": 0.05, **config}
     cfg = dataclasses.replace(Config(data_dir=data_dir), **settings)
     services = await build_services(cfg, limits=limits)
+    # argon2id still, with the cheapest parameters: a second per hash is for attackers, not for CI.
+    services.accounts = AccountService(services.store, idle_timeout=services.accounts.idle_timeout,
+                                       hasher=PasswordHasher.from_parameters(profiles.CHEAPEST))
     site = await services.sites.create("Test shop")
     for title, text in SHOP_DOCS.items():
         await services.store.add_document(site.id, title, f"https://shop.test/{title.lower()}", text)

@@ -318,3 +318,86 @@ async def test_the_feed_wakes_a_subscriber_of_another_process(stores):
             assert feed.healthy
     finally:
         await feed.stop()
+
+
+# -- the dashboard's records ----------------------------------------------------------------------
+async def test_operators_sessions_and_failures(store: Store, other: Store):
+    from server.store.base import DuplicateOperator
+    from server.store.models import OperatorSession
+
+    site_id = await new_site(store)
+    ana = await store.create_operator("ana@example.com", "Ana", "agent", "hash-1", [site_id])
+    with pytest.raises(DuplicateOperator):
+        await other.create_operator("ana@example.com", "Ana again", "admin", "hash-2")
+    assert (await other.get_operator_by_email("ana@example.com")).site_ids == (site_id,)
+    await other.update_operator(ana.id, {"disabled": True, "recovery_codes": ["r1", "r2"]})
+    changed = await store.get_operator(ana.id)
+    assert changed.disabled and changed.recovery_codes == ("r1", "r2")
+    await store.set_operator_sites(ana.id, [])
+    assert (await other.get_operator(ana.id)).site_ids == ()
+    assert await store.count_operators() == 1 and len(await other.list_operators()) == 1
+
+    now = time.time()
+    await store.create_operator_session(OperatorSession("h1", ana.id, now, now, "1.2.3.4", "UA", False))
+    await other.touch_operator_session("h1", now + 5, second_factor_done=True)
+    session = await store.get_operator_session("h1")
+    assert session.last_seen == pytest.approx(now + 5) and session.second_factor_done
+    assert await other.delete_operator_sessions(operator_id=ana.id) == 1
+    assert await store.get_operator_session("h1") is None
+
+    await store.record_login_failure(["account:ana", "address:1.2.3.4"], now)
+    await other.record_login_failure(["account:ana"], now)
+    assert await store.count_login_failures("account:ana", now - 1) == 2
+    assert await store.count_login_failures("account:ana", now + 1) == 0
+    await other.clear_login_failures("account:ana")
+    assert await store.count_login_failures("account:ana", 0) == 0
+    assert await store.count_login_failures("address:1.2.3.4", 0) == 1
+
+    await store.add_setup_token("t1", now + 60)
+    assert await other.use_setup_token("t1", now, consume=False)
+    results = await asyncio.gather(store.use_setup_token("t1", now), other.use_setup_token("t1", now))
+    assert sorted(results) == [False, True]  # single use, even when two race
+
+
+async def test_the_inbox_notes_and_the_feed_of_a_site(store: Store, other: Store):
+    site_id = await new_site(store)
+    other_site = await new_site(store, "Elsewhere")
+    browsing = await conversation_id(store, site_id, "sess_conformance00000002")  # no message
+    chatting = await conversation_id(store, site_id)
+    await other.add_message(chatting, "visitor", "Where is my parcel, Montréal?")
+    await store.add_message(chatting, "ai", "On its way.")
+    inbox = await other.list_inbox([site_id])
+    assert [e.conversation.id for e in inbox] == [chatting]
+    assert inbox[0].unread == 1 and inbox[0].last_message.content == "On its way."
+    assert [e.conversation.id for e in await store.list_inbox([site_id], search="parcel")] == [chatting]
+    assert await store.list_inbox([site_id], search="nowhere") == []
+    assert await store.list_inbox([other_site]) == []
+    await store.update_conversation(chatting, {"closed": True, "assignee_id": 7})
+    assert await other.list_inbox([site_id]) == []
+    assert [e.conversation.id for e in await other.list_inbox([site_id], status="closed")] == [chatting]
+    await store.update_conversation(chatting, {"closed": False, "last_seen_at": time.time()})
+    assert [e.conversation.id for e in await other.list_inbox([site_id], status="mine",
+                                                               operator_id=7)] == [chatting]
+    assert await other.list_inbox([site_id], status="unassigned") == []
+    online = await other.visitors_online([site_id], since=time.time() - 60)
+    assert [c.id for c in online] == [chatting] and browsing not in [c.id for c in online]
+
+    note = await store.add_note(chatting, 7, "Ana", "VIP")
+    assert [n.content for n in await other.list_notes(chatting)] == ["VIP"] and note.author == "Ana"
+
+    first = await store.record_event(f"site:{site_id}", "message", {"n": 1}, "a")
+    await store.record_event(f"site:{other_site}", "message", {"n": 2}, "a")
+    await other.record_event(f"site:{site_id}", "handoff", {"n": 3}, "b")
+    feed = await other.events_for_topics(0, (f"site:{site_id}",), limit=10)
+    assert [e.payload["n"] for e in feed] == [1, 3]
+    assert await store.oldest_event_id() == first
+
+    await store.add_audit(operator_id=7, operator_email="ana@example.com", action="takeover",
+                          site_id=site_id, target="sess_x", detail={"why": "test"}, ip="1.2.3.4")
+    [entry] = await other.list_audit()
+    assert entry.action == "takeover" and entry.detail == {"why": "test"}
+
+    saved = await store.save_canned_reply(site_id, "hello", "Hi there!")
+    await other.save_canned_reply(site_id, "hello", "Hello!")
+    assert [(c.shortcut, c.content) for c in await store.list_canned_replies(site_id)] == [("hello", "Hello!")]
+    assert await other.remove_canned_reply(site_id, saved.id)

@@ -7,7 +7,13 @@ from typing import Any, Iterable
 
 from server.errors import Unavailable
 from server.store.models import (
+    AuditEntry,
+    CannedReply,
     Conversation,
+    InboxEntry,
+    Note,
+    Operator,
+    OperatorSession,
     Event,
     KnowledgeDocument,
     KnowledgeGap,
@@ -20,6 +26,10 @@ from server.store.models import (
 
 class StoreUnavailable(Unavailable):
     """The database cannot be reached or refused the operation; nothing was half-written."""
+
+
+class DuplicateOperator(Exception):
+    """An operator with this email already exists."""
 
 
 class DuplicateMessageId(Exception):
@@ -217,3 +227,117 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def prune_events(self, older_than: float) -> int: ...
+
+    @abc.abstractmethod
+    async def oldest_event_id(self) -> int:
+        """The smallest event id still kept (0 when none): a feed cursor below it missed events."""
+
+    @abc.abstractmethod
+    async def events_for_topics(self, after: int, topics: tuple[str, ...], *,
+                                limit: int) -> list[Event]:
+        """Events of any origin on these topics with ids above `after`, oldest first."""
+
+    # Operators (dashboard accounts)
+    @abc.abstractmethod
+    async def create_operator(self, email: str, name: str, role: str, password_hash: str,
+                              site_ids: Iterable[int] = ()) -> Operator:
+        """Raise DuplicateOperator when the email is taken."""
+
+    @abc.abstractmethod
+    async def get_operator(self, operator_id: int) -> Operator | None: ...
+
+    @abc.abstractmethod
+    async def get_operator_by_email(self, email: str) -> Operator | None: ...
+
+    @abc.abstractmethod
+    async def list_operators(self, limit: int = 1000) -> list[Operator]: ...
+
+    @abc.abstractmethod
+    async def count_operators(self) -> int: ...
+
+    @abc.abstractmethod
+    async def update_operator(self, operator_id: int, changes: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def set_operator_sites(self, operator_id: int, site_ids: Iterable[int]) -> None: ...
+
+    # Operator sign-in sessions, failures, the first-admin setup token
+    @abc.abstractmethod
+    async def create_operator_session(self, session: OperatorSession) -> None: ...
+
+    @abc.abstractmethod
+    async def get_operator_session(self, token_hash: str) -> OperatorSession | None: ...
+
+    @abc.abstractmethod
+    async def touch_operator_session(self, token_hash: str, now: float,
+                                     second_factor_done: bool | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_operator_sessions(self, *, operator_id: int | None = None,
+                                       token_hash: str | None = None,
+                                       idle_before: float | None = None) -> int: ...
+
+    @abc.abstractmethod
+    async def record_login_failure(self, keys: Iterable[str], now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def count_login_failures(self, key: str, since: float) -> int: ...
+
+    @abc.abstractmethod
+    async def clear_login_failures(self, key: str, *, before: float | None = None) -> None:
+        """Forget `key`'s failures (all, or only those older than `before`)."""
+
+    @abc.abstractmethod
+    async def add_setup_token(self, token_hash: str, expires_at: float) -> None: ...
+
+    @abc.abstractmethod
+    async def use_setup_token(self, token_hash: str, now: float, *, consume: bool = True) -> bool:
+        """Mark the token used; True only for the one caller that found it unused and unexpired.
+        With consume=False, only say whether it could be used."""
+
+    # Audit log
+    @abc.abstractmethod
+    async def add_audit(self, *, operator_id: int | None, operator_email: str | None, action: str,
+                        site_id: int | None, target: str | None, detail: dict[str, Any],
+                        ip: str | None) -> None: ...
+
+    @abc.abstractmethod
+    async def list_audit(self, *, limit: int = 200, before: int | None = None) -> list[AuditEntry]: ...
+
+    # The dashboard's reads and notes
+    @abc.abstractmethod
+    async def get_conversation_by_id(self, conversation_id: int) -> Conversation | None: ...
+
+    @abc.abstractmethod
+    async def list_inbox(self, site_ids: Iterable[int], *, status: str = "all",
+                         operator_id: int | None = None, search: str | None = None,
+                         limit: int = 50, before: str | None = None) -> list[InboxEntry]:
+        """Conversations of these sites, newest activity first. `status`: all, handoff, mine,
+        unassigned, operator, ai, closed (all and the others leave closed ones out). `search`:
+        words that must all appear in one of the conversation's messages (full-text)."""
+
+    @abc.abstractmethod
+    async def visitors_online(self, site_ids: Iterable[int], *, since: float,
+                              limit: int = 200) -> list[Conversation]:
+        """Conversations whose visitor made a request at or after `since`, most recent first."""
+
+    @abc.abstractmethod
+    async def add_note(self, conversation_id: int, operator_id: int | None, author: str,
+                       content: str) -> Note: ...
+
+    @abc.abstractmethod
+    async def list_notes(self, conversation_id: int, limit: int = 500) -> list[Note]: ...
+
+    @abc.abstractmethod
+    async def list_blocks(self, site_id: int, *, now: float,
+                          limit: int = 500) -> list[dict[str, Any]]:
+        """Blocks in force on the site: kind, value, reason, expires_at."""
+
+    @abc.abstractmethod
+    async def list_canned_replies(self, site_id: int, limit: int = 500) -> list[CannedReply]: ...
+
+    @abc.abstractmethod
+    async def save_canned_reply(self, site_id: int, shortcut: str, content: str) -> CannedReply: ...
+
+    @abc.abstractmethod
+    async def remove_canned_reply(self, site_id: int, reply_id: int) -> bool: ...

@@ -46,13 +46,24 @@ class Conversation:
     page_url: str | None = None
     page_title: str | None = None
     ip: str | None = None
+    user_agent: str | None = None
+    assignee_id: int | None = None  # the operator it is assigned to
+    closed: bool = False
+    read_through: int = 0  # the last message id operators have seen
+    last_seen_at: float | None = None  # the visitor's last request (epoch seconds)
 
 
 # Fields of a conversation that services may change after creation.
 CONVERSATION_UPDATABLE = frozenset(
     {"mode", "email", "phone", "contact_name", "rating", "rating_comment", "handoff", "lang",
-     "page_url", "page_title", "ip"}
+     "page_url", "page_title", "ip", "user_agent", "assignee_id", "closed", "read_through",
+     "last_seen_at"}
 )
+
+
+# Conversation fields whose change is not activity: the inbox's order stays as it was.
+QUIET_CONVERSATION_FIELDS = frozenset({"read_through", "last_seen_at", "user_agent", "page_url",
+                                       "page_title"})
 
 
 @dataclass(frozen=True)
@@ -120,3 +131,80 @@ class Event:
     kind: str
     payload: dict[str, Any]
     origin: str
+
+
+OperatorRole = Literal["admin", "agent"]
+
+
+@dataclass(frozen=True)
+class Operator:
+    id: int
+    email: str
+    name: str
+    role: OperatorRole
+    password_hash: str = field(repr=False)
+    disabled: bool
+    created_at: str
+    site_ids: tuple[int, ...] = ()  # an agent's sites; admins see every site
+    totp_secret: str | None = field(default=None, repr=False)
+    recovery_codes: tuple[str, ...] = field(default=(), repr=False)  # argon2 hashes, used ones removed
+    prefs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+# Fields of an operator that services may change.
+OPERATOR_UPDATABLE = frozenset({"name", "role", "password_hash", "disabled", "totp_secret",
+                                "recovery_codes", "prefs"})
+
+
+@dataclass(frozen=True)
+class OperatorSession:
+    token_hash: str
+    operator_id: int
+    created_at: float
+    last_seen: float
+    ip: str | None
+    user_agent: str | None
+    second_factor_done: bool = True
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    created_at: str
+    operator_id: int | None
+    operator_email: str | None
+    action: str
+    site_id: int | None
+    target: str | None
+    detail: dict[str, Any]
+    ip: str | None
+
+
+@dataclass(frozen=True)
+class Note:
+    id: int
+    conversation_id: int
+    operator_id: int | None
+    author: str
+    content: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class CannedReply:
+    id: int
+    site_id: int
+    shortcut: str
+    content: str
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """A conversation as the inbox lists it: the conversation, its last message, unread count."""
+    conversation: Conversation
+    last_message: Message | None
+    unread: int

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import secrets
 import time
 from datetime import datetime, timedelta, timezone
@@ -28,10 +29,18 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from server.store.base import DuplicateMessageId, Store, StoreUnavailable
+from server.store.base import DuplicateMessageId, DuplicateOperator, Store, StoreUnavailable
 from server.store.models import (
     CONVERSATION_UPDATABLE,
+    OPERATOR_UPDATABLE,
+    QUIET_CONVERSATION_FIELDS,
+    AuditEntry,
+    CannedReply,
     Conversation,
+    InboxEntry,
+    Note,
+    Operator,
+    OperatorSession,
     Event,
     KnowledgeDocument,
     KnowledgeGap,
@@ -111,6 +120,8 @@ CONVERSATION_FIELDS = ("site_id", "session_id", "mode", "created_at", "updated_a
 def _conversation(doc: dict[str, Any]) -> Conversation:
     data = {name: doc.get(name) for name in CONVERSATION_FIELDS}
     data["handoff"] = bool(data["handoff"])
+    data["closed"] = bool(data["closed"])
+    data["read_through"] = int(data["read_through"] or 0)
     return Conversation(id=doc["_id"], **data)
 
 
@@ -165,6 +176,14 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
     ("events", [("created_at", ASCENDING)], {}),
     ("events", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
     ("leases", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
+    ("events", [("topic", ASCENDING)], {}),  # the dashboard's feed
+    ("conversations", [("site_id", ASCENDING), ("last_seen_at", DESCENDING)], {}),  # visitors online
+    ("operators", [("email", ASCENDING)], {"unique": True}),
+    ("operator_sessions", [("operator_id", ASCENDING)], {}),
+    ("login_failures", [("key", ASCENDING), ("at", ASCENDING)], {}),
+    ("login_failures", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
+    ("notes", [("conversation_id", ASCENDING)], {}),
+    ("canned_replies", [("site_id", ASCENDING), ("shortcut", ASCENDING)], {"unique": True}),
 )
 
 
@@ -355,8 +374,10 @@ class MongoStore(Store):
         for name, value in changes.items():
             if value is not None and not isinstance(value, (str, int, float, bool)):
                 raise TypeError(f"{name} is a plain value")
-        await self._db.conversations.update_one(
-            {"_id": _int(conversation_id)}, {"$set": {**changes, "updated_at": utc_now_iso()}})
+        update = dict(changes)
+        if set(changes) - QUIET_CONVERSATION_FIELDS:
+            update["updated_at"] = utc_now_iso()
+        await self._db.conversations.update_one({"_id": _int(conversation_id)}, {"$set": update})
 
     # -- messages -----------------------------------------------------------------------------
     @_guarded
@@ -387,7 +408,7 @@ class MongoStore(Store):
         async def touch_conversation() -> dict[str, Any]:
             # Messages carry their site and session, so counts need no join.
             conversation = await self._db.conversations.find_one_and_update(
-                {"_id": conversation_id}, {"$set": {"updated_at": now}})
+                {"_id": conversation_id}, {"$set": {"updated_at": now, "has_messages": True}})
             if conversation is None:
                 raise StoreUnavailable(f"conversation {conversation_id} does not exist")
             return {"site_id": conversation["site_id"], "session_id": conversation["session_id"]}
@@ -623,6 +644,21 @@ class MongoStore(Store):
         result = await self._db.events.delete_many({"created_at": {"$lt": _num(older_than)}})
         return result.deleted_count
 
+    @_guarded
+    async def oldest_event_id(self) -> int:
+        doc = await self._db.events.find_one({}, sort=[("_id", ASCENDING)], projection={"_id": 1})
+        return int(doc["_id"]) if doc else 0
+
+    @_guarded
+    async def events_for_topics(self, after: int, topics: tuple[str, ...], *,
+                                limit: int) -> list[Event]:
+        if not topics:
+            return []
+        cursor = self._db.events.find(
+            {"_id": {"$gt": _int(after)}, "topic": {"$in": [_str(t) for t in topics]}}
+        ).sort("_id", ASCENDING).limit(_int(limit))
+        return [_event(d) async for d in cursor]
+
     async def watch_events(self, *, exclude_origin: str, resume_after: Any = None) -> MongoEventStream | None:
         """A change stream of events other processes record; None when the server has none (a
         standalone server rather than a replica set)."""
@@ -638,3 +674,261 @@ class MongoStore(Store):
         except PyMongoError as exc:
             raise StoreUnavailable(f"cannot open a change stream: {exc}") from exc
         return MongoEventStream(stream)
+
+    # -- operators ----------------------------------------------------------------------------
+    @staticmethod
+    def _operator(doc: dict[str, Any]) -> Operator:
+        return Operator(
+            id=doc["_id"], email=doc["email"], name=doc["name"], role=doc["role"],
+            password_hash=doc["password_hash"], disabled=bool(doc.get("disabled")),
+            created_at=doc["created_at"], site_ids=tuple(sorted(doc.get("site_ids") or [])),
+            totp_secret=doc.get("totp_secret"), recovery_codes=tuple(doc.get("recovery_codes") or []),
+            prefs=dict(doc.get("prefs") or {}))
+
+    @_guarded
+    async def create_operator(self, email: str, name: str, role: str, password_hash: str,
+                              site_ids: Iterable[int] = ()) -> Operator:
+        document = {"_id": await self._next_id("operators"), "email": _str(email), "name": _str(name),
+                    "role": _str(role), "password_hash": _str(password_hash), "disabled": False,
+                    "site_ids": sorted({_int(i) for i in site_ids}), "totp_secret": None,
+                    "recovery_codes": [], "prefs": {}, "created_at": utc_now_iso()}
+        try:
+            await self._db.operators.insert_one(document)
+        except DuplicateKeyError as exc:
+            raise DuplicateOperator(email) from exc
+        return self._operator(document)
+
+    @_guarded
+    async def get_operator(self, operator_id: int) -> Operator | None:
+        doc = await self._db.operators.find_one({"_id": _int(operator_id)})
+        return self._operator(doc) if doc else None
+
+    @_guarded
+    async def get_operator_by_email(self, email: str) -> Operator | None:
+        doc = await self._db.operators.find_one({"email": _str(email)})
+        return self._operator(doc) if doc else None
+
+    @_guarded
+    async def list_operators(self, limit: int = 1000) -> list[Operator]:
+        cursor = self._db.operators.find({}).sort("_id", ASCENDING).limit(_int(limit))
+        return [self._operator(d) async for d in cursor]
+
+    @_guarded
+    async def count_operators(self) -> int:
+        return await self._db.operators.count_documents({})
+
+    @_guarded
+    async def update_operator(self, operator_id: int, changes: dict[str, Any]) -> None:
+        unknown = set(changes) - OPERATOR_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if changes:
+            update = {k: list(v) if k == "recovery_codes" else v for k, v in changes.items()}
+            await self._db.operators.update_one({"_id": _int(operator_id)}, {"$set": update})
+
+    @_guarded
+    async def set_operator_sites(self, operator_id: int, site_ids: Iterable[int]) -> None:
+        await self._db.operators.update_one(
+            {"_id": _int(operator_id)}, {"$set": {"site_ids": sorted({_int(i) for i in site_ids})}})
+
+    # -- operator sessions, failures, setup tokens --------------------------------------------
+    @_guarded
+    async def create_operator_session(self, session: OperatorSession) -> None:
+        await self._db.operator_sessions.insert_one({
+            "_id": _str(session.token_hash), "operator_id": _int(session.operator_id),
+            "created_at": session.created_at, "last_seen": session.last_seen, "ip": session.ip,
+            "user_agent": session.user_agent, "second_factor_done": session.second_factor_done})
+
+    @_guarded
+    async def get_operator_session(self, token_hash: str) -> OperatorSession | None:
+        doc = await self._db.operator_sessions.find_one({"_id": _str(token_hash)})
+        if doc is None:
+            return None
+        return OperatorSession(token_hash=doc["_id"], operator_id=doc["operator_id"],
+                               created_at=doc["created_at"], last_seen=doc["last_seen"],
+                               ip=doc.get("ip"), user_agent=doc.get("user_agent"),
+                               second_factor_done=bool(doc.get("second_factor_done", True)))
+
+    @_guarded
+    async def touch_operator_session(self, token_hash: str, now: float,
+                                     second_factor_done: bool | None = None) -> None:
+        update: dict[str, Any] = {"last_seen": _num(now)}
+        if second_factor_done is not None:
+            update["second_factor_done"] = bool(second_factor_done)
+        await self._db.operator_sessions.update_one({"_id": _str(token_hash)}, {"$set": update})
+
+    @_guarded
+    async def delete_operator_sessions(self, *, operator_id: int | None = None,
+                                       token_hash: str | None = None,
+                                       idle_before: float | None = None) -> int:
+        query: dict[str, Any] = {}
+        if operator_id is not None:
+            query["operator_id"] = _int(operator_id)
+        if token_hash is not None:
+            query["_id"] = _str(token_hash)
+        if idle_before is not None:
+            query["last_seen"] = {"$lt": _num(idle_before)}
+        if not query:
+            raise ValueError("say which sessions to delete")
+        return (await self._db.operator_sessions.delete_many(query)).deleted_count
+
+    @_guarded
+    async def record_login_failure(self, keys: Iterable[str], now: float) -> None:
+        documents = [{"_id": await self._next_id("login_failures"), "key": _str(key), "at": _num(now),
+                      "expire_at": _utc(86400)} for key in keys]
+        if documents:
+            await self._db.login_failures.insert_many(documents)
+
+    @_guarded
+    async def count_login_failures(self, key: str, since: float) -> int:
+        return await self._db.login_failures.count_documents({"key": _str(key), "at": {"$gte": _num(since)}})
+
+    @_guarded
+    async def clear_login_failures(self, key: str, *, before: float | None = None) -> None:
+        query: dict[str, Any] = {"key": _str(key)}
+        if before is not None:
+            query["at"] = {"$lt": _num(before)}
+        await self._db.login_failures.delete_many(query)
+
+    @_guarded
+    async def add_setup_token(self, token_hash: str, expires_at: float) -> None:
+        await self._db.setup_tokens.insert_one({"_id": _str(token_hash), "expires_at": _num(expires_at),
+                                                "used": False})
+
+    @_guarded
+    async def use_setup_token(self, token_hash: str, now: float, *, consume: bool = True) -> bool:
+        query = {"_id": _str(token_hash), "used": False, "expires_at": {"$gt": _num(now)}}
+        if not consume:
+            return await self._db.setup_tokens.find_one(query) is not None
+        result = await self._db.setup_tokens.update_one(query, {"$set": {"used": True}})
+        return result.modified_count == 1
+
+    # -- audit log ----------------------------------------------------------------------------
+    @_guarded
+    async def add_audit(self, *, operator_id: int | None, operator_email: str | None, action: str,
+                        site_id: int | None, target: str | None, detail: dict[str, Any],
+                        ip: str | None) -> None:
+        await self._db.audit_log.insert_one({
+            "_id": await self._next_id("audit_log"), "created_at": utc_now_iso(),
+            "operator_id": operator_id, "operator_email": operator_email, "action": _str(action),
+            "site_id": site_id, "target": target, "detail": dict(detail), "ip": ip})
+
+    @_guarded
+    async def list_audit(self, *, limit: int = 200, before: int | None = None) -> list[AuditEntry]:
+        cursor = self._db.audit_log.find({"_id": {"$lt": _int(before or 2**62)}}).sort(
+            "_id", DESCENDING).limit(_int(limit))
+        return [AuditEntry(id=d["_id"], created_at=d["created_at"], operator_id=d.get("operator_id"),
+                           operator_email=d.get("operator_email"), action=d["action"],
+                           site_id=d.get("site_id"), target=d.get("target"),
+                           detail=dict(d.get("detail") or {}), ip=d.get("ip")) async for d in cursor]
+
+    # -- the dashboard's reads ----------------------------------------------------------------
+    @_guarded
+    async def get_conversation_by_id(self, conversation_id: int) -> Conversation | None:
+        doc = await self._db.conversations.find_one({"_id": _int(conversation_id)})
+        return _conversation(doc) if doc else None
+
+    SEARCH_CONVERSATIONS = 2000  # most conversations a search narrows the inbox to
+
+    @_guarded
+    async def list_inbox(self, site_ids: Iterable[int], *, status: str = "all",
+                         operator_id: int | None = None, search: str | None = None,
+                         limit: int = 50, before: str | None = None) -> list[InboxEntry]:
+        sites = sorted({_int(i) for i in site_ids})
+        if not sites:
+            return []
+        query: dict[str, Any] = {"site_id": {"$in": sites}, "has_messages": True,
+                                 "closed": {"$ne": True}}
+        if status == "closed":
+            query["closed"] = True
+        elif status == "handoff":
+            query["handoff"] = True
+        elif status == "mine":
+            query["assignee_id"] = operator_id
+        elif status == "unassigned":
+            query["assignee_id"] = None
+        elif status in ("operator", "ai"):
+            query["mode"] = status
+        if before:
+            query["updated_at"] = {"$lt": _str(before)}
+        if search:
+            # No full-text engine here: every word, case-insensitive, in one message.
+            words = [{"content": {"$regex": re.escape(w), "$options": "i"}} for w in search.split()[:10]]
+            found = self._db.messages.find({"site_id": {"$in": sites}, "$and": words},
+                                           projection={"conversation_id": 1}).limit(self.SEARCH_CONVERSATIONS)
+            query["_id"] = {"$in": list({d["conversation_id"] async for d in found})}
+        cursor = self._db.conversations.find(query).sort([("updated_at", DESCENDING), ("_id", DESCENDING)]
+                                                         ).limit(_int(limit))
+        entries = []
+        async for doc in cursor:
+            conversation = _conversation(doc)
+            last = await self._db.messages.find_one({"conversation_id": conversation.id},
+                                                    sort=[("_id", DESCENDING)])
+            unread = await self._db.messages.count_documents(
+                {"conversation_id": conversation.id, "_id": {"$gt": conversation.read_through},
+                 "role": "visitor"})
+            entries.append(InboxEntry(conversation, _message(last) if last else None, unread))
+        return entries
+
+    @_guarded
+    async def visitors_online(self, site_ids: Iterable[int], *, since: float,
+                              limit: int = 200) -> list[Conversation]:
+        cursor = self._db.conversations.find(
+            {"site_id": {"$in": sorted({_int(i) for i in site_ids})}, "last_seen_at": {"$gte": _num(since)}}
+        ).sort("last_seen_at", DESCENDING).limit(_int(limit))
+        return [_conversation(d) async for d in cursor]
+
+    @_guarded
+    async def add_note(self, conversation_id: int, operator_id: int | None, author: str,
+                       content: str) -> Note:
+        document = {"_id": await self._next_id("notes"), "conversation_id": _int(conversation_id),
+                    "operator_id": operator_id, "author": _str(author), "content": _str(content),
+                    "created_at": utc_now_iso()}
+        await self._db.notes.insert_one(document)
+        return Note(id=document["_id"], conversation_id=document["conversation_id"],
+                    operator_id=operator_id, author=author, content=content,
+                    created_at=document["created_at"])
+
+    @_guarded
+    async def list_notes(self, conversation_id: int, limit: int = 500) -> list[Note]:
+        cursor = self._db.notes.find({"conversation_id": _int(conversation_id)}).sort(
+            "_id", ASCENDING).limit(_int(limit))
+        return [Note(id=d["_id"], conversation_id=d["conversation_id"], operator_id=d.get("operator_id"),
+                     author=d["author"], content=d["content"], created_at=d["created_at"])
+                async for d in cursor]
+
+    @_guarded
+    async def list_blocks(self, site_id: int, *, now: float, limit: int = 500) -> list[dict[str, Any]]:
+        cursor = self._db.blocks.find({"site_id": _int(site_id), "expires_at": {"$gt": _num(now)}}).sort(
+            "_id", DESCENDING).limit(_int(limit))
+        return [{"kind": d["kind"], "value": d["value"], "reason": d.get("reason"),
+                 "expires_at": None if d["expires_at"] >= NEVER else d["expires_at"]} async for d in cursor]
+
+    @_guarded
+    async def list_canned_replies(self, site_id: int, limit: int = 500) -> list[CannedReply]:
+        cursor = self._db.canned_replies.find({"site_id": _int(site_id)}).sort(
+            "shortcut", ASCENDING).limit(_int(limit))
+        return [CannedReply(id=d["_id"], site_id=d["site_id"], shortcut=d["shortcut"],
+                            content=d["content"]) async for d in cursor]
+
+    @_guarded
+    async def save_canned_reply(self, site_id: int, shortcut: str, content: str) -> CannedReply:
+        key = {"site_id": _int(site_id), "shortcut": _str(shortcut)}
+        doc = await self._db.canned_replies.find_one(key)
+        if doc is None:
+            try:
+                await self._db.canned_replies.insert_one(
+                    {"_id": await self._next_id("canned_replies"), **key, "content": _str(content)})
+            except DuplicateKeyError:
+                pass  # saved at the same moment elsewhere: the update below wins
+        await self._db.canned_replies.update_one(key, {"$set": {"content": _str(content)}})
+        doc = await self._db.canned_replies.find_one(key)
+        if doc is None:
+            raise StoreUnavailable("the canned reply was not stored")
+        return CannedReply(id=doc["_id"], site_id=doc["site_id"], shortcut=doc["shortcut"],
+                           content=doc["content"])
+
+    @_guarded
+    async def remove_canned_reply(self, site_id: int, reply_id: int) -> bool:
+        result = await self._db.canned_replies.delete_one({"_id": _int(reply_id), "site_id": _int(site_id)})
+        return bool(result.deleted_count)

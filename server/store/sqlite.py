@@ -16,10 +16,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from server.store.base import DuplicateMessageId, Store, StoreUnavailable
+from server.store.base import DuplicateMessageId, DuplicateOperator, Store, StoreUnavailable
 from server.store.models import (
     CONVERSATION_UPDATABLE,
+    OPERATOR_UPDATABLE,
+    QUIET_CONVERSATION_FIELDS,
+    AuditEntry,
+    CannedReply,
     Conversation,
+    InboxEntry,
+    Note,
+    Operator,
+    OperatorSession,
     Event,
     KnowledgeDocument,
     KnowledgeGap,
@@ -52,6 +60,11 @@ CREATE TABLE IF NOT EXISTS conversations (
     rating INTEGER, rating_comment TEXT,
     handoff INTEGER NOT NULL DEFAULT 0,
     lang TEXT, page_url TEXT, page_title TEXT, ip TEXT,
+    user_agent TEXT,
+    assignee_id INTEGER,
+    closed INTEGER NOT NULL DEFAULT 0,
+    read_through INTEGER NOT NULL DEFAULT 0,
+    last_seen_at REAL,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     UNIQUE (site_id, session_id)
@@ -129,7 +142,83 @@ CREATE TABLE IF NOT EXISTS events (
     origin TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_topic ON events (topic, id);
+CREATE INDEX IF NOT EXISTS conversations_activity ON conversations (site_id, updated_at);
+CREATE TABLE IF NOT EXISTS operators (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    email TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    totp_secret TEXT,
+    recovery_codes TEXT NOT NULL DEFAULT '[]',
+    prefs TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS operator_sites (
+    operator_id INTEGER NOT NULL,
+    site_id INTEGER NOT NULL,
+    PRIMARY KEY (operator_id, site_id)
+);
+CREATE TABLE IF NOT EXISTS operator_sessions (
+    token_hash TEXT PRIMARY KEY,
+    operator_id INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    ip TEXT,
+    user_agent TEXT,
+    second_factor_done INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS operator_sessions_operator ON operator_sessions (operator_id);
+CREATE TABLE IF NOT EXISTS login_failures (
+    key TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures (key, at);
+CREATE TABLE IF NOT EXISTS setup_tokens (
+    token_hash TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at TEXT NOT NULL,
+    operator_id INTEGER,
+    operator_email TEXT,
+    action TEXT NOT NULL,
+    site_id INTEGER,
+    target TEXT,
+    detail TEXT NOT NULL DEFAULT '{}',
+    ip TEXT
+);
+CREATE TABLE IF NOT EXISTS notes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id INTEGER NOT NULL,
+    operator_id INTEGER,
+    author TEXT NOT NULL,
+    content TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notes_conversation ON notes (conversation_id, id);
+CREATE TABLE IF NOT EXISTS canned_replies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    site_id INTEGER NOT NULL,
+    shortcut TEXT NOT NULL,
+    content TEXT NOT NULL,
+    UNIQUE (site_id, shortcut)
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
+    content, content='messages', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+END;
 """
+
 
 
 def _site(row: sqlite3.Row) -> Site:
@@ -147,6 +236,7 @@ def _site(row: sqlite3.Row) -> Site:
 def _conversation(row: sqlite3.Row) -> Conversation:
     data = dict(row)
     data["handoff"] = bool(data["handoff"])
+    data["closed"] = bool(data["closed"])
     return Conversation(**data)
 
 
@@ -194,12 +284,21 @@ class SQLiteStore(Store):
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
         self._add_missing_columns(db)
+        had_search = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone() is not None
         db.executescript(SCHEMA)
+        if not had_search:  # a data directory from before search: index what it already holds
+            db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
         self._db = db
 
     # Columns added after the first release: (table, column, declaration). SCHEMA creates them in a
     # new file; an older file gets them here, before SCHEMA's indexes may refer to them.
     ADDED_COLUMNS = (
+        ("conversations", "user_agent", "TEXT"),
+        ("conversations", "assignee_id", "INTEGER"),
+        ("conversations", "closed", "INTEGER NOT NULL DEFAULT 0"),
+        ("conversations", "read_through", "INTEGER NOT NULL DEFAULT 0"),
+        ("conversations", "last_seen_at", "REAL"),
         ("messages", "usage", "TEXT"),
         ("messages", "relevance", "REAL"),
         ("proactive_messages", "rule_key", "TEXT"),
@@ -333,12 +432,14 @@ class SQLiteStore(Store):
         if not changes:
             return
         assignments = ", ".join(f"{name} = ?" for name in changes)
+        values: list[Any] = list(changes.values())
+        if set(changes) - QUIET_CONVERSATION_FIELDS:
+            assignments += ", updated_at = ?"
+            values.append(utc_now_iso())
 
         def update(db: sqlite3.Connection) -> None:
-            db.execute(
-                f"UPDATE conversations SET {assignments}, updated_at = ? WHERE id = ?",
-                (*changes.values(), utc_now_iso(), conversation_id),
-            )
+            db.execute(f"UPDATE conversations SET {assignments} WHERE id = ?",
+                       (*values, conversation_id))
 
         await self._run(self._tx, update)
 
@@ -658,5 +759,320 @@ class SQLiteStore(Store):
     async def prune_events(self, older_than: float) -> int:
         def delete(db: sqlite3.Connection) -> int:
             return db.execute("DELETE FROM events WHERE created_at < ?", (older_than,)).rowcount
+
+        return await self._run(self._tx, delete)
+
+    async def oldest_event_id(self) -> int:
+        row = await self._run(self._one, "SELECT COALESCE(MIN(id), 0) AS id FROM events")
+        return int(row["id"]) if row else 0
+
+    async def events_for_topics(self, after: int, topics: tuple[str, ...], *,
+                                limit: int) -> list[Event]:
+        if not topics:
+            return []
+        rows = await self._run(
+            self._all,
+            f"SELECT * FROM events WHERE id > ? AND topic IN ({', '.join('?' * len(topics))})"
+            " ORDER BY id LIMIT ?",
+            after, *topics, limit,
+        )
+        return [_event(r) for r in rows]
+
+    # -- operators ----------------------------------------------------------------------------
+    def _operator_row(self, db: sqlite3.Connection, row: sqlite3.Row | None) -> Operator | None:
+        if row is None:
+            return None
+        site_ids = tuple(r[0] for r in db.execute(
+            "SELECT site_id FROM operator_sites WHERE operator_id = ? ORDER BY site_id", (row["id"],)))
+        return Operator(
+            id=row["id"], email=row["email"], name=row["name"], role=row["role"],
+            password_hash=row["password_hash"], disabled=bool(row["disabled"]),
+            created_at=row["created_at"], site_ids=site_ids, totp_secret=row["totp_secret"],
+            recovery_codes=tuple(json.loads(row["recovery_codes"])), prefs=json.loads(row["prefs"]),
+        )
+
+    def _operator_where(self, where: str, *params: Any) -> Operator | None:
+        assert self._db is not None
+        row = self._db.execute(f"SELECT * FROM operators WHERE {where}", params).fetchone()
+        return self._operator_row(self._db, row)
+
+    async def create_operator(self, email: str, name: str, role: str, password_hash: str,
+                              site_ids: Iterable[int] = ()) -> Operator:
+        sites = list(site_ids)
+
+        def insert(db: sqlite3.Connection) -> Operator:
+            cur = db.execute(
+                "INSERT INTO operators (email, name, role, password_hash, created_at)"
+                " VALUES (?, ?, ?, ?, ?)", (email, name, role, password_hash, utc_now_iso()))
+            db.executemany("INSERT INTO operator_sites (operator_id, site_id) VALUES (?, ?)",
+                           [(cur.lastrowid, site_id) for site_id in sites])
+            row = db.execute("SELECT * FROM operators WHERE id = ?", (cur.lastrowid,)).fetchone()
+            operator = self._operator_row(db, row)
+            assert operator is not None
+            return operator
+
+        try:
+            return await self._run(self._tx, insert)
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateOperator(email) from exc
+
+    async def get_operator(self, operator_id: int) -> Operator | None:
+        return await self._run(self._operator_where, "id = ?", operator_id)
+
+    async def get_operator_by_email(self, email: str) -> Operator | None:
+        return await self._run(self._operator_where, "email = ?", email)
+
+    async def list_operators(self, limit: int = 1000) -> list[Operator]:
+        def read() -> list[Operator]:
+            assert self._db is not None
+            rows = self._db.execute("SELECT * FROM operators ORDER BY id LIMIT ?", (limit,)).fetchall()
+            return [op for row in rows if (op := self._operator_row(self._db, row)) is not None]
+
+        return await self._run(read)
+
+    async def count_operators(self) -> int:
+        row = await self._run(self._one, "SELECT COUNT(*) FROM operators")
+        return int(row[0]) if row else 0
+
+    async def update_operator(self, operator_id: int, changes: dict[str, Any]) -> None:
+        unknown = set(changes) - OPERATOR_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if not changes:
+            return
+        values = [json.dumps(list(v) if k == "recovery_codes" else v)
+                  if k in ("recovery_codes", "prefs") else v for k, v in changes.items()]
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(f"UPDATE operators SET {assignments} WHERE id = ?", (*values, operator_id))
+
+        await self._run(self._tx, update)
+
+    async def set_operator_sites(self, operator_id: int, site_ids: Iterable[int]) -> None:
+        sites = sorted(set(site_ids))
+
+        def replace(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM operator_sites WHERE operator_id = ?", (operator_id,))
+            db.executemany("INSERT INTO operator_sites (operator_id, site_id) VALUES (?, ?)",
+                           [(operator_id, site_id) for site_id in sites])
+
+        await self._run(self._tx, replace)
+
+    # -- operator sessions, failures, setup tokens --------------------------------------------
+    async def create_operator_session(self, session: OperatorSession) -> None:
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO operator_sessions (token_hash, operator_id, created_at, last_seen, ip,"
+                " user_agent, second_factor_done) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (session.token_hash, session.operator_id, session.created_at, session.last_seen,
+                 session.ip, session.user_agent, int(session.second_factor_done)))
+
+        await self._run(self._tx, insert)
+
+    async def get_operator_session(self, token_hash: str) -> OperatorSession | None:
+        row = await self._run(self._one, "SELECT * FROM operator_sessions WHERE token_hash = ?",
+                              token_hash)
+        if row is None:
+            return None
+        data = dict(row)
+        data["second_factor_done"] = bool(data["second_factor_done"])
+        return OperatorSession(**data)
+
+    async def touch_operator_session(self, token_hash: str, now: float,
+                                     second_factor_done: bool | None = None) -> None:
+        def update(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE operator_sessions SET last_seen = ? WHERE token_hash = ?",
+                       (now, token_hash))
+            if second_factor_done is not None:
+                db.execute("UPDATE operator_sessions SET second_factor_done = ? WHERE token_hash = ?",
+                           (int(second_factor_done), token_hash))
+
+        await self._run(self._tx, update)
+
+    async def delete_operator_sessions(self, *, operator_id: int | None = None,
+                                       token_hash: str | None = None,
+                                       idle_before: float | None = None) -> int:
+        clauses, params = [], []
+        for clause, value in (("operator_id = ?", operator_id), ("token_hash = ?", token_hash),
+                              ("last_seen < ?", idle_before)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        if not clauses:
+            raise ValueError("say which sessions to delete")
+
+        def delete(db: sqlite3.Connection) -> int:
+            return db.execute(f"DELETE FROM operator_sessions WHERE {' AND '.join(clauses)}",
+                              params).rowcount
+
+        return await self._run(self._tx, delete)
+
+    async def record_login_failure(self, keys: Iterable[str], now: float) -> None:
+        rows = [(key, now) for key in keys]
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT INTO login_failures (key, at) VALUES (?, ?)", rows)
+
+        await self._run(self._tx, insert)
+
+    async def count_login_failures(self, key: str, since: float) -> int:
+        row = await self._run(self._one, "SELECT COUNT(*) FROM login_failures WHERE key = ? AND at >= ?",
+                              key, since)
+        return int(row[0]) if row else 0
+
+    async def clear_login_failures(self, key: str, *, before: float | None = None) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            if before is None:
+                db.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+            else:
+                db.execute("DELETE FROM login_failures WHERE key = ? AND at < ?", (key, before))
+
+        await self._run(self._tx, delete)
+
+    async def add_setup_token(self, token_hash: str, expires_at: float) -> None:
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO setup_tokens (token_hash, expires_at) VALUES (?, ?)",
+                       (token_hash, expires_at))
+
+        await self._run(self._tx, insert)
+
+    async def use_setup_token(self, token_hash: str, now: float, *, consume: bool = True) -> bool:
+        if not consume:
+            row = await self._run(self._one, "SELECT 1 FROM setup_tokens WHERE token_hash = ?"
+                                  " AND used = 0 AND expires_at > ?", token_hash, now)
+            return row is not None
+
+        def use(db: sqlite3.Connection) -> bool:
+            return db.execute(
+                "UPDATE setup_tokens SET used = 1 WHERE token_hash = ? AND used = 0 AND expires_at > ?",
+                (token_hash, now)).rowcount == 1
+
+        return await self._run(self._tx, use)
+
+    # -- audit log ----------------------------------------------------------------------------
+    async def add_audit(self, *, operator_id: int | None, operator_email: str | None, action: str,
+                        site_id: int | None, target: str | None, detail: dict[str, Any],
+                        ip: str | None) -> None:
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO audit_log (created_at, operator_id, operator_email, action, site_id,"
+                " target, detail, ip) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (utc_now_iso(), operator_id, operator_email, action, site_id, target,
+                 json.dumps(detail), ip))
+
+        await self._run(self._tx, insert)
+
+    async def list_audit(self, *, limit: int = 200, before: int | None = None) -> list[AuditEntry]:
+        rows = await self._run(self._all, "SELECT * FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT ?",
+                               before or 2**62, limit)
+        return [AuditEntry(**{**dict(r), "detail": json.loads(r["detail"])}) for r in rows]
+
+    # -- the dashboard's reads ----------------------------------------------------------------
+    async def get_conversation_by_id(self, conversation_id: int) -> Conversation | None:
+        row = await self._run(self._one, "SELECT * FROM conversations WHERE id = ?", conversation_id)
+        return _conversation(row) if row else None
+
+    INBOX_FILTERS = {
+        "all": "c.closed = 0",
+        "handoff": "c.closed = 0 AND c.handoff = 1",
+        "mine": "c.closed = 0 AND c.assignee_id = :operator_id",
+        "unassigned": "c.closed = 0 AND c.assignee_id IS NULL",
+        "operator": "c.closed = 0 AND c.mode = 'operator'",
+        "ai": "c.closed = 0 AND c.mode = 'ai'",
+        "closed": "c.closed = 1",
+    }
+
+    async def list_inbox(self, site_ids: Iterable[int], *, status: str = "all",
+                         operator_id: int | None = None, search: str | None = None,
+                         limit: int = 50, before: str | None = None) -> list[InboxEntry]:
+        sites = sorted(set(site_ids))
+        if not sites:
+            return []
+        params: dict[str, Any] = {"operator_id": operator_id, "limit": limit,
+                                  "before": before or "9999"}
+        params.update({f"s{n}": site for n, site in enumerate(sites)})
+        where = [f"c.site_id IN ({', '.join(f':s{n}' for n in range(len(sites)))})",
+                 self.INBOX_FILTERS.get(status, self.INBOX_FILTERS["all"]), "c.updated_at < :before",
+                 # a visitor who only browsed has a row (for "visitors online") but no chat
+                 "EXISTS (SELECT 1 FROM messages e WHERE e.conversation_id = c.id)"]
+        if search:
+            # Each word a prefix, quoted, so visitor-typed punctuation is never FTS syntax.
+            words = [w.replace('"', '""') for w in search.split()[:10]]
+            params["match"] = " ".join(f'"{w}"*' for w in words)
+            where.append("c.id IN (SELECT m.conversation_id FROM messages_fts f"
+                         " JOIN messages m ON m.id = f.rowid WHERE messages_fts MATCH :match)")
+        sql = (f"SELECT c.* FROM conversations c WHERE {' AND '.join(where)}"
+               " ORDER BY c.updated_at DESC, c.id DESC LIMIT :limit")
+
+        def read() -> list[InboxEntry]:
+            assert self._db is not None
+            entries = []
+            for row in self._db.execute(sql, params).fetchall():
+                conversation = _conversation(row)
+                last = self._db.execute(
+                    "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT 1",
+                    (conversation.id,)).fetchone()
+                unread = self._db.execute(
+                    "SELECT COUNT(*) FROM messages WHERE conversation_id = ? AND id > ?"
+                    " AND role = 'visitor'", (conversation.id, conversation.read_through)).fetchone()[0]
+                entries.append(InboxEntry(conversation, _message(last) if last else None, int(unread)))
+            return entries
+
+        return await self._run(read)
+
+    async def visitors_online(self, site_ids: Iterable[int], *, since: float,
+                              limit: int = 200) -> list[Conversation]:
+        sites = sorted(set(site_ids))
+        if not sites:
+            return []
+        rows = await self._run(
+            self._all,
+            f"SELECT * FROM conversations WHERE site_id IN ({', '.join('?' * len(sites))})"
+            " AND last_seen_at >= ? ORDER BY last_seen_at DESC LIMIT ?",
+            *sites, since, limit)
+        return [_conversation(r) for r in rows]
+
+    async def add_note(self, conversation_id: int, operator_id: int | None, author: str,
+                       content: str) -> Note:
+        def insert(db: sqlite3.Connection) -> sqlite3.Row:
+            cur = db.execute(
+                "INSERT INTO notes (conversation_id, operator_id, author, content, created_at)"
+                " VALUES (?, ?, ?, ?, ?)", (conversation_id, operator_id, author, content, utc_now_iso()))
+            return db.execute("SELECT * FROM notes WHERE id = ?", (cur.lastrowid,)).fetchone()
+
+        return Note(**dict(await self._run(self._tx, insert)))
+
+    async def list_notes(self, conversation_id: int, limit: int = 500) -> list[Note]:
+        rows = await self._run(self._all, "SELECT * FROM notes WHERE conversation_id = ? ORDER BY id LIMIT ?",
+                               conversation_id, limit)
+        return [Note(**dict(r)) for r in rows]
+
+    async def list_blocks(self, site_id: int, *, now: float, limit: int = 500) -> list[dict[str, Any]]:
+        rows = await self._run(
+            self._all,
+            "SELECT kind, value, reason, expires_at FROM blocks WHERE site_id = ?"
+            " AND (expires_at IS NULL OR expires_at > ?) ORDER BY id DESC LIMIT ?", site_id, now, limit)
+        return [dict(r) for r in rows]
+
+    async def list_canned_replies(self, site_id: int, limit: int = 500) -> list[CannedReply]:
+        rows = await self._run(self._all, "SELECT * FROM canned_replies WHERE site_id = ?"
+                               " ORDER BY shortcut LIMIT ?", site_id, limit)
+        return [CannedReply(**dict(r)) for r in rows]
+
+    async def save_canned_reply(self, site_id: int, shortcut: str, content: str) -> CannedReply:
+        def upsert(db: sqlite3.Connection) -> sqlite3.Row:
+            db.execute("INSERT INTO canned_replies (site_id, shortcut, content) VALUES (?, ?, ?)"
+                       " ON CONFLICT (site_id, shortcut) DO UPDATE SET content = excluded.content",
+                       (site_id, shortcut, content))
+            return db.execute("SELECT * FROM canned_replies WHERE site_id = ? AND shortcut = ?",
+                              (site_id, shortcut)).fetchone()
+
+        return CannedReply(**dict(await self._run(self._tx, upsert)))
+
+    async def remove_canned_reply(self, site_id: int, reply_id: int) -> bool:
+        def delete(db: sqlite3.Connection) -> bool:
+            return bool(db.execute("DELETE FROM canned_replies WHERE site_id = ? AND id = ?",
+                                   (site_id, reply_id)).rowcount)
 
         return await self._run(self._tx, delete)

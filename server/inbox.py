@@ -1,0 +1,146 @@
+"""What an operator may see, and the dashboard's reads: the inbox, one conversation, the live feed.
+
+Admins see every site, agents the sites they are assigned to. Anything outside them is reported
+as not found, never as forbidden: there is nothing to enumerate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from server.errors import NotFound
+from server.hub import Hub, site_topic
+from server.store.base import Store
+from server.store.models import Conversation, InboxEntry, Message, Note, Operator, Site
+
+INBOX_FILTERS = ("all", "handoff", "mine", "unassigned", "operator", "ai", "closed")
+INBOX_PAGE = 50
+FEED_BATCH = 200
+FEED_BUFFER = 1024
+FEED_WAIT_SECONDS = 300.0
+CONVERSATION_MESSAGES = 500
+ONLINE_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    """One event for a dashboard tab: `id` from the store's events feed (None for live-only
+    events such as answer chunks, which are never replayed)."""
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    site: Site
+    conversation: Conversation
+    messages: list[Message]
+    notes: list[Note]
+    blocked: bool
+    online: bool
+
+
+class InboxService:
+    def __init__(self, store: Store, hub: Hub) -> None:
+        self.store = store
+        self.hub = hub
+
+    # -- who sees what ------------------------------------------------------------------------
+    async def sites_of(self, operator: Operator) -> list[Site]:
+        sites = await self.store.list_sites()
+        if operator.is_admin:
+            return sites
+        return [site for site in sites if site.id in operator.site_ids]
+
+    async def site(self, operator: Operator, site_id: int) -> Site:
+        for site in await self.sites_of(operator):
+            if site.id == site_id:
+                return site
+        raise NotFound("No such site.")
+
+    async def conversation(self, operator: Operator, conversation_id: int) -> tuple[Site, Conversation]:
+        conversation = await self.store.get_conversation_by_id(conversation_id)
+        if conversation is not None:
+            for site in await self.sites_of(operator):
+                if site.id == conversation.site_id:
+                    return site, conversation
+        raise NotFound("No such conversation.")
+
+    # -- reads --------------------------------------------------------------------------------
+    async def inbox(self, operator: Operator, *, status: str = "all", search: str | None = None,
+                    site_id: int | None = None, before: str | None = None,
+                    limit: int = INBOX_PAGE) -> list[InboxEntry]:
+        site_ids = [s.id for s in await self.sites_of(operator)]
+        if site_id is not None:
+            site_ids = [s for s in site_ids if s == site_id]
+        return await self.store.list_inbox(
+            site_ids, status=status if status in INBOX_FILTERS else "all", operator_id=operator.id,
+            search=(search or "").strip()[:200] or None, limit=limit, before=before)
+
+    def is_online(self, conversation: Conversation, now: float | None = None) -> bool:
+        seen = conversation.last_seen_at
+        return seen is not None and (now or time.time()) - seen <= ONLINE_SECONDS
+
+    async def view(self, operator: Operator, conversation_id: int) -> ConversationView:
+        site, conversation = await self.conversation(operator, conversation_id)
+        messages = await self.store.recent_messages(conversation.id, CONVERSATION_MESSAGES)
+        notes = await self.store.list_notes(conversation.id)
+        blocked = await self.store.is_blocked(site.id, session_id=conversation.session_id,
+                                              ip=conversation.ip, email=conversation.email,
+                                              now=time.time())
+        return ConversationView(site, conversation, messages, notes, blocked,
+                                self.is_online(conversation))
+
+    async def messages_after(self, operator: Operator, conversation_id: int,
+                             after: int) -> tuple[Conversation, list[Message], list[Note]]:
+        _, conversation = await self.conversation(operator, conversation_id)
+        messages = await self.store.list_messages(conversation.id, after=after, limit=200)
+        notes = await self.store.list_notes(conversation.id)
+        return conversation, messages, notes
+
+    async def online(self, operator: Operator) -> list[tuple[Site, Conversation]]:
+        sites = {s.id: s for s in await self.sites_of(operator)}
+        visitors = await self.store.visitors_online(sites, since=time.time() - ONLINE_SECONDS)
+        return [(sites[c.site_id], c) for c in visitors]
+
+    async def cursor(self) -> int:
+        """Where a page rendered now should start its feed."""
+        return await self.store.latest_event_id()
+
+    # -- the live feed ------------------------------------------------------------------------
+    async def feed(self, operator: Operator, after: int | None) -> AsyncIterator[FeedEvent]:
+        """Everything stored on the operator's sites since `after` (an event id), then live.
+
+        When `after` is older than the events still kept, one `refetch` event says so first:
+        the page reloads its lists rather than trust a feed with a hole in it.
+        """
+        topics = tuple(site_topic(site.id) for site in await self.sites_of(operator))
+        async with self.hub.subscribe(*topics, buffer=FEED_BUFFER) as subscription:
+            latest = await self.store.latest_event_id()
+            if after is None or after > latest:
+                cursor = latest  # a cursor from the future (a new data directory): start now
+            else:
+                cursor = after
+                oldest = await self.store.oldest_event_id()
+                if after < latest and (oldest == 0 or after < oldest - 1):
+                    cursor = latest
+                    yield FeedEvent("refetch", {}, latest)
+            yield FeedEvent("ready", {}, cursor)
+            while True:
+                events = await self.store.events_for_topics(cursor, topics, limit=FEED_BATCH)
+                for event in events:
+                    cursor = event.id
+                    site_id = int(event.topic.partition(":")[2])
+                    yield FeedEvent(event.kind, {**event.payload, "site_id": site_id}, event.id)
+                if len(events) == FEED_BATCH:
+                    continue
+                await subscription.wait(FEED_WAIT_SECONDS)
+                missed_live = subscription.overflowed
+                for event in subscription.drain():
+                    if event.get("kind") == "chunk":
+                        yield FeedEvent("chunk", {k: v for k, v in event.items() if k != "kind"})
+                if missed_live:
+                    yield FeedEvent("chunks_missed", {})

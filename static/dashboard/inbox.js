@@ -1,0 +1,371 @@
+// The inbox and the conversation view, kept live by the feed (/dashboard/events).
+(function () {
+  "use strict";
+  var P = window.Parley, el = P.el;
+  var root = document.getElementById("app");
+  var $ = function (id) { return document.getElementById(id); };
+  var me = {id: Number(root.dataset.operatorId), name: root.dataset.operatorName};
+  var state = {
+    status: "all", q: "", site: "", list: [], opened: null, conversation: null,
+    lastMessageId: 0, streams: {}, viewers: {}, canned: {}, noteMode: false, listTimer: null,
+  };
+
+  // -- the list --------------------------------------------------------------------------------
+  function loadList() {
+    var query = "?status=" + encodeURIComponent(state.status) + "&q=" + encodeURIComponent(state.q) +
+      (state.site ? "&site=" + encodeURIComponent(state.site) : "");
+    return P.api("GET", "/dashboard/api/inbox" + query).then(function (data) {
+      state.list = data.conversations;
+      renderList();
+    }).catch(function () {});
+  }
+  function scheduleList() {
+    clearTimeout(state.listTimer);
+    state.listTimer = setTimeout(loadList, 150);
+  }
+  function renderList() {
+    var list = $("conversation-list");
+    list.textContent = "";
+    var unread = 0;
+    state.list.forEach(function (c) {
+      unread += c.unread;
+      var tags = el("span", {className: "tags"}, [
+        c.handoff ? el("span", {className: "tag handoff", text: "needs a human"}) : null,
+        el("span", {className: "tag " + c.mode, text: c.mode === "operator" ? "operator" : "AI"}),
+        c.closed ? el("span", {className: "tag", text: "closed"}) : null,
+        c.assignee_id ? el("span", {className: "tag", text: c.assignee_id === me.id ? "mine" : "assigned"}) : null,
+        state.list.length && c.site_name && root.querySelector("#site-filter") ? el("span", {className: "tag", text: c.site_name}) : null,
+      ]);
+      var last = c.last_message ? (c.last_message.role === "visitor" ? "" : c.last_message.role + ": ") + c.last_message.content : "";
+      var link = el("a", {href: "/dashboard/c/" + c.id, "data-id": c.id,
+                          "aria-current": state.opened === c.id ? "true" : "false"}, [
+        el("span", {className: "name"}, [el("span", {className: "dot" + (c.online ? " online" : ""),
+          title: c.online ? "online" : "offline", "aria-label": c.online ? "online" : "offline"}), c.visitor]),
+        el("span", {className: "time"}, [P.when(c.updated_at), " ",
+          c.unread ? el("span", {className: "unread", "aria-label": c.unread + " unread", text: String(c.unread)}) : null]),
+        el("span", {className: "last", text: last}),
+        c.page_url ? el("span", {className: "where", text: c.page_title || c.page_url, title: c.page_url}) : null,
+        tags,
+      ]);
+      list.appendChild(el("li", null, [link]));
+    });
+    $("list-empty").hidden = state.list.length > 0;
+    document.title = (unread ? "(" + unread + ") " : "") + "Inbox · Parley";
+  }
+
+  // -- one conversation ------------------------------------------------------------------------
+  function open(id, push) {
+    state.opened = id;
+    state.lastMessageId = 0;
+    if (push) history.pushState({id: id}, "", "/dashboard/c/" + id);
+    root.classList.add("open");
+    $("conversation").hidden = false;
+    $("details").hidden = false;
+    $("messages").textContent = "";
+    renderList();
+    return loadConversation(true).then(function () { sendViewing(); });
+  }
+  function close() {
+    state.opened = null;
+    state.conversation = null;
+    root.classList.remove("open");
+    $("conversation").hidden = true;
+    $("details").hidden = true;
+    renderList();
+  }
+  function loadConversation(full) {
+    var id = state.opened;
+    if (!id) return Promise.resolve();
+    var url = "/dashboard/api/conversations/" + id + (full ? "" : "?after=" + state.lastMessageId);
+    return P.api("GET", url).then(function (data) {
+      if (state.opened !== id) return;
+      if (full) {
+        $("messages").textContent = "";
+        state.lastMessageId = 0;
+        state.conversation = data.conversation;
+      } else {
+        data.conversation.blocked = state.conversation ? state.conversation.blocked : false;
+        state.conversation = data.conversation;
+      }
+      data.messages.forEach(addMessage);
+      renderHeader();
+      renderNotes(data.notes);
+      var c = state.conversation;
+      if (state.lastMessageId > c.read_through) {
+        P.api("POST", "/dashboard/api/conversations/" + id + "/read", {through: state.lastMessageId}).catch(function () {});
+      }
+    }).catch(function (error) {
+      if (state.opened === id && full) {
+        $("messages").textContent = "";
+        $("messages").appendChild(el("li", {className: "muted", text: "This conversation cannot be shown: " + error.message}));
+      }
+    });
+  }
+  function addMessage(m) {
+    if (m.id <= state.lastMessageId) return;
+    state.lastMessageId = m.id;
+    if (m.role === "ai") {
+      var streaming = $("messages").querySelector(".streaming");
+      if (streaming) streaming.remove();
+    }
+    var who = m.role === "visitor" ? (state.conversation ? state.conversation.visitor : "Visitor")
+      : m.role === "ai" ? "AI" : m.role === "operator" ? (m.operator_name || "Operator") : "System";
+    var sources = (m.sources || []).length ? el("div", {className: "sources"}, ["Sources: "].concat(
+      m.sources.map(function (s, i) {
+        var item = s.url && /^https?:\/\//.test(s.url) ? el("a", {href: s.url, target: "_blank", rel: "noopener noreferrer", text: s.title})
+          : el("span", {text: s.title});
+        return i ? el("span", null, [", ", item]) : item;
+      }))) : null;
+    var image = m.image_url && /^(https?:\/\/|\/)/.test(m.image_url) ? el("img", {src: m.image_url, alt: "Image sent by the visitor"}) : null;
+    var item = el("li", {className: "msg " + m.role + (m.status === "interrupted" ? " interrupted" : ""), "data-id": m.id}, [
+      el("span", {className: "meta", text: who + " · " + P.when(m.created_at)}),
+      image, m.content ? el("span", {className: "text", text: m.content}) : null, sources,
+    ]);
+    $("messages").appendChild(item);
+    scrollDown();
+  }
+  function scrollDown() { var box = $("messages"); box.scrollTop = box.scrollHeight; }
+  function onChunk(event) {
+    var c = state.conversation;
+    if (!c || event.session_id !== c.session_id || event.site_id !== c.site_id) return;
+    var key = event.reply_to || "answer";
+    var bubble = $("messages").querySelector('.streaming[data-reply-to="' + CSS.escape(key) + '"]');
+    if (!bubble) {
+      bubble = el("li", {className: "msg ai streaming", "data-reply-to": key}, [
+        el("span", {className: "meta", text: "AI · answering…"}), el("span", {className: "text"})]);
+      $("messages").appendChild(bubble);
+    }
+    bubble.querySelector(".text").textContent += event.content;
+    scrollDown();
+  }
+  function renderHeader() {
+    var c = state.conversation;
+    $("c-title").textContent = c.visitor;
+    $("c-sub").textContent = [c.site_name, c.mode === "operator" ? "an operator is answering" : "the AI is answering",
+      c.closed ? "closed" : null, c.online ? "online" : "offline"].filter(Boolean).join(" · ");
+    $("act-takeover").hidden = c.mode === "operator";
+    $("act-handback").hidden = c.mode !== "operator";
+    $("act-close").hidden = c.closed;
+    $("act-reopen").hidden = !c.closed;
+    $("act-block").hidden = !!c.blocked;
+    $("act-unblock").hidden = !c.blocked;
+    var rows = [["Email", c.email], ["Phone", c.phone], ["Name", c.contact_name], ["Page", c.page_url],
+      ["Page title", c.page_title], ["Language", c.lang], ["Browser", c.user_agent], ["IP", c.ip],
+      ["First seen", c.created_at], ["Rating", c.rating ? c.rating + " / 5" : null],
+      ["Comment", c.rating_comment], ["Blocked", c.blocked ? "yes" : "no"], ["Session", c.session_id]];
+    var dl = $("visitor-details");
+    dl.textContent = "";
+    rows.forEach(function (row) {
+      if (row[1] === null || row[1] === undefined || row[1] === "") return;
+      dl.appendChild(el("dt", {text: row[0]}));
+      dl.appendChild(el("dd", {text: String(row[1])}));
+    });
+    renderViewers();
+  }
+  function renderNotes(notes) {
+    var list = $("notes");
+    list.textContent = "";
+    notes.forEach(function (n) {
+      list.appendChild(el("li", null, [el("strong", {text: n.author + ": "}), n.content]));
+    });
+    if (!notes.length) list.appendChild(el("li", {className: "muted", text: "No notes. Notes are never shown to the visitor or the AI."}));
+  }
+
+  // -- who else is viewing ---------------------------------------------------------------------
+  function sendViewing() {
+    if (!state.opened || document.hidden) return;
+    P.api("POST", "/dashboard/api/conversations/" + state.opened + "/viewing", {}).catch(function () {});
+  }
+  function renderViewers() {
+    var now = Date.now(), names = [];
+    var seen = state.viewers[state.opened] || {};
+    Object.keys(seen).forEach(function (id) {
+      if (Number(id) !== me.id && now - seen[id].at < 45000) names.push(seen[id].name);
+    });
+    $("c-viewers").textContent = names.length ? "Also viewing: " + names.join(", ") : "";
+  }
+  setInterval(sendViewing, 20000);
+  setInterval(renderViewers, 10000);
+
+  // -- actions ---------------------------------------------------------------------------------
+  function act(action, body) {
+    var id = state.opened;
+    return P.api("POST", "/dashboard/api/conversations/" + id + "/" + action, body || {})
+      .then(function (data) { if (state.opened === id) loadConversation(true); scheduleList(); return data; })
+      .catch(function (error) { alert(error.message); });
+  }
+  $("act-takeover").addEventListener("click", function () { act("takeover"); });
+  $("act-handback").addEventListener("click", function () { act("handback"); });
+  $("act-close").addEventListener("click", function () { act("close"); });
+  $("act-reopen").addEventListener("click", function () { act("reopen"); });
+  $("act-unblock").addEventListener("click", function () { act("unblock"); });
+  $("act-assign").addEventListener("change", function (event) {
+    var value = event.target.value;
+    event.target.value = "";
+    if (!value) return;
+    act("assign", {operator_id: value === "me" ? me.id : value === "none" ? null : Number(value)});
+  });
+  $("act-block").addEventListener("click", function () { $("block-dialog").showModal(); });
+  $("block-dialog").addEventListener("close", function () {
+    if ($("block-dialog").returnValue !== "block") return;
+    var form = $("block-form");
+    var kinds = Array.prototype.filter.call(form.querySelectorAll('input[name="kinds"]'), function (i) { return i.checked; })
+      .map(function (i) { return i.value; });
+    var minutes = form.minutes.value ? Number(form.minutes.value) : null;
+    act("block", {kinds: kinds, minutes: minutes, reason: form.reason.value || null});
+  });
+  $("back").addEventListener("click", function () { close(); history.pushState({}, "", "/dashboard/"); });
+
+  // -- the reply box ---------------------------------------------------------------------------
+  var reply = $("reply");
+  function setNoteMode(on) {
+    state.noteMode = on;
+    $("mode-note").setAttribute("aria-selected", String(on));
+    $("mode-reply").setAttribute("aria-selected", String(!on));
+    $("reply-form").classList.toggle("note-mode", on);
+    reply.placeholder = on ? "Internal note (never shown to the visitor or the AI)" :
+      "Reply… (Enter sends, Shift+Enter new line, / for canned replies)";
+    $("send").textContent = on ? "Add note" : "Send";
+    reply.focus();
+  }
+  $("mode-note").addEventListener("click", function () { setNoteMode(true); });
+  $("mode-reply").addEventListener("click", function () { setNoteMode(false); });
+  function send() {
+    var text = reply.value.trim();
+    if (!text || !state.opened) return;
+    reply.value = "";
+    hideCanned();
+    var id = state.opened;
+    P.api("POST", "/dashboard/api/conversations/" + id + "/" + (state.noteMode ? "note" : "reply"), {text: text})
+      .then(function () { if (state.opened === id) loadConversation(false); })
+      .catch(function (error) { reply.value = text; alert(error.message); });
+  }
+  $("reply-form").addEventListener("submit", function (event) { event.preventDefault(); send(); });
+  reply.addEventListener("keydown", function (event) {
+    var canned = $("canned");
+    if (!canned.hidden) {
+      var items = canned.querySelectorAll("li"), index = Array.prototype.findIndex.call(items, function (li) { return li.getAttribute("aria-selected") === "true"; });
+      if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+        event.preventDefault();
+        if (items.length) {
+          if (index >= 0) items[index].setAttribute("aria-selected", "false");
+          index = (index + (event.key === "ArrowDown" ? 1 : items.length - 1)) % items.length;
+          items[index].setAttribute("aria-selected", "true");
+        }
+        return;
+      }
+      if (event.key === "Enter" && index >= 0) { event.preventDefault(); insertCanned(items[index].dataset.content); return; }
+      if (event.key === "Escape") { event.preventDefault(); hideCanned(); return; }
+    }
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); send(); }
+    else if (event.key === "Escape") reply.blur();
+  });
+  reply.addEventListener("input", function () {
+    var match = /^\/(\S*)$/.exec(reply.value);
+    if (match && state.conversation) showCanned(match[1].toLowerCase()); else hideCanned();
+  });
+  function showCanned(prefix) {
+    var replies = (state.canned[state.conversation.site_id] || []).filter(function (c) {
+      return c.shortcut.toLowerCase().indexOf(prefix) === 0;
+    });
+    var list = $("canned");
+    list.textContent = "";
+    replies.forEach(function (c, i) {
+      var item = el("li", {role: "option", "aria-selected": i === 0 ? "true" : "false", "data-content": c.content}, [
+        el("strong", {text: "/" + c.shortcut + " "}), c.content]);
+      item.addEventListener("mousedown", function (event) { event.preventDefault(); insertCanned(c.content); });
+      list.appendChild(item);
+    });
+    if (!replies.length) list.appendChild(el("li", {className: "muted", text: "No canned replies for this site yet."}));
+    list.hidden = false;
+  }
+  function hideCanned() { $("canned").hidden = true; }
+  function insertCanned(text) { reply.value = text; hideCanned(); reply.focus(); }
+
+  // -- filters, search, navigation -------------------------------------------------------------
+  Array.prototype.forEach.call(document.querySelectorAll(".filters button"), function (button) {
+    button.addEventListener("click", function () {
+      state.status = button.dataset.status;
+      Array.prototype.forEach.call(document.querySelectorAll(".filters button"), function (b) {
+        b.setAttribute("aria-selected", String(b === button));
+      });
+      loadList();
+    });
+  });
+  var searchTimer = null;
+  $("search").addEventListener("input", function () {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(function () { state.q = $("search").value; loadList(); }, 250);
+  });
+  $("search-form").addEventListener("submit", function (event) { event.preventDefault(); state.q = $("search").value; loadList(); });
+  if ($("site-filter")) $("site-filter").addEventListener("change", function (event) { state.site = event.target.value; loadList(); });
+  $("conversation-list").addEventListener("click", function (event) {
+    var link = event.target.closest("a[data-id]");
+    if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    event.preventDefault();
+    open(Number(link.dataset.id), true);
+  });
+  window.addEventListener("popstate", function () {
+    var match = /\/dashboard\/c\/(\d+)/.exec(location.pathname);
+    if (match) open(Number(match[1]), false); else close();
+  });
+  function step(delta) {
+    if (!state.list.length) return;
+    var index = state.list.findIndex(function (c) { return c.id === state.opened; });
+    index = Math.max(0, Math.min(state.list.length - 1, index + delta));
+    open(state.list[index].id, true);
+  }
+  document.addEventListener("keydown", function (event) {
+    var typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName);
+    if (typing || event.ctrlKey || event.metaKey || event.altKey || document.querySelector("dialog[open]")) return;
+    if (event.key === "j") step(1);
+    else if (event.key === "k") step(-1);
+    else if (event.key === "r" && state.opened) { event.preventDefault(); setNoteMode(false); }
+    else if (event.key === "t" && state.opened && state.conversation && state.conversation.mode !== "operator") act("takeover");
+    else if (event.key === "/") { event.preventDefault(); $("search").focus(); }
+    else if (event.key === "?") $("help-dialog").showModal();
+  });
+
+  // -- live ------------------------------------------------------------------------------------
+  function liveState(up) {
+    var label = $("live-state");
+    label.textContent = up ? "Live" : "Reconnecting…";
+    label.classList.toggle("down", !up);
+  }
+  function onEvent(event) {
+    var c = state.conversation;
+    var here = c && event.session_id === c.session_id && event.site_id === c.site_id;
+    switch (event.kind) {
+      case "ready": return;
+      case "chunk": onChunk(event); return;
+      case "chunks_missed": if (state.opened) loadConversation(false); return;
+      case "refetch": loadList(); if (state.opened) loadConversation(true); return;
+      case "viewing":
+        if (event.conversation_id) {
+          (state.viewers[event.conversation_id] = state.viewers[event.conversation_id] || {})[event.operator_id] =
+            {name: event.operator_name, at: Date.now()};
+          if (event.conversation_id === state.opened) renderViewers();
+        }
+        return;
+      case "message":
+        scheduleList();
+        if (here) loadConversation(false);
+        if (event.role === "visitor" && !(here && !document.hidden)) P.notify("New message", "A visitor wrote.");
+        return;
+      case "handoff":
+        scheduleList();
+        P.notify("A visitor asks for a person", "Open the inbox to take over.");
+        if (here) loadConversation(true);
+        return;
+      default:
+        scheduleList();
+        if (here) loadConversation(true);
+    }
+  }
+
+  P.api("GET", "/dashboard/api/me").then(function (data) { state.canned = data.canned_replies; }).catch(function () {});
+  loadList().then(function () {
+    if (root.dataset.opened) open(Number(root.dataset.opened), false);
+  });
+  new P.Feed(root.dataset.cursor, onEvent, liveState);
+})();

@@ -1,0 +1,214 @@
+"""What operators do from the dashboard, through its real HTTP interface, and the live feed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import httpx
+import httpx_sse
+import pytest
+
+from tests.dashboard import Operator, sign_in
+from tests.harness import Parley, session
+from tests.providers import GatedProvider
+
+SID = session("dash-actions")
+SignIn = Callable[..., Awaitable[Operator]]
+
+
+@pytest.fixture
+async def ana(parley: Parley) -> AsyncIterator[Operator]:
+    operator = await sign_in(parley, "ana@example.com")
+    yield operator
+    await operator.client.aclose()
+
+
+async def conversation_of(parley: Parley, session_id: str = SID) -> int:
+    conversation = await parley.services.store.get_conversation(parley.site.id, session_id)
+    assert conversation is not None
+    return conversation.id
+
+
+async def read_feed(operator: Operator, until: Callable[[list[dict[str, Any]]], bool], *,
+                    last_event_id: str | None = None, started: asyncio.Event | None = None,
+                    timeout: float = 10) -> list[dict[str, Any]]:
+    """Events of /dashboard/events (each with its `id`) until `until(events)` holds."""
+    events: list[dict[str, Any]] = []
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    async with asyncio.timeout(timeout):
+        async with httpx_sse.aconnect_sse(operator.client, "GET", "/dashboard/events",
+                                          headers=headers, timeout=httpx.Timeout(timeout)) as source:
+            assert source.response.status_code == 200
+            async for event in source.aiter_sse():
+                events.append({**json.loads(event.data), "id": event.id})
+                if started is not None and events[-1]["kind"] == "ready":
+                    started.set()
+                if until(events):
+                    return events
+    return events
+
+
+async def test_take_over_reply_hand_back_close_and_reopen(parley: Parley, ana: Operator):
+    await parley.ask(SID, "Do you ship to Canada?")
+    cid = await conversation_of(parley)
+    assert (await ana.act(cid, "takeover")).status_code == 200
+    conversation = (await ana.api(f"conversations/{cid}")).json()["conversation"]
+    assert conversation["mode"] == "operator" and conversation["assignee_id"] == ana.id
+    # The visitor's held request wakes with the reply at once.
+    held = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=20))
+    await asyncio.sleep(0)  # let the request start; the reply may land before or after it holds
+    started = time.monotonic()
+    reply = await ana.act(cid, "reply", {"text": "Hi, I'm Ana.\nHow can I help?"})
+    assert reply.status_code == 200
+    woke = await asyncio.wait_for(held, 10)
+    assert time.monotonic() - started < 5
+    messages = woke.json()["messages"]
+    assert messages[-1]["content"] == "Hi, I'm Ana.\nHow can I help?"
+    assert messages[-1]["operator_name"] == "Ana"
+    # While an operator answers, a visitor message gets no AI answer.
+    done = (await parley.ask(SID, "Thanks!"))[-1]
+    assert done["meta"]["mode"] == "operator"
+    assert (await ana.act(cid, "handback")).status_code == 200
+    assert (await parley.get("history", **parley.ids(SID))).json()["mode"] == "ai"
+    assert (await ana.act(cid, "close")).status_code == 200
+    assert cid not in [c["id"] for c in (await ana.api("inbox")).json()["conversations"]]
+    assert cid in [c["id"] for c in (await ana.api("inbox", status="closed")).json()["conversations"]]
+    assert (await ana.act(cid, "reopen")).status_code == 200
+    assert cid in [c["id"] for c in (await ana.api("inbox")).json()["conversations"]]
+    actions = [e.action for e in await parley.services.audit.entries()]
+    for expected in ("sign_in", "takeover", "handback", "close", "reopen"):
+        assert expected in actions
+
+
+async def test_take_over_stops_an_answer_already_streaming(parley: Parley, ana: Operator):
+    provider = GatedProvider(["The AI says ", "something ", "long."])
+    parley.services.ai.default_provider = provider
+    stream = asyncio.create_task(parley.ask(SID, "Tell me everything"))
+    await asyncio.wait_for(provider.started.wait(), 10)
+    provider.release()
+    cid = await conversation_of(parley)
+    assert (await ana.act(cid, "takeover")).status_code == 200
+    events = await asyncio.wait_for(stream, 10)
+    assert events[-1]["type"] == "done"
+    assert provider.cancelled.is_set()
+    history = (await parley.get("history", **parley.ids(SID))).json()
+    answers = [m for m in history["messages"] if m["role"] == "ai"]
+    assert [(m["content"], m["status"]) for m in answers] == [("The AI says ", "interrupted")]
+    assert history["mode"] == "operator"
+
+
+async def test_notes_never_reach_the_visitor_or_the_model(parley: Parley, ana: Operator):
+    await parley.ask(SID, "Hello")
+    cid = await conversation_of(parley)
+    assert (await ana.act(cid, "note", {"text": "VIP customer, be nice"})).status_code == 200
+    view = (await ana.api(f"conversations/{cid}")).json()
+    assert [n["content"] for n in view["notes"]] == ["VIP customer, be nice"]
+    history = (await parley.get("history", **parley.ids(SID))).json()["messages"]
+    assert all("VIP" not in m["content"] for m in history)
+    recent = await parley.services.store.recent_messages(cid, 50)  # what the model is given
+    assert all("VIP" not in m.content for m in recent)
+
+
+async def test_assign_block_and_unblock(parley: Parley, ana: Operator):
+    await parley.ask(SID, "Hello")
+    cid = await conversation_of(parley)
+    bob = await sign_in(parley, "bob@example.com", "agent", (parley.site.id,))
+    try:
+        assert (await ana.act(cid, "assign", {"operator_id": bob.id})).status_code == 200
+        mine = (await bob.api("inbox", status="mine")).json()["conversations"]
+        assert [c["id"] for c in mine] == [cid]
+        assert (await ana.api("inbox", status="unassigned")).json()["conversations"] == []
+    finally:
+        await bob.client.aclose()
+    blocked = await ana.act(cid, "block", {"kinds": ["session", "ip"], "minutes": 60,
+                                           "reason": "spam"})
+    assert blocked.status_code == 200
+    assert (await parley.get("block-status", **parley.ids(SID))).json()["blocked"] is True
+    assert (await ana.api(f"conversations/{cid}")).json()["conversation"]["blocked"] is True
+    refused = await parley.client.post("/api/v1/chat/stream", json=parley.ids(SID, message="hi"))
+    assert refused.status_code == 403
+    assert (await ana.act(cid, "unblock")).status_code == 200
+    assert (await parley.get("block-status", **parley.ids(SID))).json()["blocked"] is False
+    bad = await ana.act(cid, "block", {"kinds": ["everything"]})
+    assert bad.status_code == 400
+
+
+async def test_search_finds_words_in_any_message(parley: Parley, ana: Operator):
+    await parley.ask(SID, "Where is my parcel? Tracking says Montréal")
+    await parley.ask(session("other-search"), "Do you sell gift cards?")
+    found = (await ana.api("inbox", q="montreal")).json()["conversations"]
+    assert [c["session_id"] for c in found] == [SID]
+    assert (await ana.api("inbox", q='parc "')).json()["conversations"][0]["session_id"] == SID
+    assert (await ana.api("inbox", q="nothing-like-this")).json()["conversations"] == []
+
+
+async def test_the_feed_brings_new_conversations_and_messages_live(parley: Parley, ana: Operator):
+    started = asyncio.Event()
+    feed = asyncio.create_task(read_feed(
+        ana, lambda events: any(e["kind"] == "message" and e.get("role") == "ai" for e in events),
+        started=started))
+    await asyncio.wait_for(started.wait(), 10)
+    await parley.ask(SID, "Do you ship to Canada?")
+    events = await feed
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "ready" and "message" in kinds
+    assert any(e["kind"] == "chunk" and e["session_id"] == SID for e in events)  # the AI, live
+    ids = [int(e["id"]) for e in events if e["kind"] not in ("chunk",)]
+    assert ids == sorted(ids)
+
+
+async def test_a_reconnecting_feed_gets_what_it_missed_or_a_refetch(parley: Parley, ana: Operator):
+    first = await read_feed(ana, lambda events: events[-1]["kind"] == "ready")
+    cursor = first[-1]["id"]
+    await parley.ask(SID, "Sent while the tab was away")  # stored while nobody listened
+    missed = await read_feed(ana, lambda events: any(e.get("role") == "ai" for e in events),
+                             last_event_id=cursor)
+    assert any(e["kind"] == "message" and e.get("role") == "visitor" for e in missed)
+    # Older than what is kept: the page is told to reload its lists.
+    await parley.services.store.prune_events(time.time() + 1)
+    await parley.ask(SID, "And another")
+    stale = await read_feed(ana, lambda events: events[-1]["kind"] == "ready", last_event_id=cursor)
+    assert stale[0]["kind"] == "refetch"
+
+
+async def test_an_agent_feed_carries_nothing_of_other_sites(parley: Parley):
+    other = await parley.services.sites.create("Other shop")
+    agent = await sign_in(parley, "agent@example.com", "agent", (other.id,))
+    try:
+        started = asyncio.Event()
+        feed = asyncio.create_task(read_feed(
+            agent, lambda events: any(e["kind"] == "message" for e in events), started=started))
+        await asyncio.wait_for(started.wait(), 10)
+        await parley.ask(SID, "A secret on the first site")
+        await parley.ask(session("other-site"), "Hello", site_key=other.site_key)
+        events = await feed
+        assert all(e.get("site_id") in (None, other.id) for e in events)
+        assert all("secret" not in json.dumps(e) for e in events)
+    finally:
+        await agent.client.aclose()
+
+
+async def test_visitors_online_and_a_proactive_message(parley: Parley, ana: Operator):
+    await parley.get("pending-proactive", **parley.ids(SID), page_url="https://shop.test/pricing")
+    visitors = (await ana.api("visitors")).json()["visitors"]
+    assert [(v["session_id"], v["page_url"]) for v in visitors] == [(SID, "https://shop.test/pricing")]
+    assert (await ana.api("inbox")).json()["conversations"] == []  # browsing is not a chat
+    sent = await ana.post_json("/dashboard/api/proactive",
+                               {"site_id": parley.site.id, "session_id": SID, "text": "Need a hand?"})
+    assert sent.status_code == 200
+    pending = (await parley.get("pending-proactive", **parley.ids(SID))).json()["messages"]
+    assert [m["content"] for m in pending] == ["Need a hand?"]
+
+
+async def test_unread_counts_and_marking_read(parley: Parley, ana: Operator):
+    await parley.ask(SID, "one")
+    await parley.ask(SID, "two")
+    [row] = (await ana.api("inbox")).json()["conversations"]
+    assert row["unread"] == 2 and row["online"] is True
+    view = (await ana.api(f"conversations/{row['id']}")).json()
+    last = view["messages"][-1]["id"]
+    assert (await ana.act(row["id"], "read", {"through": last})).status_code == 200
+    assert (await ana.api("inbox")).json()["conversations"][0]["unread"] == 0
