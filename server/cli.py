@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from server.app import Services, build_services
-from server.ai.settings import ai_settings, masked, updated_ai_settings
+from server.ai.check import check_model, describe_model
+from server.ai.settings import ai_settings, global_model_config, masked, site_model_config, updated_ai_settings
 from server.audit import CLI
 from server.config import Config, add_config_arguments, browser_host, load_config
 from server.backends import store_name
@@ -343,6 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
             sub.set_defaults(run=run, command_parser=sub)
         return sub
 
+    ai = commands.add_parser("ai", help="check the AI model").add_subparsers(
+        dest="ai_command", metavar="ACTION", required=True)
+    checking = ai.add_parser("check", help="ask the configured model once (models list or one token) "
+                             "and say whether key, model and URL work; exit 1 if not",
+                             description="Ask the configured model once: exit 0 when it answers, 1 "
+                             "when the key, model or URL is wrong.")
+    add_config_arguments(checking, ("data_dir", "store", "log_level", "ai_base_url", "ai_api_key",
+                                    "ai_model"))
+    checking.add_argument("--site", metavar="SITE_KEY",
+                          help="check the model this site answers with (its own, else the global one)")
+    checking.set_defaults(ai_check=True, command_parser=checking)
+
     serve = commands.add_parser("serve", help="serve the widget API, widget and demo page (the default)")
     add_config_arguments(serve)
 
@@ -499,6 +512,27 @@ def setup_logging(level: str) -> None:
     logging.getLogger("bm25s").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+async def ai_check(config: Config, site_key: str | None) -> int:
+    """`ai check`: the global model (no database needed), or the model a site answers with."""
+    model, whose = global_model_config(config), "global"
+    if site_key:
+        if config.store == "sqlite":
+            check_data_dir(config.data_dir, create=False)
+        services = await build_services(config)
+        try:
+            site = await services.sites.get(site_key)
+        finally:
+            await services.close()
+        model, whose = site_model_config(site, model), f"site {site.name!r}"
+    print(f"AI ({whose}): {describe_model(model)}")
+    if model is None:
+        print("ok: the offline answerer needs no network or key")
+        return 0
+    result = await check_model(model)
+    print(("ok: " if result.ok else "FAILED: ") + result.message)
+    return 0 if result.ok else 1
+
+
 async def _run_command(config: Config, run: Command, args: argparse.Namespace) -> int:
     services = await build_services(config)
     try:
@@ -514,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     config = load_config(vars(args))
     setup_logging(config.log_level)
+    if getattr(args, "ai_check", False):
+        try:
+            return asyncio.run(ai_check(config, args.site))
+        except (ParleyError, DataDirProblem) as exc:
+            print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            return 2
     serving = getattr(args, "run", None) is None
     try:
         if config.store == "sqlite" or (serving and config.blobs == "local"):

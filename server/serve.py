@@ -12,6 +12,8 @@ import tornado.netutil
 from tornado.ioloop import PeriodicCallback
 
 from handlers.upload import UPLOAD_BODY_LIMIT
+from server.ai.check import announce_check, describe_model
+from server.ai.settings import global_model_config
 from server.app import Services, build_services, make_app
 from server.accounts import dashboard_lines
 from server.backends import describe
@@ -55,8 +57,12 @@ async def serve(config: Config) -> None:
     if demo is not None:
         lines += [f"  Demo page:     {base}/demo", f"  Demo site key: {demo.site_key}"]
     lines += await dashboard_lines(services, base)
-    lines += [f"  Health:        {base}/healthz  (ready: {base}/readyz)", "Stop with Ctrl-C."]
+    model = global_model_config(config)
+    lines += [f"  Health:        {base}/healthz  (ready: {base}/readyz)",
+              f"  AI:            {describe_model(model)}", "Stop with Ctrl-C."]
     print("\n".join(lines), flush=True)
+    # Checked once, without holding up the start: a wrong key or model is said at once.
+    checking = asyncio.create_task(announce_check(model)) if model is not None else None
 
     async def prune() -> None:
         await services.store.prune_events(time.time() - EVENT_RETENTION_SECONDS)
@@ -70,6 +76,8 @@ async def serve(config: Config) -> None:
     await stop.wait()
     log.info("shutting down")
     housekeeping.stop()
+    if checking is not None:
+        checking.cancel()
     server.stop()
     await services.chat.shutdown()
     try:

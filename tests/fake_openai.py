@@ -60,6 +60,8 @@ class FakeOpenAI:
         self._release: asyncio.Queue[None] = asyncio.Queue()
         self._server: tornado.httpserver.HTTPServer | None = None
         self.port = 0
+        self.models: list[str] | None = ["fake-model"]  # GET /v1/models; None: no such endpoint
+        self.required_key: str | None = None  # when set, any other key gets 401
 
     @property
     def base_url(self) -> str:
@@ -82,7 +84,8 @@ class FakeOpenAI:
         await asyncio.wait_for(self._release.get(), MAX_WAIT)
 
     async def start(self) -> None:
-        app = tornado.web.Application([(r"/v1/chat/completions", _Completions, {"fake": self})])
+        app = tornado.web.Application([(r"/v1/chat/completions", _Completions, {"fake": self}),
+                                       (r"/v1/models", _Models, {"fake": self})])
         self._server = tornado.httpserver.HTTPServer(app)
         sock, self.port = tornado.testing.bind_unused_port()
         self._server.add_sockets([sock])
@@ -99,6 +102,25 @@ def _chunk(content: str | None = None, finish: str | None = None) -> dict[str, A
     delta = {"content": content} if content is not None else {}
     return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": "fake",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def _refused(handler: tornado.web.RequestHandler, fake: FakeOpenAI) -> bool:
+    if fake.required_key and handler.request.headers.get("Authorization") != f"Bearer {fake.required_key}":
+        handler.set_status(401)
+        handler.finish({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+        return True
+    return False
+
+
+class _Models(tornado.web.RequestHandler):
+    def initialize(self, fake: FakeOpenAI) -> None:
+        self.fake = fake
+
+    def get(self) -> None:
+        if self.fake.models is None:
+            raise tornado.web.HTTPError(404)
+        if not _refused(self, self.fake):
+            self.finish({"object": "list", "data": [{"id": m, "object": "model"} for m in self.fake.models]})
 
 
 class _Completions(tornado.web.RequestHandler):
@@ -129,6 +151,18 @@ class _Completions(tornado.web.RequestHandler):
     async def post(self) -> None:
         self.call = Call(json.loads(self.request.body), dict(self.request.headers))
         self.fake.calls.append(self.call)
+        if _refused(self, self.fake):
+            return
+        if not self.call.body.get("stream"):  # a plain completion, as `ai check` asks
+            model = self.call.body.get("model")
+            if self.fake.models is not None and model not in self.fake.models:
+                self.set_status(404)
+                self.finish({"error": {"message": f"The model `{model}` does not exist"}})
+                return
+            self.finish({"object": "chat.completion", "model": model,
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "OK"},
+                                      "finish_reason": "length"}]})
+            return
         plan = self.fake.next_plan()
         if plan.status != 200:
             self.set_status(plan.status)
