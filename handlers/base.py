@@ -20,6 +20,7 @@ from server import validation
 from server.chat import ChatService
 from server.errors import InvalidRequest, ParleyError, TooLarge
 from server.sites import SiteService
+from server.store.models import Site
 from server.visitor import Visitor
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,14 @@ class JsonHandler(tornado.web.RequestHandler):
         self.finish(dumps(body))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # The path, never the query: a site_key with a session_id reads a conversation.
+        method, path = self.request.method, self.request.path
         if isinstance(value, ParleyError):
-            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.status, value.code)
+            log.info("%s %s -> %d %s", method, path, value.status, value.code)
+        elif isinstance(value, tornado.web.HTTPError):
+            log.warning("%s %s -> %s", method, path, value)
         else:
-            super().log_exception(typ, value, tb)
+            log.error("%s %s failed", method, path, exc_info=(typ, value, tb))
 
     # -- input --------------------------------------------------------------------------------
     def json_body(self) -> dict[str, Any]:
@@ -148,13 +153,17 @@ class ApiHandler(JsonHandler):
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
-        origin = self.request.headers.get("Origin")
-        if origin:
-            # Which sites may embed the widget is enforced per request (403 origin_not_allowed);
-            # reflecting the origin lets the widget read that error.
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Expose-Headers", "Retry-After")
+        if self.request.headers.get("Origin"):
             self.set_header("Vary", "Origin")
+        if getattr(self, "_cors_origin", None):  # kept when an error clears the headers
+            self.set_header("Access-Control-Allow-Origin", self._cors_origin)
+            self.set_header("Access-Control-Expose-Headers", "Retry-After")
+
+    def allow_origin(self) -> None:
+        """Let the calling page read this response: only once its site is known to allow it, so a
+        page the site does not allow learns nothing (not even why it was refused)."""
+        self._cors_origin = self.request.headers.get("Origin")
+        self.set_default_headers()
 
     def prepare(self) -> None:
         if self.request.method in ("POST", "PUT", "PATCH"):
@@ -175,7 +184,10 @@ class ApiHandler(JsonHandler):
             raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
         return b"".join(self._body_parts)
 
-    def options(self, *args: Any) -> None:
+    async def options(self, *args: Any) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and await self._preflight_allows(origin):
+            self.allow_origin()
         self.set_status(204)
         self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
         self.set_header("Access-Control-Allow-Headers", "Content-Type")
@@ -183,10 +195,28 @@ class ApiHandler(JsonHandler):
         self.clear_header("Content-Type")
         self.finish()
 
+    async def _preflight_allows(self, origin: str) -> bool:
+        """A preflight names its site only in a query (a POST's body is not sent); without one,
+        the origin passes when some site allows it."""
+        site_key = self.get_query_argument("site_key", None)
+        if site_key is not None:
+            try:
+                await self.resolve_site(validation.site_key({"site_key": site_key}))
+            except ParleyError:
+                return False
+            return True
+        return await self.sites.any_allows(origin)
+
+    async def resolve_site(self, site_key: str) -> Site:
+        """The site, if the calling origin may use it (then the page may read our answers)."""
+        site = await self.sites.resolve(site_key, self.request.headers.get("Origin"))
+        self.allow_origin()
+        return site
+
     async def visitor(self, data: dict[str, Any]) -> Visitor:
         site_key = validation.site_key(data)
         session_id = validation.session_id(data)
-        site = await self.sites.resolve(site_key, self.request.headers.get("Origin"))
+        site = await self.resolve_site(site_key)
         return Visitor(site=site, session_id=session_id, ip=self.request.remote_ip,
                        user_agent=(self.request.headers.get("User-Agent") or "")[:300] or None)
 

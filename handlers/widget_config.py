@@ -11,5 +11,5 @@ from handlers.base import ApiHandler
 class WidgetConfigHandler(ApiHandler):
     async def get(self) -> None:
         site_key = validation.site_key(self.query())
-        site = await self.sites.resolve(site_key, self.request.headers.get("Origin"))
+        site = await self.resolve_site(site_key)
         self.write_json({"success": True, "config": public_config(site)})

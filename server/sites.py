@@ -80,6 +80,10 @@ class SiteService:
         except InvalidRequest:
             return False
 
+    async def any_allows(self, origin: str) -> bool:
+        """Whether some enabled site may be embedded on `origin` (a preflight that names no site)."""
+        return any(site.enabled and self.origin_allowed(site, origin) for site in await self.list())
+
     async def resolve(self, site_key: str, origin: str | None) -> Site:
         site = await self.get(site_key)
         if not self.origin_allowed(site, origin):

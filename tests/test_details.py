@@ -124,3 +124,44 @@ def test_an_unwritable_data_directory_is_one_sentence_and_a_failure(tmp_path):
         assert served.returncode == 2, served.stderr
         assert "Traceback" not in served.stderr
         assert f"error: " in served.stderr and data_dir in served.stderr
+
+
+async def test_cors_headers_go_only_to_origins_the_site_allows(parley):
+    strict = await parley.services.sites.create("Strict", ["https://shop.example.com"])
+    good, evil = {"Origin": "https://shop.example.com"}, {"Origin": "https://evil.example"}
+    ids = parley.ids(SID, site=strict)
+
+    refused = await parley.client.get("/api/v1/chat/history", params=ids, headers=evil)
+    assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+    preflight = await parley.client.options("/api/v1/chat/history", params=ids, headers=evil)
+    assert preflight.status_code == 204 and "access-control-allow-origin" not in preflight.headers
+    for path in ("/api/v1/chat/nowhere", "/api/v1/chat/history?site_key=sk_" + "x" * 30
+                 + "&session_id=" + SID):
+        missing = await parley.client.get(path, headers=evil)
+        assert missing.status_code == 404 and "access-control-allow-origin" not in missing.headers
+        assert (await parley.client.options(path, headers=evil)).headers.get(
+            "access-control-allow-origin") is None
+
+    allowed = await parley.client.options("/api/v1/chat/history", params=ids, headers=good)
+    assert allowed.headers["access-control-allow-origin"] == "https://shop.example.com"
+    # An error after the site let the origin in is readable by the widget (it shows it).
+    await parley.services.operators.block(strict, "session", SID)
+    blocked = await parley.post("email", {**ids, "email": "a@b.co"}, headers=good)
+    assert blocked.status_code == 403 and blocked.json()["code"] == "blocked"
+    assert blocked.headers["access-control-allow-origin"] == "https://shop.example.com"
+    assert blocked.headers["vary"] == "Origin"
+
+
+async def test_a_failure_is_logged_without_the_query(parley, caplog, monkeypatch):
+    async def broken(visitor):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(parley.services.chat, "is_blocked", broken)
+    with caplog.at_level(logging.INFO):
+        response = await parley.get("block-status", **parley.ids(SID))
+    assert response.status_code == 500 and response.json()["code"] == "internal"
+    ours = [r for r in caplog.records if not r.name.startswith("httpx")]
+    assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in ours)  # the traceback is kept
+    text = "\n".join(r.getMessage() for r in ours)
+    assert "/api/v1/chat/block-status" in text
+    assert SID not in text and parley.site_key not in text
