@@ -53,6 +53,12 @@ class UploadedFileHandler(tornado.web.RequestHandler):
 class WidgetFileHandler(FileHandler):
     """The widget's JavaScript and CSS, loaded cross-origin by customers' pages."""
 
+    def get_content_type(self) -> str:
+        # The same on every system (mimetypes says application/javascript on some).
+        if self.absolute_path and self.absolute_path.endswith(".js"):
+            return "text/javascript; charset=utf-8"
+        return super().get_content_type()
+
     def set_extra_headers(self, path: str) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Access-Control-Allow-Origin", "*")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tornado.httputil import HTTPFile, parse_body_arguments
+from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from server.errors import InvalidRequest
 from server.sites import MAX_UPLOAD_SETTING
@@ -23,7 +23,10 @@ class UploadImageHandler(PublicUrlMixin, ApiHandler):
             raise InvalidRequest("Send the image as multipart/form-data with the field 'image'.")
         arguments: dict[str, list[bytes]] = {}
         files: dict[str, list[HTTPFile]] = {}
-        parse_body_arguments(content_type, self.body, arguments, files)
+        try:
+            parse_body_arguments(content_type, self.body, arguments, files)
+        except HTTPInputError as exc:  # no boundary, a broken part
+            raise InvalidRequest(f"The multipart body cannot be read ({exc}).") from None
         fields = {name: values[-1].decode("utf-8", "replace") for name, values in arguments.items()}
         visitor = await self.visitor(fields)
         images = files.get("image")

@@ -32,6 +32,7 @@ from handlers.dashboard_pages import (
     VisitorsPageHandler,
 )
 from handlers.health import HealthHandler, ReadyHandler
+from handlers.openapi import OPENAPI_PATH, OpenApiHandler
 from handlers.pages import (
     DashboardFileHandler,
     DemoPageHandler,
@@ -185,6 +186,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         (r"/api/v1/chat/rate", RateHandler, api),
         (r"/api/v1/chat/rate/comment", RateCommentHandler, api),
         (r"/api/v1/chat/config", WidgetConfigHandler, api),
+        (r"/api/v1/openapi\.json", OpenApiHandler, {"document": OPENAPI_PATH.read_bytes()}),
         (r"/api/.*", ApiNotFoundHandler, api),
         (r"/healthz", HealthHandler, {"hub": services.hub}),
         (r"/readyz", ReadyHandler, {"store": services.store, "feed": services.bridge}),
@@ -194,7 +196,6 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         *dashboard_routes(services),
     ]
     settings: dict[str, Any] = {
-        "static_path": str(ROOT / "static"),
         "jinja": jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
             autoescape=jinja2.select_autoescape(default=True),
