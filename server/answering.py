@@ -16,7 +16,7 @@ from typing import Any
 
 from server.ai.base import AIUnavailable, Answer
 from server.ai.engine import AIEngine
-from server.errors import Conflict, ParleyError, Unavailable
+from server.errors import Conflict, ParleyError, Restarting, Unavailable
 from server.hub import Hub, site_topic
 from server.store.base import Store
 from server.store.models import Conversation, Message
@@ -43,6 +43,7 @@ class Answerer:
         self.hub = hub
         self.ai = ai
         self._live_turns: dict[tuple[int, str], Turn] = {}
+        self.closing = False  # shutting down: no new answers; a cut answer says so
         self._turn_topics: dict[Turn, str] = {}
         hub.add_listener(self._on_event)
 
@@ -120,6 +121,11 @@ class Answerer:
                 turn.fail(exc)
                 turn.finish(self._meta(conversation, message.message_id or "", None, "ai"))
                 return
+            except asyncio.CancelledError:  # relaying another process's answer: end the streams too
+                if self.closing:
+                    turn.fail(Restarting("The server is restarting; asking again."))
+                turn.finish(self._meta(conversation, message.message_id or "", None, "ai"))
+                raise
             if not elsewhere:
                 await self._generate(turn, visitor, conversation, message, request)
         finally:
@@ -189,6 +195,8 @@ class Answerer:
                         turn.append(chunk)
         except asyncio.CancelledError:
             cancelled = True
+            if self.closing:  # an `error` before `done`: the widget asks again, on another process
+                turn.fail(Restarting("The server is restarting; asking again."))
         except ParleyError as exc:
             log.warning("answer to %s failed %s: %s", message.id, visitor.log_ref, exc.message)
             turn.fail(exc)
@@ -232,10 +240,27 @@ class Answerer:
         finally:
             turn.finish(self._meta(conversation, message.message_id or "", reply, "ai", handoff))
 
-    async def shutdown(self) -> None:
-        """Stop answers in progress; each stores its partial text before it ends."""
-        tasks = [t.producer for t in self._live_turns.values() if t.producer is not None]
-        for task in tasks:
+    async def drain(self, grace: float) -> None:
+        """Shutting down: give answers in progress `grace` seconds to finish, then cut the rest.
+        A cut answer stores its partial text and its streams end with `error` then `done`, so the
+        widget asks again (elsewhere). Returns once the streams have sent their last event."""
+        self.closing = True
+        turns = list(self._live_turns.values())
+        producers = [t.producer for t in turns if t.producer is not None]
+        if not producers:
+            return
+        log.info("letting %d answer(s) finish for up to %g s", len(producers), grace)
+        _, cut = await asyncio.wait(producers, timeout=grace) if grace > 0 else (set(), set(producers))
+        for task in cut:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        if cut:
+            log.warning("cut %d answer(s) still going after the grace period", len(cut))
+            await asyncio.wait(cut, timeout=5)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                for turn in turns:
+                    await turn.unfollowed()
+
+    async def shutdown(self) -> None:
+        """Stop answers in progress now; each stores its partial text before it ends."""
+        await self.drain(0)

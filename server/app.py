@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +172,37 @@ def dashboard_routes(services: Services) -> list[Any]:
     ]
 
 
-def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
+
+class ParleyApplication(ProxyAwareApplication):
+    """Counts the requests in progress, so a shutdown can let the last responses go out."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def get_handler_delegate(self, *args: Any, **kwargs: Any) -> tornado.web._HandlerDelegate:
+        self.in_flight += 1
+        self._idle.clear()
+        return super().get_handler_delegate(*args, **kwargs)
+
+    def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        super().log_request(handler)  # called once as each request ends
+        self.in_flight = max(0, self.in_flight - 1)
+        if not self.in_flight:
+            self._idle.set()
+
+    async def idle(self, timeout: float) -> bool:
+        """Until no request is in progress; False if some still are after `timeout`."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def make_app(services: Services, **overrides: Any) -> ParleyApplication:
     config = services.config
     api = {"chat": services.chat, "sites": services.sites}
     routes: list[Any] = [
@@ -210,6 +241,6 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         "log_function": log_request,
     }
     settings.update(overrides)
-    app = ProxyAwareApplication(routes, **settings)
+    app = ParleyApplication(routes, **settings)
     app.add_transform(SecurityHeaders)
     return app

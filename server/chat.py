@@ -19,6 +19,7 @@ from server.errors import (
     Blocked,
     Conflict,
     RateLimited,
+    Restarting,
     TooLarge,
     Unavailable,
     UnknownConversation,
@@ -101,6 +102,8 @@ class ChatService:
     # -- a visitor message and its answer ----------------------------------------------------
     async def start_turn(self, visitor: Visitor, request: TurnRequest) -> Turn:
         """Store the visitor's message and start (or rejoin) its answer."""
+        if self.answers.closing:
+            raise Restarting("The server is restarting; please send again.")
         await self.guard_write(visitor, self._message_limiter)
         site = visitor.site
         message_id = request.message_id or "m_" + secrets.token_urlsafe(12)
@@ -292,6 +295,9 @@ class ChatService:
 
     def image_url(self, message: Message, base_url: str) -> str | None:
         return self.blobs.url_for(message.image_key, base_url) if message.image_key else None
+
+    async def drain(self, grace: float) -> None:
+        await self.answers.drain(grace)
 
     async def shutdown(self) -> None:
         await self.answers.shutdown()

@@ -23,6 +23,7 @@ class Config:
     reuse_port: bool = False
     backlog: int = 8192
     sse_keepalive: float = 15.0
+    shutdown_grace: float = 10.0
     offline_chunk_delay: float = 0.02
     event_poll_interval: float = 0.1
     demo: bool = False
@@ -63,6 +64,8 @@ class Config:
             problems.append("ai_deadline is a positive number of seconds")
         if self.session_idle_minutes <= 0:
             problems.append("session_idle_minutes is a positive number")
+        if self.shutdown_grace < 0:
+            problems.append("shutdown_grace is not negative")
         if self.offline_chunk_delay < 0:
             problems.append("offline_chunk_delay is not negative")
         try:
@@ -106,6 +109,8 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "reuse_port": (bool, "let several processes listen on one port (SO_REUSEPORT)"),
     "backlog": (int, "listen backlog; thousands of widgets may reconnect at once (default 8192)"),
     "sse_keepalive": (float, "seconds between ': keepalive' comments on a quiet stream (default 15)"),
+    "shutdown_grace": (float, "on SIGTERM, seconds answers in progress get to finish before they are "
+                              "cut (the widget then asks another process) (default 10)"),
     "offline_chunk_delay": (float, "pause between chunks of the offline answerer, seconds (default 0.02)"),
     "event_poll_interval": (float, "how often to read other processes' events while someone waits "
                                    "(default 0.1 s)"),

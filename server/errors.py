@@ -47,6 +47,12 @@ class UnsupportedMediaType(ParleyError):
     status, code = 415, "unsupported_media_type"
 
 
+class Restarting(ParleyError):
+    """This process is shutting down; the same request succeeds on another (the widget retries)."""
+
+    status, code = 503, "restarting"
+
+
 class RateLimited(ParleyError):
     status, code = 429, "rate_limited"
 

@@ -103,6 +103,7 @@ class Hub:
         self._held_by_address: collections.Counter[str] = collections.Counter()
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.bridge: EventFeed | None = None  # set by the feed (server/feed.py)
+        self.closing = False  # shutting down: held reads answer now, with what there is
 
     @property
     def subscriber_count(self) -> int:
@@ -153,7 +154,7 @@ class Hub:
                    wake_on: frozenset[str] = frozenset(), limits: HoldLimits | None = None) -> T:
         """Answer now, or hold up to `wait` seconds until `fetch` finds something new, or until an
         event of a kind in `wake_on` happens (news the response cannot show by itself)."""
-        if wait <= 0:
+        if wait <= 0 or self.closing:
             return await fetch()
         with self.held_slot(topic, address, limits):
             deadline = time.monotonic() + wait
@@ -163,7 +164,7 @@ class Hub:
                     remaining = deadline - time.monotonic()
                     if is_news(result) or remaining <= 0:
                         return result
-                    if not await subscription.wait(remaining):
+                    if not await subscription.wait(remaining) or self.closing:
                         return await fetch()  # as of the end of the wait (a rule may have fallen due)
                     missed = subscription.overflowed
                     if any(event.get("kind") in wake_on for event in subscription.drain()) or missed:
@@ -174,6 +175,18 @@ class Hub:
         processes' (while the bridge runs). For services that act on news, e.g. a takeover
         stopping an answer; it must not block."""
         self._listeners.append(listener)
+
+    async def end_holds(self, timeout: float = 5.0) -> None:
+        """Shutting down: every held read answers now, as if its wait had ended, and new ones do
+        at once; returns when none is held (or after `timeout`)."""
+        self.closing = True
+        for subscriptions in list(self._subscribers.values()):
+            for subscription in subscriptions:
+                subscription.deliver({"kind": "closing"})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._held_by_address:
+                    await asyncio.sleep(0.01)
 
     def deliver_local(self, topic: str, event: dict[str, Any]) -> int:
         """Wake this process's subscribers of `topic`; returns how many were woken."""

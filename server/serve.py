@@ -14,7 +14,7 @@ from tornado.ioloop import PeriodicCallback
 from handlers.upload import UPLOAD_BODY_LIMIT
 from server.ai.check import announce_check, describe_model
 from server.ai.settings import global_model_config
-from server.app import Services, build_services, make_app
+from server.app import ParleyApplication, Services, build_services, make_app
 from server.accounts import dashboard_lines
 from server.backends import describe
 from server.config import Config, browser_host
@@ -74,14 +74,27 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    await drain(server, services, config.shutdown_grace)
     housekeeping.stop()
     if checking is not None:
         checking.cancel()
+    await services.close()
+
+
+async def drain(server: tornado.httpserver.HTTPServer, services: Services, grace: float) -> None:
+    """Stop accepting; answer held reads now (empty, the widget comes back to another process);
+    let answers finish for `grace` seconds, then cut the rest with an `error` before `done`;
+    let the last responses go out; close what is left."""
+    log.info("shutting down: answers in progress get %g s", grace)
     server.stop()
-    await services.chat.shutdown()
+    await services.hub.end_holds()
+    await services.chat.drain(grace)
+    app = server.request_callback
+    if isinstance(app, ParleyApplication) and not await app.idle(SHUTDOWN_GRACE_SECONDS):
+        log.warning("%d request(s) still in progress after %d s; closing them", app.in_flight,
+                    SHUTDOWN_GRACE_SECONDS)
     try:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
     except TimeoutError:
         log.warning("some connections did not close within %d s", SHUTDOWN_GRACE_SECONDS)
-    await services.close()
+    log.info("stopped")

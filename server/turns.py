@@ -35,6 +35,8 @@ class Turn:
         self.producer: asyncio.Task[None] | None = None
         self.on_chunk: Callable[[str], object] | None = None
         self._followers = 0
+        self._unfollowed = asyncio.Event()  # set while no stream follows the turn
+        self._unfollowed.set()
         self._changed = asyncio.Event()
 
     @classmethod
@@ -76,6 +78,7 @@ class Turn:
         """Every chunk from the first, then `error` (if any) and `done`. Quiet while nothing
         happens: the SSE writer adds keepalives (handlers/sse.py)."""
         self._followers += 1
+        self._unfollowed.clear()
         sent = 0
         try:
             while True:
@@ -93,5 +96,11 @@ class Turn:
                 await changed.wait()
         finally:
             self._followers -= 1
-            if self._followers == 0 and not self.done and self.producer is not None:
-                self.producer.cancel()
+            if self._followers == 0:
+                self._unfollowed.set()
+                if not self.done and self.producer is not None:
+                    self.producer.cancel()
+
+    async def unfollowed(self) -> None:
+        """Until every stream following the turn has sent its last event and let go."""
+        await self._unfollowed.wait()

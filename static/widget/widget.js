@@ -701,7 +701,7 @@
     fetch(API + "stream", { method: "POST", credentials: "omit", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })
       .then(function (res) {
         if (!res.ok) return failure(res);
-        var reader = res.body.getReader(), decoder = new TextDecoder(), buffer = "", finished = false;
+        var reader = res.body.getReader(), decoder = new TextDecoder(), buffer = "", finished = false, restarting = false;
         function onEvent(ev) {
           if (ev.type === "chunk" && typeof ev.content === "string") {
             if (!started) { started = true; turn.el.textContent = ""; turn.el.classList.add("streaming"); turn.el.setAttribute("aria-busy", "true"); turn.el.removeAttribute("aria-label"); }
@@ -711,9 +711,15 @@
             scrollDown();
           } else if (ev.type === "error") {
             turn.error = ev.error || t("failed");
+            turn.errorCode = ev.code;
           } else if (ev.type === "done") {
             finished = true;
-            finishTurn(turn, text, ev.meta || {});
+            // The server was restarting mid-answer: ask again with the same id (another process answers).
+            if (turn.errorCode === "restarting") {
+              restarting = true;
+              // Its cut-off text is stored; the live history must not show it beside the full answer.
+              if (ev.meta && typeof ev.meta.reply_id === "number") state.seen[ev.meta.reply_id] = true;
+            } else finishTurn(turn, text, ev.meta || {});
           }
         }
         function parse(block) { // one SSE event: `data:` lines joined; `:` comments (keepalive) ignored
@@ -731,7 +737,10 @@
             buffer = (buffer + decoder.decode(step.value, { stream: true })).replace(/\r\n?/g, "\n");
             var cut;
             while ((cut = buffer.indexOf("\n\n")) >= 0) { parse(buffer.slice(0, cut)); buffer = buffer.slice(cut + 2); }
-            return finished ? reader.cancel() : pump();
+            if (!finished) return pump();
+            return reader.cancel().then(function () {
+              if (restarting) throw new ApiError(503, { code: "restarting" }, null);
+            });
           });
         }
         return pump();
@@ -740,7 +749,9 @@
   }
 
   function turnFailed(turn, err) {
-    if (err.status === 0 && turn.tries < MAX_TRIES) { // the network: the server makes a retry of this message_id safe
+    // The network, or a server restarting: the server makes a retry of this message_id safe.
+    if ((err.status === 0 || err.code === "restarting") && turn.tries < MAX_TRIES) {
+      turn.error = null; turn.errorCode = null;
       turn.tries++;
       showNotice(t("offline"));
       turn.el.textContent = "";

@@ -15,6 +15,7 @@ from server.store.models import Site
 from tests.e2e.browser import visit
 from tests.harness import Parley, start_parley
 from tests.providers import GatedProvider
+from tests.waiting import until_held, until_none_held
 
 
 async def visitor_messages(parley: Parley, site: Site, session_id: str) -> list[str]:
@@ -73,11 +74,11 @@ async def test_a_hidden_tab_pauses_and_catches_up_once_visible(
     v = await visit(browser, f"{parley.base_url}/demo")
     await v.open_chat()
     session_id = await v.session_id()
-    await v.page.wait_for_timeout(300)  # the held request is open
+    await until_held(parley.services, demo.id, session_id, 2)
     await v.page.evaluate(SET_HIDDEN, True)
+    await until_none_held(parley.services, demo.id, session_id)  # hidden: nothing is listening
     await parley.services.operators.say(demo, session_id, "While you were away", operator_name="Ana")
-    await v.page.wait_for_timeout(700)
-    await expect(v.widget(".msg.operator")).to_have_count(0)  # nothing is listening while hidden
+    await expect(v.widget(".msg.operator")).to_have_count(0)
 
     await v.page.evaluate(SET_HIDDEN, False)
     await expect(v.widget(".msg.operator")).to_have_count(1, timeout=2_000)
@@ -112,4 +113,27 @@ async def test_an_answer_that_fails_midway_is_asked_again_without_a_second_quest
         await v.open_chat()
     await expect(v.widget(".msg.bot").last).to_contain_text("Yes, we ship to Canada.")
     await expect(v.widget(".msg.visitor")).to_have_count(1)
+    assert v.unexpected_errors() == []
+
+
+async def test_an_answer_cut_by_a_restart_is_asked_again_by_itself(
+        parley: Parley, demo: Site, browser: Browser) -> None:
+    cut = GatedProvider(["Half an answer ", "never"])
+    cut.release()
+    parley.services.ai.default_provider = cut
+    v = await visit(browser, f"{parley.base_url}/demo")
+    await v.open_chat()
+    await v.ask("Do you ship to Canada?")
+    await expect(v.widget(".msg.bot").last).to_contain_text("Half an answer", timeout=5_000)
+    working = GatedProvider(["Yes, ", "we ship to Canada."])
+    working.release(2)
+    parley.services.ai.default_provider = working
+    answers = parley.services.chat.answers
+    await answers.drain(0)  # SIGTERM with no grace left: the stream ends with `restarting`
+    answers.closing = False  # ... and the retry lands on a process that is not shutting down
+    await expect(v.widget(".msg.bot").last).to_contain_text("Yes, we ship to Canada.", timeout=10_000)
+    await expect(v.widget(".msg.bot button").filter(has_text="Retry")).to_have_count(0)
+    await expect(v.widget(".msg.visitor")).to_have_count(1)
+    assert await visitor_messages(parley, demo, await v.session_id()) == ["Do you ship to Canada?"]
+    assert len(working.requests) == 1
     assert v.unexpected_errors() == []
