@@ -20,6 +20,7 @@ class GatedProvider(Provider):
         self.started = asyncio.Event()
         self.cancelled = asyncio.Event()
         self.requests: list[AnswerRequest] = []
+        self.yielded = 0  # chunks handed to the answer so far
 
     def release(self, count: int = 1) -> None:
         for _ in range(count):
@@ -33,6 +34,7 @@ class GatedProvider(Provider):
                 if self.fail_after is not None and index == self.fail_after:
                     raise AIUnavailable("The assistant stopped unexpectedly.")
                 await asyncio.wait_for(self._gate.get(), timeout=10)
+                self.yielded += 1
                 yield chunk
         except asyncio.CancelledError:
             self.cancelled.set()

@@ -21,7 +21,7 @@ def types(events: list[dict]) -> list[str]:
     return [e["type"] for e in events]
 
 
-async def stored_reply(parley: Parley, session_id: str, *, timeout: float = 5.0) -> dict:
+async def stored_reply(parley: Parley, session_id: str, *, timeout: float = 10.0) -> dict:
     """The AI (or system) message of the session, once stored."""
     async with asyncio.timeout(timeout):
         while True:

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.harness import session
+from tests.waiting import eventually
 
 SID = session("endpoints")
 
@@ -130,9 +131,12 @@ async def test_blocks_match_ip_and_email_and_expire(parley):
     assert (await parley.get("block-status", **parley.ids(other))).json()["blocked"] is True
     await parley.services.operators.unblock(parley.site, "email", "troll@example.com")
     await parley.services.operators.block(parley.site, "session", other, minutes=1 / 600)
-    import asyncio
-    await asyncio.sleep(0.2)
-    assert (await parley.get("block-status", **parley.ids(other))).json()["blocked"] is False
+    assert (await parley.get("block-status", **parley.ids(other))).json()["blocked"] is True
+
+    async def lifted() -> bool:
+        return (await parley.get("block-status", **parley.ids(other))).json()["blocked"] is False
+
+    await eventually(lifted, what="the 0.1 s block to expire")
 
 
 async def test_operator_messages_and_mode(parley):

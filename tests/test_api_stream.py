@@ -10,6 +10,7 @@ import httpx_sse
 
 from tests.harness import session
 from tests.providers import GatedProvider
+from tests.waiting import eventually
 
 
 def chunks_text(events: list[dict]) -> str:
@@ -79,14 +80,15 @@ async def test_the_same_message_id_replays_the_finished_answer(parley):
     assert [m["role"] for m in history] == ["visitor", "ai"]
 
 
-async def test_a_retry_during_the_answer_follows_the_same_answer(parley):
+async def test_a_retry_during_the_answer_follows_the_same_answer(parley, caplog):
     provider = GatedProvider(["one ", "two"])
     parley.services.ai.default_provider = provider
     body = parley.ids(session(5), message="Hello?", message_id="m_twice")
     first = asyncio.create_task(parley.stream_events(body))
     await asyncio.wait_for(provider.started.wait(), 5)
-    second = asyncio.create_task(parley.stream_events(body))
-    await asyncio.sleep(0.1)
+    with caplog.at_level(logging.INFO, logger="server.answering"):
+        second = asyncio.create_task(parley.stream_events(body))
+        await eventually(lambda: "follows the answer in progress" in caplog.text, what="the retry joining")
     provider.release(2)
     a, b = await asyncio.wait_for(asyncio.gather(first, second), 10)
     assert chunks_text(a) == chunks_text(b) == "one two"
@@ -113,11 +115,11 @@ async def test_a_visitor_leaving_mid_answer_cancels_it_and_keeps_the_partial_tex
             assert json.loads(event.data)["content"] == "Partial "
             break
     await asyncio.wait_for(provider.cancelled.wait(), 5)
-    for _ in range(50):
+    async def both_stored() -> list:
         messages = (await parley.get("history", **parley.ids(session(7)))).json()["messages"]
-        if len(messages) == 2:
-            break
-        await asyncio.sleep(0.05)
+        return messages if len(messages) == 2 else []
+
+    messages = await eventually(both_stored, what="the partial answer stored")
     assert messages[1]["role"] == "ai"
     assert messages[1]["content"] == "Partial "
     assert messages[1]["status"] == "interrupted"

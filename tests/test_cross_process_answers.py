@@ -13,6 +13,7 @@ from server.turns import Turn
 from server.visitor import TurnRequest, Visitor
 from tests.harness import Parley, session
 from tests.providers import GatedProvider
+from tests.waiting import eventually
 
 SID = session("two-processes")
 
@@ -40,7 +41,8 @@ async def first_then_retry_elsewhere(parley: Parley, other: Services, first_prov
     retry = await other.chat.start_turn(Visitor(parley.site, SID, "127.0.0.1"),
                                         TurnRequest("Hello?", message_id, None, None, None))
     relayed = asyncio.create_task(relayed_text(retry))
-    await asyncio.sleep(0.2)
+    # The retry is waiting for the first process's answer (it listens for its reply).
+    await eventually(lambda: other.hub.subscriber_count >= 1, what="the retry waiting on the claim")
     return first, relayed
 
 
@@ -64,7 +66,7 @@ async def test_after_the_first_process_is_cut_off_another_answers_in_full(parley
     whole.release()
     first, relayed = await first_then_retry_elsewhere(parley, other, cut, "m_cut")
     cut.release()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: cut.yielded == 1, what="the first chunk made")
     first.cancel()  # the first visitor connection drops mid-answer
     assert await asyncio.wait_for(relayed, 10) == "The whole answer."
     history = (await parley.get("history", **parley.ids(SID))).json()["messages"]

@@ -12,6 +12,7 @@ import httpx_sse
 
 from handlers.upload import UploadImageHandler
 from tests.harness import session
+from tests.waiting import eventually
 from tests.providers import GatedProvider
 
 SID = session("hardening")
@@ -27,11 +28,10 @@ async def test_a_retry_after_a_dropped_stream_gets_a_whole_answer(parley):
     await asyncio.wait_for(first.cancelled.wait(), 5)
     parley.services.ai.default_provider = second = GatedProvider(["Yes, ", "we do."])
     second.release(2)
-    for _ in range(50):  # the cut-off answer is stored once the producer has finished
-        history = (await parley.get("history", **parley.ids(SID))).json()["messages"]
-        if len(history) == 2:
-            break
-        await asyncio.sleep(0.02)
+    async def cut_off_answer_stored() -> bool:  # once the producer has finished
+        return len((await parley.get("history", **parley.ids(SID))).json()["messages"]) == 2
+
+    await eventually(cut_off_answer_stored, what="the cut-off answer stored")
     events = await parley.stream_events(body)
     assert "".join(e["content"] for e in events if e["type"] == "chunk") == "Yes, we do."
     history = (await parley.get("history", **parley.ids(SID))).json()["messages"]
@@ -82,18 +82,18 @@ async def test_an_upload_abandoned_midway_frees_its_handler(parley):
         return sum(1 for o in gc.get_objects() if isinstance(o, UploadImageHandler))
 
     before = live_uploads()
+    writers = []
     for _ in range(3):
-        reader, writer = await asyncio.open_connection("127.0.0.1", parley.port)
+        _, writer = await asyncio.open_connection("127.0.0.1", parley.port)
         writer.write(b"POST /api/v1/chat/upload-image HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n"
                      + b"x" * 5000)
         await writer.drain()
-        await asyncio.sleep(0.05)
+        writers.append(writer)
+    await eventually(lambda: live_uploads() >= before + 3, what="three uploads under way")
+    for writer in writers:
         writer.close()
-    deadline = time.monotonic() + 3
-    while live_uploads() > before and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert live_uploads() == before
+    await eventually(lambda: live_uploads() == before, what="every abandoned upload freed")
 
 
 async def test_cross_origin_widgets_can_read_retry_after(parley):
@@ -124,8 +124,7 @@ async def test_one_address_cannot_hold_unbounded_requests(parley, monkeypatch):
     monkeypatch.setattr(parley.services.hub, "hold_limits", HoldLimits(per_address=3))
     held = [asyncio.create_task(parley.get("history", **parley.ids(session(f"ip{n}")), wait=10))
             for n in range(3)]
-    while parley.services.hub.subscriber_count < 3:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: parley.services.hub.subscriber_count == 3, what="three held requests")
     refused = await parley.get("history", **parley.ids(session("ip-more")), wait=10)
     assert refused.status_code == 429
     for n in range(3):

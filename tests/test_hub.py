@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from server.hub import SUBSCRIPTION_BUFFER, Hub
+from tests.waiting import eventually
 
 
 async def test_an_overflowing_subscription_says_so_and_recovers(parley):
@@ -29,8 +30,7 @@ async def test_a_held_read_that_missed_events_reads_again(parley):
         return len(reads)
 
     held = asyncio.create_task(hub.hold("topic:x", 10, fetch, lambda n: False, address="1.2.3.4"))
-    while not hub.waiting_on("topic:x"):
-        await asyncio.sleep(0.01)
+    await eventually(lambda: hub.waiting_on("topic:x"), what="the hold to start")
     for n in range(SUBSCRIPTION_BUFFER + 1):  # none of a waking kind, but too many to know
         hub.deliver_local("topic:x", {"kind": "noise", "n": n})
     assert await asyncio.wait_for(held, 5) == 2

