@@ -16,6 +16,9 @@ LANG_RE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,4}$")
 _EMAIL_CHAR = r"[^@\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff<>\"(),;:\[\]\\]"
 EMAIL_RE = re.compile(rf"^{_EMAIL_CHAR}{{1,64}}@{_EMAIL_CHAR}+\.{_EMAIL_CHAR}{{2,}}$")
 
+INTEGER_RE = re.compile(r"^-?[0-9]{1,30}$")
+NUMBER_RE = re.compile(r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?$")
+
 MAX_URL_LENGTH = 2048
 
 
@@ -75,10 +78,9 @@ def query_int(raw: str | None, name: str, *, minimum: int, maximum: int) -> int 
     """An integer from a query string, or None when absent."""
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be an integer.") from None
+    if not INTEGER_RE.match(raw):  # int() would also take " 7", "1_0" and other scripts' digits
+        raise InvalidRequest(f"'{name}' must be an integer.")
+    value = int(raw)
     if not minimum <= value <= maximum:
         raise InvalidRequest(f"'{name}' must be between {minimum} and {maximum}.")
     return value
@@ -88,10 +90,9 @@ def query_seconds(raw: str | None, name: str, *, maximum: float) -> float:
     """A wait in seconds from a query string; 0 when absent."""
     if raw is None or raw == "":
         return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be a number of seconds.") from None
+    if not NUMBER_RE.match(raw):  # float() would also take "nan", " 5" and "1_0"
+        raise InvalidRequest(f"'{name}' must be a number of seconds.")
+    value = float(raw)
     if not 0 <= value <= maximum or value != value:
         raise InvalidRequest(f"'{name}' must be between 0 and {maximum:g} seconds.")
     return value

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 from handlers.openapi import OPENAPI_PATH
 from server.chat import Limits
 from server.ratelimit import Rate
-from server.validation import SESSION_ID_RE, SITE_KEY_RE
+from server.validation import NUMBER_RE, SESSION_ID_RE, SITE_KEY_RE
 from tests.harness import Parley, start_parley
 
 EXAMPLES_PER_OPERATION = 25  # per generation mode; raise it locally to dig deeper
@@ -83,13 +83,12 @@ def with_real_site(case: Any, parley: Parley) -> None:
 
 
 def seconds(value: Any) -> float | None:
-    """A valid `wait` (a number, or a string of one, 0 to 30)."""
+    """A valid `wait` as the server reads it (a number, or a string of one, 0 to 30)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    try:
-        number = float(value)
-    except ValueError:
+    if isinstance(value, str) and not NUMBER_RE.match(value):
         return None
+    number = float(value)
     return number if 0 < number <= 30 else None
 
 
