@@ -138,6 +138,8 @@ class InboxService:
                 if len(events) == FEED_BATCH:
                     continue
                 await subscription.wait(FEED_WAIT_SECONDS)
+                if self.hub.closing:  # shutting down: the page's EventSource reconnects elsewhere
+                    return
                 missed_live = subscription.overflowed
                 for event in subscription.drain():
                     if event.get("kind") == "chunk":

@@ -33,7 +33,9 @@ CONFIG = SchemathesisConfig.from_dict({
     "generation": {"mode": "all", "max-examples": EXAMPLES_PER_OPERATION, "database": "none",
                    "deterministic": True},
 })
-schema = schemathesis.openapi.from_dict(json.loads(OPENAPI_PATH.read_text(encoding="utf-8")), config=CONFIG)
+# The dashboard's operations need a signed-in operator and an XSRF token; its own tests cover them.
+schema = schemathesis.openapi.from_dict(json.loads(OPENAPI_PATH.read_text(encoding="utf-8")),
+                                        config=CONFIG).exclude(tag="dashboard")
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, negative_data_rejection]
