@@ -510,6 +510,8 @@ def setup_logging(level: str) -> None:
     )
     # bm25s sets its own logger to DEBUG; its index-building chatter is not ours to print.
     logging.getLogger("bm25s").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # httpx logs every request at INFO; our own lines say what matters about the model's calls.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 async def ai_check(config: Config, site_key: str | None) -> int:

@@ -89,7 +89,6 @@ async def _complete_one_token(client: httpx.AsyncClient, config: ModelConfig, he
                                  headers=headers, timeout=timeout)
     if response.status_code in (401, 403):
         return _refused(config, response)
-    offered = f" (it offers: {', '.join(listed[:SHOWN_MODELS])})" if listed else ""
     if response.status_code == 200:
         try:
             json.loads(response.text)["choices"]
@@ -97,11 +96,13 @@ async def _complete_one_token(client: httpx.AsyncClient, config: ModelConfig, he
             return CheckResult(False, f"{config.base_url} answered, but not as an OpenAI-compatible "
                                       "API (is the base URL right? it usually ends in /v1)")
         return CheckResult(True, f"{config.model} at {config.base_url} answered a one-token completion")
-    if response.status_code in (400, 404, 422):
-        return CheckResult(False, f"the model {config.model!r} or the base URL is wrong{offered}: "
+    if listed is not None and config.model not in listed:
+        offered = ", ".join(listed[:SHOWN_MODELS]) or "none"
+        return CheckResult(False, f"the model {config.model!r} is not offered (it offers: {offered}): "
                                   f"HTTP {response.status_code}: {_scrubbed(config, response)}")
-    return CheckResult(False, f"{config.base_url} answered HTTP {response.status_code}: "
-                              f"{_scrubbed(config, response)}")
+    # A wrong model name, base URL or key (some proxies answer a bad key with 400): the body says.
+    return CheckResult(False, f"{config.base_url} refused a one-token completion of {config.model!r}: "
+                              f"HTTP {response.status_code}: {_scrubbed(config, response)}")
 
 
 async def announce_check(config: ModelConfig) -> CheckResult:
