@@ -70,8 +70,8 @@ class Answerer:
         # other processes' dashboards see it whole once stored).
         watchers = site_topic(visitor.site.id)
         turn.on_chunk = lambda text: self.hub.deliver_local(watchers, {
-            "kind": "chunk", "session_id": visitor.session_id, "reply_to": message_id,
-            "content": text})
+            "kind": "chunk", "site_id": visitor.site.id, "session_id": visitor.session_id,
+            "reply_to": message_id, "content": text})
         turn.producer = asyncio.create_task(
             self._produce(turn, visitor, conversation, message, request),
             name=f"answer-{message.id}",

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -250,6 +251,42 @@ async def operator_sites(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- canned replies -------------------------------------------------------------------------------
+SHORTCUT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+
+
+async def canned_add(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    text = " ".join(args.text).strip()
+    if not SHORTCUT_RE.match(args.shortcut):
+        raise ParleyError("A shortcut is 1 to 40 of a-z 0-9 _ - (typed after '/' in the reply box).")
+    if not text or len(text) > 4000:
+        raise ParleyError("A canned reply is 1 to 4000 characters.")
+    reply = await services.store.save_canned_reply(site.id, args.shortcut, text)
+    print(f"saved /{reply.shortcut} (id {reply.id})")
+    return 0
+
+
+async def canned_list(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    replies = await services.store.list_canned_replies(site.id)
+    if args.json:
+        _print_json([{"id": r.id, "shortcut": r.shortcut, "text": r.content} for r in replies])
+        return 0
+    for reply in replies:
+        print(f"{reply.id:>4}  /{reply.shortcut}  {reply.content}")
+    return 0
+
+
+async def canned_remove(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    if not await services.store.remove_canned_reply(site.id, args.id):
+        print(f"no canned reply {args.id} on this site", file=sys.stderr)
+        return 1
+    print(f"removed canned reply {args.id}")
+    return 0
+
+
 # -- operators ------------------------------------------------------------------------------------
 async def operator_say(services: Services, args: argparse.Namespace) -> int:
     site = await services.sites.get(args.site)
@@ -467,6 +504,20 @@ def build_parser() -> argparse.ArgumentParser:
     for mode, verb, help_text in (("operator", "takeover", "take the conversation over from the AI"),
                                   ("ai", "release", "hand the conversation back to the AI")):
         conversation_args(command(operator, verb, help_text, _set_mode(mode)))
+
+    canned = commands.add_parser(
+        "canned", help="a site's canned replies, inserted by typing / in the dashboard's reply box"
+    ).add_subparsers(dest="canned_command", metavar="ACTION", required=True)
+    canned_adding = command(canned, "add", "add or change a canned reply", canned_add)
+    canned_adding.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+    canned_adding.add_argument("--shortcut", required=True, help="what operators type after '/', e.g. refund")
+    canned_adding.add_argument("text", nargs="+", help="the reply")
+    canned_listing = command(canned, "list", "list a site's canned replies", canned_list)
+    canned_listing.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+    canned_listing.add_argument("--json", action="store_true", help="print a JSON array")
+    canned_removing = command(canned, "remove", "remove a canned reply", canned_remove)
+    canned_removing.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+    canned_removing.add_argument("id", type=int, help="the id from 'canned list'")
 
     proactive = commands.add_parser("proactive", help="nudge a visitor").add_subparsers(
         dest="proactive_command", metavar="ACTION", required=True)

@@ -6,6 +6,7 @@ as not found, never as forbidden: there is nothing to enumerate.
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -20,6 +21,9 @@ INBOX_PAGE = 50
 FEED_BATCH = 200
 FEED_BUFFER = 1024
 FEED_WAIT_SECONDS = 300.0
+# Ids handed out by a counter (MongoDB) can commit a little out of order: each read looks this far
+# back below the cursor for one that arrived late, and skips what it already sent.
+FEED_LOOKBACK = 64
 CONVERSATION_MESSAGES = 500
 ONLINE_SECONDS = 120
 
@@ -129,13 +133,18 @@ class InboxService:
                     cursor = latest
                     yield FeedEvent("refetch", {}, latest)
             yield FeedEvent("ready", {}, cursor)
+            sent: collections.deque[int] = collections.deque(maxlen=4 * FEED_LOOKBACK)
+            floor = cursor  # never look below where this tab started
             while True:
-                events = await self.store.events_for_topics(cursor, topics, limit=FEED_BATCH)
-                for event in events:
-                    cursor = event.id
+                events = await self.store.events_for_topics(
+                    max(floor, cursor - FEED_LOOKBACK), topics, limit=FEED_BATCH + FEED_LOOKBACK)
+                fresh = [e for e in events if e.id not in sent]
+                for event in fresh:
+                    sent.append(event.id)
+                    cursor = max(cursor, event.id)
                     site_id = int(event.topic.partition(":")[2])
-                    yield FeedEvent(event.kind, {**event.payload, "site_id": site_id}, event.id)
-                if len(events) == FEED_BATCH:
+                    yield FeedEvent(event.kind, {**event.payload, "site_id": site_id}, cursor)
+                if len(fresh) >= FEED_BATCH:
                     continue
                 await subscription.wait(FEED_WAIT_SECONDS)
                 if self.hub.closing:  # shutting down: the page's EventSource reconnects elsewhere

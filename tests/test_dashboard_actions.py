@@ -155,7 +155,8 @@ async def test_the_feed_brings_new_conversations_and_messages_live(parley: Parle
     events = await feed
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "ready" and "message" in kinds
-    assert any(e["kind"] == "chunk" and e["session_id"] == SID for e in events)  # the AI, live
+    assert any(e["kind"] == "chunk" and e["session_id"] == SID and e["site_id"] == parley.site.id
+               for e in events)  # the AI, live
     ids = [int(e["id"]) for e in events if e["kind"] not in ("chunk",)]
     assert ids == sorted(ids)
 

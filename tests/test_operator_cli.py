@@ -52,5 +52,10 @@ async def test_operator_accounts_from_the_command_line(parley: Parley):
         assert code == 0 and "disabled" in out, err
         assert (await client.get("/dashboard/api/inbox")).status_code == 401
         assert (await login_form(client, "ana@example.com", "second password 2")).status_code == 401
+    code, out, err = await cli(data_dir, "canned", "add", "--site", parley.site_key, "--shortcut", "refund",
+                               "Refunds", "take", "5", "days.")
+    assert code == 0, err
+    assert [(c.shortcut, c.content) for c in await parley.services.store.list_canned_replies(
+        parley.site.id)] == [("refund", "Refunds take 5 days.")]
     actions = [e.action for e in await parley.services.audit.entries()]
     assert {"operator_add", "password_change", "operator_disable"} <= set(actions)

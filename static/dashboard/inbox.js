@@ -79,7 +79,10 @@
     var url = "/dashboard/api/conversations/" + id + (full ? "" : "?after=" + state.lastMessageId);
     return P.api("GET", url).then(function (data) {
       if (state.opened !== id) return;
+      var streaming = [];
       if (full) {
+        // An answer still streaming survives the reload (its text came only through the feed).
+        streaming = Array.prototype.slice.call($("messages").querySelectorAll(".streaming"));
         $("messages").textContent = "";
         state.lastMessageId = 0;
         state.conversation = data.conversation;
@@ -88,6 +91,8 @@
         state.conversation = data.conversation;
       }
       data.messages.forEach(addMessage);
+      var last = data.messages[data.messages.length - 1];
+      if (!last || last.role !== "ai") streaming.forEach(function (bubble) { $("messages").appendChild(bubble); });
       renderHeader();
       renderNotes(data.notes);
       var c = state.conversation;
@@ -357,7 +362,10 @@
         P.notify("A visitor asks for a person", "Open the inbox to take over.");
         if (here) loadConversation(true);
         return;
-      default:
+      case "seen": case "read":
+        scheduleList();
+        return;
+      default:  // mode, closed, assigned, block, contact, rating, note: the header or details changed
         scheduleList();
         if (here) loadConversation(true);
     }
