@@ -177,6 +177,7 @@ class ChangeStreamFeed(EventFeed):
         self._polling = False
         self._stream: EventStream | None = None
         self._resume_token: Any = None
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
 
@@ -203,7 +204,7 @@ class ChangeStreamFeed(EventFeed):
 
     async def _listen(self) -> None:
         backoff = BACKOFF_FIRST
-        while True:
+        while not self._stopping:  # the driver may swallow a cancel in the middle of a getMore
             stream = self._stream
             try:
                 if stream is None:
@@ -231,6 +232,7 @@ class ChangeStreamFeed(EventFeed):
                 await stream.close()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from typing import AsyncIterator
 
 import pytest
@@ -11,6 +12,12 @@ pytest_plugins = ["tests.fake_openai", "tests.mongo"]
 
 
 @pytest.fixture
-async def parley(tmp_path) -> AsyncIterator[Parley]:
-    async for harness in start_parley(tmp_path):
+async def parley(request, tmp_path, monkeypatch) -> AsyncIterator[Parley]:
+    """Parley on SQLite; with PARLEY_TEST_STORE=mongodb every test using it runs on MongoDB (and
+    the CLI commands the test runs reach the same database)."""
+    backend = {}
+    if os.environ.get("PARLEY_TEST_STORE") == "mongodb":
+        backend["store"] = request.getfixturevalue("mongo_uri")
+        monkeypatch.setenv("PARLEY_STORE", backend["store"])
+    async for harness in start_parley(tmp_path, **backend):
         yield harness

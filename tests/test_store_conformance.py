@@ -401,3 +401,21 @@ async def test_the_inbox_notes_and_the_feed_of_a_site(store: Store, other: Store
     await other.save_canned_reply(site_id, "hello", "Hello!")
     assert [(c.shortcut, c.content) for c in await store.list_canned_replies(site_id)] == [("hello", "Hello!")]
     assert await other.remove_canned_reply(site_id, saved.id)
+
+
+async def test_concurrent_settings_changes_are_all_kept(store, other):
+    site_id = await new_site(store)
+    await asyncio.gather(*(handle.update_site_settings(site_id, {f"key{n}": n % 2 == 0})
+                           for n, handle in enumerate([store, other] * 4)))
+    settings = (await other.get_site_by_key("sk_shop" + "_" * 26)).settings
+    assert {k: v for k, v in settings.items() if k.startswith("key")} == \
+        {f"key{n}": n % 2 == 0 for n in range(8)}
+    assert all(isinstance(v, bool) for k, v in settings.items() if k.startswith("key"))
+
+
+async def test_a_feed_stops_at_once_even_right_after_it_started(store):
+    hub = Hub(store)
+    feed = build_feed(hub, store, poll_interval=0.05)
+    async with hub.subscribe("session:1:sess_x"):
+        pass
+    await asyncio.wait_for(feed.stop(), 5)  # a driver that swallows the cancel must not hang it

@@ -310,7 +310,7 @@ class MongoStore(Store):
     ) -> Site:
         document = {"_id": await self._next_id("sites"), "site_key": _str(site_key), "name": _str(name),
                     "allowed_origins": [_str(o) for o in allowed_origins], "settings": dict(settings),
-                    "enabled": True, "created_at": utc_now_iso()}
+                    "revision": 0, "enabled": True, "created_at": utc_now_iso()}
         await self._db.sites.insert_one(document)
         return _site(document)
 
@@ -328,15 +328,22 @@ class MongoStore(Store):
         for key in changes:
             if not isinstance(key, str) or not key or key.startswith("$") or "." in key:
                 raise ValueError(f"not a settings name: {key!r}")
-        if not changes:
+        # Compare and swap on a revision: a concurrent change of another key is kept. (Not one
+        # $set per key: the stand-in stores a boolean set that way as 0 or 1.)
+        for _ in range(20):
             doc = await self._db.sites.find_one({"_id": _int(site_id)})
-        else:  # one $set of each key: a concurrent change of another key is kept
-            doc = await self._db.sites.find_one_and_update(
-                {"_id": _int(site_id)}, {"$set": {f"settings.{k}": v for k, v in changes.items()}},
-                return_document=ReturnDocument.AFTER)
-        if doc is None:
-            raise StoreUnavailable(f"site {site_id} does not exist")
-        return _site(doc)
+            if doc is None:
+                raise StoreUnavailable(f"site {site_id} does not exist")
+            if not changes:
+                return _site(doc)
+            merged = {**(doc.get("settings") or {}), **changes}
+            revision = doc["revision"] if "revision" in doc else {"$exists": False}
+            result = await self._db.sites.update_one(
+                {"_id": site_id, "revision": revision},
+                {"$set": {"settings": merged}, "$inc": {"revision": 1}})
+            if result.modified_count:
+                return _site({**doc, "settings": merged})
+        raise StoreUnavailable("the site's settings kept changing; please try again")
 
     # -- conversations ------------------------------------------------------------------------
     @_guarded
