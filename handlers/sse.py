@@ -5,43 +5,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, TypeVar
+from typing import Any, AsyncIterator, Callable
 
 from handlers.base import JsonHandler, dumps
 
-T = TypeVar("T")
 
-KEEPALIVE = object()  # what `with_keepalive` yields when its source has been quiet too long
+class Keepalive:
+    """`: keepalive` on a quiet stream from one timer, re-armed only when it fires: a busy stream
+    pays nothing per event (a timeout per event costs a timer handle each, a wait task more).
 
-
-async def with_keepalive(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | object]:
-    """Yield what `source` yields, and KEEPALIVE whenever it says nothing for `interval` seconds.
-
-    The source is never cancelled by a keepalive: its pending step keeps running across them. When
-    this generator is closed or cancelled, the source is cancelled and closed with it.
+    Tornado keeps one flush at a time, so the timer never flushes while the writer does, and the
+    writer waits for a keepalive's flush (`settled`) before its own.
     """
-    step: asyncio.Future[T] | None = None
-    try:
-        while True:
-            if step is None:
-                step = asyncio.ensure_future(anext(source))
-            done, _ = await asyncio.wait((step,), timeout=interval)
-            if not done:
-                yield KEEPALIVE
-                continue
-            try:
-                item = step.result()
-            except StopAsyncIteration:
-                return
-            finally:
-                step = None
-            yield item
-    finally:
-        if step is not None and not step.done():
-            step.cancel()
-            await asyncio.wait((step,))
-        if hasattr(source, "aclose"):
-            await source.aclose()
+
+    def __init__(self, handler: JsonHandler, interval: float) -> None:
+        self.handler = handler
+        self.interval = interval
+        self.loop = asyncio.get_running_loop()
+        self.last_sent = self.loop.time()
+        self.writing = False
+        self.pending: asyncio.Future[None] | None = None
+        self.timer = self.loop.call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        quiet = self.loop.time() - self.last_sent
+        if self.writing or self.pending is not None or quiet < self.interval:
+            self.timer = self.loop.call_later(max(0.01, self.interval - quiet), self._tick)
+            return
+        self.handler.write(": keepalive\n\n")
+        self.pending = asyncio.ensure_future(self.handler.safe_flush())
+        self.pending.add_done_callback(self._flushed)
+        self.last_sent = self.loop.time()
+        self.timer = self.loop.call_later(self.interval, self._tick)
+
+    def _flushed(self, future: asyncio.Future[None]) -> None:
+        self.pending = None
+
+    async def settled(self) -> None:
+        if self.pending is not None:
+            await asyncio.wait((self.pending,))
+
+    def stop(self) -> None:
+        self.timer.cancel()
 
 
 class EventStreamMixin(JsonHandler):
@@ -65,18 +70,35 @@ class EventStreamMixin(JsonHandler):
             head += f"event: {name}\n"
         self.write(f"{head}data: {dumps(data)}\n\n")
 
-    async def send_events(self, events: AsyncIterator[Any], frame: Any) -> None:
+    async def send_events(self, events: AsyncIterator[Any], frame: Callable[[Any], None]) -> None:
         """Flush the headers, then `frame(event)` each event of `events` (frame writes it) until the
         source ends or the client leaves. The source is closed either way."""
-        if not await self.safe_flush():
-            with contextlib.suppress(AttributeError):
-                await events.aclose()  # type: ignore[attr-defined]
-            return
-        async with contextlib.aclosing(with_keepalive(events, self.keepalive_interval)) as stream:
-            async for event in stream:
-                if event is KEEPALIVE:
-                    self.write(": keepalive\n\n")
-                else:
-                    frame(event)
-                if not await self.safe_flush():
-                    return
+
+        async def one_by_one() -> AsyncIterator[list[Any]]:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    yield [event]
+
+        await self.send_batches(one_by_one(), frame)
+
+    async def send_batches(self, batches: AsyncIterator[list[Any]],
+                           frame: Callable[[Any], None]) -> None:
+        """Like `send_events`, for a source that yields lists of events: every event of a list is
+        written, then flushed once."""
+        async with contextlib.aclosing(batches):  # type: ignore[type-var]
+            if not await self.safe_flush():
+                return
+            keepalive = Keepalive(self, self.keepalive_interval)
+            try:
+                async for batch in batches:
+                    await keepalive.settled()
+                    for event in batch:
+                        frame(event)
+                    keepalive.writing = True
+                    flushed = await self.safe_flush()
+                    keepalive.writing = False
+                    keepalive.last_sent = keepalive.loop.time()
+                    if not flushed:
+                        return
+            finally:
+                keepalive.stop()

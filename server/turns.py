@@ -77,23 +77,31 @@ class Turn:
     async def follow(self) -> AsyncIterator[TurnEvent]:
         """Every chunk from the first, then `error` (if any) and `done`. Quiet while nothing
         happens: the SSE writer adds keepalives (handlers/sse.py)."""
+        async for batch in self.follow_batches():
+            for event in batch:
+                yield event
+
+    async def follow_batches(self) -> AsyncIterator[list[TurnEvent]]:
+        """The same events as `follow`, grouped: each batch is everything that arrived since the
+        last one, so a writer that fell behind catches up with one write and one flush."""
         self._followers += 1
         self._unfollowed.clear()
         sent = 0
         try:
             while True:
                 changed = self._changed
-                while sent < len(self.chunks):
-                    yield TurnEvent("chunk", content=self.chunks[sent])
-                    sent += 1
+                batch = [TurnEvent("chunk", content=chunk) for chunk in self.chunks[sent:]]
+                sent += len(batch)
                 if self.meta is not None:
                     if self.error is not None:
-                        yield TurnEvent("error", error=self.error)
-                    yield TurnEvent("done", meta=self.meta)
+                        batch.append(TurnEvent("error", error=self.error))
+                    batch.append(TurnEvent("done", meta=self.meta))
+                    yield batch
                     return
-                if changed is not self._changed:
-                    continue
-                await changed.wait()
+                if batch:
+                    yield batch
+                if changed is self._changed:
+                    await changed.wait()
         finally:
             self._followers -= 1
             if self._followers == 0:

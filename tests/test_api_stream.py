@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import AsyncIterator
 
 import httpx_sse
+
+from server.ai.base import AnswerRequest, Provider
+from server.turns import Turn
 
 from tests.harness import session
 from tests.providers import GatedProvider
@@ -67,6 +71,48 @@ async def test_quiet_stream_sends_keepalive_comments(tmp_path):
                     provider.release()
         assert b": keepalive\n\n" in raw
         assert raw.rstrip().endswith(b"}}")
+
+
+class PacedProvider(Provider):
+    """Chunks at a steady pace, slower than the keepalive interval under test."""
+
+    name = "paced"
+
+    def __init__(self, chunks: int, pace: float) -> None:
+        self.chunks, self.pace = chunks, pace
+
+    async def stream(self, request: AnswerRequest) -> AsyncIterator[str]:
+        for n in range(self.chunks):
+            await asyncio.sleep(self.pace)
+            yield f"c{n} "
+
+
+async def test_keepalives_between_chunks_never_hold_up_the_answer(tmp_path):
+    from tests.harness import start_parley
+
+    async for parley in start_parley(tmp_path, sse_keepalive=0.01):
+        parley.services.ai.default_provider = PacedProvider(30, 0.015)
+        body = parley.ids(session(30), message="Tell me slowly")
+        async with parley.client.stream("POST", "/api/v1/chat/stream", json=body) as response:
+            raw = await asyncio.wait_for(response.aread(), 30)
+        events = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: ")]
+        assert chunks_text(events) == "".join(f"c{n} " for n in range(30))
+        assert [e["type"] for e in events].count("done") == 1 and events[-1]["type"] == "done"
+        assert b": keepalive\n\n" in raw  # they did interleave with the chunks
+
+
+async def test_chunks_made_while_the_writer_was_busy_come_as_one_batch():
+    turn = Turn()
+    batches = turn.follow_batches()
+    turn.append("a")
+    assert [e.content for e in await anext(batches)] == ["a"]
+    turn.append("b")
+    turn.append("c")
+    turn.finish({"mode": "ai"})
+    last = await anext(batches)
+    assert [e.type for e in last] == ["chunk", "chunk", "done"]
+    assert [e.content for e in last[:2]] == ["b", "c"]
+    await batches.aclose()
 
 
 async def test_the_same_message_id_replays_the_finished_answer(parley):
