@@ -72,8 +72,13 @@ class Subscription:
 
     async def wait(self, timeout: float) -> bool:
         """True when something was published since the last drain; False on timeout."""
+        if self._ready.is_set():
+            return True
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout=max(timeout, 0))
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for makes a task per wait, and
+            # thousands of held requests each wait at once.
+            async with asyncio.timeout(max(timeout, 0)):
+                await self._ready.wait()
         except TimeoutError:
             return False
         return True
@@ -199,18 +204,22 @@ class Hub:
 
     async def publish(self, topic: str, kind: str, payload: dict[str, Any] | None = None) -> None:
         """Tell every process: recorded in the store's events feed, delivered here at once."""
-        event = {"kind": kind, **(payload or {})}
+        await self._publish([(topic, kind, payload or {})])
+
+    async def _publish(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
         # Recorded first, then delivered: a listener that reads the feed back from the store on
         # waking (the dashboard) finds the event there.
         try:
-            await self.store.record_event(topic, kind, payload or {}, self.origin)
+            await self.store.record_events(events, self.origin)
         except StoreUnavailable:
             # The write itself is stored; other processes' waiters will see it on their next read.
-            log.warning("could not record %s event for other processes", kind)
-        self.deliver_local(topic, event)
+            log.warning("could not record %s event for other processes", events[0][1])
+        for topic, kind, payload in events:
+            self.deliver_local(topic, {"kind": kind, **payload})
 
     async def publish_to_session(self, site_id: int, session_id: str, kind: str,
                                  payload: dict[str, Any]) -> None:
-        """News of one visitor: to the visitor's own waiters and to the site's operators."""
-        await self.publish(session_topic(site_id, session_id), kind, payload)
-        await self.publish(site_topic(site_id), kind, {**payload, "session_id": session_id})
+        """News of one visitor: to the visitor's own waiters and to the site's operators, recorded
+        for other processes in one store call."""
+        await self._publish([(session_topic(site_id, session_id), kind, payload),
+                             (site_topic(site_id), kind, {**payload, "session_id": session_id})])

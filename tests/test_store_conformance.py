@@ -299,6 +299,16 @@ async def test_events_in_order_without_our_own_and_pruned(store, other):
     assert await other.events_since(start, exclude_origin="", limit=10) == []
 
 
+async def test_events_of_one_write_are_recorded_together_in_order(store, other):
+    start = await store.latest_event_id()
+    ids = await store.record_events([("session:1:s", "message", {"n": 1}),
+                                     ("site:1", "message", {"n": 1, "session_id": "s"})], "A")
+    assert len(ids) == 2 and ids[0] < ids[1]
+    seen = await other.events_since(start, exclude_origin="B", limit=10)
+    assert [(e.id, e.topic, e.payload) for e in seen] == [
+        (ids[0], "session:1:s", {"n": 1}), (ids[1], "site:1", {"n": 1, "session_id": "s"})]
+
+
 async def test_the_feed_wakes_a_subscriber_of_another_process(stores):
     """An event recorded by one process reaches a subscriber held by another within a second."""
     store, other = stores

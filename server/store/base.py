@@ -213,6 +213,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int: ...
 
+    async def record_events(self, events: list[tuple[str, str, dict[str, Any]]], origin: str) -> list[int]:
+        """Several (topic, kind, payload) events of one write, in order; one transaction where the
+        store can (a visitor's news goes to its own topic and to the site's operators)."""
+        return [await self.record_event(topic, kind, payload, origin) for topic, kind, payload in events]
+
     @abc.abstractmethod
     async def latest_event_id(self) -> int: ...
 

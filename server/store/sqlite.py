@@ -90,6 +90,8 @@ CREATE INDEX IF NOT EXISTS messages_reply ON messages (conversation_id, reply_to
     WHERE reply_to IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation_id, id);
 CREATE INDEX IF NOT EXISTS messages_role_time ON messages (role, created_at);
+-- The per-session AI-cap count: without it SQLite walks every AI reply of the last hour.
+CREATE INDEX IF NOT EXISTS messages_conversation_role_time ON messages (conversation_id, role, created_at);
 CREATE TABLE IF NOT EXISTS blocks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     site_id INTEGER NOT NULL,
@@ -731,6 +733,16 @@ class SQLiteStore(Store):
                 (topic, kind, json.dumps(payload), origin, time.time()),
             )
             return int(cur.lastrowid or 0)
+
+        return await self._run(self._tx, insert)
+
+    async def record_events(self, events: list[tuple[str, str, dict[str, Any]]], origin: str) -> list[int]:
+        now = time.time()
+        rows = [(topic, kind, json.dumps(payload), origin, now) for topic, kind, payload in events]
+
+        def insert(db: sqlite3.Connection) -> list[int]:
+            return [int(db.execute("INSERT INTO events (topic, kind, payload, origin, created_at)"
+                                   " VALUES (?, ?, ?, ?, ?)", row).lastrowid or 0) for row in rows]
 
         return await self._run(self._tx, insert)
 
