@@ -22,6 +22,7 @@ import tornado.httpclient
 from bench.common import (
     Child,
     children,
+    cpu_seconds,
     markdown_table,
     python_module,
     ratio,
@@ -80,18 +81,21 @@ async def measure(kind: str, sessions: int, rates: list[int], seconds: float) ->
         result["kb_per_waiter"] = round((rss_held - rss_idle) / sessions, 2) if held_ok else None
         pushes = []
         for rate in rates:
+            cpu = cpu_seconds(server.pid)
             pushes.append(await control(server, "push", "POST", timeout=seconds + 120, sessions=sessions,
                                         rate=rate, seconds=seconds, phase=f"in-{rate}"))
-            pushes[-1]["path"] = "in-process"
             await asyncio.sleep(1)
+            pushes[-1].update(path="in-process", server_cpu_s=round(cpu_seconds(server.pid) - cpu, 2))
         for rate in rates:
             where = (["--parley-data", tmp, "--site-key", server.ready["site_key"]] if kind == "parley"
                      else ["--ceiling", f"http://127.0.0.1:{server.ready['control']}"])
+            cpu = cpu_seconds(server.pid)
             pusher = start_child("pusher", python_module(
                 "bench.pusher", *where, "--sessions", sessions, "--rate", rate, "--seconds", seconds,
                 "--phase", f"cross-{rate}"), ready_timeout=seconds + 120)
-            pushes.append({**pusher.ready, "path": "other process"})
             await asyncio.sleep(1.5)
+            pushes.append({**pusher.ready, "path": "other process",
+                           "server_cpu_s": round(cpu_seconds(server.pid) - cpu, 2)})
         result["gc_while_held"] = (await control(server, "stats"))["gc"]
         visitors.send("leave")
         seen = visitors.read_json(120)
@@ -136,11 +140,13 @@ def tables(data: dict[str, Any]) -> str:
             delay = push["delay_ms"]
             delays.append([run["server"], run["held"], push["path"], push["offered_per_s"],
                            push["completed_per_s"], delay["n"], delay.get("p50"), delay.get("p99"),
-                           delay.get("max"), push["skipped"] + push["errors"]])
+                           delay.get("max"), push["skipped"] + push["errors"],
+                           round(push["server_cpu_s"] * 1000 / max(1, push["completed"]), 2)])
     return "\n\n".join([
         markdown_table(["server", "held", "reached", "KB per held", "× ceiling", "RSS held MB",
                         "max gen-2 GC ms", "GC-tracked objects", "held after leaving",
                         "RSS after leaving MB"], memory),
         markdown_table(["server", "held", "written from", "offered/s", "stored/s", "delivered",
-                        "p50 ms", "p99 ms", "max ms", "skipped+failed"], delays),
+                        "p50 ms", "p99 ms", "max ms", "skipped+failed",
+                        "server CPU ms per message"], delays),
     ])
