@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="write the results here (default test-output/bench/<name>.json)")
     parser.add_argument("--held", type=int, nargs="+", metavar="N",
-                        help="held: numbers of held requests (default 1000 5000 10000; quick 1000)")
+                        help="held: numbers of held requests (default 1000 10000; quick 1000)")
     parser.add_argument("--concurrency", type=int, nargs="+", metavar="C",
                         help="stream: concurrent streams (default 1 100 500; quick 1 100)")
     parser.add_argument("--targets", nargs="+", metavar="T",

@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from bench.common import bench_session
 
-MAX_IN_FLIGHT = 2000
+MAX_IN_FLIGHT = 1000
 DRAIN_SECONDS = 30
 
 
