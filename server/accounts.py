@@ -207,6 +207,12 @@ class AccountService:
             await self.store.touch_operator_session(hashed, now)
         return SignedIn(operator, session)
 
+    async def forget_stale(self, now: float | None = None) -> None:
+        """Housekeeping: sessions idle past the timeout, failures older than their window."""
+        now = time.time() if now is None else now
+        await self.store.delete_operator_sessions(idle_before=now - self.idle_timeout)
+        await self.store.prune_login_failures(now - FAILURE_WINDOW_SECONDS)
+
     async def sign_out(self, token: str) -> None:
         await self.store.delete_operator_sessions(token_hash=token_hash(token))
 

@@ -76,6 +76,7 @@ async def serve(config: Config) -> None:
 
     async def prune() -> None:
         await services.store.prune_events(time.time() - EVENT_RETENTION_SECONDS)
+        await services.accounts.forget_stale()
 
     housekeeping = PeriodicCallback(prune, 60_000)
     housekeeping.start()

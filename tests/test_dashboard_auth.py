@@ -130,11 +130,15 @@ async def test_logout_a_password_change_or_disabling_ends_sessions_at_once(parle
 
 async def test_an_idle_session_ends(parley: Parley, signed_in: SignIn):
     ana = await signed_in("ana@example.com")
+    await signed_in("bob@example.com")
     assert (await ana.api("inbox")).status_code == 200
-    parley.services.accounts.idle_timeout = 0.01
-    await parley.services.store.touch_operator_session(
-        next(iter(await _session_hashes(parley))), time.time() - 60)
+    parley.services.accounts.idle_timeout = 30
+    for hashed in await _session_hashes(parley):
+        await parley.services.store.touch_operator_session(hashed, time.time() - 60)
     assert (await ana.api("inbox")).status_code == 401
+    assert len(await _session_hashes(parley)) == 1  # Bob's, idle too but not asked for yet
+    await parley.services.accounts.forget_stale()  # housekeeping removes it
+    assert await _session_hashes(parley) == []
 
 
 async def _session_hashes(parley: Parley) -> list[str]:
@@ -197,3 +201,32 @@ async def test_dashboard_pages_carry_the_safety_headers(parley: Parley, signed_i
         assert "<script>" not in response.text and " onclick=" not in response.text
     # The widget's API stays cookie-less.
     assert "set-cookie" not in (await parley.get("history", **parley.ids(SID))).headers
+
+
+async def test_the_account_page_changes_the_password_and_turns_two_factor_on(parley: Parley,
+                                                                             signed_in: SignIn):
+    import re
+
+    ana = await signed_in("ana@example.com")
+    form = {"_xsrf": ana.xsrf}
+    started = await ana.client.post("/dashboard/account", data={**form, "action": "totp_start"})
+    secret = re.search(r'name="secret" value="([A-Z2-7]+)"', started.text).group(1)
+    wrong = await ana.client.post("/dashboard/account", data={
+        **form, "action": "totp_confirm", "secret": secret, "code": "000000"})
+    assert wrong.status_code == 400
+    confirmed = await ana.client.post("/dashboard/account", data={
+        **form, "action": "totp_confirm", "secret": secret, "code": pyotp.TOTP(secret).now()})
+    assert confirmed.status_code == 200 and "recovery codes" in confirmed.text
+    assert (await parley.services.accounts.get_by_email("ana@example.com")).totp_secret == secret
+
+    refused = await ana.client.post("/dashboard/account", data={
+        **form, "action": "password", "current": "not it", "password": "a new password 1",
+        "password_again": "a new password 1"})
+    assert refused.status_code == 400
+    changed = await ana.client.post("/dashboard/account", data={
+        **form, "action": "password", "current": PASSWORD, "password": "a new password 1",
+        "password_again": "a new password 1"})
+    assert changed.status_code == 302 and changed.headers["location"] == "/dashboard/login"
+    assert (await ana.api("inbox")).status_code == 401  # every session ended, this one too
+    actions = [e.action for e in await parley.services.audit.entries()]
+    assert "two_factor_on" in actions and "password_change" in actions

@@ -362,6 +362,9 @@ async def test_operators_sessions_and_failures(store: Store, other: Store):
     await other.clear_login_failures("account:ana")
     assert await store.count_login_failures("account:ana", 0) == 0
     assert await store.count_login_failures("address:1.2.3.4", 0) == 1
+    assert await other.prune_login_failures(now - 60) == 0
+    assert await other.prune_login_failures(now + 1) == 1
+    assert await store.count_login_failures("address:1.2.3.4", 0) == 0
 
     await store.add_setup_token("t1", now + 60)
     assert await other.use_setup_token("t1", now, consume=False)

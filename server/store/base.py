@@ -293,6 +293,10 @@ class Store(abc.ABC):
         """Forget `key`'s failures (all, or only those older than `before`)."""
 
     @abc.abstractmethod
+    async def prune_login_failures(self, before: float) -> int:
+        """Forget every failure older than `before` (housekeeping)."""
+
+    @abc.abstractmethod
     async def add_setup_token(self, token_hash: str, expires_at: float) -> None: ...
 
     @abc.abstractmethod

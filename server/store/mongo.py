@@ -798,6 +798,10 @@ class MongoStore(Store):
         await self._db.login_failures.delete_many(query)
 
     @_guarded
+    async def prune_login_failures(self, before: float) -> int:
+        return (await self._db.login_failures.delete_many({"at": {"$lt": _num(before)}})).deleted_count
+
+    @_guarded
     async def add_setup_token(self, token_hash: str, expires_at: float) -> None:
         await self._db.setup_tokens.insert_one({"_id": _str(token_hash), "expires_at": _num(expires_at),
                                                 "used": False})

@@ -942,6 +942,12 @@ class SQLiteStore(Store):
 
         await self._run(self._tx, delete)
 
+    async def prune_login_failures(self, before: float) -> int:
+        def delete(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM login_failures WHERE at < ?", (before,)).rowcount
+
+        return await self._run(self._tx, delete)
+
     async def add_setup_token(self, token_hash: str, expires_at: float) -> None:
         def insert(db: sqlite3.Connection) -> None:
             db.execute("INSERT INTO setup_tokens (token_hash, expires_at) VALUES (?, ?)",
