@@ -16,6 +16,7 @@ from typing import Any
 
 from server.ai.base import AIUnavailable, Answer
 from server.ai.engine import AIEngine
+from server.answer_watch import AnswerWatch
 from server.errors import Conflict, ParleyError, Restarting, Unavailable
 from server.hub import Hub, site_topic
 from server.store.base import Store
@@ -34,7 +35,8 @@ CLAIM_ATTEMPTS = 3
 
 async def publish_message(hub: Hub, visitor: Visitor, message: Message) -> None:
     await hub.publish_to_session(visitor.site.id, visitor.session_id, "message",
-                                 {"message_id": message.id, "role": message.role})
+                                 {"message_id": message.id, "role": message.role,
+                                  "reply_to": message.reply_to})
 
 
 class Answerer:
@@ -66,12 +68,8 @@ class Answerer:
         turn = Turn()
         self._live_turns[(conversation.id, message_id)] = turn
         self._turn_topics[turn] = visitor.topic
-        # Operators watching the conversation see the answer token by token (this process only;
-        # other processes' dashboards see it whole once stored).
-        watchers = site_topic(visitor.site.id)
-        turn.on_chunk = lambda text: self.hub.deliver_local(watchers, {
-            "kind": "chunk", "site_id": visitor.site.id, "session_id": visitor.session_id,
-            "reply_to": message_id, "content": text})
+        # Operators watching the conversation see the answer token by token, on any process.
+        turn.on_chunk = AnswerWatch(self.hub, turn, visitor, message_id).chunk
         turn.producer = asyncio.create_task(
             self._produce(turn, visitor, conversation, message, request),
             name=f"answer-{message.id}",

@@ -213,3 +213,32 @@ async def test_unread_counts_and_marking_read(parley: Parley, ana: Operator):
     last = view["messages"][-1]["id"]
     assert (await ana.act(row["id"], "read", {"through": last})).status_code == 200
     assert (await ana.api("inbox")).json()["conversations"][0]["unread"] == 0
+
+
+async def test_an_answer_made_by_another_process_is_watched_live(parley: Parley, ana: Operator,
+                                                                 monkeypatch):
+    import server.answer_watch
+    from server.app import build_services
+    from server.visitor import TurnRequest, Visitor
+
+    monkeypatch.setattr(server.answer_watch, "PROGRESS_EVERY", 0.0)
+    other = await build_services(parley.services.config)  # a second process on the same data
+    provider = GatedProvider(["Made ", "elsewhere."])
+    other.ai.default_provider = provider
+    try:
+        started = asyncio.Event()
+        feed = asyncio.create_task(read_feed(ana, lambda events: any(
+            e["kind"] == "answer_progress" and e["text"] == "Made " for e in events), started=started))
+        await asyncio.wait_for(started.wait(), 10)
+        turn = await other.chat.start_turn(Visitor(parley.site, SID, "127.0.0.1"),
+                                           TurnRequest("Hi there", "m_elsewhere", None, None, None))
+        await asyncio.wait_for(provider.started.wait(), 10)
+        provider.release()
+        events = await feed
+        progress = next(e for e in events if e["kind"] == "answer_progress")
+        assert (progress["session_id"], progress["reply_to"], progress["site_id"]) == \
+            (SID, "m_elsewhere", parley.site.id)
+        provider.release()
+        assert [e.type async for e in turn.follow()][-1] == "done"
+    finally:
+        await other.close()

@@ -7,7 +7,7 @@
   var me = {id: Number(root.dataset.operatorId), name: root.dataset.operatorName};
   var state = {
     status: "all", q: "", site: "", list: [], opened: null, conversation: null,
-    lastMessageId: 0, streams: {}, viewers: {}, canned: {}, noteMode: false, listTimer: null,
+    lastMessageId: 0, answered: {}, viewers: {}, canned: {}, noteMode: false, listTimer: null,
   };
 
   // -- the list --------------------------------------------------------------------------------
@@ -130,17 +130,24 @@
     scrollDown();
   }
   function scrollDown() { var box = $("messages"); box.scrollTop = box.scrollHeight; }
-  function onChunk(event) {
+  // The AI's answer while it is made: `chunk` (this server, each piece with its offset) and
+  // `answer_progress` (any server, the whole text so far). The longest text seen wins.
+  function onAnswer(event) {
     var c = state.conversation;
-    if (!c || event.session_id !== c.session_id || event.site_id !== c.site_id) return;
     var key = event.reply_to || "answer";
+    if (!c || event.session_id !== c.session_id || event.site_id !== c.site_id || state.answered[key]) return;
     var bubble = $("messages").querySelector('.streaming[data-reply-to="' + CSS.escape(key) + '"]');
     if (!bubble) {
       bubble = el("li", {className: "msg ai streaming", "data-reply-to": key}, [
         el("span", {className: "meta", text: "AI · answering…"}), el("span", {className: "text"})]);
       $("messages").appendChild(bubble);
     }
-    bubble.querySelector(".text").textContent += event.content;
+    var text = bubble.querySelector(".text"), current = text.textContent;
+    if (event.kind === "answer_progress") {
+      if (event.text.length > current.length) text.textContent = event.text;
+    } else if (event.offset <= current.length) {
+      text.textContent = current + event.content.slice(current.length - event.offset);
+    }
     scrollDown();
   }
   function renderHeader() {
@@ -342,7 +349,7 @@
     var here = c && event.session_id === c.session_id && event.site_id === c.site_id;
     switch (event.kind) {
       case "ready": return;
-      case "chunk": onChunk(event); return;
+      case "chunk": case "answer_progress": onAnswer(event); return;
       case "chunks_missed": if (state.opened) loadConversation(false); return;
       case "refetch": loadList(); if (state.opened) loadConversation(true); return;
       case "viewing":
@@ -353,6 +360,11 @@
         }
         return;
       case "message":
+        if (event.role === "ai" && event.reply_to) {
+          state.answered[event.reply_to] = true;
+          var done = $("messages").querySelector('.streaming[data-reply-to="' + CSS.escape(event.reply_to) + '"]');
+          if (done && !here) done.remove();
+        }
         scheduleList();
         if (here) loadConversation(false);
         if (event.role === "visitor" && !(here && !document.hidden)) P.notify("New message", "A visitor wrote.");
