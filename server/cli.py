@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from server.app import Services, build_services
 from server.ai.check import check_model, describe_model
+from server.ai.knowledge import RELEVANCE_FLOOR
 from server.ai.settings import ai_settings, global_model_config, masked, site_model_config, updated_ai_settings
 from server.audit import CLI
 from server.config import Config, add_config_arguments, browser_host, load_config
@@ -121,6 +122,19 @@ async def kb_list(services: Services, args: argparse.Namespace) -> int:
         for document in documents:
             where = f"  <{document.url}>" if document.url else ""
             print(f"{document.id:>5}  {document.title}  ({len(document.content)} characters){where}")
+    return 0
+
+
+async def kb_gaps(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    gaps = await services.store.knowledge_gaps(site.id, below=RELEVANCE_FLOOR, limit=args.limit)
+    if args.json:
+        _print_json([dataclasses.asdict(g) for g in gaps])
+    else:
+        for gap in gaps:
+            print(f"{gap.asked_at}  relevance {gap.relevance:.2f}  {gap.question}")
+        if not gaps:
+            print("no unanswered questions: every AI answer found its passages")
     return 0
 
 
@@ -458,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     kb_listing = command(kb, "list", "list a site's knowledge documents", kb_list)
     kb_listing.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
     kb_listing.add_argument("--json", action="store_true", help="print a JSON array")
+    gaps = command(kb, "gaps", "the newest visitor questions the knowledge did not cover (the AI "
+                   "said it did not know): what to write next", kb_gaps)
+    gaps.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+    gaps.add_argument("--limit", type=int, default=50, metavar="N", help="at most N questions (default 50)")
+    gaps.add_argument("--json", action="store_true", help="print a JSON array")
     remove = command(kb, "remove", "remove one knowledge document", kb_remove)
     remove.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
     remove.add_argument("id", type=int, help="the document id from 'kb list'")

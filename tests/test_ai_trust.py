@@ -4,6 +4,9 @@ fails, and every AI answer remembering how well the site's knowledge covered its
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import time
 
 from server.ai.knowledge import RELEVANCE_FLOOR
@@ -55,3 +58,13 @@ async def test_each_answer_stores_its_relevance_and_the_gaps_are_listed(parley: 
     assert answers[1].relevance is not None and answers[1].relevance < RELEVANCE_FLOOR
     gaps = await store.knowledge_gaps(parley.site.id, below=RELEVANCE_FLOOR)
     assert [g.question for g in gaps] == ["Do you sell gift cards for birthdays?"]
+    # The site owner reads them from the command line (in its own process, as a person would).
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "kb", "gaps", "--site", parley.site_key, "--json",
+        "--data-dir", str(parley.services.config.data_dir), stdout=asyncio.subprocess.PIPE,
+        env=dict(os.environ))
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    listed = json.loads(output)
+    assert [g["question"] for g in listed] == ["Do you sell gift cards for birthdays?"]
+    assert listed[0]["session_id"] == session(4) and listed[0]["relevance"] < RELEVANCE_FLOOR
