@@ -1,7 +1,10 @@
-"""The embedded default store: one SQLite file in WAL mode, reached through one worker thread.
+"""The embedded default store: one SQLite file in WAL mode, off the event loop.
 
-All statements run on a single thread that owns the connection, so the event loop never blocks on
-disk or on another process's write lock, and each public method is one transaction.
+Writes run on one thread that owns the writing connection, each public method one transaction, so
+writers never contend within a process. Reads run on a small pool of threads, each with its own
+read-only connection: WAL lets them read a consistent snapshot while the writer writes, so a burst
+of reads (thousands of held requests arriving at once) does not queue behind writes, nor a normal
+request's read behind a thousand others on one thread.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import functools
 import json
 import logging
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +44,10 @@ from server.store.models import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Reader threads (and connections). SQLite releases the GIL while it searches, so a few readers
+# overlap; more would only contend for the GIL.
+READERS = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -266,22 +274,44 @@ def _document(row: sqlite3.Row) -> KnowledgeDocument:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000, readers: int = READERS) -> None:
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
+        self._reader_count = readers
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._reader_dbs: list[sqlite3.Connection] = []
+        self._reader_dbs_lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write")
         await self._run(self._connect)
+        self._readers = ThreadPoolExecutor(max_workers=self._reader_count,
+                                           thread_name_prefix="sqlite-read")
 
-    def _connect(self) -> None:
+    def _open_connection(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        return db
+
+    def _reader(self) -> sqlite3.Connection:
+        """This reader thread's own connection, opened on first use."""
+        db: sqlite3.Connection | None = getattr(self._reader_local, "db", None)
+        if db is None:
+            db = self._open_connection()
+            db.execute("PRAGMA query_only = ON")
+            self._reader_local.db = db
+            with self._reader_dbs_lock:
+                self._reader_dbs.append(db)
+        return db
+
+    def _connect(self) -> None:
+        db = self._open_connection()
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
@@ -317,6 +347,13 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         if self._executor is None:
             return
+        if self._readers is not None:
+            readers, self._readers = self._readers, None
+            await asyncio.to_thread(readers.shutdown, wait=True)
+            with self._reader_dbs_lock:
+                for reader in self._reader_dbs:
+                    reader.close()
+                self._reader_dbs.clear()
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
@@ -324,11 +361,15 @@ class SQLiteStore(Store):
         self._executor = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
+        """Run `fn` on the writer thread (with the writing connection in self._db)."""
+        return await self._on(self._executor, fn, *args)
+
+    async def _on(self, executor: ThreadPoolExecutor | None, fn: Callable[..., T], *args: Any) -> T:
+        if executor is None:
             raise StoreUnavailable("The store is not open.")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+            return await loop.run_in_executor(executor, functools.partial(fn, *args))
         except sqlite3.IntegrityError:
             raise
         except sqlite3.ProgrammingError as exc:
@@ -352,16 +393,26 @@ class SQLiteStore(Store):
         db.execute("COMMIT")
         return result
 
-    def _one(self, sql: str, *params: Any) -> sqlite3.Row | None:
-        assert self._db is not None
-        return self._db.execute(sql, params).fetchone()
+    def _select(self, sql: str, params: tuple[Any, ...], many: bool) -> Any:
+        cursor = self._reader().execute(sql, params)
+        try:
+            return cursor.fetchall() if many else cursor.fetchone()
+        finally:
+            # Ends the statement, hence the read transaction: the next read sees the latest writes.
+            cursor.close()
 
-    def _all(self, sql: str, *params: Any) -> list[sqlite3.Row]:
-        assert self._db is not None
-        return self._db.execute(sql, params).fetchall()
+    async def _one(self, sql: str, *params: Any) -> sqlite3.Row | None:
+        """One row, read on a reader thread."""
+        return await self._on(self._readers, self._select, sql, params, False)
+
+    async def _all(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        """Every row, read on a reader thread."""
+        return await self._on(self._readers, self._select, sql, params, True)
 
     async def ping(self) -> None:
-        await self._run(self._one, "SELECT 1")
+        # Both sides: the writer thread answers and a reader can open the file.
+        await self._run(lambda: self._db.execute("SELECT 1").fetchone() if self._db else None)
+        await self._one("SELECT 1")
 
     # -- sites --------------------------------------------------------------------------------
     async def create_site(
@@ -378,11 +429,11 @@ class SQLiteStore(Store):
         return _site(await self._run(self._tx, insert))
 
     async def get_site_by_key(self, site_key: str) -> Site | None:
-        row = await self._run(self._one, "SELECT * FROM sites WHERE site_key = ?", site_key)
+        row = await self._one("SELECT * FROM sites WHERE site_key = ?", site_key)
         return _site(row) if row else None
 
     async def list_sites(self, limit: int = 1000) -> list[Site]:
-        rows = await self._run(self._all, "SELECT * FROM sites ORDER BY id LIMIT ?", limit)
+        rows = await self._all("SELECT * FROM sites ORDER BY id LIMIT ?", limit)
         return [_site(r) for r in rows]
 
     async def update_site_settings(self, site_id: int, changes: dict[str, Any]) -> Site:
@@ -398,8 +449,7 @@ class SQLiteStore(Store):
 
     # -- conversations ------------------------------------------------------------------------
     async def get_conversation(self, site_id: int, session_id: str) -> Conversation | None:
-        row = await self._run(
-            self._one,
+        row = await self._one(
             "SELECT * FROM conversations WHERE site_id = ? AND session_id = ?",
             site_id,
             session_id,
@@ -482,8 +532,7 @@ class SQLiteStore(Store):
             raise DuplicateMessageId(message_id) from exc
 
     async def get_visitor_message(self, conversation_id: int, message_id: str) -> Message | None:
-        row = await self._run(
-            self._one,
+        row = await self._one(
             "SELECT * FROM messages WHERE conversation_id = ? AND message_id = ?",
             conversation_id,
             message_id,
@@ -491,8 +540,7 @@ class SQLiteStore(Store):
         return _message(row) if row else None
 
     async def get_reply(self, conversation_id: int, message_id: str) -> Message | None:
-        row = await self._run(
-            self._one,
+        row = await self._one(
             "SELECT * FROM messages WHERE conversation_id = ? AND reply_to = ? ORDER BY id DESC LIMIT 1",
             conversation_id,
             message_id,
@@ -514,7 +562,7 @@ class SQLiteStore(Store):
             params.extend(roles)
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
-        return [_message(r) for r in await self._run(self._all, sql, *params)]
+        return [_message(r) for r in await self._all(sql, *params)]
 
     async def count_messages(
         self, site_id: int, *, since: str, role: str | None = None, session_id: str | None = None
@@ -528,12 +576,11 @@ class SQLiteStore(Store):
         if session_id is not None:
             sql += " AND c.session_id = ?"
             params.append(session_id)
-        row = await self._run(self._one, sql, *params)
+        row = await self._one(sql, *params)
         return int(row[0]) if row else 0
 
     async def recent_messages(self, conversation_id: int, limit: int) -> list[Message]:
-        rows = await self._run(
-            self._all,
+        rows = await self._all(
             "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
             conversation_id,
             limit,
@@ -585,8 +632,7 @@ class SQLiteStore(Store):
         if email:
             candidates.append(("email", email.lower()))
         match = " OR ".join("(kind = ? AND value = ?)" for _ in candidates)
-        row = await self._run(
-            self._one,
+        row = await self._one(
             f"SELECT 1 FROM blocks WHERE site_id = ? AND ({match})"
             " AND (expires_at IS NULL OR expires_at > ?) LIMIT 1",
             site_id,
@@ -619,8 +665,7 @@ class SQLiteStore(Store):
     async def pending_proactive(
         self, site_id: int, session_id: str, *, now: float, limit: int = 50
     ) -> list[ProactiveMessage]:
-        rows = await self._run(
-            self._all,
+        rows = await self._all(
             "SELECT * FROM proactive_messages WHERE site_id = ? AND session_id = ? AND acked = 0"
             " AND deliver_at <= ? ORDER BY id LIMIT ?",
             site_id,
@@ -631,8 +676,7 @@ class SQLiteStore(Store):
         return [_proactive(r) for r in rows]
 
     async def next_proactive_due(self, site_id: int, session_id: str, *, now: float) -> float | None:
-        row = await self._run(
-            self._one,
+        row = await self._one(
             "SELECT MIN(deliver_at) AS due FROM proactive_messages"
             " WHERE site_id = ? AND session_id = ? AND acked = 0 AND deliver_at > ?",
             site_id,
@@ -675,8 +719,8 @@ class SQLiteStore(Store):
         return _document(await self._run(self._tx, insert))
 
     async def list_documents(self, site_id: int, limit: int = 10_000) -> list[KnowledgeDocument]:
-        rows = await self._run(
-            self._all, "SELECT * FROM documents WHERE site_id = ? ORDER BY id LIMIT ?", site_id, limit
+        rows = await self._all(
+            "SELECT * FROM documents WHERE site_id = ? ORDER BY id LIMIT ?", site_id, limit
         )
         return [_document(r) for r in rows]
 
@@ -692,8 +736,8 @@ class SQLiteStore(Store):
         return await self._run(self._tx, delete)
 
     async def knowledge_version(self, site_id: int) -> str:
-        row = await self._run(
-            self._one, "SELECT version FROM knowledge_versions WHERE site_id = ?", site_id
+        row = await self._one(
+            "SELECT version FROM knowledge_versions WHERE site_id = ?", site_id
         )
         return str(row["version"] if row else 0)
 
@@ -747,12 +791,11 @@ class SQLiteStore(Store):
         return await self._run(self._tx, insert)
 
     async def latest_event_id(self) -> int:
-        row = await self._run(self._one, "SELECT COALESCE(MAX(id), 0) AS id FROM events")
+        row = await self._one("SELECT COALESCE(MAX(id), 0) AS id FROM events")
         return int(row["id"]) if row else 0
 
     async def events_since(self, after: int, *, exclude_origin: str, limit: int) -> list[Event]:
-        rows = await self._run(
-            self._all,
+        rows = await self._all(
             "SELECT * FROM events WHERE id > ? AND origin != ? ORDER BY id LIMIT ?",
             after,
             exclude_origin,
