@@ -27,10 +27,15 @@ from server.visitor import TurnRequest, Visitor
 log = logging.getLogger(__name__)
 
 AI_HISTORY_MESSAGES = 20
-# How long a process's claim on an answer holds before another may take over (it died, most
-# likely): longer than a slow model's answer, short enough that a retry still gets one.
-CLAIM_STALE_SECONDS = 120.0
-CLAIM_ATTEMPTS = 3
+# A process's claim on an answer is a lease it renews every CLAIM_HEARTBEAT_SECONDS while it
+# answers; a claim not renewed for CLAIM_STALE_SECONDS belongs to a dead process, and a retry
+# waiting elsewhere (looking every CLAIM_CHECK_SECONDS) takes it over. A slow model does not
+# matter, only a silent process.
+CLAIM_STALE_SECONDS = 6.0
+CLAIM_HEARTBEAT_SECONDS = 1.5
+CLAIM_CHECK_SECONDS = 1.0
+# The longest a retry follows an answer another (live) process is making.
+RELAY_MAX_SECONDS = 300.0
 
 
 async def publish_message(hub: Hub, visitor: Visitor, message: Message) -> None:
@@ -47,6 +52,8 @@ class Answerer:
         self._live_turns: dict[tuple[int, str], Turn] = {}
         self.closing = False  # shutting down: no new answers; a cut answer says so
         self._turn_topics: dict[Turn, str] = {}
+        self._claims: set[tuple[int, str]] = set()  # answers this process holds claims on
+        self._heartbeat: asyncio.Task[None] | None = None
         hub.add_listener(self._on_event)
 
     def _on_event(self, topic: str, event: dict[str, Any]) -> None:
@@ -129,6 +136,11 @@ class Answerer:
         finally:
             self._live_turns.pop((conversation.id, message.message_id or ""), None)
             self._turn_topics.pop(turn, None)
+            self._claims.discard((conversation.id, message.message_id or ""))
+
+    async def _claim(self, conversation_id: int, message_id: str) -> bool:
+        return await self.store.claim_answer(conversation_id, message_id, self.hub.origin,
+                                             now=time.time(), stale_after=CLAIM_STALE_SECONDS)
 
     async def _answered_elsewhere(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                                   message: Message) -> bool:
@@ -136,39 +148,65 @@ class Answerer:
 
         With several processes, a retry can land on a process that did not take the first
         request. It waits for that answer and replays it; if that answer is cut off (its own
-        visitor left), it claims and answers itself. False: this process holds the claim.
+        visitor left) or its process dies (its claim is no longer renewed), it claims and answers
+        itself. False: this process holds the claim.
         """
         message_id = message.message_id or ""
         known = await self.store.get_reply(conversation.id, message_id)
-        for _ in range(CLAIM_ATTEMPTS):
-            if await self.store.claim_answer(conversation.id, message_id, self.hub.origin,
-                                             now=time.time(), stale_after=CLAIM_STALE_SECONDS):
-                return False
-            log.info("answer to %s is being made by another process %s", message.id, visitor.log_ref)
-            reply = await self._await_reply(visitor, conversation.id, message_id,
-                                            newer_than=known.id if known else 0)
-            if reply is not None and reply.status == "complete":
-                turn.append(reply.content)
-                turn.finish(self._meta(conversation, message_id, reply, "ai"))
-                return True
-            known = reply or known
+        newer_than = known.id if known else 0
+        deadline = time.monotonic() + RELAY_MAX_SECONDS
+        waiting_logged = False
+        async with self.hub.subscribe(visitor.topic) as subscription:
+            while True:
+                if await self._claim(conversation.id, message_id):
+                    self._hold_claim((conversation.id, message_id))
+                    if waiting_logged:
+                        log.info("took over the answer to %s %s", message.id, visitor.log_ref)
+                    return False
+                if not waiting_logged:
+                    log.info("answer to %s is being made by another process %s", message.id,
+                             visitor.log_ref)
+                    waiting_logged = True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # Woken by the other process's reply event, or look again soon: a process that
+                # died publishes nothing, its claim just stops being renewed.
+                await subscription.wait(min(remaining, CLAIM_CHECK_SECONDS))
+                subscription.drain()
+                reply = await self.store.get_reply(conversation.id, message_id)
+                if reply is not None and reply.id > newer_than:
+                    if reply.status == "complete":
+                        turn.append(reply.content)
+                        turn.finish(self._meta(conversation, message_id, reply, "ai"))
+                        return True
+                    newer_than = reply.id  # cut off there: its process let the claim go
         turn.fail(Unavailable("The answer is taking too long; please try again."))
         turn.finish(self._meta(conversation, message_id, None, "ai"))
         return True
 
-    async def _await_reply(self, visitor: Visitor, conversation_id: int, message_id: str, *,
-                           newer_than: int) -> Message | None:
-        """The answer another process stores, woken by its event; None after CLAIM_STALE_SECONDS."""
-        deadline = time.monotonic() + CLAIM_STALE_SECONDS
-        async with self.hub.subscribe(visitor.topic) as subscription:
-            while (remaining := deadline - time.monotonic()) > 0:
-                reply = await self.store.get_reply(conversation_id, message_id)
-                if reply is not None and reply.id > newer_than:
-                    return reply
-                # Also look again now and then: a process that died stores nothing at all.
-                await subscription.wait(min(remaining, 5.0))
-                subscription.drain()
-        return None
+    def _hold_claim(self, key: tuple[int, str]) -> None:
+        self._claims.add(key)
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._renew_claims(), name="answer-claims")
+
+    async def _renew_claims(self) -> None:
+        """Renew this process's claims while it holds any: the heartbeat that tells other
+        processes it is alive. Claims are few (one per answer in progress)."""
+        while self._claims:
+            await asyncio.sleep(CLAIM_HEARTBEAT_SECONDS)
+            for conversation_id, message_id in list(self._claims):
+                if (conversation_id, message_id) not in self._claims:
+                    continue  # finished while we renewed the others
+                try:
+                    kept = await self._claim(conversation_id, message_id)
+                except ParleyError:
+                    log.warning("could not renew the claim on an answer; the store is unavailable")
+                    break
+                if not kept:
+                    log.warning("another process took over the answer to %s in conversation %d "
+                                "(this one was silent for over %.0f s)", message_id,
+                                conversation_id, CLAIM_STALE_SECONDS)
 
     async def _generate(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                         message: Message, request: TurnRequest) -> None:
@@ -262,3 +300,7 @@ class Answerer:
     async def shutdown(self) -> None:
         """Stop answers in progress now; each stores its partial text before it ends."""
         await self.drain(0)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat

@@ -4,14 +4,20 @@ first request waits for that answer instead of making a second one."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import time
 from typing import AsyncIterator
 
+import httpx
+import httpx_sse
 import pytest
 
 from server.app import Services, build_services
 from server.turns import Turn
 from server.visitor import TurnRequest, Visitor
 from tests.harness import Parley, session
+from tests.processes import server_process
 from tests.providers import GatedProvider
 from tests.waiting import eventually
 
@@ -72,3 +78,51 @@ async def test_after_the_first_process_is_cut_off_another_answers_in_full(parley
     history = (await parley.get("history", **parley.ids(SID))).json()["messages"]
     assert [(m["role"], m["status"]) for m in history] == [
         ("visitor", "complete"), ("ai", "interrupted"), ("ai", "complete")]
+
+
+async def test_a_retry_after_the_answering_process_is_killed_answers_within_seconds(parley):
+    """The first process dies mid-answer (kill -9): its claim is no longer renewed, so a retry on
+    another process takes the answer over within seconds instead of waiting for a timeout."""
+    body = parley.ids(SID, message="How long does shipping to Canada take?", message_id="m_crash")
+    # Its answer starts and then stalls (an hour between chunks): it is in progress when killed.
+    with server_process(parley.services.config.data_dir, "--offline-chunk-delay", "3600") as first:
+        async with httpx.AsyncClient(base_url=first.base_url, timeout=10) as client:
+            async with httpx_sse.aconnect_sse(client, "POST", "/api/v1/chat/stream", json=body) as source:
+                async for event in source.aiter_sse():
+                    if json.loads(event.data)["type"] == "chunk":
+                        break  # the first process holds the claim and is answering
+                first.process.send_signal(signal.SIGKILL)
+                first.process.wait(10)
+    started = time.monotonic()
+    events = await asyncio.wait_for(parley.stream_events(body), 60)
+    elapsed = time.monotonic() - started
+    assert [e["type"] for e in events if e["type"] != "chunk"] == ["done"]
+    assert "4 to 7 business days" in "".join(e["content"] for e in events if e["type"] == "chunk")
+    assert elapsed < 15, f"the retry took {elapsed:.1f} s"
+
+
+async def test_a_slow_answer_keeps_its_claim_while_its_process_lives(parley, other, monkeypatch):
+    import server.answering
+
+    monkeypatch.setattr(server.answering, "CLAIM_STALE_SECONDS", 0.5)
+    monkeypatch.setattr(server.answering, "CLAIM_HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(server.answering, "CLAIM_CHECK_SECONDS", 0.05)
+    renewals = []
+    claim = parley.services.store.claim_answer
+
+    async def counting_claim(*args, **kwargs):
+        renewals.append(kwargs["now"])
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(parley.services.store, "claim_answer", counting_claim)
+    parley.services.ai.default_provider = slow = GatedProvider(["Slow ", "but mine."])
+    other.ai.default_provider = idle = GatedProvider(["a second answer"])
+    first, relayed = await first_then_retry_elsewhere(parley, other, slow, "m_slow")
+    deadline = time.monotonic() + 10
+    while renewals[-1] - renewals[0] < 4 * 0.5:  # well past the stale time, renewed all along
+        assert time.monotonic() < deadline, "the claim was not renewed"
+        await asyncio.sleep(0.05)
+    slow.release(2)
+    assert await asyncio.wait_for(relayed, 10) == "Slow but mine."
+    assert idle.requests == []
+    await asyncio.wait_for(first, 10)
