@@ -199,7 +199,9 @@ class ChatService:
                 first_mode.append(result[1])
             return bool(result[0]) or result[1] != first_mode[0]
 
-        return await self._hold(visitor, wait, fetch, is_news)
+        # A mode event ends the wait too: the first read may already see the new mode (reads
+        # and writes run side by side), and then no later read would look different.
+        return await self._hold(visitor, wait, fetch, is_news, wake_on=frozenset({"mode"}))
 
     async def pending_proactive(self, visitor: Visitor, *, after: int | None, wait: float,
                                 page_url: str | None = None) -> list[ProactiveMessage]:
