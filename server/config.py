@@ -22,6 +22,7 @@ class Config:
     trusted_proxies: str = ""
     reuse_port: bool = False
     backlog: int = 8192
+    header_timeout: float = 10.0
     sse_keepalive: float = 15.0
     shutdown_grace: float = 10.0
     offline_chunk_delay: float = 0.02
@@ -56,6 +57,8 @@ class Config:
             problems.append("port is 0 to 65535")
         if self.backlog < 1:
             problems.append("backlog is at least 1")
+        if self.header_timeout <= 0:
+            problems.append("header_timeout is a positive number of seconds")
         if self.sse_keepalive < 0.01:
             problems.append("sse_keepalive is a positive number of seconds")
         if self.event_poll_interval < 0.01:
@@ -108,6 +111,8 @@ OPTIONS: dict[str, tuple[type, str]] = {
                              "X-Forwarded-For / X-Forwarded-Proto count (default: none)"),
     "reuse_port": (bool, "let several processes listen on one port (SO_REUSEPORT)"),
     "backlog": (int, "listen backlog; thousands of widgets may reconnect at once (default 8192)"),
+    "header_timeout": (float, "seconds a client has to send its request headers, and the longest "
+                              "an idle keep-alive connection stays open (default 10)"),
     "sse_keepalive": (float, "seconds between ': keepalive' comments on a quiet stream (default 15)"),
     "shutdown_grace": (float, "on SIGTERM, seconds answers in progress get to finish before they are "
                               "cut (the widget then asks another process) (default 10)"),

@@ -8,7 +8,6 @@ import logging
 import signal
 import time
 
-import tornado.httpserver
 import tornado.netutil
 from tornado.ioloop import PeriodicCallback
 
@@ -20,6 +19,7 @@ from server.accounts import dashboard_lines
 from server.backends import describe
 from server.config import Config, browser_host
 from server.demo import ensure_demo_site
+from server.listener import HTTPServer, raise_open_file_limit
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,17 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def start_http_server(services: Services) -> tuple[tornado.httpserver.HTTPServer, int]:
+def start_http_server(services: Services) -> tuple[HTTPServer, int]:
     """Listen and return the server and its port (useful when the port asked for is 0)."""
     config = services.config
-    server = tornado.httpserver.HTTPServer(
+    server = HTTPServer(
         make_app(services),
         max_body_size=UPLOAD_BODY_LIMIT + 1,
         max_header_size=64 * 1024,
         body_timeout=60,
-        idle_connection_timeout=120,
+        # Tornado applies this both to the wait for a request's headers (a client dribbling them
+        # holds a descriptor) and to an idle keep-alive connection.
+        idle_connection_timeout=config.header_timeout,
     )
     # A deep backlog: thousands of widgets reconnect at once after a deploy or a network blip.
     sockets = tornado.netutil.bind_sockets(
@@ -54,6 +56,7 @@ def start_http_server(services: Services) -> tuple[tornado.httpserver.HTTPServer
 
 
 async def serve(config: Config) -> None:
+    raise_open_file_limit()
     services = await build_services(config)
     demo = None
     if config.demo:
@@ -92,7 +95,7 @@ async def serve(config: Config) -> None:
     await services.close()
 
 
-async def drain(server: tornado.httpserver.HTTPServer, services: Services, grace: float) -> None:
+async def drain(server: HTTPServer, services: Services, grace: float) -> None:
     """Stop accepting; answer held reads now (empty, the widget comes back to another process);
     let answers finish for `grace` seconds, then cut the rest with an `error` before `done`;
     let the last responses go out; close what is left."""

@@ -31,12 +31,23 @@ class ServerProcess:
         return "".join(self.lines)
 
 
+# Starts the server under given open-file limits (soft, hard), as a shell's `ulimit -n` would.
+LIMITED_LAUNCHER = ("import os, resource, sys; "
+                    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+                    "os.execv(sys.executable, [sys.executable, '-m', 'server', *sys.argv[3:]])")
+
+
 @contextlib.contextmanager
-def server_process(data_dir: Path, *args: str, **popen: Any) -> Iterator[ServerProcess]:
+def server_process(data_dir: Path, *args: str, fd_limits: tuple[int, int] | None = None,
+                   **popen: Any) -> Iterator[ServerProcess]:
     """Serve `data_dir` on a free port; killed (if still alive) on exit."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", "0", "--data-dir", str(data_dir), *args],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    serve = ["serve", "--port", "0", "--data-dir", str(data_dir), *args]
+    if fd_limits is None:
+        command = [sys.executable, "-m", "server", *serve]
+    else:
+        command = [sys.executable, "-c", LIMITED_LAUNCHER, *map(str, fd_limits), *serve]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, **popen)
     assert process.stdout is not None
     lines: list[str] = []
     port: int | None = None

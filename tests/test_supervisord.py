@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -47,6 +48,10 @@ def start_cluster(tmp_path: Path, env: dict[str, str] | None = None):
     conf = re.sub(r"numprocs=\d+", "numprocs=2", conf)
     extra = "".join(f',{name}="{value}"' for name, value in (env or {}).items())
     conf = re.sub(r"^(environment=.*)$", lambda m: m.group(1) + extra, conf, flags=re.M)
+    # As shipped, unless this machine's hard limit is lower (supervisord would refuse to start).
+    minfds = min(int(re.search(r"minfds=(\d+)", conf).group(1)),
+                 resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    conf = re.sub(r"minfds=\d+", f"minfds={minfds}", conf)
     conf_path = tmp_path / "supervisord.conf"
     conf_path.write_text(conf)
     site = json.loads(cli(data_dir, "site", "create", "--name", "Cluster", "--json", env=env))
