@@ -106,8 +106,20 @@ class JsonHandler(tornado.web.RequestHandler):
         if stream is not None and not stream.closed():
             stream.set_nodelay(True)
 
+    def client_left(self) -> bool:
+        """Whether the client has gone. Tornado reports a close only once the request has been
+        read; a client that sent its request and left at once (a ghost) shows as a closed stream."""
+        stream = getattr(self.request.connection, "stream", None)
+        return self.client_gone or (stream is not None and stream.closed())
+
     async def hold(self, awaitable: Awaitable[T]) -> T | None:
-        """Await a held read; None when the client went away first (the wait is then cancelled)."""
+        """Await a held read; None when the client went away first (the wait is then cancelled,
+        or never starts: a ghost must neither cost a waiter nor count against its address)."""
+        if self.client_left():
+            self.client_gone = True
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            return None
         self.set_nodelay()
         self._held = asyncio.ensure_future(awaitable)
         try:

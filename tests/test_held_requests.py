@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -161,3 +162,18 @@ async def test_a_held_history_request_returns_on_a_takeover_or_a_block(parley):
         body = (await asyncio.wait_for(request, 5)).json()
         assert body["messages"] == [] and time.monotonic() - started < 5
     assert body["mode"] == "operator"
+
+
+async def test_requests_whose_client_left_at_once_are_not_held(parley, caplog):
+    """Ghosts: sent and closed at once (a page navigating away). Their holds must not start, or
+    they would sit for the whole wait and count against their address."""
+    query = "&".join(f"{k}={v}" for k, v in parley.ids(SID).items())
+    request = f"GET /api/v1/chat/history?{query}&wait=30 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with caplog.at_level(logging.INFO, logger="tornado.access"):
+        for _ in range(20):
+            _, writer = await asyncio.open_connection("127.0.0.1", parley.port)
+            writer.write(request)
+            writer.close()
+        await wait_until(lambda: sum("/api/v1/chat/history" in r.getMessage()
+                                     for r in caplog.records) == 20)
+    assert parley.services.hub.subscriber_count == 0
