@@ -73,6 +73,7 @@ from server.operators import OperatorService
 from server.proactive import ProactiveRules
 from server.proxies import ProxyAwareApplication, TrustedProxies
 from server.sites import SiteService
+from server.uploads import Uploads
 from server.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
     store = build_store(config)
     await store.open()
     blobs = build_blob_store(config)
+    uploads = Uploads(config.data_dir / "uploading")
+    uploads.remove_leftovers()
     try:
         await blobs.start()
     except BaseException:
@@ -126,7 +129,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
     return Services(
         config=config, store=store, hub=hub, bridge=bridge, knowledge=knowledge, ai=ai, blobs=blobs,
         sites=SiteService(store),
-        chat=ChatService(store, hub, ai, blobs, limits),
+        chat=ChatService(store, hub, ai, blobs, limits, uploads=uploads),
         operators=OperatorService(store, hub, audit),
         rules=ProactiveRules(store),
         accounts=AccountService(store, idle_timeout=config.session_idle_minutes * 60),
@@ -220,7 +223,8 @@ def make_app(services: Services, **overrides: Any) -> ParleyApplication:
         (r"/api/v1/openapi\.json", OpenApiHandler, {"document": OPENAPI_PATH.read_bytes()}),
         (r"/api/.*", ApiNotFoundHandler, api),
         (r"/healthz", HealthHandler, {"hub": services.hub}),
-        (r"/readyz", ReadyHandler, {"store": services.store, "feed": services.bridge}),
+        (r"/readyz", ReadyHandler, {"store": services.store, "feed": services.bridge,
+                                     "uploads": services.chat.uploads}),
         (r"/uploads/(.+)", UploadedFileHandler, {"blobs": services.blobs}),
         (r"/widget/(.+)", WidgetFileHandler, {"path": str(ROOT / "static" / "widget")}),
         (r"/(?:demo)?", DemoPageHandler, {"sites": services.sites, "demo_site_name": DEMO_SITE_NAME}),

@@ -10,6 +10,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 from server.ai.engine import AIEngine
@@ -20,7 +21,6 @@ from server.errors import (
     Conflict,
     RateLimited,
     Restarting,
-    TooLarge,
     Unavailable,
     UnknownConversation,
 )
@@ -32,6 +32,7 @@ from server.sites import upload_limit
 from server.store.base import DuplicateMessageId, Store
 from server.store.models import Conversation, Message, ProactiveMessage
 from server.turns import Turn
+from server.uploads import Uploads, out_of_room
 from server.visitor import TurnRequest, Visitor
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,7 @@ HISTORY_LIMIT_MAX = 200
 SEEN_EVERY_SECONDS = 30  # how often a visitor's presence is written, at most
 SEEN_REMEMBERED = 50_000
 ONLINE_SECONDS = 120
-IMAGE_DECODES_AT_ONCE = 2
 IMAGE_QUEUE_SECONDS = 20
-
-
-def readable_size(size: int) -> str:
-    return f"{size / 1048576:.3g} MB" if size >= 1048576 else f"{max(1, size // 1024)} KB"
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ class Limits:
 
 class ChatService:
     def __init__(self, store: Store, hub: Hub, ai: AIEngine, blobs: BlobStore,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, *, uploads: Uploads) -> None:
         self.store = store
         self.hub = hub
         self.ai = ai
@@ -69,7 +65,7 @@ class ChatService:
         self._write_limiter = RateLimiter(limits.writes_per_ip)
         self._upload_limiter = RateLimiter(limits.uploads_per_session)
         self.answers = Answerer(store, hub, ai)
-        self._image_slots = asyncio.Semaphore(IMAGE_DECODES_AT_ONCE)
+        self.uploads = uploads
         self._seen: collections.OrderedDict[tuple[int, str], float] = collections.OrderedDict()
 
     # -- guards -------------------------------------------------------------------------------
@@ -272,22 +268,21 @@ class ChatService:
                                {"session_id": visitor.session_id})
 
     # -- images -------------------------------------------------------------------------------
-    async def upload_image(self, visitor: Visitor, data: bytes) -> Message:
+    async def admit_upload(self, visitor: Visitor) -> int:
+        """Before an upload's body is read: the rates and the block list; its largest size."""
         await self.guard_write(visitor, self._upload_limiter)
-        limit = upload_limit(visitor.site)
-        if len(data) > limit:
-            raise TooLarge(f"Images can be at most {readable_size(limit)}.")
+        return upload_limit(visitor.site)
+
+    async def upload_image(self, visitor: Visitor, image_file: Path) -> Message:
+        """Store an admitted upload (its body spooled to `image_file`) as a visitor message."""
+        # Decoding a 40-megapixel image takes seconds and ~200 MB: a few at a time, and in turns
+        # between addresses, so one address sending many cannot make everyone else wait.
+        async with self.uploads.decodes.turn(visitor.ip, timeout=IMAGE_QUEUE_SECONDS):
+            image = await asyncio.to_thread(clean_image, image_file, max_pixels=MAX_PIXELS)
         try:
-            # Decoding a 40-megapixel image takes seconds and ~200 MB: a few at a time, not sixty.
-            async with asyncio.timeout(IMAGE_QUEUE_SECONDS):
-                await self._image_slots.acquire()
-        except TimeoutError:
-            raise Unavailable("Too many images are being processed; please try again.") from None
-        try:
-            image = await asyncio.to_thread(clean_image, data, max_pixels=MAX_PIXELS)
-        finally:
-            self._image_slots.release()
-        key = await self.blobs.put(image.data, image.extension, image.content_type)
+            key = await self.blobs.put(image.data, image.extension, image.content_type)
+        except OSError as exc:
+            raise out_of_room(exc) from None
         conversation = await self.store.ensure_conversation(visitor.site.id, visitor.session_id, {})
         message = await self.store.add_message(conversation.id, "visitor", "", image_key=key)
         log.info("image %s stored (%dx%d, %d bytes) %s", key, image.width, image.height,

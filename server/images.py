@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from server.errors import TooLarge, UnsupportedMediaType
 
-ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "GIF": "gif", "WEBP": "webp"}
+# MPO is the multi-picture JPEG phones save (a JPEG with extra frames): kept as a plain JPEG.
+ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "GIF": "gif", "WEBP": "webp"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "gif": "gif", "webp": "webp"}
 
@@ -23,28 +25,36 @@ class CleanImage:
     height: int
 
 
-def clean_image(raw: bytes, *, max_pixels: int) -> CleanImage:
-    """Decode `raw` whatever it claims to be, refuse non-images and huge ones, and re-encode it.
+def clean_image(source: bytes | Path, *, max_pixels: int) -> CleanImage:
+    """Decode `source` (bytes or a file) whatever it claims to be, refuse non-images and huge ones,
+    and re-encode it.
 
     Re-encoding drops every piece of metadata (EXIF with GPS, comments, ICC tricks) and any bytes
-    smuggled after the image data. Animated GIFs and WebPs keep only their first frame.
+    smuggled after the image data. Animated GIFs and WebPs keep only their first frame, MPOs their
+    first picture. The declared size is checked before any pixel is decoded.
     """
+    def open_source() -> Image.Image:
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+    too_large = TooLarge(f"The image is larger than {max_pixels // 1_000_000} megapixels.")
     try:
-        with Image.open(io.BytesIO(raw)) as probe:
+        with open_source() as probe:
             fmt = ALLOWED_FORMATS.get(probe.format or "")
             if fmt is None:
                 raise UnsupportedMediaType("Only PNG, JPEG, GIF and WebP images can be uploaded.")
             width, height = probe.size
             if width * height > max_pixels:
-                raise TooLarge(f"The image is larger than {max_pixels // 1_000_000} megapixels.")
+                raise too_large
             probe.verify()
-        with Image.open(io.BytesIO(raw)) as image:
+        with open_source() as image:
             image.load()
             image = _normalise_mode(image, fmt)
             out = io.BytesIO()
             save_options = {"quality": 88, "optimize": True} if fmt == "jpeg" else {}
             image.save(out, format=fmt.upper(), **save_options)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # declared far larger than any limit (Pillow's own check)
+        raise too_large from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise UnsupportedMediaType("The file is not a readable PNG, JPEG, GIF or WebP image.") from None
     return CleanImage(out.getvalue(), EXTENSIONS[fmt], CONTENT_TYPES[fmt], width, height)
 

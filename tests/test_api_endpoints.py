@@ -253,7 +253,8 @@ async def test_unknown_api_paths_and_methods_answer_json(parley):
 
 async def test_health_and_readiness(parley):
     assert (await parley.client.get("/healthz")).json()["status"] == "ok"
-    assert (await parley.client.get("/readyz")).json() == {"status": "ok", "store": "ok", "events": "ok"}
+    assert (await parley.client.get("/readyz")).json() == {"status": "ok", "store": "ok", "events": "ok",
+                                                            "disk": "ok"}
     await parley.services.store.close()
     assert (await parley.client.get("/readyz")).status_code == 503
     down = await parley.post("email", parley.ids(SID, email="a@b.co"))

@@ -972,7 +972,9 @@
     data.append("session_id", state.session);
     data.append("image", pending.file, pending.file.name || "image");
     var xhr = new XMLHttpRequest();
-    xhr.open("POST", API + "upload-image");
+    // The ids in the query string too: the server checks the site and session before it reads
+    // the image, and refuses an upload it would not keep without receiving megabytes first.
+    xhr.open("POST", API + "upload-image?" + qs({ site_key: SITE_KEY, session_id: state.session }));
     ui.progress.hidden = false;
     ui.previewText.textContent = t("uploading");
     Array.prototype.forEach.call(ui.preview.querySelectorAll("button"), function (b) { b.disabled = true; });

@@ -1,0 +1,230 @@
+"""Uploads that cannot exhaust memory or starve other visitors: checked before the body, spooled
+to disk within the site's limit, a few at a time, decoded in turns, and a full disk is a 503."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from server.uploads import FairTurns, open_spool_file
+from tests.harness import session
+
+SID = session("uploads")
+UPLOAD = "/api/v1/chat/upload-image"
+
+
+def jpeg_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height; the pixel data is a few bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def multipart_head(boundary: str = "b0undary") -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+
+
+async def raw_upload_start(parley, query: str, length: int, first: bytes):
+    """Headers of an upload declaring `length` bytes, and only `first` of its body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", parley.port)
+    writer.write((f"POST {UPLOAD}?{query} HTTP/1.1\r\nHost: x\r\n"
+                  f"Content-Type: multipart/form-data; boundary=b0undary\r\n"
+                  f"Content-Length: {length}\r\n\r\n").encode() + first)
+    await writer.drain()
+    return reader, writer
+
+
+def spooled(parley) -> list[str]:
+    directory = parley.services.chat.uploads.directory
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+async def test_the_site_is_checked_before_the_body_is_read(parley):
+    query = f"site_key=sk_{'z' * 30}&session_id={SID}"
+    reader, writer = await raw_upload_start(parley, query, 10_000_000, multipart_head())
+    response = await asyncio.wait_for(reader.read(), 10)  # answered with 10 MB still unsent
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 404")
+    assert b'"code":"unknown_site"' in response
+
+
+async def test_a_chunked_body_over_the_sites_limit_is_a_413_in_json(parley):
+    await parley.services.store.update_site_settings(parley.site.id, {"upload_max_bytes": 100_000})
+
+    async def body():
+        yield multipart_head()
+        for _ in range(300):  # 3 MB, sent without a length
+            yield b"\0" * 10_000
+
+    response = await parley.client.post(
+        UPLOAD, params=parley.ids(SID), content=body(),
+        headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+    assert response.status_code == 413 and response.json()["code"] == "too_large"
+    assert spooled(parley) == []
+
+
+async def test_a_declared_length_over_the_sites_limit_is_refused_at_once(parley):
+    await parley.services.store.update_site_settings(parley.site.id, {"upload_max_bytes": 100_000})
+    reader, writer = await raw_upload_start(parley, f"site_key={parley.site_key}&session_id={SID}",
+                                            5_000_000, multipart_head())
+    response = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 413") and b'"code":"too_large"' in response
+
+
+async def test_uploads_at_once_are_capped_per_address(parley):
+    slots = parley.services.chat.uploads.slots
+    query = f"site_key={parley.site_key}&session_id={SID}"
+    started = [await raw_upload_start(parley, query, 1_000_000, multipart_head())
+               for _ in range(slots.per_address)]
+    while slots.in_use < slots.per_address:
+        await asyncio.sleep(0.01)
+    refused = await parley.client.post(UPLOAD, params=parley.ids(SID),
+                                       files={"image": ("a.jpg", jpeg_bytes(), "image/jpeg")})
+    assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
+    assert refused.headers["retry-after"]
+    for _, writer in started:  # they give up: their slots and spool files are freed
+        writer.close()
+    while slots.in_use:
+        await asyncio.sleep(0.01)
+    assert spooled(parley) == []
+    accepted = await parley.client.post(UPLOAD, params=parley.ids(SID),
+                                        files={"image": ("a.jpg", jpeg_bytes(), "image/jpeg")})
+    assert accepted.status_code == 200
+
+
+async def test_a_full_disk_is_a_503_and_leaves_no_partial_file(parley):
+    class FullDisk:
+        """A spool file on a disk that fills up after 100 KB."""
+
+        def __init__(self, directory):
+            self.file = open_spool_file(directory)
+            self.name = self.file.name
+            self.written = 0
+
+        def write(self, data: bytes) -> int:
+            self.written += len(data)
+            if self.written > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def close(self) -> None:
+            self.file.close()
+
+    parley.services.chat.uploads.open_file = FullDisk
+    image = jpeg_bytes((1500, 1500), color=(10, 200, 90)) + b"\0" * 300_000
+    response = await parley.client.post(UPLOAD, params=parley.ids(SID),
+                                        files={"image": ("a.jpg", image, "image/jpeg")})
+    assert response.status_code == 503 and response.json()["code"] == "unavailable"
+    assert spooled(parley) == []
+    history = (await parley.get("history", **parley.ids(SID))).json()["messages"]
+    assert history == []
+
+
+async def test_readiness_says_so_when_the_data_directory_cannot_be_written(parley):
+    assert (await parley.client.get("/readyz")).status_code == 200
+    directory = parley.services.chat.uploads.directory
+    directory.rmdir()
+    directory.write_text("not a directory")  # as good as a read-only or full disk
+    ready = await parley.client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["disk"] == "not writable"
+
+
+async def test_a_phone_photo_with_several_pictures_is_accepted_as_jpeg(parley):
+    out = io.BytesIO()
+    first, second = Image.new("RGB", (64, 48), (200, 30, 30)), Image.new("RGB", (64, 48), (0, 0, 90))
+    first.save(out, format="MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(out.getvalue())).format == "MPO"
+    response = await parley.client.post(UPLOAD, params=parley.ids(SID),
+                                        files={"image": ("IMG_0001.JPG", out.getvalue(), "image/jpeg")})
+    assert response.status_code == 200 and response.json()["url"].endswith(".jpg")
+    served = await parley.client.get(response.json()["url"])
+    assert Image.open(io.BytesIO(served.content)).format == "JPEG"
+
+
+async def test_a_declared_50000_by_50000_image_is_413(parley):
+    response = await parley.client.post(UPLOAD, params=parley.ids(SID),
+                                        files={"image": ("huge.png", declared_png(50_000, 50_000), "image/png")})
+    assert response.status_code == 413 and response.json()["code"] == "too_large"
+
+
+async def test_the_ids_may_come_in_the_form_only(parley):
+    response = await parley.client.post(UPLOAD, data=parley.ids(SID),
+                                        files={"image": ("a.jpg", jpeg_bytes(), "image/jpeg")})
+    assert response.status_code == 200
+
+
+async def test_one_address_decodes_one_image_at_a_time_and_leaves_the_rest_free():
+    turns = FairTurns(slots=2, per_address=1)
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def decode(address: str, name: str) -> None:
+        async with turns.turn(address, timeout=10):
+            started.append(name)
+            await release.wait()
+
+    flood = [asyncio.create_task(decode("flood", f"flood-{n}")) for n in range(5)]
+    await asyncio.sleep(0)
+    normal = asyncio.create_task(decode("visitor", "visitor"))
+    await asyncio.sleep(0)
+    assert started == ["flood-0", "visitor"]  # the visitor did not queue behind the flood
+    release.set()
+    await asyncio.gather(*flood, normal)
+
+
+async def test_decodes_are_shared_in_turns_between_addresses():
+    turns = FairTurns(slots=1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def decode(address: str, name: str) -> None:
+        async with turns.turn(address, timeout=10):
+            order.append(name)
+            await release.wait()
+
+    busy = asyncio.create_task(decode("flood", "flood-0"))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(decode("flood", f"flood-{n}")) for n in range(1, 6)]
+    await asyncio.sleep(0)
+    normal = asyncio.create_task(decode("visitor", "visitor"))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(busy, *waiting, normal)
+    # The visitor who came after five waiting images of another address goes second, not seventh.
+    assert order[:3] == ["flood-0", "flood-1", "visitor"]
+
+
+async def test_a_turn_not_given_in_time_is_a_503_and_frees_its_place():
+    turns = FairTurns(slots=1)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with turns.turn("a", timeout=10):
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    from server.errors import Unavailable
+    with pytest.raises(Unavailable):
+        async with turns.turn("b", timeout=0.05):
+            pass
+    release.set()
+    await holder
+    async with turns.turn("c", timeout=1):
+        pass
