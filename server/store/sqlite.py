@@ -807,8 +807,8 @@ class SQLiteStore(Store):
         ids = [int(i) for i in ids[:1000]]
         if not ids:
             return []
-        rows = await self._run(
-            self._all, f"SELECT * FROM events WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", *ids)
+        rows = await self._all(
+            f"SELECT * FROM events WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", *ids)
         return [_event(r) for r in rows]
 
     async def prune_events(self, older_than: float) -> int:
