@@ -81,8 +81,12 @@ class LocalBlobStore(BlobStore):
         # Write beside, then rename, so a reader never sees half a file.
         target = self.root / key
         partial = target.with_name(target.name + ".part")
-        partial.write_bytes(data)
-        os.replace(partial, target)
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, target)
+        except OSError:
+            partial.unlink(missing_ok=True)  # a full disk leaves nothing behind
+            raise
 
     def _path(self, key: str) -> Path:
         if not is_blob_key(key):  # no path of our choosing ever comes from a request

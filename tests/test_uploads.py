@@ -228,3 +228,21 @@ async def test_a_turn_not_given_in_time_is_a_503_and_frees_its_place():
     await holder
     async with turns.turn("c", timeout=1):
         pass
+
+
+async def test_no_room_for_the_stored_image_is_a_503_and_leaves_nothing(parley, monkeypatch):
+    blobs = parley.services.blobs
+    if not hasattr(blobs, "root"):
+        pytest.skip("local blobs only")
+
+    def full(self, data):
+        with open(self, "wb") as partial:
+            partial.write(data[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(blobs.root), "write_bytes", full)
+    response = await parley.client.post(UPLOAD, params=parley.ids(SID),
+                                        files={"image": ("a.jpg", jpeg_bytes(), "image/jpeg")})
+    monkeypatch.undo()
+    assert response.status_code == 503 and response.json()["code"] == "unavailable"
+    assert list(blobs.root.iterdir()) == [] and spooled(parley) == []
