@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-PROFILE = ["-m", "cProfile", "-o", "/tmp/h8a-prof.out"] if os.environ.get("BENCH_PROFILE") else []
+# BENCH_PROFILE=out.prof runs the server under cProfile and writes its profile there on exit.
+PROFILE = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
