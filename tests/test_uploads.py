@@ -89,9 +89,9 @@ async def test_a_declared_length_over_the_sites_limit_is_refused_at_once(parley)
 
 async def test_uploads_at_once_are_capped_per_address(parley):
     slots = parley.services.chat.uploads.slots
-    query = f"site_key={parley.site_key}&session_id={SID}"
-    started = [await raw_upload_start(parley, query, 1_000_000, multipart_head())
-               for _ in range(slots.per_address)]
+    started = [await raw_upload_start(parley, f"site_key={parley.site_key}&session_id={session(n)}",
+                                      1_000_000, multipart_head())
+               for n in range(slots.per_address)]  # other sessions: each within its own rate
     while slots.in_use < slots.per_address:
         await asyncio.sleep(0.01)
     refused = await parley.client.post(UPLOAD, params=parley.ids(SID),
