@@ -123,7 +123,8 @@ async def test_readyz_fails_while_the_feed_is_down(parley):
     try:
         response = await parley.client.get("/readyz")
         assert response.status_code == 503
-        assert response.json() == {"status": "unavailable", "store": "ok", "events": "down"}
+        assert response.json() == {"status": "unavailable", "store": "ok", "events": "down",
+                                   "disk": "ok"}
     finally:
         feed._recovered()
     assert (await parley.client.get("/readyz")).status_code == 200
