@@ -550,6 +550,7 @@
     state.hasConversation = true;
     if (m.role === "visitor" && ((m.message_id && state.sentMids[m.message_id]) || (m.image_url && state.sentImages[m.image_url]))) return false;
     var el;
+    if (m.role === "visitor" && m.image_url) state.sentImages[m.image_url] = true; // shown once, whoever is first
     if (m.role === "visitor") el = m.image_url ? imageBubble(m.image_url) : bubble("visitor", m.content || "");
     else if (m.role === "system") el = bubble("system", m.content || "");
     else {
@@ -983,9 +984,12 @@
       var body = null;
       try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
       if (xhr.status === 200 && body && body.url) {
-        state.sentImages[body.url] = true; // the history loop will bring the same URL: shown once
-        var el = imageBubble(body.url);
-        if (el) ui.log.appendChild(el);
+        // The history loop brings the same URL, sometimes before this answer: shown once.
+        if (!state.sentImages[body.url]) {
+          state.sentImages[body.url] = true;
+          var el = imageBubble(body.url);
+          if (el) ui.log.appendChild(el);
+        }
         state.hasConversation = true;
         updateMode();
         clearPreview();
