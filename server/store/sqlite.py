@@ -401,18 +401,28 @@ class SQLiteStore(Store):
             # Ends the statement, hence the read transaction: the next read sees the latest writes.
             cursor.close()
 
-    async def _one(self, sql: str, *params: Any) -> sqlite3.Row | None:
+    async def _read_one(self, sql: str, *params: Any) -> sqlite3.Row | None:
         """One row, read on a reader thread."""
         return await self._on(self._readers, self._select, sql, params, False)
 
-    async def _all(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+    async def _read_all(self, sql: str, *params: Any) -> list[sqlite3.Row]:
         """Every row, read on a reader thread."""
         return await self._on(self._readers, self._select, sql, params, True)
+
+    # On the writer's connection, for `self._run(self._one, ...)`: a read that must see the
+    # writer's own state. Plain reads use _read_one / _read_all.
+    def _one(self, sql: str, *params: Any) -> sqlite3.Row | None:
+        assert self._db is not None
+        return self._db.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        assert self._db is not None
+        return self._db.execute(sql, params).fetchall()
 
     async def ping(self) -> None:
         # Both sides: the writer thread answers and a reader can open the file.
         await self._run(lambda: self._db.execute("SELECT 1").fetchone() if self._db else None)
-        await self._one("SELECT 1")
+        await self._read_one("SELECT 1")
 
     # -- sites --------------------------------------------------------------------------------
     async def create_site(
@@ -429,11 +439,11 @@ class SQLiteStore(Store):
         return _site(await self._run(self._tx, insert))
 
     async def get_site_by_key(self, site_key: str) -> Site | None:
-        row = await self._one("SELECT * FROM sites WHERE site_key = ?", site_key)
+        row = await self._read_one("SELECT * FROM sites WHERE site_key = ?", site_key)
         return _site(row) if row else None
 
     async def list_sites(self, limit: int = 1000) -> list[Site]:
-        rows = await self._all("SELECT * FROM sites ORDER BY id LIMIT ?", limit)
+        rows = await self._read_all("SELECT * FROM sites ORDER BY id LIMIT ?", limit)
         return [_site(r) for r in rows]
 
     async def update_site_settings(self, site_id: int, changes: dict[str, Any]) -> Site:
@@ -449,7 +459,7 @@ class SQLiteStore(Store):
 
     # -- conversations ------------------------------------------------------------------------
     async def get_conversation(self, site_id: int, session_id: str) -> Conversation | None:
-        row = await self._one(
+        row = await self._read_one(
             "SELECT * FROM conversations WHERE site_id = ? AND session_id = ?",
             site_id,
             session_id,
@@ -532,7 +542,7 @@ class SQLiteStore(Store):
             raise DuplicateMessageId(message_id) from exc
 
     async def get_visitor_message(self, conversation_id: int, message_id: str) -> Message | None:
-        row = await self._one(
+        row = await self._read_one(
             "SELECT * FROM messages WHERE conversation_id = ? AND message_id = ?",
             conversation_id,
             message_id,
@@ -540,7 +550,7 @@ class SQLiteStore(Store):
         return _message(row) if row else None
 
     async def get_reply(self, conversation_id: int, message_id: str) -> Message | None:
-        row = await self._one(
+        row = await self._read_one(
             "SELECT * FROM messages WHERE conversation_id = ? AND reply_to = ? ORDER BY id DESC LIMIT 1",
             conversation_id,
             message_id,
@@ -562,7 +572,7 @@ class SQLiteStore(Store):
             params.extend(roles)
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
-        return [_message(r) for r in await self._all(sql, *params)]
+        return [_message(r) for r in await self._read_all(sql, *params)]
 
     async def count_messages(
         self, site_id: int, *, since: str, role: str | None = None, session_id: str | None = None
@@ -576,11 +586,11 @@ class SQLiteStore(Store):
         if session_id is not None:
             sql += " AND c.session_id = ?"
             params.append(session_id)
-        row = await self._one(sql, *params)
+        row = await self._read_one(sql, *params)
         return int(row[0]) if row else 0
 
     async def recent_messages(self, conversation_id: int, limit: int) -> list[Message]:
-        rows = await self._all(
+        rows = await self._read_all(
             "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
             conversation_id,
             limit,
@@ -588,8 +598,7 @@ class SQLiteStore(Store):
         return [_message(r) for r in reversed(rows)]
 
     async def knowledge_gaps(self, site_id: int, *, below: float, limit: int = 50) -> list[KnowledgeGap]:
-        rows = await self._run(
-            self._all,
+        rows = await self._read_all(
             "SELECT question.content AS question, answer.relevance AS relevance,"
             " c.session_id AS session_id, question.created_at AS asked_at"
             " FROM messages AS answer"
@@ -632,7 +641,7 @@ class SQLiteStore(Store):
         if email:
             candidates.append(("email", email.lower()))
         match = " OR ".join("(kind = ? AND value = ?)" for _ in candidates)
-        row = await self._one(
+        row = await self._read_one(
             f"SELECT 1 FROM blocks WHERE site_id = ? AND ({match})"
             " AND (expires_at IS NULL OR expires_at > ?) LIMIT 1",
             site_id,
@@ -665,7 +674,7 @@ class SQLiteStore(Store):
     async def pending_proactive(
         self, site_id: int, session_id: str, *, now: float, limit: int = 50
     ) -> list[ProactiveMessage]:
-        rows = await self._all(
+        rows = await self._read_all(
             "SELECT * FROM proactive_messages WHERE site_id = ? AND session_id = ? AND acked = 0"
             " AND deliver_at <= ? ORDER BY id LIMIT ?",
             site_id,
@@ -676,7 +685,7 @@ class SQLiteStore(Store):
         return [_proactive(r) for r in rows]
 
     async def next_proactive_due(self, site_id: int, session_id: str, *, now: float) -> float | None:
-        row = await self._one(
+        row = await self._read_one(
             "SELECT MIN(deliver_at) AS due FROM proactive_messages"
             " WHERE site_id = ? AND session_id = ? AND acked = 0 AND deliver_at > ?",
             site_id,
@@ -719,7 +728,7 @@ class SQLiteStore(Store):
         return _document(await self._run(self._tx, insert))
 
     async def list_documents(self, site_id: int, limit: int = 10_000) -> list[KnowledgeDocument]:
-        rows = await self._all(
+        rows = await self._read_all(
             "SELECT * FROM documents WHERE site_id = ? ORDER BY id LIMIT ?", site_id, limit
         )
         return [_document(r) for r in rows]
@@ -736,7 +745,7 @@ class SQLiteStore(Store):
         return await self._run(self._tx, delete)
 
     async def knowledge_version(self, site_id: int) -> str:
-        row = await self._one(
+        row = await self._read_one(
             "SELECT version FROM knowledge_versions WHERE site_id = ?", site_id
         )
         return str(row["version"] if row else 0)
@@ -791,11 +800,11 @@ class SQLiteStore(Store):
         return await self._run(self._tx, insert)
 
     async def latest_event_id(self) -> int:
-        row = await self._one("SELECT COALESCE(MAX(id), 0) AS id FROM events")
+        row = await self._read_one("SELECT COALESCE(MAX(id), 0) AS id FROM events")
         return int(row["id"]) if row else 0
 
     async def events_since(self, after: int, *, exclude_origin: str, limit: int) -> list[Event]:
-        rows = await self._all(
+        rows = await self._read_all(
             "SELECT * FROM events WHERE id > ? AND origin != ? ORDER BY id LIMIT ?",
             after,
             exclude_origin,
@@ -807,7 +816,7 @@ class SQLiteStore(Store):
         ids = [int(i) for i in ids[:1000]]
         if not ids:
             return []
-        rows = await self._all(
+        rows = await self._read_all(
             f"SELECT * FROM events WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", *ids)
         return [_event(r) for r in rows]
 
