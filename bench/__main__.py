@@ -6,6 +6,7 @@ the same I/O (and, for streaming, the LiteLLM proxy), in one run on one machine.
   stream   C concurrent POST /api/v1/chat/stream relaying a paced fake model: time to first chunk,
            gaps, answers/s, CPU per answer, peak RSS; upstream direct, Tornado relay, Parley, LiteLLM
   store    messages appended and history reads per second, 1 and 50 concurrent writers
+  inbox    the dashboard's inbox on 100,000 conversations: first page, filters, full-text search
   all      all of the above
 
 Every server and every load generator is its own process; all traffic stays on 127.0.0.0/8.
@@ -25,7 +26,7 @@ from typing import Any
 
 from bench.common import ROOT, machine, raise_open_file_limit
 
-NAMES = ("held", "stream", "store")
+NAMES = ("held", "stream", "store", "inbox")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,6 +61,11 @@ async def run_one(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], 
             targets.remove("litellm")
         data = await stream.run(args.quick, args.concurrency, targets)
         return data, stream.tables(data)
+    if name == "inbox":
+        from bench import inbox
+
+        data = await inbox.run(args.quick)
+        return data, inbox.tables(data)
     from bench import store
 
     data = await store.run(args.quick)

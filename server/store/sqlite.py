@@ -1043,6 +1043,8 @@ class SQLiteStore(Store):
         row = await self._run(self._one, "SELECT * FROM conversations WHERE id = ?", conversation_id)
         return _conversation(row) if row else None
 
+    SEARCH_HITS = 5000  # most matching messages a search looks at, newest first
+
     INBOX_FILTERS = {
         "all": "c.closed = 0",
         "handoff": "c.closed = 0 AND c.handoff = 1",
@@ -1070,8 +1072,12 @@ class SQLiteStore(Store):
             # Each word a prefix, quoted, so visitor-typed punctuation is never FTS syntax.
             words = [w.replace('"', '""') for w in search.split()[:10]]
             params["match"] = " ".join(f'"{w}"*' for w in words)
-            where.append("c.id IN (SELECT m.conversation_id FROM messages_fts f"
-                         " JOIN messages m ON m.id = f.rowid WHERE messages_fts MATCH :match)")
+            # The newest matches first, and only so many: a word in every other message must
+            # not make the inbox read all of them (the page shows the newest conversations).
+            where.append("c.id IN (SELECT m.conversation_id FROM messages m WHERE m.id IN ("
+                         "SELECT rowid FROM messages_fts WHERE messages_fts MATCH :match"
+                         " ORDER BY rowid DESC LIMIT :search_hits))")
+            params["search_hits"] = self.SEARCH_HITS
         sql = (f"SELECT c.* FROM conversations c WHERE {' AND '.join(where)}"
                " ORDER BY c.updated_at DESC, c.id DESC LIMIT :limit")
 
