@@ -83,7 +83,8 @@ async def start_parley(data_dir: Path, *, limits: Limits | None = None,
     sock, port = tornado.testing.bind_unused_port()
     server.add_sockets([sock])
     base_url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+    # Longer than any held request (30 s): a slow machine must not turn a wait into a client timeout.
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
         try:
             yield Parley(base_url, services, site, client, port)
         finally:

@@ -48,7 +48,7 @@ async def test_first_chunk_reaches_the_client_before_the_last_is_made(parley):
     async with httpx_sse.aconnect_sse(parley.client, "POST", "/api/v1/chat/stream", json=body) as source:
         events = source.aiter_sse()
         provider.release()
-        first = json.loads((await asyncio.wait_for(anext(events), 5)).data)
+        first = json.loads((await asyncio.wait_for(anext(events), 20)).data)
         assert first == {"type": "chunk", "content": "Yes, "}
         provider.release()  # the second chunk is only made now
         rest = [json.loads(e.data) async for e in events]
@@ -131,7 +131,7 @@ async def test_a_retry_during_the_answer_follows_the_same_answer(parley, caplog)
     parley.services.ai.default_provider = provider
     body = parley.ids(session(5), message="Hello?", message_id="m_twice")
     first = asyncio.create_task(parley.stream_events(body))
-    await asyncio.wait_for(provider.started.wait(), 5)
+    await asyncio.wait_for(provider.started.wait(), 20)
     with caplog.at_level(logging.INFO, logger="server.answering"):
         second = asyncio.create_task(parley.stream_events(body))
         await eventually(lambda: "follows the answer in progress" in caplog.text, what="the retry joining")
@@ -160,7 +160,7 @@ async def test_a_visitor_leaving_mid_answer_cancels_it_and_keeps_the_partial_tex
         async for event in source.aiter_sse():
             assert json.loads(event.data)["content"] == "Partial "
             break
-    await asyncio.wait_for(provider.cancelled.wait(), 5)
+    await asyncio.wait_for(provider.cancelled.wait(), 20)
     async def both_stored() -> list:
         messages = (await parley.get("history", **parley.ids(session(7)))).json()["messages"]
         return messages if len(messages) == 2 else []

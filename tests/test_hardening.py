@@ -25,7 +25,7 @@ async def test_a_retry_after_a_dropped_stream_gets_a_whole_answer(parley):
         first.release()
         async for _ in source.aiter_sse():
             break  # the connection drops after the first chunk
-    await asyncio.wait_for(first.cancelled.wait(), 5)
+    await asyncio.wait_for(first.cancelled.wait(), 20)
     parley.services.ai.default_provider = second = GatedProvider(["Yes, ", "we do."])
     second.release(2)
     async def cut_off_answer_stored() -> bool:  # once the producer has finished
