@@ -22,6 +22,7 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
@@ -84,6 +85,12 @@ def _num(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, not {type(value).__name__}")
     return float(value)
+
+
+def _folded(text: str) -> str:
+    """Text as search compares it: case folded, accents dropped (Montréal -> montreal)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 def _utc(seconds_from_now: float = 0.0) -> datetime:
@@ -411,7 +418,8 @@ class MongoStore(Store):
                     "image_key": _opt_str(image_key), "operator_name": _opt_str(operator_name),
                     "sources": [s.as_dict() for s in sources], "status": _str(status),
                     "created_at": now, "usage": dict(usage) if usage is not None else None,
-                    "relevance": None if relevance is None else _num(relevance)}
+                    "relevance": None if relevance is None else _num(relevance),
+                    "search_text": _folded(content)}
 
         async def touch_conversation() -> dict[str, Any]:
             # Messages carry their site and session, so counts need no join.
@@ -872,10 +880,12 @@ class MongoStore(Store):
             query["mode"] = status
         if before:
             query["updated_at"] = {"$lt": _str(before)}
-        if search:
-            # No full-text engine here: every word, case-insensitive, in one message.
-            words = [{"content": {"$regex": re.escape(w), "$options": "i"}} for w in search.split()[:10]]
-            found = self._db.messages.find({"site_id": {"$in": sites}, "$and": words},
+        words = re.findall(r"\w+", _folded(_str(search or "")))[:10]
+        if words:
+            # As SQLite's full-text search matches: every word the start of a word of one message,
+            # whatever its case and accents. Each word is escaped: a pattern, never a query.
+            patterns = [{"search_text": {"$regex": rf"\b{re.escape(w)}"}} for w in words]
+            found = self._db.messages.find({"site_id": {"$in": sites}, "$and": patterns},
                                            projection={"conversation_id": 1}).limit(self.SEARCH_CONVERSATIONS)
             query["_id"] = {"$in": list({d["conversation_id"] async for d in found})}
         cursor = self._db.conversations.find(query).sort([("updated_at", DESCENDING), ("_id", DESCENDING)]
