@@ -254,7 +254,8 @@ class MongoStore(Store):
                 await self._db[collection].create_index(keys, **options)
         except PyMongoError as exc:
             await self.close()
-            raise StoreUnavailable(f"cannot prepare MongoDB database {self.database_name!r}: {exc}") from exc
+            reason = re.split(r", Timeout:| \(configured timeouts", str(exc))[0][:300]  # not the topology
+            raise StoreUnavailable(f"cannot reach MongoDB for database {self.database_name!r}: {reason}") from exc
 
     async def close(self) -> None:
         if self._client is not None:
