@@ -20,7 +20,7 @@ from server.audit import CLI
 from server.config import Config, add_config_arguments, browser_host, load_config
 from server.backends import store_name
 from server.data_dir import HOW_TO_POINT, DataDirProblem, check_data_dir
-from server.errors import ParleyError, UnknownSite
+from server.errors import ParleyError, Unavailable, UnknownSite
 from server.knowledge import DEFAULT_SITEMAP_LIMIT, IngestError, KnowledgeService
 from server.proactive import site_rules
 from server.sites import keeps_full_page_urls
@@ -637,7 +637,11 @@ def main(argv: list[str] | None = None) -> int:
     if serving:
         from server.serve import serve
 
-        asyncio.run(serve(config))
+        try:
+            asyncio.run(serve(config))
+        except Unavailable as exc:  # the database or the bucket cannot be reached at start
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
         return 0
     try:
         return asyncio.run(_run_command(config, args.run, args))

@@ -128,3 +128,24 @@ async def test_readyz_fails_while_the_feed_is_down(parley):
     finally:
         feed._recovered()
     assert (await parley.client.get("/readyz")).status_code == 200
+
+
+class NoChangeStreamStore(OutOfOrderStore):
+    """A standalone MongoDB: no change streams, so the feed polls the events collection."""
+
+    async def watch_events(self, *, exclude_origin: str, resume_after: Any = None) -> None:
+        return None
+
+
+async def test_without_change_streams_the_feed_polls():
+    store = NoChangeStreamStore()
+    hub = Hub(store)  # type: ignore[arg-type]
+    feed = ChangeStreamFeed(hub, store, poll_interval=0.01)
+    seen: list[int] = []
+    try:
+        async with hub.subscribe("t") as subscription:
+            store.rows.append(event(11))
+            await eventually(lambda: bool(seen.extend(e["n"] for e in subscription.drain())) or seen == [11])
+            assert feed.healthy
+    finally:
+        await feed.stop()

@@ -128,3 +128,13 @@ def test_the_cli_reaches_a_server_on_mongodb(tmp_path, mongo_uri):
                               "--session", SID, "hi", "--store", mongo_uri], cwd=ROOT, capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 2 and "MongoDB database" in missing.stderr and "--store" in missing.stderr
+
+
+def test_a_server_that_cannot_reach_mongodb_says_so_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "server", "serve", "--port", "0", "--data-dir", str(tmp_path),
+                             "--store", "mongodb://127.0.0.1:1/shop?timeoutMS=300&serverSelectionTimeoutMS=300"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in errors if line.startswith("error: cannot reach MongoDB for database 'shop'")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr

@@ -432,3 +432,13 @@ async def test_a_feed_stops_at_once_even_right_after_it_started(store):
     async with hub.subscribe("session:1:sess_x"):
         pass
     await asyncio.wait_for(feed.stop(), 5)  # a driver that swallows the cancel must not hang it
+
+
+async def test_inbox_search_ignores_case_and_accents_and_matches_word_starts(store, other):
+    site_id = await new_site(store)
+    conv = await conversation_id(store, site_id)
+    await other.add_message(conv, "visitor", "Where is my parcel, Montréal?")
+    for query, found in (("montreal", True), ("PARC", True), ("MONTRÉAL parcel", True), ("arcel", False),
+                         ("parcel london", False), ('parc "', True)):
+        assert [e.conversation.id for e in await store.list_inbox([site_id], search=query)] == \
+            ([conv] if found else []), query

@@ -22,6 +22,7 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
@@ -84,6 +85,12 @@ def _num(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, not {type(value).__name__}")
     return float(value)
+
+
+def _folded(text: str) -> str:
+    """Text as search compares it: case folded, accents dropped (Montréal -> montreal)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 def _utc(seconds_from_now: float = 0.0) -> datetime:
@@ -247,7 +254,8 @@ class MongoStore(Store):
                 await self._db[collection].create_index(keys, **options)
         except PyMongoError as exc:
             await self.close()
-            raise StoreUnavailable(f"cannot prepare MongoDB database {self.database_name!r}: {exc}") from exc
+            reason = re.split(r", Timeout:| \(configured timeouts", str(exc))[0][:300]  # not the topology
+            raise StoreUnavailable(f"cannot reach MongoDB for database {self.database_name!r}: {reason}") from exc
 
     async def close(self) -> None:
         if self._client is not None:
@@ -259,11 +267,12 @@ class MongoStore(Store):
     async def ping(self) -> None:
         await self._db.command("ping")
 
-    async def _next_id(self, name: str) -> int:
+    async def _next_id(self, name: str, count: int = 1) -> int:
+        """The last of `count` fresh ids for `name` (so the first is this minus count, plus one)."""
         for _ in range(3):
             try:
                 doc = await self._db.counters.find_one_and_update(
-                    {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+                    {"_id": name}, {"$inc": {"seq": count}}, upsert=True, return_document=ReturnDocument.AFTER)
             except DuplicateKeyError:  # two first-ever upserts raced; the loser tries again
                 continue
             if doc is not None:
@@ -410,7 +419,8 @@ class MongoStore(Store):
                     "image_key": _opt_str(image_key), "operator_name": _opt_str(operator_name),
                     "sources": [s.as_dict() for s in sources], "status": _str(status),
                     "created_at": now, "usage": dict(usage) if usage is not None else None,
-                    "relevance": None if relevance is None else _num(relevance)}
+                    "relevance": None if relevance is None else _num(relevance),
+                    "search_text": _folded(content)}
 
         async def touch_conversation() -> dict[str, Any]:
             # Messages carry their site and session, so counts need no join.
@@ -620,11 +630,20 @@ class MongoStore(Store):
     # -- events -------------------------------------------------------------------------------
     @_guarded
     async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int:
-        event_id = await self._next_id("events")
-        await self._db.events.insert_one({
-            "_id": event_id, "topic": _str(topic), "kind": _str(kind), "payload": dict(payload),
-            "origin": _str(origin), "created_at": time.time(), "expire_at": _utc(RETAIN_EVENTS.total_seconds())})
-        return event_id
+        return (await self.record_events([(topic, kind, payload)], origin))[0]
+
+    @_guarded
+    async def record_events(self, events: list[tuple[str, str, dict[str, Any]]], origin: str) -> list[int]:
+        if not events:
+            return []
+        # One counter step for all of them, one insert: two round trips however many topics.
+        first = await self._next_id("events", len(events)) - len(events) + 1
+        now, expire_at = time.time(), _utc(RETAIN_EVENTS.total_seconds())
+        documents = [{"_id": first + n, "topic": _str(topic), "kind": _str(kind), "payload": dict(payload),
+                      "origin": _str(origin), "created_at": now, "expire_at": expire_at}
+                     for n, (topic, kind, payload) in enumerate(events)]
+        await self._db.events.insert_many(documents, ordered=True)
+        return [d["_id"] for d in documents]
 
     @_guarded
     async def latest_event_id(self) -> int:
@@ -862,10 +881,12 @@ class MongoStore(Store):
             query["mode"] = status
         if before:
             query["updated_at"] = {"$lt": _str(before)}
-        if search:
-            # No full-text engine here: every word, case-insensitive, in one message.
-            words = [{"content": {"$regex": re.escape(w), "$options": "i"}} for w in search.split()[:10]]
-            found = self._db.messages.find({"site_id": {"$in": sites}, "$and": words},
+        words = re.findall(r"\w+", _folded(_str(search or "")))[:10]
+        if words:
+            # As SQLite's full-text search matches: every word the start of a word of one message,
+            # whatever its case and accents. Each word is escaped: a pattern, never a query.
+            patterns = [{"search_text": {"$regex": rf"\b{re.escape(w)}"}} for w in words]
+            found = self._db.messages.find({"site_id": {"$in": sites}, "$and": patterns},
                                            projection={"conversation_id": 1}).limit(self.SEARCH_CONVERSATIONS)
             query["_id"] = {"$in": list({d["conversation_id"] async for d in found})}
         cursor = self._db.conversations.find(query).sort([("updated_at", DESCENDING), ("_id", DESCENDING)]
