@@ -70,6 +70,7 @@ from server.feed import EventFeed, build_feed
 from server.hub import Hub
 from server.inbox import InboxService
 from server.operators import OperatorService
+from server.privacy import PrivacyService
 from server.proactive import ProactiveRules
 from server.proxies import ProxyAwareApplication, TrustedProxies
 from server.sites import SiteService
@@ -97,6 +98,7 @@ class Services:
     accounts: AccountService
     inbox: InboxService
     audit: AuditLog
+    privacy: PrivacyService
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -135,6 +137,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         accounts=AccountService(store, idle_timeout=config.session_idle_minutes * 60),
         inbox=InboxService(store, hub),
         audit=audit,
+        privacy=PrivacyService(store, blobs, audit),
     )
 
 

@@ -646,6 +646,43 @@ class MongoStore(Store):
         cursor = self._db.events.find({"_id": {"$in": wanted}}).sort("_id", ASCENDING)
         return [_event(d) async for d in cursor]
 
+    # -- privacy ------------------------------------------------------------------------------
+    @_guarded
+    async def erase_conversation(self, site_id: int, session_id: str) -> list[str]:
+        site, session = _int(site_id), _str(session_id)
+        conversation = await self._db.conversations.find_one(
+            {"site_id": site, "session_id": session}, projection={"_id": 1})
+        keys: list[str] = []
+        event_filter: list[dict[str, Any]] = [{"topic": f"session:{site}:{session}"},
+                                              {"payload.session_id": session}]
+        if conversation is not None:
+            cid = conversation["_id"]
+            message_ids: list[str] = []
+            async for doc in self._db.messages.find(
+                    {"conversation_id": cid}, projection={"image_key": 1, "message_id": 1}):
+                if doc.get("image_key"):
+                    keys.append(doc["image_key"])
+                if doc.get("message_id"):
+                    message_ids.append(doc["message_id"])
+            await self._db.messages.delete_many({"conversation_id": cid})
+            await self._db.notes.delete_many({"conversation_id": cid})
+            if message_ids:
+                await self._db.answer_claims.delete_many(
+                    {"_id": {"$in": [self._claim_key(cid, m) for m in message_ids]}})
+            await self._db.conversations.delete_one({"_id": cid})
+            event_filter.append({"payload.conversation_id": cid})
+        await self._db.proactive_messages.delete_many({"site_id": site, "session_id": session})
+        await self._db.blocks.delete_many({"site_id": site, "value": session})
+        await self._db.events.delete_many({"$or": event_filter})
+        return keys
+
+    @_guarded
+    async def stale_sessions(self, site_id: int, *, updated_before: str, limit: int = 500) -> list[str]:
+        cursor = self._db.conversations.find(
+            {"site_id": _int(site_id), "updated_at": {"$lt": _str(updated_before)}},
+            projection={"session_id": 1}).sort("updated_at", ASCENDING).limit(_int(limit))
+        return [doc["session_id"] async for doc in cursor]
+
     @_guarded
     async def prune_events(self, older_than: float) -> int:
         result = await self._db.events.delete_many({"created_at": {"$lt": _num(older_than)}})
