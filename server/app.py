@@ -13,6 +13,7 @@ import tornado.web
 
 from handlers.chat_stream import ChatStreamHandler
 from handlers.headers import SecurityHeaders
+from handlers.dashboard_admin import SITE_KEY_PATTERN, SitePageHandler, SitesPageHandler, VisitorDataHandler
 from handlers.dashboard_api import (
     ConversationActionHandler,
     ConversationApiHandler,
@@ -73,6 +74,7 @@ from server.operators import OperatorService
 from server.privacy import PrivacyService
 from server.proactive import ProactiveRules
 from server.proxies import ProxyAwareApplication, TrustedProxies
+from server.site_admin import SiteAdmin
 from server.sites import SiteService
 from server.uploads import Uploads
 from server.store.base import Store
@@ -99,6 +101,7 @@ class Services:
     inbox: InboxService
     audit: AuditLog
     privacy: PrivacyService
+    site_admin: SiteAdmin
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -128,9 +131,10 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
     ai = AIEngine(knowledge, providers.default, provider_for_site=providers.for_site,
                   caps=CapChecker(store), on_close=providers.close)
     audit = AuditLog(store)
+    sites = SiteService(store)
     return Services(
         config=config, store=store, hub=hub, bridge=bridge, knowledge=knowledge, ai=ai, blobs=blobs,
-        sites=SiteService(store),
+        sites=sites,
         chat=ChatService(store, hub, ai, blobs, limits, uploads=uploads),
         operators=OperatorService(store, hub, audit),
         rules=ProactiveRules(store),
@@ -138,6 +142,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         inbox=InboxService(store, hub),
         audit=audit,
         privacy=PrivacyService(store, blobs, audit),
+        site_admin=SiteAdmin(store, sites, audit),
     )
 
 
@@ -174,6 +179,9 @@ def dashboard_routes(services: Services) -> list[Any]:
         (rf"/dashboard/api/conversations/{conversation}", ConversationApiHandler, dash),
         (rf"/dashboard/api/conversations/{conversation}/(?P<action>[a-z]+)",
          ConversationActionHandler, dash),
+        (r"/dashboard/sites", SitesPageHandler, dash),
+        (rf"/dashboard/sites/{SITE_KEY_PATTERN}", SitePageHandler, dash),
+        (rf"/dashboard/sites/{SITE_KEY_PATTERN}/visitor", VisitorDataHandler, dash),
         (r"/dashboard/static/(.+)", DashboardFileHandler, {"path": str(ROOT / "static" / "dashboard")}),
     ]
 

@@ -250,6 +250,16 @@ async def test_proactive_delivery_acknowledgement_and_rules_once(store, other):
     assert await store.next_proactive_due(site_id, SESSION, now=now + 31) is None
 
 
+async def test_a_site_is_renamed_and_its_key_rotated(store, other):
+    site_id = await new_site(store)
+    old = (await store.list_sites())[0].site_key
+    site = await other.update_site(site_id, name="Renamed", allowed_origins=["https://a.example"],
+                                   site_key="sk_rotated_key_0000000000000000")
+    assert (site.name, site.allowed_origins) == ("Renamed", ["https://a.example"])
+    assert await store.get_site_by_key(old) is None
+    assert (await store.get_site_by_key("sk_rotated_key_0000000000000000")).settings == {"lang": "en"}
+
+
 # -- privacy --------------------------------------------------------------------------------------
 async def test_erasing_a_session_removes_it_and_its_events_and_keeps_others(store, other):
     site = await new_site(store)

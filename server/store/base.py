@@ -82,6 +82,11 @@ class Store(abc.ABC):
     async def update_site_settings(self, site_id: int, changes: dict[str, Any]) -> Site:
         """Set the given top-level settings atomically, keeping every other key as stored."""
 
+    @abc.abstractmethod
+    async def update_site(self, site_id: int, *, name: str | None = None,
+                          allowed_origins: list[str] | None = None, site_key: str | None = None) -> Site:
+        """Rename a site, replace its origins or give it a new key (the old one stops working)."""
+
     # Conversations (one per visitor session)
     @abc.abstractmethod
     async def get_conversation(self, site_id: int, session_id: str) -> Conversation | None: ...

@@ -324,6 +324,23 @@ class MongoStore(Store):
         return [_site(d) async for d in self._db.sites.find({}).sort("_id", ASCENDING).limit(_int(limit))]
 
     @_guarded
+    async def update_site(self, site_id: int, *, name: str | None = None,
+                          allowed_origins: list[str] | None = None, site_key: str | None = None) -> Site:
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = _str(name)
+        if allowed_origins is not None:
+            changes["allowed_origins"] = [_str(o) for o in allowed_origins]
+        if site_key is not None:
+            changes["site_key"] = _str(site_key)
+        if changes:
+            await self._db.sites.update_one({"_id": _int(site_id)}, {"$set": changes})
+        doc = await self._db.sites.find_one({"_id": _int(site_id)})
+        if doc is None:
+            raise StoreUnavailable(f"site {site_id} does not exist")
+        return _site(doc)
+
+    @_guarded
     async def update_site_settings(self, site_id: int, changes: dict[str, Any]) -> Site:
         for key in changes:
             if not isinstance(key, str) or not key or key.startswith("$") or "." in key:

@@ -460,6 +460,24 @@ class SQLiteStore(Store):
 
         return _site(await self._run(self._tx, update))
 
+    async def update_site(self, site_id: int, *, name: str | None = None,
+                          allowed_origins: list[str] | None = None, site_key: str | None = None) -> Site:
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = str(name)
+        if allowed_origins is not None:
+            changes["allowed_origins"] = json.dumps([str(o) for o in allowed_origins])
+        if site_key is not None:
+            changes["site_key"] = str(site_key)
+
+        def update(db: sqlite3.Connection) -> sqlite3.Row:
+            if changes:
+                db.execute(f"UPDATE sites SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+                           (*changes.values(), site_id))
+            return db.execute("SELECT * FROM sites WHERE id = ?", (site_id,)).fetchone()
+
+        return _site(await self._run(self._tx, update))
+
     # -- conversations ------------------------------------------------------------------------
     async def get_conversation(self, site_id: int, session_id: str) -> Conversation | None:
         row = await self._read_one(
