@@ -7,6 +7,7 @@ import json
 
 from server.errors import ParleyError, UnknownSite
 from server.site_admin import MEGABYTE
+from server.site_ai import form_values as ai_form_values
 from server.sites import DEFAULT_SETTINGS, embed_snippet
 from server.store.models import Site
 from server.validation import SESSION_ID_RE
@@ -121,3 +122,34 @@ class VisitorDataHandler(SiteAdminHandler):
                              notice=None, snippet=embed_snippet(site, self.base_url))
             return
         self.redirect(f"/dashboard/sites/{site.site_key}?saved=erased")
+
+
+class SiteAIHandler(SiteAdminHandler):
+    """The site's model settings (the key write-only, shown masked) and Test connection."""
+
+    def show(self, site: Site, **values: object) -> None:
+        self.render_page("site_ai.html", site=site, values=ai_form_values(site),
+                         **{"error": None, "notice": None, "result": None, **values})
+
+    async def get(self, site_key: str) -> None:
+        saved = self.get_query_argument("saved", "") == "1"
+        self.show(await self.site(site_key), notice="Saved." if saved else None)
+
+    async def post(self, site_key: str) -> None:
+        site = await self.site(site_key)
+        if self.get_body_argument("action", "") == "test":
+            self.show(site, result=await self.services.site_ai.test_connection(site))
+            return
+        form = self.form(*AI_FIELDS)
+        try:
+            await self.services.site_ai.save(site, form, self.actor)
+        except (ParleyError, ValueError) as exc:
+            self.set_status(400)
+            self.show(site, error=getattr(exc, "message", None) or str(exc))
+            return
+        self.redirect(f"/dashboard/sites/{site.site_key}/ai?saved=1")
+
+
+AI_FIELDS = ("base_url", "model", "api_key", "remove_key", "system_prompt", "temperature", "max_tokens",
+             "handoff_phrases", "handoff_when_unsure", "redact_pii", "replies_per_session_hour",
+             "replies_per_site_day", "max_input_chars")

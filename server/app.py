@@ -13,7 +13,13 @@ import tornado.web
 
 from handlers.chat_stream import ChatStreamHandler
 from handlers.headers import SecurityHeaders
-from handlers.dashboard_admin import SITE_KEY_PATTERN, SitePageHandler, SitesPageHandler, VisitorDataHandler
+from handlers.dashboard_admin import (
+    SITE_KEY_PATTERN,
+    SiteAIHandler,
+    SitePageHandler,
+    SitesPageHandler,
+    VisitorDataHandler,
+)
 from handlers.dashboard_api import (
     ConversationActionHandler,
     ConversationApiHandler,
@@ -75,6 +81,7 @@ from server.privacy import PrivacyService
 from server.proactive import ProactiveRules
 from server.proxies import ProxyAwareApplication, TrustedProxies
 from server.site_admin import SiteAdmin
+from server.site_ai import SiteAI
 from server.sites import SiteService
 from server.uploads import Uploads
 from server.store.base import Store
@@ -102,6 +109,7 @@ class Services:
     audit: AuditLog
     privacy: PrivacyService
     site_admin: SiteAdmin
+    site_ai: SiteAI
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -143,6 +151,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         audit=audit,
         privacy=PrivacyService(store, blobs, audit),
         site_admin=SiteAdmin(store, sites, audit),
+        site_ai=SiteAI(store, config, audit),
     )
 
 
@@ -182,6 +191,7 @@ def dashboard_routes(services: Services) -> list[Any]:
         (r"/dashboard/sites", SitesPageHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}", SitePageHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/visitor", VisitorDataHandler, dash),
+        (rf"/dashboard/sites/{SITE_KEY_PATTERN}/ai", SiteAIHandler, dash),
         (r"/dashboard/static/(.+)", DashboardFileHandler, {"path": str(ROOT / "static" / "dashboard")}),
     ]
 
