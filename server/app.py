@@ -13,6 +13,13 @@ import tornado.web
 
 from handlers.chat_stream import ChatStreamHandler
 from handlers.headers import SecurityHeaders
+from handlers.dashboard_admin import (
+    SITE_KEY_PATTERN,
+    SiteAIHandler,
+    SitePageHandler,
+    SitesPageHandler,
+    VisitorDataHandler,
+)
 from handlers.dashboard_api import (
     ConversationActionHandler,
     ConversationApiHandler,
@@ -70,8 +77,11 @@ from server.feed import EventFeed, build_feed
 from server.hub import Hub
 from server.inbox import InboxService
 from server.operators import OperatorService
+from server.privacy import PrivacyService
 from server.proactive import ProactiveRules
 from server.proxies import ProxyAwareApplication, TrustedProxies
+from server.site_admin import SiteAdmin
+from server.site_ai import SiteAI
 from server.sites import SiteService
 from server.uploads import Uploads
 from server.store.base import Store
@@ -97,6 +107,9 @@ class Services:
     accounts: AccountService
     inbox: InboxService
     audit: AuditLog
+    privacy: PrivacyService
+    site_admin: SiteAdmin
+    site_ai: SiteAI
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -126,15 +139,19 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
     ai = AIEngine(knowledge, providers.default, provider_for_site=providers.for_site,
                   caps=CapChecker(store), on_close=providers.close)
     audit = AuditLog(store)
+    sites = SiteService(store)
     return Services(
         config=config, store=store, hub=hub, bridge=bridge, knowledge=knowledge, ai=ai, blobs=blobs,
-        sites=SiteService(store),
+        sites=sites,
         chat=ChatService(store, hub, ai, blobs, limits, uploads=uploads),
         operators=OperatorService(store, hub, audit),
         rules=ProactiveRules(store),
         accounts=AccountService(store, idle_timeout=config.session_idle_minutes * 60),
         inbox=InboxService(store, hub),
         audit=audit,
+        privacy=PrivacyService(store, blobs, audit),
+        site_admin=SiteAdmin(store, sites, audit),
+        site_ai=SiteAI(store, config, audit),
     )
 
 
@@ -171,6 +188,10 @@ def dashboard_routes(services: Services) -> list[Any]:
         (rf"/dashboard/api/conversations/{conversation}", ConversationApiHandler, dash),
         (rf"/dashboard/api/conversations/{conversation}/(?P<action>[a-z]+)",
          ConversationActionHandler, dash),
+        (r"/dashboard/sites", SitesPageHandler, dash),
+        (rf"/dashboard/sites/{SITE_KEY_PATTERN}", SitePageHandler, dash),
+        (rf"/dashboard/sites/{SITE_KEY_PATTERN}/visitor", VisitorDataHandler, dash),
+        (rf"/dashboard/sites/{SITE_KEY_PATTERN}/ai", SiteAIHandler, dash),
         (r"/dashboard/static/(.+)", DashboardFileHandler, {"path": str(ROOT / "static" / "dashboard")}),
     ]
 

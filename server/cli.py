@@ -23,7 +23,7 @@ from server.data_dir import HOW_TO_POINT, DataDirProblem, check_data_dir
 from server.errors import ParleyError, Unavailable, UnknownSite
 from server.knowledge import DEFAULT_SITEMAP_LIMIT, IngestError, KnowledgeService
 from server.proactive import site_rules
-from server.sites import keeps_full_page_urls
+from server.sites import embed_snippet, keeps_full_page_urls
 from server.validation import SESSION_ID_RE
 
 Command = Callable[[Services, argparse.Namespace], Awaitable[int]]
@@ -52,8 +52,7 @@ async def site_create(services: Services, args: argparse.Namespace) -> int:
     else:
         print(f"Created site {site.name!r}\nsite_key: {site.site_key}")
         config = services.config
-        base = (config.public_url or f"http://{browser_host(config.host)}:{config.port}").rstrip("/")
-        print(f'Embed: <script src="{base}/widget/widget.js" data-site-key="{site.site_key}" async></script>')
+        print(f"Embed: {embed_snippet(site, _base_url(config))}")
         if not config.public_url:
             print("(that is this machine's address: use the URL browsers reach Parley at, or set "
                   "--public-url / PARLEY_PUBLIC_URL)")
@@ -298,6 +297,28 @@ async def canned_remove(services: Services, args: argparse.Namespace) -> int:
         print(f"no canned reply {args.id} on this site", file=sys.stderr)
         return 1
     print(f"removed canned reply {args.id}")
+    return 0
+
+
+# -- privacy --------------------------------------------------------------------------------------
+def _base_url(config: Config) -> str:
+    return (config.public_url or f"http://{browser_host(config.host)}:{config.port}").rstrip("/")
+
+
+async def visitor_export(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    _print_json(await services.privacy.export(site, args.session, base_url=_base_url(services.config),
+                                              actor=CLI))
+    return 0
+
+
+async def visitor_erase(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    if await services.store.get_conversation(site.id, args.session) is None and not args.force:
+        raise ParleyError("This site has no conversation with that session id "
+                          "(--force erases its other traces anyway).")
+    done = await services.privacy.erase(site, args.session, actor=CLI)
+    print(f"erased the conversation, its messages and {done['uploads']} upload(s)")
     return 0
 
 
@@ -558,6 +579,17 @@ def build_parser() -> argparse.ArgumentParser:
     rule_removing = command(rules, "remove", "remove a rule", rule_remove)
     rule_removing.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
     rule_removing.add_argument("id", help="the rule id from 'proactive rule list'")
+
+    visitor = commands.add_parser(
+        "visitor", help="one visitor's data: export it as JSON, or erase it"
+    ).add_subparsers(dest="visitor_command", metavar="ACTION", required=True)
+    conversation_args(command(visitor, "export", "print everything stored about one visitor session "
+                              "as JSON (messages, contact, rating, uploads with their URLs)", visitor_export))
+    erasing = command(visitor, "erase", "erase one visitor session: its conversation, messages, "
+                      "uploaded files, contact, rating and the events naming it", visitor_erase)
+    conversation_args(erasing)
+    erasing.add_argument("--force", action="store_true",
+                         help="erase the session's other traces even when it has no conversation")
 
     for name, run, help_text in (("block", block, "block a visitor by session, IP or email"),
                                  ("unblock", unblock, "lift blocks on a session, IP or email")):

@@ -16,6 +16,7 @@ from server.ai.check import announce_check, describe_model
 from server.ai.settings import global_model_config
 from server.app import ParleyApplication, Services, build_services, make_app
 from server.accounts import dashboard_lines
+from server.audit import CLI
 from server.backends import describe
 from server.config import Config, browser_host
 from server.demo import ensure_demo_site
@@ -80,6 +81,7 @@ async def serve(config: Config) -> None:
     async def prune() -> None:
         await services.store.prune_events(time.time() - EVENT_RETENTION_SECONDS)
         await services.accounts.forget_stale()
+        await services.privacy.apply_retention(await services.sites.list(), actor=CLI)
 
     housekeeping = PeriodicCallback(prune, 60_000)
     housekeeping.start()

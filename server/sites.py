@@ -127,6 +127,12 @@ def public_config(site: Site) -> dict[str, Any]:
     }
 
 
+def embed_snippet(site: Site, base_url: str) -> str:
+    """The one script tag a site's pages embed."""
+    return (f'<script src="{base_url.rstrip("/")}/widget/widget.js" data-site-key="{site.site_key}"'
+            ' async></script>')
+
+
 def keeps_full_page_urls(site: Site) -> bool:
     return site.settings.get("full_page_urls") is True
 

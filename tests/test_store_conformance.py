@@ -250,6 +250,50 @@ async def test_proactive_delivery_acknowledgement_and_rules_once(store, other):
     assert await store.next_proactive_due(site_id, SESSION, now=now + 31) is None
 
 
+async def test_a_site_is_renamed_and_its_key_rotated(store, other):
+    site_id = await new_site(store)
+    old = (await store.list_sites())[0].site_key
+    site = await other.update_site(site_id, name="Renamed", allowed_origins=["https://a.example"],
+                                   site_key="sk_rotated_key_0000000000000000")
+    assert (site.name, site.allowed_origins) == ("Renamed", ["https://a.example"])
+    assert await store.get_site_by_key(old) is None
+    assert (await store.get_site_by_key("sk_rotated_key_0000000000000000")).settings == {"lang": "en"}
+
+
+# -- privacy --------------------------------------------------------------------------------------
+async def test_erasing_a_session_removes_it_and_its_events_and_keeps_others(store, other):
+    site = await new_site(store)
+    gone, kept = "sess_conformance_erased01", "sess_conformance_kept0001"
+    cid = await conversation_id(store, site, gone)
+    kept_id = await conversation_id(store, site, kept)
+    await store.add_message(cid, "visitor", "secret words", message_id="m1")
+    await store.add_message(cid, "visitor", "", message_id="m2", image_key="abcdefghijklmnopqrstuv.png")
+    await store.add_message(kept_id, "visitor", "other words", message_id="m1")
+    await store.add_note(cid, None, "Ana", "a note about them")
+    await store.add_proactive(site, gone, "hello", "Ana")
+    await store.add_block(site, "session", gone, None, None)
+    await store.record_events([(f"session:{site}:{gone}", "message", {"session_id": gone}),
+                               (f"site:{site}", "answer_progress", {"conversation_id": cid, "text": "x"}),
+                               (f"site:{site}", "message", {"session_id": kept})], "p1")
+    assert await other.erase_conversation(site, gone) == ["abcdefghijklmnopqrstuv.png"]
+    assert await store.get_conversation(site, gone) is None
+    assert await store.list_messages(cid) == [] and await store.list_notes(cid) == []
+    assert await store.pending_proactive(site, gone, now=time.time() + 10) == []
+    assert not await store.is_blocked(site, session_id=gone, ip=None, email=None, now=time.time())
+    events = await store.events_since(0, exclude_origin="nobody", limit=10)
+    assert [e.payload for e in events] == [{"session_id": kept}]
+    assert [m.content for m in await store.list_messages(kept_id)] == ["other words"]
+    assert await store.erase_conversation(site, gone) == []  # again: nothing, no error
+
+
+async def test_stale_sessions_are_those_idle_since_a_time(store):
+    site = await new_site(store)
+    await conversation_id(store, site, "sess_conformance_stale001")
+    assert await store.stale_sessions(site, updated_before="2000-01-01T00:00:00Z") == []
+    assert await store.stale_sessions(site, updated_before="2999-01-01T00:00:00Z") == [
+        "sess_conformance_stale001"]
+
+
 # -- knowledge ------------------------------------------------------------------------------------
 async def test_documents_and_their_version(store, other):
     site_id = await new_site(store)

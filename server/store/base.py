@@ -82,6 +82,11 @@ class Store(abc.ABC):
     async def update_site_settings(self, site_id: int, changes: dict[str, Any]) -> Site:
         """Set the given top-level settings atomically, keeping every other key as stored."""
 
+    @abc.abstractmethod
+    async def update_site(self, site_id: int, *, name: str | None = None,
+                          allowed_origins: list[str] | None = None, site_key: str | None = None) -> Site:
+        """Rename a site, replace its origins or give it a new key (the old one stops working)."""
+
     # Conversations (one per visitor session)
     @abc.abstractmethod
     async def get_conversation(self, site_id: int, session_id: str) -> Conversation | None: ...
@@ -145,6 +150,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def knowledge_gaps(self, site_id: int, *, below: float, limit: int = 50) -> list[KnowledgeGap]:
         """The newest visitor questions whose AI answer had a relevance under `below`."""
+
+    # Privacy: one visitor's erasure, and the retention job's list
+    @abc.abstractmethod
+    async def erase_conversation(self, site_id: int, session_id: str) -> list[str]:
+        """Delete everything stored about one visitor session: the conversation, its messages (and
+        their search index), notes, proactive messages, blocks of the session, answer claims and
+        every event naming it; return the keys of its uploads, for the caller to delete. Nothing
+        of it may stay readable in the database's files afterwards (free pages, the log)."""
+
+    @abc.abstractmethod
+    async def stale_sessions(self, site_id: int, *, updated_before: str, limit: int = 500) -> list[str]:
+        """Session ids of the site's conversations with no activity since `updated_before` (ISO)."""
 
     # Blocks
     @abc.abstractmethod

@@ -333,6 +333,23 @@ class MongoStore(Store):
         return [_site(d) async for d in self._db.sites.find({}).sort("_id", ASCENDING).limit(_int(limit))]
 
     @_guarded
+    async def update_site(self, site_id: int, *, name: str | None = None,
+                          allowed_origins: list[str] | None = None, site_key: str | None = None) -> Site:
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = _str(name)
+        if allowed_origins is not None:
+            changes["allowed_origins"] = [_str(o) for o in allowed_origins]
+        if site_key is not None:
+            changes["site_key"] = _str(site_key)
+        if changes:
+            await self._db.sites.update_one({"_id": _int(site_id)}, {"$set": changes})
+        doc = await self._db.sites.find_one({"_id": _int(site_id)})
+        if doc is None:
+            raise StoreUnavailable(f"site {site_id} does not exist")
+        return _site(doc)
+
+    @_guarded
     async def update_site_settings(self, site_id: int, changes: dict[str, Any]) -> Site:
         for key in changes:
             if not isinstance(key, str) or not key or key.startswith("$") or "." in key:
@@ -664,6 +681,43 @@ class MongoStore(Store):
             return []
         cursor = self._db.events.find({"_id": {"$in": wanted}}).sort("_id", ASCENDING)
         return [_event(d) async for d in cursor]
+
+    # -- privacy ------------------------------------------------------------------------------
+    @_guarded
+    async def erase_conversation(self, site_id: int, session_id: str) -> list[str]:
+        site, session = _int(site_id), _str(session_id)
+        conversation = await self._db.conversations.find_one(
+            {"site_id": site, "session_id": session}, projection={"_id": 1})
+        keys: list[str] = []
+        event_filter: list[dict[str, Any]] = [{"topic": f"session:{site}:{session}"},
+                                              {"payload.session_id": session}]
+        if conversation is not None:
+            cid = conversation["_id"]
+            message_ids: list[str] = []
+            async for doc in self._db.messages.find(
+                    {"conversation_id": cid}, projection={"image_key": 1, "message_id": 1}):
+                if doc.get("image_key"):
+                    keys.append(doc["image_key"])
+                if doc.get("message_id"):
+                    message_ids.append(doc["message_id"])
+            await self._db.messages.delete_many({"conversation_id": cid})
+            await self._db.notes.delete_many({"conversation_id": cid})
+            if message_ids:
+                await self._db.answer_claims.delete_many(
+                    {"_id": {"$in": [self._claim_key(cid, m) for m in message_ids]}})
+            await self._db.conversations.delete_one({"_id": cid})
+            event_filter.append({"payload.conversation_id": cid})
+        await self._db.proactive_messages.delete_many({"site_id": site, "session_id": session})
+        await self._db.blocks.delete_many({"site_id": site, "value": session})
+        await self._db.events.delete_many({"$or": event_filter})
+        return keys
+
+    @_guarded
+    async def stale_sessions(self, site_id: int, *, updated_before: str, limit: int = 500) -> list[str]:
+        cursor = self._db.conversations.find(
+            {"site_id": _int(site_id), "updated_at": {"$lt": _str(updated_before)}},
+            projection={"session_id": 1}).sort("updated_at", ASCENDING).limit(_int(limit))
+        return [doc["session_id"] async for doc in cursor]
 
     @_guarded
     async def prune_events(self, older_than: float) -> int:

@@ -315,6 +315,9 @@ class SQLiteStore(Store):
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
+        # Deleted rows are overwritten with zeros, not left in free pages: an erased visitor's words
+        # must not be readable in the file afterwards.
+        db.execute("PRAGMA secure_delete = ON")
         self._add_missing_columns(db)
         had_search = db.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone() is not None
@@ -453,6 +456,24 @@ class SQLiteStore(Store):
             row = db.execute("SELECT settings FROM sites WHERE id = ?", (site_id,)).fetchone()
             merged = {**json.loads(row["settings"]), **changes} if row else changes
             db.execute("UPDATE sites SET settings = ? WHERE id = ?", (json.dumps(merged), site_id))
+            return db.execute("SELECT * FROM sites WHERE id = ?", (site_id,)).fetchone()
+
+        return _site(await self._run(self._tx, update))
+
+    async def update_site(self, site_id: int, *, name: str | None = None,
+                          allowed_origins: list[str] | None = None, site_key: str | None = None) -> Site:
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = str(name)
+        if allowed_origins is not None:
+            changes["allowed_origins"] = json.dumps([str(o) for o in allowed_origins])
+        if site_key is not None:
+            changes["site_key"] = str(site_key)
+
+        def update(db: sqlite3.Connection) -> sqlite3.Row:
+            if changes:
+                db.execute(f"UPDATE sites SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+                           (*changes.values(), site_id))
             return db.execute("SELECT * FROM sites WHERE id = ?", (site_id,)).fetchone()
 
         return _site(await self._run(self._tx, update))
@@ -610,6 +631,54 @@ class SQLiteStore(Store):
             site_id, below, limit,
         )
         return [KnowledgeGap(**dict(r)) for r in rows]
+
+    # -- privacy ------------------------------------------------------------------------------
+    async def erase_conversation(self, site_id: int, session_id: str) -> list[str]:
+        def erase(db: sqlite3.Connection) -> list[str]:
+            row = db.execute("SELECT id FROM conversations WHERE site_id = ? AND session_id = ?",
+                             (site_id, session_id)).fetchone()
+            cid = row["id"] if row else None
+            keys: list[str] = []
+            if cid is not None:
+                keys = [r[0] for r in db.execute(
+                    "SELECT image_key FROM messages WHERE conversation_id = ? AND image_key IS NOT NULL",
+                    (cid,))]
+                db.execute("DELETE FROM messages WHERE conversation_id = ?", (cid,))
+                db.execute("DELETE FROM notes WHERE conversation_id = ?", (cid,))
+                db.execute("DELETE FROM answer_claims WHERE conversation_id = ?", (cid,))
+                db.execute("DELETE FROM conversations WHERE id = ?", (cid,))
+            db.execute("DELETE FROM proactive_messages WHERE site_id = ? AND session_id = ?",
+                       (site_id, session_id))
+            db.execute("DELETE FROM blocks WHERE site_id = ? AND value = ?", (site_id, session_id))
+            db.execute("DELETE FROM events WHERE instr(payload, ?) > 0 OR instr(topic, ?) > 0"
+                       " OR (json_valid(payload) AND json_extract(payload, '$.conversation_id') = ?)",
+                       (session_id, session_id, cid if cid is not None else -1))
+            # The search index keeps deleted words in old segments until they are merged.
+            db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
+            return keys
+
+        keys = await self._run(self._tx, erase)
+        await self._run(self._checkpoint)
+        return keys
+
+    def _checkpoint(self) -> None:
+        """Copy the log into the database and empty it, so no old page of it keeps erased words.
+        Another process reading at this moment makes it busy: try a few times, then leave it to
+        SQLite's next automatic checkpoint."""
+        assert self._db is not None
+        for attempt in range(20):
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return
+            time.sleep(0.05 * (attempt + 1))
+        log.warning("the write-ahead log could not be emptied after an erase; it will be later")
+
+    async def stale_sessions(self, site_id: int, *, updated_before: str, limit: int = 500) -> list[str]:
+        rows = await self._run(
+            self._all,
+            "SELECT session_id FROM conversations WHERE site_id = ? AND updated_at < ?"
+            " ORDER BY updated_at LIMIT ?", site_id, updated_before, limit)
+        return [r[0] for r in rows]
 
     # -- blocks -------------------------------------------------------------------------------
     async def add_block(

@@ -1,0 +1,155 @@
+"""The admins' pages for running a site: its settings and key, and one visitor's data (export,
+erase). Plain forms posted with the XSRF token: no script, so nothing for the CSP to allow."""
+
+from __future__ import annotations
+
+import json
+
+from server.errors import ParleyError, UnknownSite
+from server.site_admin import MEGABYTE
+from server.site_ai import form_values as ai_form_values
+from server.sites import DEFAULT_SETTINGS, embed_snippet
+from server.store.models import Site
+from server.validation import SESSION_ID_RE
+
+from handlers.operator_base import OperatorPageHandler
+
+SITE_KEY_PATTERN = r"(?P<site_key>sk_[A-Za-z0-9_-]{8,64})"
+
+
+class SiteAdminHandler(OperatorPageHandler):
+    admin_only = True
+
+    @property
+    def base_url(self) -> str:
+        return (self.services.config.public_url or f"{self.request.protocol}://{self.request.host}").rstrip("/")
+
+    async def site(self, site_key: str) -> Site:
+        site = await self.services.store.get_site_by_key(site_key)
+        if site is None:
+            raise UnknownSite("No site has this site_key.")
+        return site
+
+    def form(self, *names: str) -> dict[str, str]:
+        return {name: self.get_body_argument(name, "")[:5000] for name in names}
+
+
+class SitesPageHandler(SiteAdminHandler):
+    async def get(self) -> None:
+        self.render_page("site_list.html", sites=await self.services.sites.list(), error=None)
+
+    async def post(self) -> None:
+        try:
+            site = await self.services.site_admin.create(self.get_body_argument("name", "")[:300], self.actor)
+        except ParleyError as exc:
+            self.set_status(400)
+            self.render_page("site_list.html", sites=await self.services.sites.list(), error=exc.message)
+            return
+        self.redirect(f"/dashboard/sites/{site.site_key}?saved=created")
+
+
+SITE_FIELDS = ("name", "origins", "title", "greeting", "color", "position", "lang", "upload_mb",
+               "retention_days")
+
+
+def form_values(site: Site) -> dict[str, str]:
+    settings = {**DEFAULT_SETTINGS, **site.settings}
+    upload = settings.get("upload_max_bytes")
+    return {"name": site.name, "origins": "\n".join(site.allowed_origins),
+            "title": str(settings["title"]), "greeting": str(settings["greeting"]),
+            "color": str(settings["color"]), "position": str(settings["position"]),
+            "lang": str(settings["lang"]),
+            "upload_mb": str(upload // MEGABYTE) if isinstance(upload, int) else "",
+            "retention_days": str(settings.get("retention_days") or "")}
+
+
+class SitePageHandler(SiteAdminHandler):
+    def show(self, site: Site, *, values: dict[str, str] | None = None, error: str | None = None,
+             notice: str | None = None) -> None:
+        self.render_page("site_settings.html", site=site, values=values or form_values(site), error=error,
+                         notice=notice, snippet=embed_snippet(site, self.base_url))
+
+    async def get(self, site_key: str) -> None:
+        notices = {"saved": "Saved. The widget shows it on its next load.", "created": "Site created.",
+                   "rotated": "New key made: the old one no longer works. Update the snippet on your pages.",
+                   "erased": "The visitor's data is erased."}
+        self.show(await self.site(site_key), notice=notices.get(self.get_query_argument("saved", "")))
+
+    async def post(self, site_key: str) -> None:
+        site = await self.site(site_key)
+        admin = self.services.site_admin
+        if self.get_body_argument("action", "") == "rotate":
+            site = await admin.rotate_key(site, self.actor)
+            self.redirect(f"/dashboard/sites/{site.site_key}?saved=rotated")
+            return
+        values = self.form(*SITE_FIELDS)
+        try:
+            await admin.edit(site, values, self.actor)
+        except ParleyError as exc:
+            self.set_status(400)
+            self.show(site, values=values, error=exc.message)
+            return
+        self.redirect(f"/dashboard/sites/{site.site_key}?saved=saved")
+
+
+class VisitorDataHandler(SiteAdminHandler):
+    """POST export: the JSON as a download; POST erase (with the session typed twice): gone."""
+
+    async def post(self, site_key: str) -> None:
+        site = await self.site(site_key)
+        session_id = self.get_body_argument("session", "").strip()[:100]
+        action = self.get_body_argument("action", "")
+        privacy = self.services.privacy
+        try:
+            if not SESSION_ID_RE.match(session_id):
+                raise ParleyError("A session id looks like sess_ followed by 16 to 64 letters, digits, _ or -.")
+            if action == "export":
+                data = await privacy.export(site, session_id, base_url=self.base_url, actor=self.actor)
+                self.set_header("Content-Type", "application/json; charset=utf-8")
+                self.set_header("Content-Disposition", f'attachment; filename="parley-{session_id}.json"')
+                self.finish(json.dumps(data, ensure_ascii=False, indent=2))
+                return
+            if action != "erase":
+                raise ParleyError("Choose Export or Erase.")
+            if self.get_body_argument("confirm", "").strip() != session_id:
+                raise ParleyError("Type the session id again to confirm the erase.")
+            if await self.services.store.get_conversation(site.id, session_id) is None:
+                raise ParleyError("This site has no conversation with that session id.")
+            await privacy.erase(site, session_id, actor=self.actor)
+        except ParleyError as exc:
+            self.set_status(exc.status)
+            self.render_page("site_settings.html", site=site, values=form_values(site), error=exc.message,
+                             notice=None, snippet=embed_snippet(site, self.base_url))
+            return
+        self.redirect(f"/dashboard/sites/{site.site_key}?saved=erased")
+
+
+class SiteAIHandler(SiteAdminHandler):
+    """The site's model settings (the key write-only, shown masked) and Test connection."""
+
+    def show(self, site: Site, **values: object) -> None:
+        self.render_page("site_ai.html", site=site, values=ai_form_values(site),
+                         **{"error": None, "notice": None, "result": None, **values})
+
+    async def get(self, site_key: str) -> None:
+        saved = self.get_query_argument("saved", "") == "1"
+        self.show(await self.site(site_key), notice="Saved." if saved else None)
+
+    async def post(self, site_key: str) -> None:
+        site = await self.site(site_key)
+        if self.get_body_argument("action", "") == "test":
+            self.show(site, result=await self.services.site_ai.test_connection(site))
+            return
+        form = self.form(*AI_FIELDS)
+        try:
+            await self.services.site_ai.save(site, form, self.actor)
+        except (ParleyError, ValueError) as exc:
+            self.set_status(400)
+            self.show(site, error=getattr(exc, "message", None) or str(exc))
+            return
+        self.redirect(f"/dashboard/sites/{site.site_key}/ai?saved=1")
+
+
+AI_FIELDS = ("base_url", "model", "api_key", "remove_key", "system_prompt", "temperature", "max_tokens",
+             "handoff_phrases", "handoff_when_unsure", "redact_pii", "replies_per_session_hour",
+             "replies_per_site_day", "max_input_chars")

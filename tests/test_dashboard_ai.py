@@ -1,0 +1,70 @@
+"""The AI settings page: the key write-only and masked, changes audited, Test connection against a
+real streaming server (the fake OpenAI-compatible one) and its errors; agents get 403."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import pytest
+
+from tests.dashboard import Operator, sign_in
+from tests.fake_openai import FakeOpenAI, Plan
+from tests.harness import Parley
+from tests.test_dashboard_sites import post_form
+
+KEY = "sk-test-secret-key-0123456789abcd"
+
+
+@pytest.fixture
+async def admin(parley: Parley) -> AsyncIterator[Operator]:
+    operator = await sign_in(parley, "admin@example.com")
+    yield operator
+    await operator.client.aclose()
+
+
+def ai_form(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
+    return {"base_url": fake.base_url, "model": "fake-model", "api_key": KEY, "temperature": "0.3",
+            "handoff_phrases": "human please\nreal person", "redact_pii": "on",
+            "replies_per_session_hour": "10", **extra}
+
+
+async def test_the_key_is_write_only_and_the_connection_is_tested(parley: Parley, admin: Operator,
+                                                                  fake_openai: FakeOpenAI):
+    path = f"/dashboard/sites/{parley.site_key}/ai"
+    assert (await post_form(admin, path, **ai_form(fake_openai))).status_code == 302
+    page = await admin.get(path)
+    assert page.status_code == 200 and KEY not in page.text and "…abcd" in page.text
+    site = await parley.services.sites.get(parley.site_key)
+    ai = site.settings["ai"]
+    assert ai["api_key"] == KEY and ai["model"] == "fake-model" and ai["redact_pii"] is True
+    assert ai["handoff_phrases"] == ["human please", "real person"] and ai["caps"]["replies_per_session_hour"] == 10
+    # Saving again with the key field empty keeps the key.
+    await post_form(admin, path, **ai_form(fake_openai, api_key="", temperature="0.5"))
+    assert (await parley.services.sites.get(parley.site_key)).settings["ai"]["api_key"] == KEY
+    [entry, *_] = [e for e in await parley.services.audit.entries() if e.action == "site.ai_settings"]
+    assert "temperature" in entry.detail["changed"] and KEY not in str(entry.detail)
+
+    fake_openai.script(Plan(tokens=["It", " works", "."]))
+    tested = await post_form(admin, path, action="test")
+    assert tested.status_code == 200
+    assert "first token after" in tested.text and "It works." in tested.text
+    assert fake_openai.requests[-1]["stream"] is True
+
+    fake_openai.script(Plan(status=401, error_body='{"error": {"message": "bad key ' + KEY + '"}}'))
+    failed = await post_form(admin, path, action="test")
+    assert "answered 401" in failed.text and "bad key" in failed.text and KEY not in failed.text
+
+    bad = await post_form(admin, path, **ai_form(fake_openai, temperature="7"))
+    assert bad.status_code == 400 and "between 0 and 2" in bad.text
+
+
+async def test_offline_sites_say_so_and_agents_are_refused(parley: Parley, admin: Operator):
+    path = f"/dashboard/sites/{parley.site_key}/ai"
+    offline = await post_form(admin, path, action="test")
+    assert "offline answerer" in offline.text
+    agent = await sign_in(parley, "agent@example.com", role="agent", sites=(parley.site.id,))
+    try:
+        assert (await agent.get(path)).status_code == 403
+        assert (await post_form(agent, path, action="test")).status_code == 403
+    finally:
+        await agent.client.aclose()
