@@ -36,6 +36,7 @@ class Streams:
         self.gaps: list[float] = []
         self.chunks_per_answer: list[int] = []
         self.completed = 0
+        self.chunks_received = 0  # every content event, finished answers or not
         self.failures: collections.Counter[str] = collections.Counter()
         self.numbers = itertools.count()
         self.last_completion = 0.0
@@ -80,6 +81,7 @@ class Streams:
                     else:
                         self.gaps.append(now - last)
                     chunks += found
+                    self.chunks_received += found
                     last = now
                 if self.error in window:
                     self.failures["error event"] += 1
@@ -125,6 +127,8 @@ async def main() -> None:
         "completed": streams.completed,
         "seconds": round(elapsed, 2),
         "answers_per_s": round(streams.completed / elapsed, 2) if elapsed else None,
+        "chunks": streams.chunks_received,
+        "chunks_per_s": round(streams.chunks_received / elapsed, 1) if elapsed else None,
         "first_chunk_ms": summary_ms(streams.first_chunk),
         "gap_ms": summary_ms(streams.gaps),
         "chunks_per_answer": round(sum(streams.chunks_per_answer) / max(1, len(streams.chunks_per_answer)), 1),

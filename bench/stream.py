@@ -88,10 +88,12 @@ async def cell(target: str, server: Child, upstream: Child, concurrency: int, se
     completed = max(1, result["completed"])
     used = cpu_seconds(server.pid) - server_cpu
     result.update(target=target, concurrency=concurrency, peak_rss_mb=round(memory.peak_kb / 1024, 1),
-                  cpu_ms_per_answer=round(used / completed * 1000, 2),
+                  cpu_ms_per_answer=round(used / completed * 1000, 2) if result["completed"] else None,
+                  cpu_us_per_chunk=round(used / max(1, result["chunks"]) * 1e6, 1),
                   upstream_cpu_ms_per_answer=round((cpu_seconds(upstream.pid) - upstream_cpu) / completed * 1000, 2))
     if target == "upstream":
         result["cpu_ms_per_answer"] = result["upstream_cpu_ms_per_answer"]
+        result["cpu_us_per_chunk"] = round((cpu_seconds(upstream.pid) - upstream_cpu) / max(1, result["chunks"]) * 1e6, 1)
     return result
 
 
@@ -157,11 +159,12 @@ def tables(data: dict[str, Any]) -> str:
 
         rows.append([c["target"], c["concurrency"], c["completed"], c["answers_per_s"],
                      ratio(c["answers_per_s"], relay["answers_per_s"]) if relay else None,
-                     first["p50"], first["p99"], added("p50"), added("p99"), gap["p99"],
-                     c["cpu_ms_per_answer"], c["peak_rss_mb"], sum(c["failures"].values())])
-    table = markdown_table(["server", "C", "answers", "answers/s", "× relay", "first chunk p50 ms",
-                            "p99 ms", "+p50 over upstream", "+p99 over upstream", "gap p99 ms",
-                            "CPU ms/answer", "peak RSS MB", "failed"], rows)
+                     c["chunks_per_s"], first["p50"], first["p99"], added("p50"), added("p99"), gap["p99"],
+                     c["cpu_ms_per_answer"], c["cpu_us_per_chunk"], c["peak_rss_mb"],
+                     sum(c["failures"].values())])
+    table = markdown_table(["server", "C", "answers", "answers/s", "× relay", "chunks/s",
+                            "first chunk p50 ms", "p99 ms", "+p50 over upstream", "+p99 over upstream",
+                            "gap p99 ms", "CPU ms/answer", "CPU µs/chunk", "peak RSS MB", "failed"], rows)
     notes = "".join(f"\n\n{note}" for note in data["notes"])
     return (f"{data['tokens']} tokens per answer, one every {data['pace_s'] * 1000:g} ms; "
             f"answers started for {data['seconds_per_cell']:g} s per cell.\n\n{table}{notes}")

@@ -86,6 +86,40 @@ async def test_a_client_that_hangs_up_is_forgotten(parley):
     await wait_until(lambda: hub.subscriber_count == 0, timeout=2)
 
 
+async def test_a_client_that_hangs_up_before_its_wait_begins_is_not_held(parley, monkeypatch):
+    """Thousands leaving at once close connections whose request is still being checked; none of
+    them may then sit out its whole wait."""
+    from handlers.widget_api import OperatorMessagesHandler
+
+    hub, sites = parley.services.hub, parley.services.sites
+    entered, gate, closed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    resolve = sites.resolve
+
+    async def slow_resolve(*args, **kwargs):
+        entered.set()
+        await gate.wait()
+        return await resolve(*args, **kwargs)
+
+    original_close = OperatorMessagesHandler.on_connection_close
+
+    def on_close(self):
+        original_close(self)
+        closed.set()
+
+    monkeypatch.setattr(sites, "resolve", slow_resolve)
+    monkeypatch.setattr(OperatorMessagesHandler, "on_connection_close", on_close)
+    reader, writer = await asyncio.open_connection("127.0.0.1", parley.port)
+    query = f"site_key={parley.site_key}&session_id={SID}&wait=25"
+    writer.write(f"GET /api/v1/chat/operator-messages?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await asyncio.wait_for(entered.wait(), 10)
+    writer.close()
+    await asyncio.wait_for(closed.wait(), 10)
+    gate.set()
+    for _ in range(20):  # let the handler run on past the check
+        await asyncio.sleep(0)
+    assert hub.subscriber_count == 0
+
+
 async def test_other_sessions_do_not_wake_a_waiter(parley):
     request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=0.5))
     await wait_until(lambda: parley.services.hub.subscriber_count == 1)
