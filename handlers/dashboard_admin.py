@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from server.errors import ParleyError, UnknownSite
+from server.errors import InvalidRequest, ParleyError, UnknownSite
 from server.site_admin import MEGABYTE
 from server.site_ai import form_values as ai_form_values
 from server.sites import DEFAULT_SETTINGS, embed_snippet
@@ -153,3 +153,51 @@ class SiteAIHandler(SiteAdminHandler):
 AI_FIELDS = ("base_url", "model", "api_key", "remove_key", "system_prompt", "temperature", "max_tokens",
              "handoff_phrases", "handoff_when_unsure", "redact_pii", "replies_per_session_hour",
              "replies_per_site_day", "max_input_chars")
+
+
+class OperatorsPageHandler(OperatorPageHandler):
+    """Every account with its role, sites and state; one small form per change."""
+
+    admin_only = True
+
+    async def show(self, error: str | None = None, notice: str | None = None) -> None:
+        self.render_page("operators.html", operators=await self.services.store.list_operators(),
+                         sites=await self.services.sites.list(), error=error, notice=notice)
+
+    async def get(self) -> None:
+        await self.show(notice="Saved." if self.get_query_argument("saved", "") else None)
+
+    async def post(self) -> None:
+        admin = self.services.operator_admin
+        action = self.get_body_argument("action", "")
+        try:
+            if action == "add":
+                await admin.add(self.get_body_argument("email", "")[:300], self.get_body_argument("name", "")[:200],
+                                self.get_body_argument("role", ""), self.get_body_argument("password", "")[:2000],
+                                self.site_ids(), self.actor)
+            else:
+                try:
+                    operator = await admin.get(int(self.get_body_argument("operator_id", "")))
+                except ValueError:
+                    raise InvalidRequest("No such operator.") from None
+                if action in ("disable", "enable"):
+                    await admin.set_disabled(operator, action == "disable", self.actor)
+                elif action == "password":
+                    await admin.reset_password(operator, self.get_body_argument("password", "")[:2000], self.actor)
+                elif action == "role":
+                    await admin.set_role(operator, self.get_body_argument("role", ""), self.actor)
+                elif action == "sites":
+                    await admin.set_sites(operator, self.site_ids(), self.actor)
+                else:
+                    raise InvalidRequest("Unknown action.")
+        except ParleyError as exc:
+            self.set_status(exc.status)
+            await self.show(error=exc.message)
+            return
+        self.redirect("/dashboard/operators?saved=1")
+
+    def site_ids(self) -> list[int]:
+        try:
+            return [int(raw) for raw in self.get_body_arguments("site")[:1000]]
+        except ValueError:
+            raise InvalidRequest("Unknown site.") from None

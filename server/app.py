@@ -15,6 +15,7 @@ from handlers.chat_stream import ChatStreamHandler
 from handlers.headers import SecurityHeaders
 from handlers.dashboard_admin import (
     SITE_KEY_PATTERN,
+    OperatorsPageHandler,
     SiteAIHandler,
     SitePageHandler,
     SitesPageHandler,
@@ -76,6 +77,7 @@ from server.audit import AuditLog
 from server.feed import EventFeed, build_feed
 from server.hub import Hub
 from server.inbox import InboxService
+from server.operator_admin import OperatorAdmin
 from server.operators import OperatorService
 from server.privacy import PrivacyService
 from server.proactive import ProactiveRules
@@ -110,6 +112,7 @@ class Services:
     privacy: PrivacyService
     site_admin: SiteAdmin
     site_ai: SiteAI
+    operator_admin: OperatorAdmin
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -140,18 +143,20 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
                   caps=CapChecker(store), on_close=providers.close)
     audit = AuditLog(store)
     sites = SiteService(store)
+    accounts = AccountService(store, idle_timeout=config.session_idle_minutes * 60)
     return Services(
         config=config, store=store, hub=hub, bridge=bridge, knowledge=knowledge, ai=ai, blobs=blobs,
         sites=sites,
         chat=ChatService(store, hub, ai, blobs, limits, uploads=uploads),
         operators=OperatorService(store, hub, audit),
         rules=ProactiveRules(store),
-        accounts=AccountService(store, idle_timeout=config.session_idle_minutes * 60),
+        accounts=accounts,
         inbox=InboxService(store, hub),
         audit=audit,
         privacy=PrivacyService(store, blobs, audit),
         site_admin=SiteAdmin(store, sites, audit),
         site_ai=SiteAI(store, config, audit),
+        operator_admin=OperatorAdmin(store, accounts, audit),
     )
 
 
@@ -192,6 +197,7 @@ def dashboard_routes(services: Services) -> list[Any]:
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}", SitePageHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/visitor", VisitorDataHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/ai", SiteAIHandler, dash),
+        (r"/dashboard/operators", OperatorsPageHandler, dash),
         (r"/dashboard/static/(.+)", DashboardFileHandler, {"path": str(ROOT / "static" / "dashboard")}),
     ]
 

@@ -76,6 +76,7 @@ async def start_parley(data_dir: Path, *, limits: Limits | None = None,
     # argon2id still, with the cheapest parameters: a second per hash is for attackers, not for CI.
     services.accounts = AccountService(services.store, idle_timeout=services.accounts.idle_timeout,
                                        hasher=PasswordHasher.from_parameters(profiles.CHEAPEST))
+    services.operator_admin.accounts = services.accounts
     site = await services.sites.create("Test shop")
     for title, text in SHOP_DOCS.items():
         await services.store.add_document(site.id, title, f"https://shop.test/{title.lower()}", text)

@@ -1,0 +1,69 @@
+"""Admins managing dashboard accounts: add, disable/enable, reset a password, assign sites, change
+role. The last enabled admin can be neither disabled nor made an agent: someone must hold the keys."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from server.accounts import AccountService
+from server.audit import Actor, AuditLog
+from server.errors import Conflict, InvalidRequest
+from server.store.base import Store
+from server.store.models import Operator
+
+
+class OperatorAdmin:
+    def __init__(self, store: Store, accounts: AccountService, audit: AuditLog) -> None:
+        self.store = store
+        self.accounts = accounts
+        self.audit = audit
+
+    async def get(self, operator_id: int) -> Operator:
+        operator = await self.store.get_operator(operator_id)
+        if operator is None:
+            raise InvalidRequest("No such operator.")
+        return operator
+
+    async def add(self, email: str, name: str, role: str, password: str, site_ids: Iterable[int],
+                  actor: Actor) -> Operator:
+        self.accounts.check_password_rules(password)
+        operator = await self.accounts.create(email, name, role, password, site_ids)
+        await self.audit.record(actor, "operator.add", target=operator.email, role=role)
+        return operator
+
+    async def _keep_an_admin(self, operator: Operator) -> None:
+        if not operator.is_admin or operator.disabled:
+            return
+        admins = [o for o in await self.store.list_operators() if o.is_admin and not o.disabled]
+        if [o.id for o in admins] == [operator.id]:
+            raise Conflict("This is the last admin: make another admin first.")
+
+    async def set_disabled(self, operator: Operator, disabled: bool, actor: Actor) -> None:
+        if disabled:
+            await self._keep_an_admin(operator)
+        await self.accounts.set_disabled(operator, disabled)
+        await self.audit.record(actor, "operator.disable" if disabled else "operator.enable",
+                                target=operator.email)
+
+    async def reset_password(self, operator: Operator, password: str, actor: Actor) -> None:
+        self.accounts.check_password_rules(password)
+        await self.accounts.set_password(operator, password)
+        await self.audit.record(actor, "operator.password_reset", target=operator.email)
+
+    async def set_role(self, operator: Operator, role: str, actor: Actor) -> None:
+        if role not in ("admin", "agent"):
+            raise InvalidRequest("The role is 'admin' or 'agent'.")
+        if role == operator.role:
+            return
+        if role == "agent":
+            await self._keep_an_admin(operator)
+        await self.store.update_operator(operator.id, {"role": role})
+        await self.audit.record(actor, "operator.role", target=operator.email, role=role)
+
+    async def set_sites(self, operator: Operator, site_ids: list[int], actor: Actor) -> None:
+        known = {site.id for site in await self.store.list_sites()}
+        if not set(site_ids) <= known:
+            raise InvalidRequest("Unknown site.")
+        await self.store.set_operator_sites(operator.id, site_ids)
+        await self.audit.record(actor, "operator.sites", target=operator.email,
+                                sites=",".join(str(i) for i in sorted(site_ids)))

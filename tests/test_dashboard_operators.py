@@ -1,0 +1,69 @@
+"""The operators page (admins): add, disable, reset a password, assign sites, change role; never
+without an admin; agents get 403."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import pytest
+
+from tests.dashboard import Operator, browser, login_form, sign_in
+from tests.harness import Parley
+from tests.test_dashboard_sites import post_form
+
+
+@pytest.fixture
+async def admin(parley: Parley) -> AsyncIterator[Operator]:
+    operator = await sign_in(parley, "admin@example.com")
+    yield operator
+    await operator.client.aclose()
+
+
+async def test_admins_manage_operators(parley: Parley, admin: Operator):
+    added = await post_form(admin, "/dashboard/operators", action="add", email="Bea@Example.com", name="Bea",
+                            role="agent", password="a long password 1", site=str(parley.site.id))
+    assert added.status_code == 302
+    bea = await parley.services.store.get_operator_by_email("bea@example.com")
+    assert bea and bea.role == "agent" and bea.site_ids == (parley.site.id,)
+    page = await admin.get("/dashboard/operators")
+    assert "bea@example.com" in page.text
+    ids = {"operator_id": str(bea.id)}
+    assert (await post_form(admin, "/dashboard/operators", action="sites", **ids)).status_code == 302
+    assert (await parley.services.store.get_operator(bea.id)).site_ids == ()
+    await post_form(admin, "/dashboard/operators", action="role", role="admin", **ids)
+    assert (await parley.services.store.get_operator(bea.id)).role == "admin"
+    short = await post_form(admin, "/dashboard/operators", action="password", password="short", **ids)
+    assert short.status_code == 400
+    await post_form(admin, "/dashboard/operators", action="password", password="another password 2", **ids)
+    client = browser(parley)
+    try:
+        assert (await login_form(client, "bea@example.com", "another password 2")).status_code == 302
+        await post_form(admin, "/dashboard/operators", action="disable", **ids)
+        assert (await client.get("/dashboard/visitors")).status_code == 302  # signed out at once
+        assert (await login_form(client, "bea@example.com", "another password 2")).status_code == 401
+    finally:
+        await client.aclose()
+    actions = {e.action for e in await parley.services.audit.entries()}
+    assert {"operator.add", "operator.sites", "operator.role", "operator.password_reset",
+            "operator.disable"} <= actions
+
+
+async def test_the_last_admin_stays_an_admin(parley: Parley, admin: Operator):
+    ids = {"operator_id": str(admin.id)}
+    demoted = await post_form(admin, "/dashboard/operators", action="role", role="agent", **ids)
+    assert demoted.status_code == 409 and "last admin" in demoted.text
+    disabled = await post_form(admin, "/dashboard/operators", action="disable", **ids)
+    assert disabled.status_code == 409
+    assert (await parley.services.store.get_operator(admin.id)).role == "admin"
+
+
+async def test_agents_get_403_on_operators(parley: Parley, admin: Operator):
+    agent = await sign_in(parley, "agent@example.com", role="agent", sites=(parley.site.id,))
+    try:
+        assert (await agent.get("/dashboard/operators")).status_code == 403
+        promoted = await post_form(agent, "/dashboard/operators", action="role", role="admin",
+                                   operator_id=str(agent.id))
+        assert promoted.status_code == 403
+        assert (await parley.services.store.get_operator(agent.id)).role == "agent"
+    finally:
+        await agent.client.aclose()
