@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from server.errors import InvalidRequest, ParleyError, UnknownSite
+from server.proactive import site_rules
 from server.site_admin import MEGABYTE
 from server.site_ai import form_values as ai_form_values
 from server.sites import DEFAULT_SETTINGS, embed_snippet
@@ -201,3 +202,43 @@ class OperatorsPageHandler(OperatorPageHandler):
             return [int(raw) for raw in self.get_body_arguments("site")[:1000]]
         except ValueError:
             raise InvalidRequest("Unknown site.") from None
+
+
+class ProactiveRulesHandler(SiteAdminHandler):
+    """A site's proactive rules: list, add, edit, remove (page path, delay, text)."""
+
+    async def get(self, site_key: str) -> None:
+        site = await self.site(site_key)
+        self.render_page("site_rules.html", site=site, rules=site_rules(site), error=None,
+                         notice="Saved." if self.get_query_argument("saved", "") else None)
+
+    async def post(self, site_key: str) -> None:
+        site = await self.site(site_key)
+        rules = self.services.rules
+        action = self.get_body_argument("action", "")
+        rule_id = self.get_body_argument("rule_id", "")[:40]
+        try:
+            if action == "remove":
+                found = await rules.remove(site, rule_id)
+            else:
+                try:
+                    delay = float(self.get_body_argument("delay", ""))
+                except ValueError:
+                    raise InvalidRequest("The delay is a number of seconds.") from None
+                path, text = self.get_body_argument("path", "")[:600], self.get_body_argument("text", "")[:1200]
+                if action == "add":
+                    rule_id = (await rules.add(site, path, delay, text)).id
+                    found = True
+                elif action == "edit":
+                    found = await rules.edit(site, rule_id, path, delay, text)
+                else:
+                    raise InvalidRequest("Unknown action.")
+            if not found:
+                raise InvalidRequest("No such rule (someone may have removed it).")
+        except ParleyError as exc:
+            self.set_status(exc.status)
+            site = await self.site(site_key)
+            self.render_page("site_rules.html", site=site, rules=site_rules(site), error=exc.message, notice=None)
+            return
+        await self.services.audit.record(self.actor, f"proactive_rule.{action}", site_id=site.id, target=rule_id)
+        self.redirect(f"/dashboard/sites/{site.site_key}/rules?saved=1")

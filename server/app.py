@@ -16,6 +16,7 @@ from handlers.headers import SecurityHeaders
 from handlers.dashboard_admin import (
     SITE_KEY_PATTERN,
     OperatorsPageHandler,
+    ProactiveRulesHandler,
     SiteAIHandler,
     SitePageHandler,
     SitesPageHandler,
@@ -198,6 +199,7 @@ def dashboard_routes(services: Services) -> list[Any]:
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/visitor", VisitorDataHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/ai", SiteAIHandler, dash),
         (r"/dashboard/operators", OperatorsPageHandler, dash),
+        (rf"/dashboard/sites/{SITE_KEY_PATTERN}/rules", ProactiveRulesHandler, dash),
         (r"/dashboard/static/(.+)", DashboardFileHandler, {"path": str(ROOT / "static" / "dashboard")}),
     ]
 

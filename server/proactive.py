@@ -52,7 +52,8 @@ class ProactiveRules:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def add(self, site: Site, path: str, delay_seconds: float, text: str) -> ProactiveRule:
+    @staticmethod
+    def _checked(rule_id: str, path: str, delay_seconds: float, text: str) -> ProactiveRule:
         path, text = path.strip(), text.strip()
         if not path.startswith("/") or len(path) > 500:
             raise InvalidRequest("A rule's path starts with '/', e.g. /pricing.")
@@ -60,12 +61,24 @@ class ProactiveRules:
             raise InvalidRequest(f"A rule's delay is 0 to {MAX_DELAY_SECONDS} seconds.")
         if not text or len(text) > 1000:
             raise InvalidRequest("A rule's message is 1 to 1000 characters.")
+        return ProactiveRule(rule_id, path, delay_seconds, text)
+
+    async def add(self, site: Site, path: str, delay_seconds: float, text: str) -> ProactiveRule:
+        rule = self._checked("r_" + secrets.token_hex(4), path, delay_seconds, text)
         rules = site_rules(site)
         if len(rules) >= MAX_RULES_PER_SITE:
             raise InvalidRequest(f"A site has at most {MAX_RULES_PER_SITE} rules.")
-        rule = ProactiveRule("r_" + secrets.token_hex(4), path, delay_seconds, text)
         await self._save(site, [*rules, rule])
         return rule
+
+    async def edit(self, site: Site, rule_id: str, path: str, delay_seconds: float, text: str) -> bool:
+        """Change a rule in place (same id, so visitors it already reached are not nudged again)."""
+        rule = self._checked(rule_id, path, delay_seconds, text)
+        rules = site_rules(site)
+        if rule_id not in {r.id for r in rules}:
+            return False
+        await self._save(site, [rule if r.id == rule_id else r for r in rules])
+        return True
 
     async def remove(self, site: Site, rule_id: str) -> bool:
         rules = site_rules(site)
