@@ -242,3 +242,22 @@ class ProactiveRulesHandler(SiteAdminHandler):
             return
         await self.services.audit.record(self.actor, f"proactive_rule.{action}", site_id=site.id, target=rule_id)
         self.redirect(f"/dashboard/sites/{site.site_key}/rules?saved=1")
+
+
+class ContactsHandler(SiteAdminHandler):
+    """GET: contacts (or ?view=ratings) with search; ?format=csv downloads them (audited)."""
+
+    async def get(self, site_key: str) -> None:
+        site = await self.site(site_key)
+        rated = self.get_query_argument("view", "") == "ratings"
+        search = self.get_query_argument("q", "").strip()[:200]
+        contacts = self.services.contacts
+        if self.get_query_argument("format", "") == "csv":
+            body = await contacts.csv(site, rated=rated, search=search, actor=self.actor)
+            name = "ratings" if rated else "contacts"
+            self.set_header("Content-Type", "text/csv; charset=utf-8")
+            self.set_header("Content-Disposition", f'attachment; filename="parley-{name}.csv"')
+            self.finish(body)
+            return
+        self.render_page("site_contacts.html", site=site, rated=rated, search=search,
+                         rows=await contacts.rows(site, rated=rated, search=search))

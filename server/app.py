@@ -15,6 +15,7 @@ from handlers.chat_stream import ChatStreamHandler
 from handlers.headers import SecurityHeaders
 from handlers.dashboard_admin import (
     SITE_KEY_PATTERN,
+    ContactsHandler,
     OperatorsPageHandler,
     ProactiveRulesHandler,
     SiteAIHandler,
@@ -73,6 +74,7 @@ from server.backends import build_blob_store, build_store
 from server.blobs import BlobStore
 from server.chat import ChatService, Limits
 from server.config import Config
+from server.contacts import Contacts
 from server.demo import DEMO_SITE_NAME
 from server.audit import AuditLog
 from server.feed import EventFeed, build_feed
@@ -114,6 +116,7 @@ class Services:
     site_admin: SiteAdmin
     site_ai: SiteAI
     operator_admin: OperatorAdmin
+    contacts: Contacts
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -158,6 +161,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         site_admin=SiteAdmin(store, sites, audit),
         site_ai=SiteAI(store, config, audit),
         operator_admin=OperatorAdmin(store, accounts, audit),
+        contacts=Contacts(store, audit),
     )
 
 
@@ -199,6 +203,7 @@ def dashboard_routes(services: Services) -> list[Any]:
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/visitor", VisitorDataHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/ai", SiteAIHandler, dash),
         (r"/dashboard/operators", OperatorsPageHandler, dash),
+        (rf"/dashboard/sites/{SITE_KEY_PATTERN}/contacts", ContactsHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/rules", ProactiveRulesHandler, dash),
         (r"/dashboard/static/(.+)", DashboardFileHandler, {"path": str(ROOT / "static" / "dashboard")}),
     ]

@@ -286,6 +286,20 @@ async def test_erasing_a_session_removes_it_and_its_events_and_keeps_others(stor
     assert await store.erase_conversation(site, gone) == []  # again: nothing, no error
 
 
+async def test_contacts_and_ratings_are_listed_and_searched(store, other):
+    site = await new_site(store)
+    ana = await conversation_id(store, site, "sess_conformance_contact01")
+    await conversation_id(store, site, "sess_conformance_nobody001")
+    bob = await conversation_id(store, site, "sess_conformance_contact02")
+    await store.update_conversation(ana, {"email": "ana@example.org", "contact_name": "Ana 100%"})
+    await store.update_conversation(bob, {"phone": "+15550001", "rating": 4})
+    assert {c.id for c in await other.list_contacts(site)} == {ana, bob}
+    assert [c.id for c in await other.list_contacts(site, search="ANA")] == [ana]
+    assert [c.id for c in await other.list_contacts(site, search="100%")] == [ana]
+    assert await other.list_contacts(site, search="_") == []
+    assert [c.id for c in await other.list_contacts(site, rated=True)] == [bob]
+
+
 async def test_stale_sessions_are_those_idle_since_a_time(store):
     site = await new_site(store)
     await conversation_id(store, site, "sess_conformance_stale001")

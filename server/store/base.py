@@ -163,6 +163,12 @@ class Store(abc.ABC):
     async def stale_sessions(self, site_id: int, *, updated_before: str, limit: int = 500) -> list[str]:
         """Session ids of the site's conversations with no activity since `updated_before` (ISO)."""
 
+    @abc.abstractmethod
+    async def list_contacts(self, site_id: int, *, rated: bool = False, search: str | None = None,
+                            limit: int = 500) -> list[Conversation]:
+        """Conversations that left an email, phone or name (or, with `rated`, a rating), newest
+        activity first; `search` is a case-insensitive substring of the email, name or phone."""
+
     # Blocks
     @abc.abstractmethod
     async def add_block(

@@ -713,6 +713,27 @@ class MongoStore(Store):
         return keys
 
     @_guarded
+    async def list_contacts(self, site_id: int, *, rated: bool = False, search: str | None = None,
+                            limit: int = 500) -> list[Conversation]:
+        fields = ("email", "phone", "contact_name")
+        query: dict[str, Any] = {"site_id": _int(site_id)}
+        if rated:
+            query["rating"] = {"$type": "number"}
+        else:
+            query["$or"] = [{f: {"$type": "string"}} for f in fields]
+        cursor = self._db.conversations.find(query).sort("updated_at", DESCENDING).limit(
+            _int(limit) if not search else 10_000)
+        needle = _str(search).lower() if search else None
+        found: list[Conversation] = []
+        async for doc in cursor:  # substring search in Python: the stand-in has no $regex options
+            if needle and not any(needle in (doc.get(f) or "").lower() for f in fields):
+                continue
+            found.append(_conversation(doc))
+            if len(found) >= limit:
+                break
+        return found
+
+    @_guarded
     async def stale_sessions(self, site_id: int, *, updated_before: str, limit: int = 500) -> list[str]:
         cursor = self._db.conversations.find(
             {"site_id": _int(site_id), "updated_at": {"$lt": _str(updated_before)}},

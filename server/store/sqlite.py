@@ -680,6 +680,21 @@ class SQLiteStore(Store):
             " ORDER BY updated_at LIMIT ?", site_id, updated_before, limit)
         return [r[0] for r in rows]
 
+    async def list_contacts(self, site_id: int, *, rated: bool = False, search: str | None = None,
+                            limit: int = 500) -> list[Conversation]:
+        sql = "SELECT * FROM conversations WHERE site_id = ?"
+        params: list[Any] = [site_id]
+        sql += (" AND rating IS NOT NULL" if rated else
+                " AND (email IS NOT NULL OR phone IS NOT NULL OR contact_name IS NOT NULL)")
+        if search:
+            needle = "%" + str(search).lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            sql += (" AND (lower(coalesce(email, '')) LIKE ? ESCAPE '\\' OR lower(coalesce(contact_name, ''))"
+                    " LIKE ? ESCAPE '\\' OR lower(coalesce(phone, '')) LIKE ? ESCAPE '\\')")
+            params += [needle, needle, needle]
+        sql += " ORDER BY updated_at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        return [_conversation(r) for r in await self._run(self._all, sql, *params)]
+
     # -- blocks -------------------------------------------------------------------------------
     async def add_block(
         self, site_id: int, kind: str, value: str, expires_at: float | None, reason: str | None
