@@ -3,23 +3,12 @@ real streaming server (the fake OpenAI-compatible one) and its errors; agents ge
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
-import pytest
-
 from tests.dashboard import Operator, sign_in
 from tests.fake_openai import FakeOpenAI, Plan
 from tests.harness import Parley
-from tests.test_dashboard_sites import post_form
+from tests.test_dashboard_sites import admin, post_form  # noqa: F401 - admin is a fixture
 
 KEY = "sk-test-secret-key-0123456789abcd"
-
-
-@pytest.fixture
-async def admin(parley: Parley) -> AsyncIterator[Operator]:
-    operator = await sign_in(parley, "admin@example.com")
-    yield operator
-    await operator.client.aclose()
 
 
 def ai_form(fake: FakeOpenAI, **extra: str) -> dict[str, str]:

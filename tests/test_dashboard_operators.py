@@ -3,20 +3,10 @@ without an admin; agents get 403."""
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
-import pytest
-
 from tests.dashboard import Operator, browser, login_form, sign_in
 from tests.harness import Parley
-from tests.test_dashboard_sites import post_form
+from tests.test_dashboard_sites import admin, post_form  # noqa: F401 - admin is a fixture
 
-
-@pytest.fixture
-async def admin(parley: Parley) -> AsyncIterator[Operator]:
-    operator = await sign_in(parley, "admin@example.com")
-    yield operator
-    await operator.client.aclose()
 
 
 async def test_admins_manage_operators(parley: Parley, admin: Operator):
