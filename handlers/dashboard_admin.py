@@ -4,6 +4,7 @@ erase). Plain forms posted with the XSRF token: no script, so nothing for the CS
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 from server.errors import InvalidRequest, ParleyError, UnknownSite
 from server.proactive import site_rules
@@ -261,3 +262,54 @@ class ContactsHandler(SiteAdminHandler):
             return
         self.render_page("site_contacts.html", site=site, rated=rated, search=search,
                          rows=await contacts.rows(site, rated=rated, search=search))
+
+
+class KnowledgeHandler(SiteAdminHandler):
+    """Documents, background fetches, Try the assistant, and the knowledge gaps with Add an answer."""
+
+    async def show(self, site: Site, **values: object) -> None:
+        knowledge = self.services.site_knowledge
+        self.render_page("site_knowledge.html", site=site,
+                         documents=await self.services.store.list_documents(site.id, limit=1000),
+                         jobs=knowledge.jobs.get(site.id, []), gaps=(await knowledge.gaps(site))[:50],
+                         **{"error": None, "notice": None, "tried": None, "question": "", "passages": None,
+                            **values})
+
+    async def get(self, site_key: str) -> None:
+        site = await self.site(site_key)
+        question = self.get_query_argument("q", "").strip()[:2000]
+        if question:
+            tried = await self.services.site_knowledge.try_question(site, question)
+            await self.show(site, tried=tried, question=question)
+            return
+        await self.show(site, notice=self.get_query_argument("notice", "")[:200] or None)
+
+    async def post(self, site_key: str) -> None:
+        site = await self.site(site_key)
+        knowledge = self.services.site_knowledge
+        action = self.get_body_argument("action", "")
+        try:
+            if action == "add_url":
+                knowledge.fetch_in_background(site, self.get_body_argument("url", ""), self.actor)
+                notice = "Fetching in the background: reload to see its progress."
+            elif action == "add_text":
+                await knowledge.add_text(site, self.get_body_argument("title", "")[:300],
+                                         self.get_body_argument("text", "")[:200_000], self.actor)
+                notice = "Added."
+            elif action == "remove":
+                try:
+                    document_id = int(self.get_body_argument("document_id", ""))
+                except ValueError:
+                    raise InvalidRequest("No such document.") from None
+                if not await knowledge.remove(site, document_id, self.actor):
+                    raise InvalidRequest("No such document.")
+                notice = "Removed."
+            elif action == "reindex":
+                notice = f"Indexed: {await knowledge.reindex(site)} passages."
+            else:
+                raise InvalidRequest("Unknown action.")
+        except ParleyError as exc:
+            self.set_status(exc.status)
+            await self.show(site, error=exc.message)
+            return
+        self.redirect(f"/dashboard/sites/{site.site_key}/knowledge?{urlencode({'notice': notice})}")

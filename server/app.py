@@ -16,6 +16,7 @@ from handlers.headers import SecurityHeaders
 from handlers.dashboard_admin import (
     SITE_KEY_PATTERN,
     ContactsHandler,
+    KnowledgeHandler,
     OperatorsPageHandler,
     ProactiveRulesHandler,
     SiteAIHandler,
@@ -87,6 +88,7 @@ from server.proactive import ProactiveRules
 from server.proxies import ProxyAwareApplication, TrustedProxies
 from server.site_admin import SiteAdmin
 from server.site_ai import SiteAI
+from server.site_knowledge import SiteKnowledge
 from server.sites import SiteService
 from server.uploads import Uploads
 from server.store.base import Store
@@ -117,9 +119,11 @@ class Services:
     site_ai: SiteAI
     operator_admin: OperatorAdmin
     contacts: Contacts
+    site_knowledge: SiteKnowledge
 
     async def close(self) -> None:
         await self.chat.shutdown()
+        await self.site_knowledge.close()
         await self.bridge.stop()
         await self.ai.close()
         await self.blobs.close()
@@ -162,6 +166,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         site_ai=SiteAI(store, config, audit),
         operator_admin=OperatorAdmin(store, accounts, audit),
         contacts=Contacts(store, audit),
+        site_knowledge=SiteKnowledge(store, knowledge, audit),
     )
 
 
@@ -203,6 +208,7 @@ def dashboard_routes(services: Services) -> list[Any]:
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/visitor", VisitorDataHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/ai", SiteAIHandler, dash),
         (r"/dashboard/operators", OperatorsPageHandler, dash),
+        (rf"/dashboard/sites/{SITE_KEY_PATTERN}/knowledge", KnowledgeHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/contacts", ContactsHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/rules", ProactiveRulesHandler, dash),
         (r"/dashboard/static/(.+)", DashboardFileHandler, {"path": str(ROOT / "static" / "dashboard")}),

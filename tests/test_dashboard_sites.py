@@ -28,8 +28,8 @@ async def agent(parley: Parley) -> AsyncIterator[Operator]:
     await operator.client.aclose()
 
 
-async def post_form(who: Operator, url: str, **fields: str) -> httpx.Response:
-    return await who.client.post(url, data={"_xsrf": who.xsrf, **fields})
+async def post_form(who: Operator, target: str, /, **fields: str) -> httpx.Response:
+    return await who.client.post(target, data={"_xsrf": who.xsrf, **fields})
 
 
 SETTINGS = {"name": "Test shop", "origins": "", "title": "Ask Ana", "greeting": "Olá! Posso ajudar?",

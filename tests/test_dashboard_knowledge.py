@@ -1,0 +1,56 @@
+"""Knowledge from the dashboard: documents, Try the assistant (passages and scores, no conversation
+made), a URL fetched in the background, Add an answer from a knowledge gap; gap grouping."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.site_knowledge import group_gaps
+from tests.dashboard import Operator
+from tests.harness import Parley, session
+from tests.test_dashboard_sites import admin, post_form  # noqa: F401 - admin is a fixture
+
+
+def test_gaps_saying_the_same_thing_are_grouped_most_frequent_first():
+    gaps = [("Do you ship to Mars?", 0.1, "2026-01-03"), ("Is there a student discount", 0.2, "2026-01-02"),
+            ("do you ship to mars", 0.3, "2026-01-02"), ("Ship to Mars?!", 0.0, "2026-01-01"),
+            ("Is there a student discount?", 0.1, "2026-01-01"), ("Can I pay in bitcoin?", 0.0, "2026-01-01"),
+            ("Ships to Mars?", 0.0, "2025-12-31")]
+    groups = group_gaps(gaps)
+    assert [(g.question, g.count) for g in groups] == [
+        ("Do you ship to Mars?", 4), ("Is there a student discount", 2), ("Can I pay in bitcoin?", 1)]
+    assert groups[0].relevance == 0.3 and groups[0].last_asked == "2026-01-03"
+
+
+async def test_documents_try_and_gaps(parley: Parley, admin: Operator):
+    url = f"/dashboard/sites/{parley.site_key}/knowledge"
+    page = await admin.get(url)
+    assert page.status_code == 200 and "https://shop.test/" in page.text
+    before = await parley.services.store.list_inbox([parley.site.id])
+    tried = await admin.get(url, q="How long does shipping take?")
+    assert "score" in tried.text and "Best relevance" in tried.text
+    assert await parley.services.store.list_inbox([parley.site.id]) == before  # no conversation made
+    # A question the pages do not cover becomes a gap; Add an answer makes it covered.
+    await parley.ask(session("gap"), "Do you sell zeppelin tickets?")
+    gaps = await admin.get(url)
+    assert "Do you sell zeppelin tickets?" in gaps.text
+    added = await post_form(admin, url, action="add_text", title="Do you sell zeppelin tickets?",
+                            text="Yes: zeppelin tickets are sold at the front desk for 20 euros.")
+    assert added.status_code == 302
+    covered = await admin.get(url, q="zeppelin tickets")
+    assert "front desk" in covered.text
+    documents = await parley.services.store.list_documents(parley.site.id)
+    zeppelin = next(d for d in documents if "zeppelin" in d.content)
+    assert (await post_form(admin, url, action="remove", document_id=str(zeppelin.id))).status_code == 302
+    assert (await post_form(admin, url, action="reindex")).status_code == 302
+    # A fetch that fails says so on the page, in the background.
+    await post_form(admin, url, action="add_url", url="http://127.0.0.1:9/nothing")
+    for _ in range(200):
+        jobs = parley.services.site_knowledge.jobs.get(parley.site.id, [])
+        if jobs and jobs[0].state != "fetching":
+            break
+        await asyncio.sleep(0.05)
+    assert jobs[0].state == "failed"
+    assert "failed" in (await admin.get(url)).text
+    actions = {e.action for e in await parley.services.audit.entries()}
+    assert {"knowledge.add", "knowledge.remove"} <= actions
