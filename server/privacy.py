@@ -121,8 +121,9 @@ class PrivacyService:
                 continue
             cutoff = (now - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
             sessions = await self.store.stale_sessions(site.id, updated_before=cutoff, limit=RETENTION_BATCH)
-            for session_id in sessions:
-                keys = await self.store.erase_conversation(site.id, session_id)
+            for n, session_id in enumerate(sessions, 1):
+                # The search index is compacted and the log emptied once, after the batch's last.
+                keys = await self.store.erase_conversation(site.id, session_id, compact=n == len(sessions))
                 await self._delete_uploads(keys)
             if sessions:
                 erased += len(sessions)

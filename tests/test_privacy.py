@@ -93,8 +93,10 @@ async def test_retention_erases_old_conversations_with_their_uploads(parley: Par
     soon = datetime.now(timezone.utc) + timedelta(days=29)
     assert await privacy.apply_retention(await sites.list(), actor=CLI, now=soon) == 0
     assert (await parley.client.get(image_url)).status_code == 200
+    await parley.ask(session("old-too"), "zebrapelican again")
     past_retention = datetime.now(timezone.utc) + timedelta(days=31)
-    assert await privacy.apply_retention(await sites.list(), actor=CLI, now=past_retention) == 1
+    assert await privacy.apply_retention(await sites.list(), actor=CLI, now=past_retention) == 2
+    assert traces(parley.services.config.data_dir, [sid, EMAIL, "quokkafjord", "zebrapelican"]) == []
     assert await parley.services.store.get_conversation(parley.site.id, sid) is None
     assert (await parley.client.get(image_url)).status_code == 404
     assert any(e.action == "retention.erase" for e in await parley.services.audit.entries())

@@ -153,11 +153,12 @@ class Store(abc.ABC):
 
     # Privacy: one visitor's erasure, and the retention job's list
     @abc.abstractmethod
-    async def erase_conversation(self, site_id: int, session_id: str) -> list[str]:
+    async def erase_conversation(self, site_id: int, session_id: str, *, compact: bool = True) -> list[str]:
         """Delete everything stored about one visitor session: the conversation, its messages (and
         their search index), notes, proactive messages, blocks of the session, answer claims and
         every event naming it; return the keys of its uploads, for the caller to delete. Nothing
-        of it may stay readable in the database's files afterwards (free pages, the log)."""
+        of it may stay readable in the database's files afterwards (free pages, the log) once a
+        call with `compact` has run (a batch passes False to all but its last)."""
 
     @abc.abstractmethod
     async def stale_sessions(self, site_id: int, *, updated_before: str, limit: int = 500) -> list[str]:

@@ -684,7 +684,7 @@ class MongoStore(Store):
 
     # -- privacy ------------------------------------------------------------------------------
     @_guarded
-    async def erase_conversation(self, site_id: int, session_id: str) -> list[str]:
+    async def erase_conversation(self, site_id: int, session_id: str, *, compact: bool = True) -> list[str]:
         site, session = _int(site_id), _str(session_id)
         conversation = await self._db.conversations.find_one(
             {"site_id": site, "session_id": session}, projection={"_id": 1})

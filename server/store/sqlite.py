@@ -633,7 +633,7 @@ class SQLiteStore(Store):
         return [KnowledgeGap(**dict(r)) for r in rows]
 
     # -- privacy ------------------------------------------------------------------------------
-    async def erase_conversation(self, site_id: int, session_id: str) -> list[str]:
+    async def erase_conversation(self, site_id: int, session_id: str, *, compact: bool = True) -> list[str]:
         def erase(db: sqlite3.Connection) -> list[str]:
             row = db.execute("SELECT id FROM conversations WHERE site_id = ? AND session_id = ?",
                              (site_id, session_id)).fetchone()
@@ -653,12 +653,13 @@ class SQLiteStore(Store):
             db.execute("DELETE FROM events WHERE instr(payload, ?) > 0 OR instr(topic, ?) > 0"
                        " OR (json_valid(payload) AND json_extract(payload, '$.conversation_id') = ?)",
                        (session_id, session_id, cid if cid is not None else -1))
-            # The search index keeps deleted words in old segments until they are merged.
-            db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
+            if compact:  # the search index keeps deleted words in old segments until they are merged
+                db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
             return keys
 
         keys = await self._run(self._tx, erase)
-        await self._run(self._checkpoint)
+        if compact:
+            await self._run(self._checkpoint)
         return keys
 
     def _checkpoint(self) -> None:
