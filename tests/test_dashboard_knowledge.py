@@ -3,12 +3,11 @@ made), a URL fetched in the background, Add an answer from a knowledge gap; gap 
 
 from __future__ import annotations
 
-import asyncio
-
 from server.site_knowledge import group_gaps
 from tests.dashboard import Operator
 from tests.harness import Parley, session
 from tests.test_dashboard_sites import admin, post_form  # noqa: F401 - admin is a fixture
+from tests.waiting import eventually
 
 
 def test_gaps_saying_the_same_thing_are_grouped_most_frequent_first():
@@ -45,11 +44,9 @@ async def test_documents_try_and_gaps(parley: Parley, admin: Operator):
     assert (await post_form(admin, url, action="reindex")).status_code == 302
     # A fetch that fails says so on the page, in the background.
     await post_form(admin, url, action="add_url", url="http://127.0.0.1:9/nothing")
-    for _ in range(200):
-        jobs = parley.services.site_knowledge.jobs.get(parley.site.id, [])
-        if jobs and jobs[0].state != "fetching":
-            break
-        await asyncio.sleep(0.05)
+    jobs = await eventually(
+        lambda: [j for j in parley.services.site_knowledge.jobs.get(parley.site.id, [])
+                 if j.state != "fetching"], what="the fetch to end")
     assert jobs[0].state == "failed"
     assert "failed" in (await admin.get(url)).text
     actions = {e.action for e in await parley.services.audit.entries()}

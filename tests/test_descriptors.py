@@ -9,18 +9,12 @@ import time
 import httpx
 
 from tests.processes import server_process
-
-
-def wait_until(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+from tests.waiting import eventually_sync
 
 
 def test_the_open_file_limit_is_raised_at_start(tmp_path):
     with server_process(tmp_path, fd_limits=(200, 400)) as server:
-        wait_until(lambda: "open-file limit raised from 200 to 400" in server.log, 10)
+        eventually_sync(lambda: "open-file limit raised from 200 to 400" in server.log, timeout=10)
 
 
 def test_out_of_descriptors_it_logs_once_and_recovers_when_idle_clients_time_out(tmp_path):
@@ -29,7 +23,7 @@ def test_out_of_descriptors_it_logs_once_and_recovers_when_idle_clients_time_out
         # sends a request.
         idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(150)]
         try:
-            wait_until(lambda: "cannot accept connections" in server.log, 20)
+            eventually_sync(lambda: "cannot accept connections" in server.log, timeout=20)
             started = time.monotonic()
             response = httpx.get(f"{server.base_url}/healthz", timeout=60)
             assert response.status_code == 200

@@ -25,6 +25,7 @@ from server.config import Config
 from server.demo import ensure_demo_site
 from tests.e2e.browser import ROOT, Visit, visit
 from tests.providers import GatedProvider
+from tests.waiting import until_held
 
 DOCS_SCREENSHOT = ROOT / "docs" / "dashboard.png"
 PASSWORD = "correct horse battery"
@@ -133,10 +134,7 @@ async def test_an_operator_watches_takes_over_and_replies(server: Server, browse
         assert history["mode"] == "operator"
         last_id = history["messages"][-1]["id"]
         held = asyncio.create_task(held_operator_messages(client, site.site_key, visitor_session, last_id))
-        deadline = time.monotonic() + 10
-        while not services.hub.waiting_on(f"session:{site.id}:{visitor_session}"):
-            assert time.monotonic() < deadline, "the visitor's request was never held"
-            await asyncio.sleep(0.02)
+        await until_held(services, site.id, visitor_session)
         # The reply is a canned one: '/' and its shortcut, Enter picks it, Enter sends it.
         reply = ops.page.locator("#reply")
         await reply.press_sequentially("/hi")
