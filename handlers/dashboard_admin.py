@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from urllib.parse import urlencode
 
-from server.errors import InvalidRequest, ParleyError, UnknownSite
+from server.errors import Forbidden, InvalidRequest, ParleyError, UnknownSite
+from server.insights import parse_range
 from server.proactive import site_rules
 from server.site_admin import MEGABYTE
 from server.site_ai import form_values as ai_form_values
@@ -262,6 +263,31 @@ class ContactsHandler(SiteAdminHandler):
             return
         self.render_page("site_contacts.html", site=site, rated=rated, search=search,
                          rows=await contacts.rows(site, rated=rated, search=search))
+
+
+class NumbersHandler(OperatorPageHandler):
+    """A site's numbers over a date range. Agents see those of their own sites (aggregates only,
+    nothing about one visitor); another site's are 403."""
+
+    async def get(self) -> None:
+        sites = await self.services.inbox.sites_of(self.operator)
+        site_key = self.get_query_argument("site", "")[:100]
+        first, last = self.get_query_argument("from", "")[:20], self.get_query_argument("to", "")[:20]
+        site = next((s for s in sites if s.site_key == site_key), None if site_key else (sites or [None])[0])
+        if site is None and site_key:
+            raise Forbidden("You are not assigned to this site.")
+        numbers, error = None, None
+        if site is not None:
+            insights = self.services.insights
+            try:
+                dates = parse_range(first, last, insights.today(site))
+            except ParleyError as exc:
+                self.set_status(exc.status)
+                error = exc.message
+            else:
+                numbers = await insights.numbers(site, dates)
+                first, last = dates.first.isoformat(), dates.last.isoformat()
+        self.render_page("numbers.html", sites=sites, numbers=numbers, first=first, last=last, error=error)
 
 
 class KnowledgeHandler(SiteAdminHandler):

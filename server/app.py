@@ -17,6 +17,7 @@ from handlers.dashboard_admin import (
     SITE_KEY_PATTERN,
     ContactsHandler,
     KnowledgeHandler,
+    NumbersHandler,
     OperatorsPageHandler,
     ProactiveRulesHandler,
     SiteAIHandler,
@@ -81,6 +82,7 @@ from server.audit import AuditLog
 from server.feed import EventFeed, build_feed
 from server.hub import Hub
 from server.inbox import InboxService
+from server.insights import Insights
 from server.operator_admin import OperatorAdmin
 from server.operators import OperatorService
 from server.privacy import PrivacyService
@@ -120,6 +122,7 @@ class Services:
     operator_admin: OperatorAdmin
     contacts: Contacts
     site_knowledge: SiteKnowledge
+    insights: Insights
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -167,6 +170,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         operator_admin=OperatorAdmin(store, accounts, audit),
         contacts=Contacts(store, audit),
         site_knowledge=SiteKnowledge(store, knowledge, audit),
+        insights=Insights(store),
     )
 
 
@@ -211,6 +215,7 @@ def dashboard_routes(services: Services) -> list[Any]:
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/knowledge", KnowledgeHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/contacts", ContactsHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/rules", ProactiveRulesHandler, dash),
+        (r"/dashboard/numbers", NumbersHandler, dash),
         (r"/dashboard/static/(.+)", DashboardFileHandler, {"path": str(ROOT / "static" / "dashboard")}),
     ]
 

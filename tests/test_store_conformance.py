@@ -17,6 +17,7 @@ from server.store.base import DuplicateMessageId, Store
 from server.store.models import Source
 from server.store.mongo import MongoStore
 from server.store.sqlite import SQLiteStore
+from tests.store_clock import StoreClock, store_clock  # noqa: F401 - a fixture
 
 BACKENDS = ["sqlite", "mongodb"]
 
@@ -125,6 +126,68 @@ async def test_answers_keep_their_relevance_and_the_gaps_are_listed(store, other
     assert await other.knowledge_gaps(site, below=0.45, limit=1) == gaps[:1]
     assert await other.knowledge_gaps(await new_site(store, "Other"), below=1.0) == []
     assert (await other.list_messages(conv))[1].relevance == 0.9
+
+
+async def activity_fixture(store: Store, clock: StoreClock) -> tuple[int, int]:
+    """Four conversations started from 2 to 3 March, one on 5 March, one on another site."""
+    site, other_site = await new_site(store), await new_site(store, "Other")
+
+    async def at(time: str, conv: int, role: str, text: str = "…", **fields) -> None:
+        clock.now = f"2026-03-{time}Z"
+        await store.add_message(conv, role, text, **fields)
+
+    c1, c2, c3, c4, c5 = [await conversation_id(store, site, f"sess_activity000000{n}") for n in range(1, 6)]
+    await at("02T09:10:00", c1, "visitor", "Do you ship?", message_id="m_1")
+    await at("02T09:10:05", c1, "ai", reply_to="m_1", relevance=0.9)  # answered by the AI alone
+    await at("02T09:30:00", c2, "visitor", "Can I return shoes?", message_id="m_1")
+    await at("02T09:30:02", c2, "ai", reply_to="m_1", relevance=0.2)
+    await store.update_conversation(c2, {"handoff": True})  # 09:30:02
+    await at("02T09:31:32", c2, "operator", operator_name="Ana")  # 90 s later
+    await at("03T14:00:00", c3, "visitor", "I want a person", message_id="m_1")
+    await at("03T14:00:01", c3, "ai", reply_to="m_1", relevance=0.7)
+    await store.update_conversation(c3, {"handoff": True})  # 14:00:01
+    await at("03T14:02:00", c3, "visitor", "Hello?", message_id="m_2")
+    clock.now = "2026-03-03T14:03:00Z"
+    await store.update_conversation(c3, {"handoff": True})  # a second handoff keeps the first time
+    await at("03T14:05:01", c3, "operator", operator_name="Ana")  # 300 s after the first handoff
+    await at("03T14:06:00", c3, "operator", operator_name="Ana")
+    await at("03T14:20:00", c4, "visitor", "Where is my order?", message_id="m_1")
+    await store.update_conversation(c4, {"handoff": True})  # the AI failed: nobody answered yet
+    for conv, score in ((c1, 5), (c2, 3), (c3, 5)):
+        await store.update_conversation(conv, {"rating": score})
+    await at("05T10:00:00", c5, "visitor", "Later", message_id="m_1")  # outside the range
+    await at("05T10:00:02", c5, "ai", reply_to="m_1")
+    await store.update_conversation(c5, {"rating": 1})
+    elsewhere = await conversation_id(store, other_site, "sess_activity0000009")
+    await at("02T09:00:00", elsewhere, "visitor", "Other site", message_id="m_1")
+    silent = await conversation_id(store, site, "sess_activity0000008")  # the visitor never wrote
+    await at("02T11:00:00", silent, "operator", operator_name="Ana")
+    return site, other_site
+
+
+async def test_site_activity_is_aggregated_over_a_range(store, other, store_clock):
+    site, other_site = await activity_fixture(store, store_clock)
+    numbers = await other.site_activity(site, since="2026-03-01T00:00:00Z", until="2026-03-05T00:00:00Z")
+    assert (numbers.conversations, numbers.ai_only, numbers.handoffs, numbers.answered_handoffs) == (4, 1, 3, 2)
+    assert numbers.median_first_reply == 195.0  # (90 + 300) / 2
+    assert numbers.ratings == {5: 2, 3: 1}
+    assert numbers.visitor_messages == 5
+    assert numbers.messages_by_hour == {"2026-03-02T09": 2, "2026-03-03T14": 3}
+    one_day = await other.site_activity(site, since="2026-03-03T00:00:00Z", until="2026-03-04T00:00:00Z")
+    assert (one_day.conversations, one_day.handoffs, one_day.answered_handoffs, one_day.median_first_reply,
+            one_day.ratings, one_day.visitor_messages) == (2, 2, 1, 300.0, {5: 1}, 3)
+    empty = await other.site_activity(site, since="2026-04-01T00:00:00Z", until="2026-05-01T00:00:00Z")
+    assert (empty.conversations, empty.ai_only, empty.handoffs, empty.median_first_reply, empty.ratings,
+            empty.visitor_messages, empty.messages_by_hour) == (0, 0, 0, None, {}, 0, {})
+    elsewhere = await other.site_activity(other_site, since="2026-03-01T00:00:00Z", until="2026-03-05T00:00:00Z")
+    assert (elsewhere.conversations, elsewhere.visitor_messages) == (1, 1)
+    # The questions that ended in a handoff: the visitor's last words before the first handoff.
+    questions = await other.handoff_questions(site)
+    assert [(q.question, q.relevance, q.handoff) for q in questions] == [
+        ("Where is my order?", None, True), ("I want a person", 0.7, True), ("Can I return shoes?", 0.2, True)]
+    assert questions[0].asked_at == "2026-03-03T14:20:00Z" and questions[0].session_id == "sess_activity0000004"
+    assert await other.handoff_questions(site, limit=1) == questions[:1]
+    assert await other.handoff_questions(other_site) == []
 
 
 async def test_a_message_id_is_stored_once_per_conversation(store, other):

@@ -20,6 +20,7 @@ from server.store.models import (
     Message,
     ProactiveMessage,
     Site,
+    SiteActivity,
     Source,
 )
 
@@ -150,6 +151,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def knowledge_gaps(self, site_id: int, *, below: float, limit: int = 50) -> list[KnowledgeGap]:
         """The newest visitor questions whose AI answer had a relevance under `below`."""
+
+    @abc.abstractmethod
+    async def handoff_questions(self, site_id: int, *, limit: int = 50) -> list[KnowledgeGap]:
+        """The question that ended each of the newest handed-off conversations (the visitor's last
+        message before the first handoff), with its AI answer's relevance if it had one."""
+
+    @abc.abstractmethod
+    async def site_activity(self, site_id: int, *, since: str, until: str) -> SiteActivity:
+        """The site's numbers over [since, until) (ISO 8601 UTC), aggregated by the database: the
+        only rows returned are one per rating score and one per hour with visitor messages."""
 
     # Privacy: one visitor's erasure, and the retention job's list
     @abc.abstractmethod

@@ -10,8 +10,16 @@ Mode = Literal["ai", "operator"]
 Role = Literal["visitor", "ai", "operator", "system"]
 
 
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(timezone.utc).strftime(ISO_FORMAT)
+
+
+def iso_seconds_between(earlier: str, later: str) -> int:
+    """Whole seconds from one stored time (utc_now_iso's format) to another."""
+    return round((datetime.strptime(later, ISO_FORMAT) - datetime.strptime(earlier, ISO_FORMAT)).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,14 @@ class Conversation:
     closed: bool = False
     read_through: int = 0  # the last message id operators have seen
     last_seen_at: float | None = None  # the visitor's last request (epoch seconds)
+    # Kept by the store itself (never through update_conversation), for the site's numbers: when
+    # the visitor, the AI and an operator first wrote, when the conversation was first handed to a
+    # person, and the seconds from that handoff to the first operator message after it.
+    first_visitor_at: str | None = None
+    first_ai_at: str | None = None
+    first_operator_at: str | None = None
+    handoff_at: str | None = None
+    first_reply_wait: float | None = None
 
 
 # Fields of a conversation that services may change after creation.
@@ -99,9 +115,29 @@ class KnowledgeGap:
     """A visitor question the site's knowledge did not cover well, with the answer's relevance."""
 
     question: str
-    relevance: float
+    relevance: float | None  # None: a question that ended in a handoff without an AI answer
     session_id: str
     asked_at: str
+    handoff: bool = False  # the conversation was handed to a person after it
+
+
+@dataclass(frozen=True)
+class SiteActivity:
+    """A site's numbers over [since, until), as the store aggregates them. A conversation counts in
+    the range its visitor first wrote in; messages count in the range they were sent in."""
+
+    conversations: int
+    ai_only: int  # answered by the AI, with no handoff and no operator message
+    handoffs: int  # handed to a person (the visitor asked, or the AI could not answer)
+    answered_handoffs: int  # handoffs an operator wrote in after
+    median_first_reply: float | None  # seconds from the handoff to the first operator message
+    ratings: dict[int, int]  # score (1 to 5) -> conversations rated so
+    visitor_messages: int
+    messages_by_hour: dict[str, int]  # "YYYY-MM-DDTHH" (UTC) -> visitor messages sent in that hour
+
+
+# Which conversation field a message's role sets the first time.
+FIRST_MESSAGE_FIELD = {"visitor": "first_visitor_at", "ai": "first_ai_at", "operator": "first_operator_at"}
 
 
 @dataclass(frozen=True)

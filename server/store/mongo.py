@@ -49,6 +49,9 @@ from server.store.models import (
     ProactiveMessage,
     Site,
     Source,
+    SiteActivity,
+    FIRST_MESSAGE_FIELD,
+    iso_seconds_between,
     utc_now_iso,
 )
 
@@ -121,7 +124,7 @@ def _site(doc: dict[str, Any]) -> Site:
 
 
 CONVERSATION_FIELDS = ("site_id", "session_id", "mode", "created_at", "updated_at", *sorted(
-    CONVERSATION_UPDATABLE - {"mode"}))
+    CONVERSATION_UPDATABLE - {"mode"}), *FIRST_MESSAGE_FIELD.values(), "handoff_at", "first_reply_wait")
 
 
 def _conversation(doc: dict[str, Any]) -> Conversation:
@@ -185,6 +188,8 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
     ("leases", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
     ("events", [("topic", ASCENDING)], {}),  # the dashboard's feed
     ("conversations", [("site_id", ASCENDING), ("last_seen_at", DESCENDING)], {}),  # visitors online
+    ("conversations", [("site_id", ASCENDING), ("first_visitor_at", ASCENDING)], {}),  # the numbers
+    ("conversations", [("site_id", ASCENDING), ("handoff_at", DESCENDING)], {}),  # handoff questions
     ("operators", [("email", ASCENDING)], {"unique": True}),
     ("operator_sessions", [("operator_id", ASCENDING)], {}),
     ("login_failures", [("key", ASCENDING), ("at", ASCENDING)], {}),
@@ -407,10 +412,12 @@ class MongoStore(Store):
         for name, value in changes.items():
             if value is not None and not isinstance(value, (str, int, float, bool)):
                 raise TypeError(f"{name} is a plain value")
-        update = dict(changes)
+        update: dict[str, Any] = {"$set": dict(changes)}
         if set(changes) - QUIET_CONVERSATION_FIELDS:
-            update["updated_at"] = utc_now_iso()
-        await self._db.conversations.update_one({"_id": _int(conversation_id)}, {"$set": update})
+            update["$set"]["updated_at"] = utc_now_iso()
+        if changes.get("handoff") is True:  # the first handoff is kept for the numbers (never null)
+            update["$min"] = {"handoff_at": utc_now_iso()}
+        await self._db.conversations.update_one({"_id": _int(conversation_id)}, update)
 
     # -- messages -----------------------------------------------------------------------------
     @_guarded
@@ -440,11 +447,20 @@ class MongoStore(Store):
                     "search_text": _folded(content)}
 
         async def touch_conversation() -> dict[str, Any]:
-            # Messages carry their site and session, so counts need no join.
-            conversation = await self._db.conversations.find_one_and_update(
-                {"_id": conversation_id}, {"$set": {"updated_at": now, "has_messages": True}})
+            # Messages carry their site and session, so counts need no join. The first message of
+            # each role is kept on the conversation ($min on a missing field sets it; it is never null).
+            update: dict[str, Any] = {"$set": {"updated_at": now, "has_messages": True}}
+            first = FIRST_MESSAGE_FIELD.get(document["role"])
+            if first is not None:
+                update["$min"] = {first: now}
+            conversation = await self._db.conversations.find_one_and_update({"_id": conversation_id}, update)
             if conversation is None:
                 raise StoreUnavailable(f"conversation {conversation_id} does not exist")
+            handoff_at = conversation.get("handoff_at")
+            if document["role"] == "operator" and handoff_at and conversation.get("first_reply_wait") is None:
+                await self._db.conversations.update_one(
+                    {"_id": conversation_id, "first_reply_wait": {"$exists": False}},
+                    {"$set": {"first_reply_wait": float(iso_seconds_between(handoff_at, now))}})
             return {"site_id": conversation["site_id"], "session_id": conversation["session_id"]}
 
         try:
@@ -512,6 +528,55 @@ class MongoStore(Store):
                 gaps.append(KnowledgeGap(question["content"], answer["relevance"], answer["session_id"],
                                          question["created_at"]))
         return gaps
+
+    @_guarded
+    async def handoff_questions(self, site_id: int, *, limit: int = 50) -> list[KnowledgeGap]:
+        cursor = self._db.conversations.find(
+            {"site_id": _int(site_id), "handoff_at": {"$type": "string"}},
+            projection={"session_id": 1, "handoff_at": 1}).sort("handoff_at", DESCENDING).limit(_int(limit))
+        gaps = []
+        async for conversation in cursor:
+            question = await self._db.messages.find_one(
+                {"conversation_id": conversation["_id"], "role": "visitor",
+                 "created_at": {"$lte": conversation["handoff_at"]}}, sort=[("_id", DESCENDING)])
+            if question is None:
+                continue
+            answer = question.get("message_id") and await self._db.messages.find_one(
+                {"conversation_id": conversation["_id"], "reply_to": question["message_id"], "role": "ai"},
+                sort=[("_id", DESCENDING)])
+            gaps.append(KnowledgeGap(question["content"], answer.get("relevance") if answer else None,
+                                     conversation["session_id"], question["created_at"], handoff=True))
+        return gaps
+
+    @_guarded
+    async def site_activity(self, site_id: int, *, since: str, until: str) -> SiteActivity:
+        started = {"site_id": _int(site_id), "first_visitor_at": {"$gte": _str(since), "$lt": _str(until)}}
+        unset = {"$exists": False}  # these fields are never stored as null
+        conversations = self._db.conversations
+        answered_query = {**started, "first_reply_wait": {"$type": "number"}}
+        answered = await conversations.count_documents(answered_query)
+        median = None
+        if answered:  # the middle one or two waits, found by the database
+            cursor = conversations.find(answered_query, projection={"first_reply_wait": 1}).sort(
+                "first_reply_wait", ASCENDING).skip((answered - 1) // 2).limit(2 - answered % 2)
+            middle = [doc["first_reply_wait"] async for doc in cursor]
+            median = sum(middle) / len(middle) if middle else None
+        ratings = await conversations.aggregate([
+            {"$match": {**started, "rating": {"$in": [1, 2, 3, 4, 5]}}},
+            {"$group": {"_id": "$rating", "n": {"$sum": 1}}}])
+        hours = await self._db.messages.aggregate([
+            {"$match": {"site_id": _int(site_id), "role": "visitor",
+                        "created_at": {"$gte": _str(since), "$lt": _str(until)}}},
+            {"$group": {"_id": {"$substr": ["$created_at", 0, 13]}, "n": {"$sum": 1}}}])
+        by_hour = {doc["_id"]: doc["n"] async for doc in hours}
+        return SiteActivity(
+            conversations=await conversations.count_documents(started),
+            ai_only=await conversations.count_documents(
+                {**started, "first_ai_at": {"$type": "string"}, "handoff_at": unset, "first_operator_at": unset}),
+            handoffs=await conversations.count_documents({**started, "handoff_at": {"$type": "string"}}),
+            answered_handoffs=answered, median_first_reply=median,
+            ratings={doc["_id"]: doc["n"] async for doc in ratings},
+            visitor_messages=sum(by_hour.values()), messages_by_hour=by_hour)
 
     # -- blocks -------------------------------------------------------------------------------
     @_guarded

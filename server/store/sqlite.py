@@ -39,6 +39,8 @@ from server.store.models import (
     ProactiveMessage,
     Site,
     Source,
+    SiteActivity,
+    FIRST_MESSAGE_FIELD,
     utc_now_iso,
 )
 
@@ -75,6 +77,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     last_seen_at REAL,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    first_visitor_at TEXT, first_ai_at TEXT, first_operator_at TEXT, handoff_at TEXT,
+    first_reply_wait REAL,
     UNIQUE (site_id, session_id)
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -154,6 +158,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_topic ON events (topic, id);
 CREATE INDEX IF NOT EXISTS conversations_activity ON conversations (site_id, updated_at);
+CREATE INDEX IF NOT EXISTS conversations_started ON conversations (site_id, first_visitor_at);
+CREATE INDEX IF NOT EXISTS conversations_handoff ON conversations (site_id, handoff_at);
 CREATE TABLE IF NOT EXISTS operators (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     email TEXT NOT NULL UNIQUE,
@@ -338,14 +344,26 @@ class SQLiteStore(Store):
         ("messages", "relevance", "REAL"),
         ("proactive_messages", "rule_key", "TEXT"),
         ("proactive_messages", "deliver_at", "REAL NOT NULL DEFAULT 0"),
+        ("conversations", "first_visitor_at", "TEXT"),
+        ("conversations", "first_ai_at", "TEXT"),
+        ("conversations", "first_operator_at", "TEXT"),
+        ("conversations", "handoff_at", "TEXT"),
+        ("conversations", "first_reply_wait", "REAL"),
     )
 
     @classmethod
     def _add_missing_columns(cls, db: sqlite3.Connection) -> None:
+        added = set()
         for table, column, declaration in cls.ADDED_COLUMNS:
             existing = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if existing and column not in existing:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                added.add(column)
+        if "first_visitor_at" in added:  # conversations from before the numbers: fill in what is known
+            for role, column in FIRST_MESSAGE_FIELD.items():
+                db.execute(f"UPDATE conversations SET {column} = (SELECT MIN(created_at) FROM messages"
+                           f" WHERE conversation_id = conversations.id AND role = ?)", (role,))
+            db.execute("UPDATE conversations SET handoff_at = updated_at WHERE handoff = 1")
 
     async def close(self) -> None:
         if self._executor is None:
@@ -519,6 +537,9 @@ class SQLiteStore(Store):
         if set(changes) - QUIET_CONVERSATION_FIELDS:
             assignments += ", updated_at = ?"
             values.append(utc_now_iso())
+        if changes.get("handoff") is True:  # the first handoff is kept for the numbers
+            assignments += ", handoff_at = COALESCE(handoff_at, ?)"
+            values.append(utc_now_iso())
 
         def update(db: sqlite3.Connection) -> None:
             db.execute(f"UPDATE conversations SET {assignments} WHERE id = ?",
@@ -554,7 +575,15 @@ class SQLiteStore(Store):
                 (conversation_id, role, content, message_id, reply_to, image_key, operator_name,
                  sources_json, status, now, usage_json, relevance),
             )
-            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
+            first = FIRST_MESSAGE_FIELD.get(role)
+            if first is None:
+                db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
+            else:
+                wait = (", first_reply_wait = CASE WHEN first_reply_wait IS NULL AND handoff_at IS NOT NULL"
+                        " THEN ROUND((julianday(?) - julianday(handoff_at)) * 86400) ELSE first_reply_wait END"
+                        if role == "operator" else "")
+                db.execute(f"UPDATE conversations SET updated_at = ?, {first} = COALESCE({first}, ?){wait}"
+                           " WHERE id = ?", (now, now, *((now,) if wait else ()), conversation_id))
             return db.execute("SELECT * FROM messages WHERE id = ?", (cur.lastrowid,)).fetchone()
 
         try:
@@ -631,6 +660,51 @@ class SQLiteStore(Store):
             site_id, below, limit,
         )
         return [KnowledgeGap(**dict(r)) for r in rows]
+
+    async def handoff_questions(self, site_id: int, *, limit: int = 50) -> list[KnowledgeGap]:
+        rows = await self._read_all(
+            "SELECT question.content AS question, c.session_id AS session_id,"
+            " question.created_at AS asked_at,"
+            " (SELECT MAX(answer.relevance) FROM messages AS answer WHERE answer.conversation_id = c.id"
+            "  AND answer.reply_to = question.message_id AND answer.role = 'ai') AS relevance"
+            " FROM conversations AS c JOIN messages AS question ON question.id = ("
+            "  SELECT MAX(id) FROM messages WHERE conversation_id = c.id AND role = 'visitor'"
+            "  AND created_at <= c.handoff_at)"
+            " WHERE c.site_id = ? AND c.handoff_at IS NOT NULL ORDER BY c.handoff_at DESC LIMIT ?",
+            site_id, limit,
+        )
+        return [KnowledgeGap(**dict(r), handoff=True) for r in rows]
+
+    async def site_activity(self, site_id: int, *, since: str, until: str) -> SiteActivity:
+        started = " FROM conversations WHERE site_id = ? AND first_visitor_at >= ? AND first_visitor_at < ?"
+        window = (site_id, since, until)
+        counts = await self._read_one(
+            "SELECT COUNT(*) AS conversations,"
+            " COALESCE(SUM(first_ai_at IS NOT NULL AND handoff_at IS NULL AND first_operator_at IS NULL), 0)"
+            "  AS ai_only,"
+            " COALESCE(SUM(handoff_at IS NOT NULL), 0) AS handoffs,"
+            " COALESCE(SUM(first_reply_wait IS NOT NULL), 0) AS answered" + started, *window)
+        assert counts is not None
+        ratings = await self._read_all(
+            "SELECT rating, COUNT(*) AS n" + started + " AND rating BETWEEN 1 AND 5 GROUP BY rating", *window)
+        median = None
+        answered = counts["answered"]
+        if answered:  # the middle one or two waits, found by the database
+            middle = await self._read_all(
+                "SELECT first_reply_wait" + started + " AND first_reply_wait IS NOT NULL"
+                " ORDER BY first_reply_wait LIMIT ? OFFSET ?", *window, 2 - answered % 2, (answered - 1) // 2)
+            median = sum(r[0] for r in middle) / len(middle) if middle else None
+        hours = await self._read_all(
+            "SELECT substr(m.created_at, 1, 13) AS hour, COUNT(*) AS n FROM messages AS m"
+            " JOIN conversations AS c ON c.id = m.conversation_id"
+            " WHERE m.role = 'visitor' AND m.created_at >= ? AND m.created_at < ? AND c.site_id = ?"
+            " GROUP BY hour", since, until, site_id)
+        by_hour = {r["hour"]: r["n"] for r in hours}
+        return SiteActivity(
+            conversations=counts["conversations"], ai_only=counts["ai_only"], handoffs=counts["handoffs"],
+            answered_handoffs=answered, median_first_reply=median,
+            ratings={r["rating"]: r["n"] for r in ratings}, visitor_messages=sum(by_hour.values()),
+            messages_by_hour=by_hour)
 
     # -- privacy ------------------------------------------------------------------------------
     async def erase_conversation(self, site_id: int, session_id: str, *, compact: bool = True) -> list[str]:
