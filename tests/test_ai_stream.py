@@ -8,7 +8,9 @@ import logging
 
 import httpx_sse
 
-from server.ai.openai_compat import OpenAICompatible
+import pytest
+
+from server.ai.openai_compat import IdleDeadline, OpenAICompatible
 from tests.fake_openai import API_KEY, FakeOpenAI, Plan
 from tests.harness import Parley, session, start_parley
 
@@ -163,6 +165,49 @@ async def test_silence_between_tokens_times_out_without_retry(tmp_path, fake_ope
         assert types(events) == ["chunk", "error", "done"]
         assert len(fake_openai.calls) == 1
         await asyncio.wait_for(fake_openai.hung_up.wait(), 5)
+
+
+async def test_a_steady_model_is_not_cut_by_the_silence_limit(tmp_path, fake_openai: FakeOpenAI):
+    # Each token comes well within the limit; the whole answer takes longer than it.
+    fake_openai.default = Plan(tokens=[f"t{n} " for n in range(7)], delay=0.3)
+    async for parley in start_parley(tmp_path, ai_base_url=fake_openai.base_url, ai_model="m",
+                                     ai_idle_timeout=1.5, ai_backoff=0.01):
+        events = await asyncio.wait_for(parley.ask(session(16), "Do you ship to Canada?"), 20)
+        assert types(events)[-1] == "done" and "error" not in types(events)
+        assert text_of(events) == "".join(f"t{n} " for n in range(7))
+
+
+async def _slowly_consumed(deadline: IdleDeadline, items: int, consumer_pause: float) -> list[int]:
+    async def source():
+        async with deadline:
+            for n in range(items):
+                deadline.touch()
+                deadline.paused = True
+                yield n
+                deadline.paused = False
+
+    seen = []
+    async for n in source():
+        seen.append(n)
+        await asyncio.sleep(consumer_pause)  # the consumer's own time, not the source's silence
+    return seen
+
+
+async def test_idle_deadline_counts_only_the_source_silence():
+    assert await _slowly_consumed(IdleDeadline(0.05), 3, 0.2) == [0, 1, 2]
+
+    async def silent():
+        async with IdleDeadline(0.05):
+            await asyncio.sleep(30)
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(silent(), 10)
+    # A cancellation from outside stays a cancellation.
+    task = asyncio.ensure_future(silent())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_connect_failure_is_retried_then_reported(tmp_path):

@@ -44,6 +44,55 @@ class _Transient(AIUnavailable):
     """A failure worth another attempt, as long as no token has reached the visitor."""
 
 
+class IdleDeadline:
+    """Raises TimeoutError in the task inside it once `seconds` pass without a `touch()`.
+
+    One timer for the whole stream, re-armed only when it fires early: `asyncio.timeout` around
+    each chunk costs a timer handle and a context per chunk, thousands a second when many answers
+    stream. Like `asyncio.timeout`, a cancellation from elsewhere stays a cancellation. While
+    `paused` (a generator suspended at a yield) it never fires: the task is then the consumer's.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self.paused = False
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        if self.paused:
+            self.touch()
+        due = self._last + self.seconds
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+            return
+        self._timer = None
+        self.expired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    async def __aenter__(self) -> IdleDeadline:
+        self._task = asyncio.current_task()
+        self.touch()
+        self._timer = self._loop.call_at(self._last + self.seconds, self._check)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        assert self._task is not None
+        if self.expired and exc_type is asyncio.CancelledError and self._task.uncancel() == 0:
+            raise TimeoutError from exc
+
+
 class OpenAICompatible(Provider):
     name = "openai"
 
@@ -93,21 +142,21 @@ class OpenAICompatible(Provider):
         async with contextlib.AsyncExitStack() as stack:
             items, first = await self._start(payload, stack)
             yield first
-            while True:
-                try:
-                    async with asyncio.timeout(self.config.idle_timeout):
-                        item = await anext(items)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    self._log_failure(f"no token for {self.config.idle_timeout:g} s")
-                    raise AIUnavailable(INTERRUPTED) from None
-                except _Transient as exc:  # after the first token nothing is retried
-                    raise AIUnavailable(INTERRUPTED) from exc
-                except (httpx.HTTPError, httpx_sse.SSEError) as exc:
-                    self._log_failure("stream broke:", repr(exc))
-                    raise AIUnavailable(INTERRUPTED) from exc
-                yield item
+            try:
+                async with IdleDeadline(self.config.idle_timeout) as idle:
+                    async for item in items:
+                        idle.touch()
+                        idle.paused = True  # the consumer's time between chunks is not silence
+                        yield item
+                        idle.paused = False
+            except TimeoutError:
+                self._log_failure(f"no token for {self.config.idle_timeout:g} s")
+                raise AIUnavailable(INTERRUPTED) from None
+            except _Transient as exc:  # after the first token nothing is retried
+                raise AIUnavailable(INTERRUPTED) from exc
+            except (httpx.HTTPError, httpx_sse.SSEError) as exc:
+                self._log_failure("stream broke:", repr(exc))
+                raise AIUnavailable(INTERRUPTED) from exc
 
     async def _start(self, payload: dict[str, Any],
                      outer: contextlib.AsyncExitStack) -> tuple[AsyncIterator[str | Usage], str]:
