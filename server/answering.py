@@ -38,10 +38,15 @@ CLAIM_CHECK_SECONDS = 1.0
 RELAY_MAX_SECONDS = 300.0
 
 
+def message_events(visitor: Visitor, message: Message) -> list[tuple[str, str, dict[str, Any]]]:
+    """The events telling every process that `message` was stored."""
+    return Hub.session_events(visitor.site.id, visitor.session_id, "message",
+                              {"message_id": message.id, "role": message.role,
+                               "reply_to": message.reply_to})
+
+
 async def publish_message(hub: Hub, visitor: Visitor, message: Message) -> None:
-    await hub.publish_to_session(visitor.site.id, visitor.session_id, "message",
-                                 {"message_id": message.id, "role": message.role,
-                                  "reply_to": message.reply_to})
+    await hub.publish_events(message_events(visitor, message))
 
 
 class Answerer:
@@ -65,20 +70,44 @@ class Answerer:
                 log.info("an operator took over: stopping the answer in progress")
                 turn.producer.cancel()
 
+    async def ask(self, visitor: Visitor, conversation: Conversation, message_id: str,
+                  request: TurnRequest) -> Turn:
+        """Store a visitor's new message and start its answer. The message, its events and this
+        process's claim on answering it are one store transaction: the last write before the
+        model is asked. Raises DuplicateMessageId for a message_id already used."""
+        events: list[tuple[str, str, dict[str, Any]]] = []
+
+        def events_of(message: Message) -> list[tuple[str, str, dict[str, Any]]]:
+            events[:] = message_events(visitor, message)
+            return events
+
+        message, claimed = await self.store.add_question(
+            conversation.id, request.text, message_id=message_id, events=events_of,
+            origin=self.hub.origin, claim=conversation.mode != "operator", now=time.time(),
+            stale_after=CLAIM_STALE_SECONDS)
+        log.info("visitor message %s stored %s mode=%s chars=%d", message.id, visitor.log_ref,
+                 conversation.mode, len(request.text))
+        turn = self.start(visitor, conversation, message, request, claimed=claimed)
+        self.hub.deliver_recorded(events)
+        return turn
+
     def start(self, visitor: Visitor, conversation: Conversation, message: Message,
-                request: TurnRequest) -> Turn:
-        """Start answering a stored visitor message. No await in here: the turn is registered
+              request: TurnRequest, *, claimed: bool = False) -> Turn:
+        """Start answering a stored visitor message (`claimed`: this process already holds the
+        claim on answering it, taken with the message). No await in here: the turn is registered
         before anything else runs, so a retry racing this request finds it."""
         message_id = message.message_id or ""
         if conversation.mode == "operator":
             return Turn.finished(self._meta(conversation, message_id, None, "operator"))
+        if claimed:
+            self._hold_claim((conversation.id, message_id))
         turn = Turn()
         self._live_turns[(conversation.id, message_id)] = turn
         self._turn_topics[turn] = visitor.topic
         # Operators watching the conversation see the answer token by token, on any process.
         turn.on_chunk = AnswerWatch(self.hub, turn, visitor, message_id).chunk
         turn.producer = asyncio.create_task(
-            self._produce(turn, visitor, conversation, message, request),
+            self._produce(turn, visitor, conversation, message, request, claimed),
             name=f"answer-{message.id}",
         )
         return turn
@@ -118,10 +147,11 @@ class Answerer:
         return self.start(visitor, conversation, existing, request)
 
     async def _produce(self, turn: Turn, visitor: Visitor, conversation: Conversation,
-                       message: Message, request: TurnRequest) -> None:
+                       message: Message, request: TurnRequest, claimed: bool) -> None:
         try:
             try:
-                elsewhere = await self._answered_elsewhere(turn, visitor, conversation, message)
+                elsewhere = not claimed and await self._answered_elsewhere(
+                    turn, visitor, conversation, message)
             except ParleyError as exc:  # the store is down: say so rather than hang the stream
                 turn.fail(exc)
                 turn.finish(self._meta(conversation, message.message_id or "", None, "ai"))

@@ -109,24 +109,19 @@ class ChatService:
             site.id, visitor.session_id, {k: v for k, v in context.items() if v}
         )
         await self._refresh_context(conversation, context)
-        await self.mark_seen(visitor)
+        await self.mark_seen(visitor, conversation=conversation)
         try:
-            message = await self.store.add_message(
-                conversation.id, "visitor", request.text, message_id=message_id
-            )
+            return await self.answers.ask(visitor, conversation, message_id, request)
         except DuplicateMessageId:
             return await self.answers.rejoin(visitor, conversation, message_id, request)
-        log.info("visitor message %s stored %s mode=%s chars=%d", message.id, visitor.log_ref,
-                 conversation.mode, len(request.text))
-        turn = self.answers.start(visitor, conversation, message, request)
-        await publish_message(self.hub, visitor, message)
-        return turn
 
     # -- presence -----------------------------------------------------------------------------
-    async def mark_seen(self, visitor: Visitor, page_url: str | None = None) -> None:
+    async def mark_seen(self, visitor: Visitor, page_url: str | None = None, *,
+                        conversation: Conversation | None = None) -> None:
         """Note that the visitor is here (and on which page), for operators' "visitors online".
         Written at most every SEEN_EVERY_SECONDS per session; a visitor who has not chatted yet
-        gets a conversation row only when the widget says which page it is on."""
+        gets a conversation row only when the widget says which page it is on. `conversation`:
+        the visitor's, just read (saves reading it again)."""
         key = (visitor.site.id, visitor.session_id)
         now = time.time()
         last = self._seen.get(key)
@@ -137,7 +132,8 @@ class ChatService:
         while len(self._seen) > SEEN_REMEMBERED:
             self._seen.popitem(last=False)
         try:
-            conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
+            if conversation is None:
+                conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
             if conversation is None:
                 if not page_url:
                     return

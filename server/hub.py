@@ -204,9 +204,10 @@ class Hub:
 
     async def publish(self, topic: str, kind: str, payload: dict[str, Any] | None = None) -> None:
         """Tell every process: recorded in the store's events feed, delivered here at once."""
-        await self._publish([(topic, kind, payload or {})])
+        await self.publish_events([(topic, kind, payload or {})])
 
-    async def _publish(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+    async def publish_events(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Several (topic, kind, payload) events of one write, recorded in one store call."""
         # Recorded first, then delivered: a listener that reads the feed back from the store on
         # waking (the dashboard) finds the event there.
         try:
@@ -214,12 +215,21 @@ class Hub:
         except StoreUnavailable:
             # The write itself is stored; other processes' waiters will see it on their next read.
             log.warning("could not record %s event for other processes", events[0][1])
+        self.deliver_recorded(events)
+
+    def deliver_recorded(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Deliver here events already recorded for other processes (with the write they tell of)."""
         for topic, kind, payload in events:
             self.deliver_local(topic, {"kind": kind, **payload})
 
+    @staticmethod
+    def session_events(site_id: int, session_id: str, kind: str,
+                       payload: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+        """News of one visitor, as events: to the visitor's own waiters and to the site's operators."""
+        return [(session_topic(site_id, session_id), kind, payload),
+                (site_topic(site_id), kind, {**payload, "session_id": session_id})]
+
     async def publish_to_session(self, site_id: int, session_id: str, kind: str,
                                  payload: dict[str, Any]) -> None:
-        """News of one visitor: to the visitor's own waiters and to the site's operators, recorded
-        for other processes in one store call."""
-        await self._publish([(session_topic(site_id, session_id), kind, payload),
-                             (site_topic(site_id), kind, {**payload, "session_id": session_id})])
+        """News of one visitor, recorded for other processes in one store call."""
+        await self.publish_events(self.session_events(site_id, session_id, kind, payload))

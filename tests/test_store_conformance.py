@@ -404,6 +404,31 @@ async def test_one_process_claims_an_answer_until_released_or_stale(store, other
     assert await store.claim_answer(conv, "m_2", loser, now=now, stale_after=60)  # another message
 
 
+async def test_a_question_is_stored_with_its_events_and_claim(store, other):
+    conv = await conversation_id(store, await new_site(store))
+    now = time.time()
+    start = await other.latest_event_id()
+
+    def events(message):
+        return [("session:t", "message", {"message_id": message.id}), ("site:t", "message", {})]
+
+    message, claimed = await store.add_question(conv, "Hello?", message_id="m_q1", events=events,
+                                                origin="A", claim=True, now=now, stale_after=60)
+    assert claimed and message.role == "visitor" and message.content == "Hello?"
+    assert (await other.get_visitor_message(conv, "m_q1")).id == message.id
+    recorded = await other.events_since(start, exclude_origin="B", limit=10)
+    assert [(e.topic, e.payload) for e in recorded] == [("session:t", {"message_id": message.id}),
+                                                        ("site:t", {})]
+    assert not await other.claim_answer(conv, "m_q1", "B", now=now, stale_after=60)  # A holds it
+    with pytest.raises(DuplicateMessageId):
+        await other.add_question(conv, "Hello?", message_id="m_q1", events=events, origin="B",
+                                 claim=True, now=now, stale_after=60)
+    assert len(await store.events_since(start, exclude_origin="B", limit=10)) == 2
+    _, claimed = await store.add_question(conv, "Again", message_id="m_q2", events=events,
+                                          origin="A", claim=False, now=now, stale_after=60)
+    assert not claimed and await other.claim_answer(conv, "m_q2", "B", now=now, stale_after=60)
+
+
 # -- events ---------------------------------------------------------------------------------------
 async def test_events_in_order_without_our_own_and_pruned(store, other):
     start = await store.latest_event_id()

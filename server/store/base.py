@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from server.errors import Unavailable
 from server.store.models import (
@@ -119,6 +119,24 @@ class Store(abc.ABC):
         relevance: float | None = None,
     ) -> Message:
         """Raise DuplicateMessageId when a visitor message_id is reused in the conversation."""
+
+    async def add_question(
+        self, conversation_id: int, content: str, *, message_id: str,
+        events: Callable[[Message], list[tuple[str, str, dict[str, Any]]]], origin: str,
+        claim: bool, now: float, stale_after: float,
+    ) -> tuple[Message, bool]:
+        """A visitor's message, the events telling every process of it (`events(message)`,
+        recorded for `origin`) and, when `claim`, `origin`'s claim on answering it. One
+        transaction where the store can: this is what a visitor waits on before the first token.
+        Returns the message and whether the claim is held. DuplicateMessageId as add_message."""
+        message = await self.add_message(conversation_id, "visitor", content, message_id=message_id)
+        try:
+            await self.record_events(events(message), origin)
+        except StoreUnavailable:  # the message is stored; other processes see it on their next read
+            pass
+        claimed = claim and await self.claim_answer(conversation_id, message_id, origin, now=now,
+                                                    stale_after=stale_after)
+        return message, claimed
 
     @abc.abstractmethod
     async def count_messages(

@@ -563,6 +563,22 @@ class SQLiteStore(Store):
         usage: dict[str, Any] | None = None,
         relevance: float | None = None,
     ) -> Message:
+        insert = self._message_insert(conversation_id, role, content, message_id=message_id,
+                                      reply_to=reply_to, image_key=image_key,
+                                      operator_name=operator_name, sources=sources, status=status,
+                                      usage=usage, relevance=relevance)
+        try:
+            return _message(await self._run(self._tx, insert))
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateMessageId(message_id) from exc
+
+    @staticmethod
+    def _message_insert(conversation_id: int, role: str, content: str, *, message_id: str | None,
+                        reply_to: str | None = None, image_key: str | None = None,
+                        operator_name: str | None = None, sources: Iterable[Source] = (),
+                        status: str = "complete", usage: dict[str, Any] | None = None,
+                        relevance: float | None = None) -> Callable[[sqlite3.Connection], sqlite3.Row]:
+        """The statements adding a message (JSON encoded here, on the caller's thread)."""
         sources_json = json.dumps([s.as_dict() for s in sources])
         usage_json = json.dumps(usage) if usage is not None else None
 
@@ -586,8 +602,22 @@ class SQLiteStore(Store):
                            " WHERE id = ?", (now, now, *((now,) if wait else ()), conversation_id))
             return db.execute("SELECT * FROM messages WHERE id = ?", (cur.lastrowid,)).fetchone()
 
+        return insert
+
+    async def add_question(
+        self, conversation_id: int, content: str, *, message_id: str,
+        events: Callable[[Message], list[tuple[str, str, dict[str, Any]]]], origin: str,
+        claim: bool, now: float, stale_after: float,
+    ) -> tuple[Message, bool]:
+        insert_message = self._message_insert(conversation_id, "visitor", content, message_id=message_id)
+
+        def insert(db: sqlite3.Connection) -> tuple[Message, bool]:
+            message = _message(insert_message(db))
+            self._insert_events(db, events(message), origin, time.time())
+            return message, claim and self._claim(db, conversation_id, message_id, origin, now, stale_after)
+
         try:
-            return _message(await self._run(self._tx, insert))
+            return await self._run(self._tx, insert)
         except sqlite3.IntegrityError as exc:
             raise DuplicateMessageId(message_id) from exc
 
@@ -913,20 +943,25 @@ class SQLiteStore(Store):
     async def claim_answer(self, conversation_id: int, message_id: str, origin: str, *,
                            now: float, stale_after: float) -> bool:
         def claim(db: sqlite3.Connection) -> bool:
-            db.execute(
-                "INSERT INTO answer_claims (conversation_id, message_id, origin, claimed_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id) DO UPDATE"
-                " SET origin = excluded.origin, claimed_at = excluded.claimed_at"
-                " WHERE answer_claims.origin = excluded.origin OR answer_claims.claimed_at < ?",
-                (conversation_id, message_id, origin, now, now - stale_after),
-            )
-            row = db.execute(
-                "SELECT origin FROM answer_claims WHERE conversation_id = ? AND message_id = ?",
-                (conversation_id, message_id),
-            ).fetchone()
-            return bool(row and row["origin"] == origin)
+            return self._claim(db, conversation_id, message_id, origin, now, stale_after)
 
         return await self._run(self._tx, claim)
+
+    @staticmethod
+    def _claim(db: sqlite3.Connection, conversation_id: int, message_id: str, origin: str,
+               now: float, stale_after: float) -> bool:
+        db.execute(
+            "INSERT INTO answer_claims (conversation_id, message_id, origin, claimed_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id) DO UPDATE"
+            " SET origin = excluded.origin, claimed_at = excluded.claimed_at"
+            " WHERE answer_claims.origin = excluded.origin OR answer_claims.claimed_at < ?",
+            (conversation_id, message_id, origin, now, now - stale_after),
+        )
+        row = db.execute(
+            "SELECT origin FROM answer_claims WHERE conversation_id = ? AND message_id = ?",
+            (conversation_id, message_id),
+        ).fetchone()
+        return bool(row and row["origin"] == origin)
 
     async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None:
         def delete(db: sqlite3.Connection) -> None:
@@ -950,13 +985,19 @@ class SQLiteStore(Store):
 
     async def record_events(self, events: list[tuple[str, str, dict[str, Any]]], origin: str) -> list[int]:
         now = time.time()
-        rows = [(topic, kind, json.dumps(payload), origin, now) for topic, kind, payload in events]
 
         def insert(db: sqlite3.Connection) -> list[int]:
-            return [int(db.execute("INSERT INTO events (topic, kind, payload, origin, created_at)"
-                                   " VALUES (?, ?, ?, ?, ?)", row).lastrowid or 0) for row in rows]
+            return self._insert_events(db, events, origin, now)
 
         return await self._run(self._tx, insert)
+
+    @staticmethod
+    def _insert_events(db: sqlite3.Connection, events: list[tuple[str, str, dict[str, Any]]],
+                       origin: str, now: float) -> list[int]:
+        return [int(db.execute("INSERT INTO events (topic, kind, payload, origin, created_at)"
+                               " VALUES (?, ?, ?, ?, ?)",
+                               (topic, kind, json.dumps(payload), origin, now)).lastrowid or 0)
+                for topic, kind, payload in events]
 
     async def latest_event_id(self) -> int:
         row = await self._read_one("SELECT COALESCE(MAX(id), 0) AS id FROM events")
