@@ -7,6 +7,8 @@ the same I/O (and, for streaming, the LiteLLM proxy), in one run on one machine.
            gaps, answers/s, CPU per answer, peak RSS; upstream direct, Tornado relay, Parley, LiteLLM
   store    messages appended and history reads per second, 1 and 50 concurrent writers
   inbox    the dashboard's inbox on 100,000 conversations: first page, filters, full-text search
+  fanout   50 operator tabs on the dashboard's live feed while 1,000 visitors chat: delay from a
+           visitor message being stored to each tab receiving it, beside a minimal Tornado fan-out
   all      all of the above
 
 Every server and every load generator is its own process; all traffic stays on 127.0.0.0/8.
@@ -26,7 +28,7 @@ from typing import Any
 
 from bench.common import ROOT, machine, raise_open_file_limit
 
-NAMES = ("held", "stream", "store", "inbox")
+NAMES = ("held", "stream", "store", "inbox", "fanout")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +63,11 @@ async def run_one(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], 
             targets.remove("litellm")
         data = await stream.run(args.quick, args.concurrency, targets)
         return data, stream.tables(data)
+    if name == "fanout":
+        from bench import fanout
+
+        data = await fanout.run(args.quick)
+        return data, fanout.tables(data)
     if name == "inbox":
         from bench import inbox
 
