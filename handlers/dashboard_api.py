@@ -211,7 +211,7 @@ class FeedHandler(EventStreamMixin, OperatorApiHandler):
                 raise InvalidRequest("Last-Event-ID is an event id.") from None
         events = self.services.inbox.feed(self.operator, after)
         self.start_event_stream()
-        await self.hold(self.send_events(events, self._frame))
+        await self.hold(self.send_batches(events, self._frame))
 
     def _frame(self, event: FeedEvent) -> None:
         self.write_event({"kind": event.kind, **event.data}, event_id=event.id)

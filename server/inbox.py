@@ -115,15 +115,19 @@ class InboxService:
         return await self.store.latest_event_id()
 
     # -- the live feed ------------------------------------------------------------------------
-    async def feed(self, operator: Operator, after: int | None) -> AsyncIterator[FeedEvent]:
-        """Everything stored on the operator's sites since `after` (an event id), then live.
+    async def feed(self, operator: Operator, after: int | None) -> AsyncIterator[list[FeedEvent]]:
+        """Everything stored on the operator's sites since `after` (an event id), then live, in
+        batches: what one read of the store or one wake-up brought, written and flushed at once.
 
         When `after` is older than the events still kept, one `refetch` event says so first:
         the page reloads its lists rather than trust a feed with a hole in it.
         """
         topics = tuple(site_topic(site.id) for site in await self.sites_of(operator))
+        # Ids that can commit out of order (MongoDB's counter) need a look back below the cursor.
+        lookback = 0 if self.store.event_ids_commit_in_order else FEED_LOOKBACK
         async with self.hub.subscribe(*topics, buffer=FEED_BUFFER) as subscription:
             latest = await self.store.latest_event_id()
+            opening = []
             if after is None or after > latest:
                 cursor = latest  # a cursor from the future (a new data directory): start now
             else:
@@ -131,27 +135,40 @@ class InboxService:
                 oldest = await self.store.oldest_event_id()
                 if after < latest and (oldest == 0 or after < oldest - 1):
                     cursor = latest
-                    yield FeedEvent("refetch", {}, latest)
-            yield FeedEvent("ready", {}, cursor)
+                    opening.append(FeedEvent("refetch", {}, latest))
+            yield [*opening, FeedEvent("ready", {}, cursor)]
             sent: collections.deque[int] = collections.deque(maxlen=4 * FEED_LOOKBACK)
             floor = cursor  # never look below where this tab started
+            read = True
             while True:
-                events = await self.store.events_for_topics(
-                    max(floor, cursor - FEED_LOOKBACK), topics, limit=FEED_BATCH + FEED_LOOKBACK)
-                fresh = [e for e in events if e.id not in sent]
-                for event in fresh:
-                    sent.append(event.id)
-                    cursor = max(cursor, event.id)
-                    site_id = int(event.topic.partition(":")[2])
-                    yield FeedEvent(event.kind, {**event.payload, "site_id": site_id}, cursor)
-                if len(fresh) >= FEED_BATCH:
-                    continue
-                await subscription.wait(FEED_WAIT_SECONDS)
+                batch: list[FeedEvent] = []
+                if read:
+                    events = await self.store.events_for_topics(
+                        max(floor, cursor - lookback), topics, limit=FEED_BATCH + lookback)
+                    fresh = [e for e in events if e.id not in sent]
+                    for event in fresh:
+                        sent.append(event.id)
+                        cursor = max(cursor, event.id)
+                        site_id = int(event.topic.partition(":")[2])
+                        batch.append(FeedEvent(event.kind, {**event.payload, "site_id": site_id}, cursor))
+                    if batch:
+                        yield batch
+                    if len(fresh) >= FEED_BATCH:
+                        continue
+                woke = await subscription.wait(FEED_WAIT_SECONDS)
                 if self.hub.closing:  # shutting down: the page's EventSource reconnects elsewhere
                     return
                 missed_live = subscription.overflowed
+                # Every stored event reaches the hub too (this process's at once, others' through
+                # the events feed): woken only by live chunks, there is nothing new to read.
+                read = not woke or missed_live
+                live = []
                 for event in subscription.drain():
                     if event.get("kind") == "chunk":
-                        yield FeedEvent("chunk", {k: v for k, v in event.items() if k != "kind"})
+                        live.append(FeedEvent("chunk", {k: v for k, v in event.items() if k != "kind"}))
+                    else:
+                        read = True
                 if missed_live:
-                    yield FeedEvent("chunks_missed", {})
+                    live.append(FeedEvent("chunks_missed", {}))
+                if live:
+                    yield live

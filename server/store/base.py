@@ -263,6 +263,10 @@ class Store(abc.ABC):
     async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None: ...
 
     # Events feed: how processes hear each other's writes
+    # True where an event id is never visible before every smaller one (one writer at a time, as
+    # SQLite): readers need not look back below their cursor for late commits.
+    event_ids_commit_in_order = False
+
     @abc.abstractmethod
     async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int: ...
 

@@ -280,6 +280,9 @@ def _document(row: sqlite3.Row) -> KnowledgeDocument:
 
 
 class SQLiteStore(Store):
+    # Ids come from AUTOINCREMENT inside write transactions, which the database lock serialises.
+    event_ids_commit_in_order = True
+
     def __init__(self, path: Path, *, busy_timeout_ms: int = 5000, readers: int = READERS) -> None:
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
