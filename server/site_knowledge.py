@@ -15,12 +15,13 @@ from server.audit import Actor, AuditLog
 from server.errors import ParleyError
 from server.knowledge import KnowledgeService
 from server.store.base import Store
-from server.store.models import Site
+from server.store.models import KnowledgeGap, Site
 
 log = logging.getLogger(__name__)
 
 MAX_JOBS_SHOWN = 20
 GAPS_READ = 500
+HANDOFFS_READ = 200
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 # Words that do not change what a question asks about.
 FILLER = frozenset("a an the is are do does did can could i you we my your our me to of for in on at "
@@ -40,8 +41,9 @@ class FetchJob:
 class GapGroup:
     question: str  # the newest wording
     count: int
-    relevance: float  # the best relevance any of them had
+    relevance: float | None  # the best relevance any of them had (None: no AI answer to any)
     last_asked: str
+    handoffs: int = 0  # how many of them ended in a handoff
 
 
 def gap_key(question: str) -> frozenset[str]:
@@ -49,19 +51,33 @@ def gap_key(question: str) -> frozenset[str]:
     return frozenset(w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words)
 
 
-def group_gaps(gaps: list[tuple[str, float, str]]) -> list[GapGroup]:
-    """(question, relevance, asked_at), newest first -> groups of questions with the same words
-    (ignoring case, punctuation, filler words and a plural s), most frequent first."""
+def group_gaps(gaps: list[KnowledgeGap]) -> list[GapGroup]:
+    """Questions, newest first -> groups of questions with the same words (ignoring case,
+    punctuation, filler words and a plural s), most frequent first. A question listed twice (under
+    the floor and ending in a handoff) counts once."""
     groups: dict[frozenset[str], GapGroup] = {}
-    for question, relevance, asked_at in gaps:
-        key = gap_key(question) or frozenset({question.strip().lower()})
+    seen: dict[tuple[str, str, str], KnowledgeGap] = {}
+    for gap in gaps:
+        asked = (gap.session_id, gap.asked_at, gap.question)
+        if asked in seen:
+            if gap.handoff and not seen[asked].handoff:
+                groups[gap_key_of(gap.question)].handoffs += 1
+                seen[asked] = gap
+            continue
+        seen[asked] = gap
+        key = gap_key_of(gap.question)
         group = groups.get(key)
         if group is None:
-            groups[key] = GapGroup(question.strip(), 1, relevance, asked_at)
-        else:
-            group.count += 1
-            group.relevance = max(group.relevance, relevance)
+            groups[key] = group = GapGroup(gap.question.strip(), 0, None, gap.asked_at)
+        group.count += 1
+        group.handoffs += gap.handoff
+        if gap.relevance is not None:
+            group.relevance = max(group.relevance or 0.0, gap.relevance)
     return sorted(groups.values(), key=lambda g: -g.count)  # stable: the newest first among equals
+
+
+def gap_key_of(question: str) -> frozenset[str]:
+    return gap_key(question) or frozenset({question.strip().lower()})
 
 
 class SiteKnowledge:
@@ -116,8 +132,10 @@ class SiteKnowledge:
         return await self.knowledge.retrieve(site.id, question[:2000], k=5)
 
     async def gaps(self, site: Site) -> list[GapGroup]:
+        """Questions the pages did not cover, and those that ended in a handoff, grouped."""
         rows = await self.store.knowledge_gaps(site.id, below=RELEVANCE_FLOOR, limit=GAPS_READ)
-        return group_gaps([(g.question, g.relevance, g.asked_at) for g in rows])
+        rows += await self.store.handoff_questions(site.id, limit=HANDOFFS_READ)
+        return group_gaps(sorted(rows, key=lambda g: g.asked_at, reverse=True))
 
     async def close(self) -> None:
         for task in list(self._tasks):

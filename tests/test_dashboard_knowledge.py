@@ -4,6 +4,7 @@ made), a URL fetched in the background, Add an answer from a knowledge gap; gap 
 from __future__ import annotations
 
 from server.site_knowledge import group_gaps
+from server.store.models import KnowledgeGap
 from tests.dashboard import Operator
 from tests.harness import Parley, session
 from tests.test_dashboard_sites import admin, post_form  # noqa: F401 - admin is a fixture
@@ -15,10 +16,21 @@ def test_gaps_saying_the_same_thing_are_grouped_most_frequent_first():
             ("do you ship to mars", 0.3, "2026-01-02"), ("Ship to Mars?!", 0.0, "2026-01-01"),
             ("Is there a student discount?", 0.1, "2026-01-01"), ("Can I pay in bitcoin?", 0.0, "2026-01-01"),
             ("Ships to Mars?", 0.0, "2025-12-31")]
-    groups = group_gaps(gaps)
+    groups = group_gaps([KnowledgeGap(q, r, f"sess_{n:016d}", at) for n, (q, r, at) in enumerate(gaps)])
     assert [(g.question, g.count) for g in groups] == [
         ("Do you ship to Mars?", 4), ("Is there a student discount", 2), ("Can I pay in bitcoin?", 1)]
     assert groups[0].relevance == 0.3 and groups[0].last_asked == "2026-01-03"
+
+
+def test_questions_that_ended_in_a_handoff_join_the_gaps_once():
+    below = KnowledgeGap("Where is my parcel?", 0.1, "sess_a000000000000000", "2026-01-03T10:00:00Z")
+    gaps = [KnowledgeGap("I want a person", None, "sess_b000000000000000", "2026-01-04T10:00:00Z", handoff=True),
+            below, KnowledgeGap("Where is my parcel?", 0.1, "sess_a000000000000000", "2026-01-03T10:00:00Z",
+                                handoff=True),  # the same question, also listed as a handoff
+            KnowledgeGap("where is my parcel", 0.3, "sess_c000000000000000", "2026-01-02T10:00:00Z")]
+    groups = group_gaps(gaps)
+    assert [(g.question, g.count, g.handoffs, g.relevance) for g in groups] == [
+        ("Where is my parcel?", 2, 1, 0.3), ("I want a person", 1, 1, None)]
 
 
 async def test_documents_try_and_gaps(parley: Parley, admin: Operator):
@@ -51,3 +63,13 @@ async def test_documents_try_and_gaps(parley: Parley, admin: Operator):
     assert "failed" in (await admin.get(url)).text
     actions = {e.action for e in await parley.services.audit.entries()}
     assert {"knowledge.add", "knowledge.remove"} <= actions
+
+
+async def test_a_question_that_ended_in_a_handoff_is_a_gap_with_add_an_answer(parley: Parley, admin: Operator):
+    url = f"/dashboard/sites/{parley.site_key}/knowledge"
+    events = await parley.ask(session("handoff"), "Can I talk to a human about my invoice?")
+    assert events[-1]["meta"]["handoff"] is True
+    page = (await admin.get(url)).text
+    row = page.split("Can I talk to a human about my invoice?</td>", 1)[1].split("</tr>", 1)[0]
+    assert row.startswith("<td>1</td><td>1</td><td>–</td>")  # asked once, handed off once, no AI answer
+    assert 'value="Can I talk to a human about my invoice?"' in row and "Add an answer" in row
