@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 from server.errors import Forbidden, InvalidRequest, ParleyError, UnknownSite
 from server.insights import parse_range
+from server.knowledge import MAX_DOCUMENT_BYTES
 from server.proactive import site_rules
 from server.site_admin import MEGABYTE
 from server.site_ai import form_values as ai_form_values
@@ -15,7 +16,7 @@ from server.sites import DEFAULT_SETTINGS, embed_snippet
 from server.store.models import Site
 from server.validation import SESSION_ID_RE
 
-from handlers.operator_base import OperatorPageHandler
+from handlers.operator_base import OperatorApiHandler, OperatorPageHandler
 
 SITE_KEY_PATTERN = r"(?P<site_key>sk_[A-Za-z0-9_-]{8,64})"
 
@@ -291,15 +292,15 @@ class NumbersHandler(OperatorPageHandler):
 
 
 class KnowledgeHandler(SiteAdminHandler):
-    """Documents, background fetches, Try the assistant, and the knowledge gaps with Add an answer."""
+    """Documents, uploads, background fetches, Try the assistant, and the knowledge gaps with Add
+    an answer."""
 
     async def show(self, site: Site, **values: object) -> None:
         knowledge = self.services.site_knowledge
-        self.render_page("site_knowledge.html", site=site,
-                         documents=await self.services.store.list_documents(site.id, limit=1000),
-                         jobs=knowledge.jobs.get(site.id, []), gaps=(await knowledge.gaps(site))[:50],
-                         **{"error": None, "notice": None, "tried": None, "question": "", "passages": None,
-                            **values})
+        self.render_page("site_knowledge.html", site=site, documents=await knowledge.documents(site),
+                         jobs=knowledge.jobs.get(site.id, []), fetching=knowledge.fetching(site),
+                         gaps=(await knowledge.gaps(site))[:50], max_upload=MAX_DOCUMENT_BYTES,
+                         **{"error": None, "notice": None, "tried": None, "question": "", **values})
 
     async def get(self, site_key: str) -> None:
         site = await self.site(site_key)
@@ -317,7 +318,13 @@ class KnowledgeHandler(SiteAdminHandler):
         try:
             if action == "add_url":
                 knowledge.fetch_in_background(site, self.get_body_argument("url", ""), self.actor)
-                notice = "Fetching in the background: reload to see its progress."
+                notice = "Fetching in the background: its progress shows below."
+            elif action == "upload":
+                files = self.request.files.get("file") or []
+                if not files or not files[0].filename:
+                    raise InvalidRequest("Choose a file to upload.")
+                document = await knowledge.add_upload(site, files[0].filename, files[0].body, self.actor)
+                notice = f"Added {document.title}."
             elif action == "add_text":
                 await knowledge.add_text(site, self.get_body_argument("title", "")[:300],
                                          self.get_body_argument("text", "")[:200_000], self.actor)
@@ -339,3 +346,17 @@ class KnowledgeHandler(SiteAdminHandler):
             await self.show(site, error=exc.message)
             return
         self.redirect(f"/dashboard/sites/{site.site_key}/knowledge?{urlencode({'notice': notice})}")
+
+
+class KnowledgeJobsHandler(OperatorApiHandler):
+    """The site's fetches as JSON, polled by the knowledge page while one runs (admins)."""
+
+    admin_only = True
+
+    async def get(self, site_key: str) -> None:
+        site = await self.services.store.get_site_by_key(site_key)
+        if site is None:
+            raise UnknownSite("No site has this site_key.")
+        knowledge = self.services.site_knowledge
+        self.write_json({"success": True, "fetching": knowledge.fetching(site),
+                         "jobs": [job.as_dict() for job in knowledge.jobs.get(site.id, [])]})

@@ -17,6 +17,7 @@ from handlers.dashboard_admin import (
     SITE_KEY_PATTERN,
     ContactsHandler,
     KnowledgeHandler,
+    KnowledgeJobsHandler,
     NumbersHandler,
     OperatorsPageHandler,
     ProactiveRulesHandler,
@@ -169,7 +170,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         site_ai=SiteAI(store, config, audit),
         operator_admin=OperatorAdmin(store, accounts, audit),
         contacts=Contacts(store, audit),
-        site_knowledge=SiteKnowledge(store, knowledge, audit),
+        site_knowledge=SiteKnowledge(store, knowledge, audit, ai),
         insights=Insights(store),
     )
 
@@ -213,6 +214,7 @@ def dashboard_routes(services: Services) -> list[Any]:
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/ai", SiteAIHandler, dash),
         (r"/dashboard/operators", OperatorsPageHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/knowledge", KnowledgeHandler, dash),
+        (rf"/dashboard/sites/{SITE_KEY_PATTERN}/knowledge/jobs", KnowledgeJobsHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/contacts", ContactsHandler, dash),
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/rules", ProactiveRulesHandler, dash),
         (r"/dashboard/numbers", NumbersHandler, dash),

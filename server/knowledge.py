@@ -20,6 +20,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -40,6 +41,10 @@ USER_AGENT = "ParleyKnowledgeBot/1.0 (+self-hosted live chat)"
 LOC_RE = re.compile(r"<loc>\s*([^<\s]+)\s*</loc>", re.IGNORECASE)
 SUFFIX_KINDS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown",
                 ".html": "html", ".htm": "html", ".pdf": "pdf"}
+
+
+# A fetch's progress: (pages done, pages in all, why the last one was skipped or None).
+Progress = Callable[[int, int, "str | None"], None]
 
 
 class IngestError(InvalidRequest):
@@ -151,36 +156,62 @@ class KnowledgeService:
 
     async def add_file(self, site: Site, path: Path, *, url: str | None = None,
                        title: str | None = None) -> KnowledgeDocument:
-        kind = SUFFIX_KINDS.get(path.suffix.lower())
-        if kind is None:
-            raise IngestError(f"{path}: use .txt, .md, .html or .pdf.")
+        self._file_kind(str(path))
         if path.stat().st_size > self.max_bytes:
             raise IngestError(f"{path} is larger than {self.max_bytes // (1024 * 1024)} MB.")
-        data = path.read_bytes()
+        return await self.add_bytes(site, str(path), path.read_bytes(), url=url, title=title)
+
+    async def add_bytes(self, site: Site, name: str, data: bytes, *, url: str | None = None,
+                        title: str | None = None) -> KnowledgeDocument:
+        """A file's content (read from disk, or uploaded from the dashboard) by its name's suffix."""
+        kind = self._file_kind(name)
+        if len(data) > self.max_bytes:
+            raise IngestError(f"{name} is larger than {self.max_bytes // (1024 * 1024)} MB.")
+        if not data.strip():
+            raise IngestError(f"{name} is empty.")
+        if kind == "pdf" and not data.startswith(b"%PDF-"):
+            raise IngestError(f"{name} is not a PDF file.")
+        if kind != "pdf" and b"\x00" in data[:8192]:
+            raise IngestError(f"{name} is not a text file; upload .txt, .md, .html or .pdf.")
+        path = Path(name)
         fallback = path.stem.replace("-", " ").replace("_", " ").capitalize()
-        extracted = await asyncio.to_thread(extract, data, kind,
-                                             fallback if kind in ("html", "pdf") else str(path))
+        extracted = await asyncio.to_thread(extract, data, kind, fallback if kind in ("html", "pdf") else name)
         return await self.add_text(site, title or extracted.title, extracted.text, url)
 
+    @staticmethod
+    def _file_kind(name: str) -> str:
+        kind = SUFFIX_KINDS.get(Path(name).suffix.lower())
+        if kind is None:
+            raise IngestError(f"{name}: use .txt, .md, .html or .pdf.")
+        return kind
+
     async def add_url(self, site: Site, url: str, *, sitemap_limit: int = DEFAULT_SITEMAP_LIMIT,
-                      title: str | None = None) -> list[KnowledgeDocument]:
-        """One page, or up to `sitemap_limit` pages of a sitemap (skipping pages that fail)."""
+                      title: str | None = None, progress: Progress | None = None) -> list[KnowledgeDocument]:
+        """One page, or up to `sitemap_limit` pages of a sitemap (skipping pages that fail).
+        `progress(done, total, error)` hears of each page as it is done (error: why it was skipped)."""
+        report = progress or (lambda done, total, error: None)
         async with httpx.AsyncClient(timeout=self.timeout, headers={"User-Agent": USER_AGENT}) as client:
             final_url, content_type, data = await self._fetch(client, url)
             kind = kind_of_response(content_type, final_url, data)
             if kind != "sitemap":
-                return [await self._add_fetched(site, final_url, kind, data, title)]
+                report(0, 1, None)
+                added_page = await self._add_fetched(site, final_url, kind, data, title)
+                report(1, 1, None)
+                return [added_page]
             pages = await self._sitemap_pages(client, data, sitemap_limit)
             added: list[KnowledgeDocument] = []
-            for page in pages:
+            report(0, len(pages), None)
+            for done, page in enumerate(pages, 1):
+                error = None
                 try:
                     page_url, page_type, page_data = await self._fetch(client, page)
                     page_kind = kind_of_response(page_type, page_url, page_data)
-                    if page_kind == "sitemap":
-                        continue
-                    added.append(await self._add_fetched(site, page_url, page_kind, page_data, None))
+                    if page_kind != "sitemap":
+                        added.append(await self._add_fetched(site, page_url, page_kind, page_data, None))
                 except IngestError as exc:
                     log.warning("skipped %s: %s", page, exc.message)
+                    error = exc.message
+                report(done, len(pages), error)
             return added
 
     async def _add_fetched(self, site: Site, url: str, kind: str, data: bytes,

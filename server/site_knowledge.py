@@ -1,25 +1,36 @@
-"""A site's knowledge from the dashboard: documents, URL and sitemap fetches in the background with
-their progress, Try the assistant (passages and scores, no conversation), and the knowledge gaps
-(questions the pages did not cover) grouped when they say the same thing."""
+"""A site's knowledge from the dashboard: documents with their passages, files uploaded, URL and
+sitemap fetches in the background with their progress and errors, Try the assistant (the site's
+own model answers; the passages it was given and their scores are shown; no conversation is made),
+and the knowledge gaps (questions the pages did not cover or that ended in a handoff) grouped when
+they say the same thing."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
-from server.ai.knowledge import RELEVANCE_FLOOR, KnowledgeBase, Retrieval
+from server.ai.base import Passage
+from server.ai.engine import AIEngine
+from server.ai.knowledge import RELEVANCE_FLOOR, KnowledgeBase
+from server.ai.passages import split_sections
 from server.audit import Actor, AuditLog
 from server.errors import ParleyError
 from server.knowledge import KnowledgeService
 from server.store.base import Store
-from server.store.models import KnowledgeGap, Site
+from server.sites import DEFAULT_SETTINGS
+from server.store.models import KnowledgeDocument, KnowledgeGap, Site
 
 log = logging.getLogger(__name__)
 
 MAX_JOBS_SHOWN = 20
+MAX_ERRORS_SHOWN = 20
+TRY_SECONDS = 60  # Try the assistant waits this long for the whole answer
+TRY_MAX_CHARS = 20_000
 GAPS_READ = 500
 HANDOFFS_READ = 200
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -35,6 +46,30 @@ class FetchJob:
     added: int = 0
     message: str = ""
     started: float = field(default_factory=time.time)
+    done: int = 0  # pages fetched (or skipped) so far
+    total: int = 0  # pages to fetch: 1 for a page, a sitemap's pages once it is read
+    errors: list[str] = field(default_factory=list)  # why pages were skipped (the first few)
+
+    def progress(self, done: int, total: int, error: str | None) -> None:
+        self.done, self.total = done, total
+        if error and len(self.errors) < MAX_ERRORS_SHOWN:
+            self.errors.append(error)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"url": self.url, "state": self.state, "added": self.added, "message": self.message,
+                "done": self.done, "total": self.total, "errors": list(self.errors)}
+
+
+@dataclass(frozen=True)
+class Tried:
+    """What Try the assistant shows: the answer and the passages the model was given."""
+
+    question: str
+    relevance: float  # the best relevance found, even under the floor
+    passages: list[Passage]  # given to the model, best first, with their scores
+    answer: str
+    handoff: bool
+    error: str | None = None
 
 
 @dataclass
@@ -81,11 +116,12 @@ def gap_key_of(question: str) -> frozenset[str]:
 
 
 class SiteKnowledge:
-    def __init__(self, store: Store, knowledge: KnowledgeBase, audit: AuditLog, *,
+    def __init__(self, store: Store, knowledge: KnowledgeBase, audit: AuditLog, ai: AIEngine, *,
                  allow_private: bool = False) -> None:
         self.store = store
         self.knowledge = knowledge
         self.audit = audit
+        self.ai = ai
         self.ingest = KnowledgeService(store, knowledge, allow_private=allow_private)
         self.jobs: dict[int, list[FetchJob]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -102,7 +138,7 @@ class SiteKnowledge:
 
     async def _fetch(self, site: Site, job: FetchJob, actor: Actor) -> None:
         try:
-            added = await self.ingest.add_url(site, job.url)
+            added = await self.ingest.add_url(site, job.url, progress=job.progress)
         except ParleyError as exc:
             job.state, job.message = "failed", exc.message
             return
@@ -118,6 +154,21 @@ class SiteKnowledge:
         document = await self.ingest.add_text(site, title.strip() or "Answer", text)
         await self.audit.record(actor, "knowledge.add", site_id=site.id, target=document.title)
 
+    def fetching(self, site: Site) -> bool:
+        return any(job.state == "fetching" for job in self.jobs.get(site.id, []))
+
+    async def add_upload(self, site: Site, filename: str, data: bytes, actor: Actor) -> KnowledgeDocument:
+        name = PurePath(filename.replace("\\", "/")).name[:200] or "upload"
+        document = await self.ingest.add_bytes(site, name, data)
+        await self.audit.record(actor, "knowledge.upload", site_id=site.id, target=name, size=len(data))
+        return document
+
+    async def documents(self, site: Site, limit: int = 1000) -> list[tuple[KnowledgeDocument, int]]:
+        """The site's documents, each with its number of passages (as the index cuts them)."""
+        documents = await self.store.list_documents(site.id, limit=limit)
+        counts = await asyncio.to_thread(lambda: [len(split_sections(d)) for d in documents])
+        return list(zip(documents, counts))
+
     async def remove(self, site: Site, document_id: int, actor: Actor) -> bool:
         removed = await self.store.remove_document(site.id, document_id)
         if removed:
@@ -127,9 +178,30 @@ class SiteKnowledge:
     async def reindex(self, site: Site) -> int:
         return await self.knowledge.passage_count(site.id)
 
-    async def try_question(self, site: Site, question: str) -> Retrieval:
-        """What the assistant would be given for this question; nothing is stored."""
-        return await self.knowledge.retrieve(site.id, question[:2000], k=5)
+    async def try_question(self, site: Site, question: str) -> Tried:
+        """Ask the site's assistant as a visitor would (its model, its handoff rules), with no
+        history and no session: nothing is stored and no conversation is made."""
+        question = question.strip()[:2000]
+        retrieval = await self.knowledge.retrieve(site.id, question)
+        lang = str({**DEFAULT_SETTINGS, **site.settings}.get("lang") or "en")
+        parts: list[str] = []
+        error = None
+        answer = None
+        try:
+            async with asyncio.timeout(TRY_SECONDS):
+                answer = await self.ai.answer(site, question, lang=lang, history=[])
+                async with contextlib.aclosing(answer.chunks):  # type: ignore[type-var]
+                    async for chunk in answer.chunks:
+                        parts.append(chunk)
+                        if sum(map(len, parts)) > TRY_MAX_CHARS:
+                            break
+        except TimeoutError:
+            error = f"The model did not finish within {TRY_SECONDS} s."
+        except ParleyError as exc:
+            error = exc.message
+        sources = set(answer.sources) if answer else set()
+        return Tried(question, retrieval.relevance, [p for p in retrieval.passages if p.source in sources],
+                     "".join(parts)[:TRY_MAX_CHARS], bool(answer and answer.handoff), error)
 
     async def gaps(self, site: Site) -> list[GapGroup]:
         """Questions the pages did not cover, and those that ended in a handoff, grouped."""

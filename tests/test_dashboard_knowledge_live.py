@@ -1,0 +1,175 @@
+"""The knowledge page, over HTTP: each document's passages, files uploaded (and refused with a clear
+reason), a sitemap fetch whose progress and errors the page can read while it runs, and Try the
+assistant showing the site's own model's answer with the passages it was given."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import httpx
+import pytest
+import tornado.httpserver
+import tornado.testing
+import tornado.web
+
+from server.knowledge import MAX_DOCUMENT_BYTES
+from tests.dashboard import Operator
+from tests.fake_openai import FakeOpenAI, Plan
+from tests.harness import Parley
+from tests.test_dashboard_ai import ai_form
+from tests.test_dashboard_sites import admin, agent, post_form  # noqa: F401 - fixtures
+from tests.test_knowledge_ingest import make_pdf
+from tests.waiting import eventually
+
+EXCHANGES = ("# Exchanges\n\nYou can exchange shoes within 30 days of delivery, unworn.\n\n## Refunds\n\n"
+           "Refunds reach your card within five working days after we receive the parcel.")
+
+
+def knowledge_url(parley: Parley) -> str:
+    return f"/dashboard/sites/{parley.site_key}/knowledge"
+
+
+async def upload(who: Operator, url: str, name: str, data: bytes) -> httpx.Response:
+    return await who.client.post(url, data={"_xsrf": who.xsrf, "action": "upload"},
+                                 files={"file": (name, data, "application/octet-stream")})
+
+
+def document_row(page: str, title: str) -> str:
+    return page.split(f"<td>{title}</td>", 1)[1].split("</tr>", 1)[0]
+
+
+async def test_uploads_are_added_with_their_passages_or_refused_clearly(parley: Parley, admin: Operator):
+    url = knowledge_url(parley)
+    added = await upload(admin, url, "exchanges.md", EXCHANGES.encode())
+    assert added.status_code == 302 and "Added+Exchanges" in added.headers["Location"]
+    pdf = await upload(admin, url, "C:\\Users\\ana\\care-guide.pdf", make_pdf("Dry the merino sweater flat."))
+    assert pdf.status_code == 302
+    page = (await admin.get(url)).text
+    assert '<td class="passages">2</td>' in document_row(page, "Exchanges")  # the page and its Refunds section
+    assert '<td class="passages">1</td>' in document_row(page, "Care guide")
+    documents = {d.title: d.content for d in await parley.services.store.list_documents(parley.site.id)}
+    assert "Dry the merino sweater flat." in documents["Care guide"]
+    refused = [("virus.exe", b"MZ\x90\x00", "use .txt, .md, .html or .pdf"),
+               ("empty.txt", b"  \n", "empty.txt is empty"),
+               ("fake.pdf", b"hello", "fake.pdf is not a PDF file"),
+               ("binary.txt", b"\x00\x01\x02text", "is not a text file"),
+               ("huge.txt", b"a" * (MAX_DOCUMENT_BYTES + 1), "larger than 5 MB")]
+    for name, data, reason in refused:
+        response = await upload(admin, url, name, data)
+        assert response.status_code == 400 and reason in response.text, name
+    no_file = await post_form(admin, url, action="upload")
+    assert no_file.status_code == 400 and "Choose a file" in no_file.text
+    assert len(await parley.services.store.list_documents(parley.site.id)) == len(documents)
+    assert "knowledge.upload" in {e.action for e in await parley.services.audit.entries()}
+
+
+class SlowWebsite:
+    """A sitemap of three pages: one fine, one that waits for the test, one missing."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.gate = asyncio.Event()
+
+    def app(self) -> tornado.web.Application:
+        site = self
+
+        class Page(tornado.web.RequestHandler):
+            async def get(self, path: str) -> None:
+                if path == "sitemap.xml":
+                    locs = "".join(f"<url><loc>http://127.0.0.1:{site.port}/{p}</loc></url>"
+                                   for p in ("fine", "slow", "missing"))
+                    self.set_header("Content-Type", "application/xml")
+                    self.write(f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{locs}</urlset>')
+                elif path in ("fine", "slow"):
+                    if path == "slow":
+                        await asyncio.wait_for(site.gate.wait(), timeout=30)
+                    self.set_header("Content-Type", "text/html")
+                    self.write(f"<html><head><title>{path.title()} page</title></head><body><article><p>"
+                               f"The {path} page explains how gift cards work for every customer.</p>"
+                               "</article></body></html>")
+                else:
+                    self.send_error(404)
+
+        return tornado.web.Application([(r"/(.*)", Page)])
+
+
+@pytest.fixture
+async def slow_website() -> AsyncIterator[SlowWebsite]:
+    site = SlowWebsite()
+    server = tornado.httpserver.HTTPServer(site.app())
+    sock, site.port = tornado.testing.bind_unused_port()
+    server.add_sockets([sock])
+    try:
+        yield site
+    finally:
+        site.gate.set()
+        server.stop()
+        await server.close_all_connections()
+
+
+async def test_a_sitemap_fetch_shows_its_progress_and_errors_while_it_runs(
+        parley: Parley, admin: Operator, agent: Operator, slow_website: SlowWebsite):
+    parley.services.site_knowledge.ingest.allow_private = True  # the test website is on loopback
+    url = knowledge_url(parley)
+    started = await post_form(admin, url, action="add_url", url=f"http://127.0.0.1:{slow_website.port}/sitemap.xml")
+    assert started.status_code == 302
+    page = (await admin.get(url)).text
+    assert 'data-fetching="1"' in page and "/dashboard/static/knowledge.js" in page
+
+    async def jobs() -> dict:
+        response = await admin.get(f"{url}/jobs")
+        assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/json")
+        return response.json()
+
+    running = await eventually(lambda: _with_done(jobs, 1), what="the first page to be fetched")
+    assert running["fetching"] is True
+    assert running["jobs"][0] == {
+        "url": f"http://127.0.0.1:{slow_website.port}/sitemap.xml", "state": "fetching", "added": 0,
+        "message": "", "done": 1, "total": 3, "errors": []}
+    slow_website.gate.set()
+    finished = await eventually(lambda: _with_state(jobs, "done"), what="the fetch to end")
+    job = finished["jobs"][0]
+    assert finished["fetching"] is False and (job["done"], job["total"], job["added"]) == (3, 3, 2)
+    assert job["errors"] == [f"http://127.0.0.1:{slow_website.port}/missing answered HTTP 404."]
+    page = (await admin.get(url)).text
+    assert 'data-fetching="0"' in page and "answered HTTP 404" in page and "3 of 3 page(s)" in page
+    assert (await agent.get(f"{url}/jobs")).status_code == 403
+
+
+async def _with_done(jobs, done: int) -> dict | None:
+    data = await jobs()
+    return data if data["jobs"] and data["jobs"][0]["done"] >= done else None
+
+
+async def _with_state(jobs, state: str) -> dict | None:
+    data = await jobs()
+    return data if data["jobs"] and data["jobs"][0]["state"] == state else None
+
+
+async def test_try_the_assistant_shows_the_offline_answer_and_makes_no_conversation(parley: Parley,
+                                                                                   admin: Operator):
+    url = knowledge_url(parley)
+    before = await parley.services.store.list_inbox([parley.site.id])
+    tried = (await admin.get(url, q="How long does shipping take?")).text
+    answer = tried.split('<blockquote class="tried-answer">', 1)[1].split("</blockquote>", 1)[0]
+    passages = tried.split('<ol class="tried-passages">', 1)[1].split("</ol>", 1)[0]
+    assert "shipping" in answer.lower() and "score" in passages
+    handoff = (await admin.get(url, q="Can I talk to a human?")).text
+    assert "This would hand the visitor to a person." in handoff
+    assert await parley.services.store.list_inbox([parley.site.id]) == before
+
+
+async def test_try_the_assistant_uses_the_site_model(parley: Parley, admin: Operator, fake_openai: FakeOpenAI):
+    site_url = f"/dashboard/sites/{parley.site_key}"
+    assert (await post_form(admin, f"{site_url}/ai", **ai_form(fake_openai))).status_code == 302
+    fake_openai.script(Plan(tokens=["Parcels ", "arrive in ", "3 days."]))
+    tried = (await admin.get(f"{site_url}/knowledge", q="How long does shipping take?")).text
+    assert '<blockquote class="tried-answer">Parcels arrive in 3 days.</blockquote>' in tried
+    prompt = str(fake_openai.requests[-1]["messages"])
+    first_passage = tried.split('<ol class="tried-passages">', 1)[1].split("<blockquote>", 1)[1].split("</blockquote>")[0]
+    assert first_passage[:40] in prompt.replace("\\n", "\n")  # the model was given the passages shown
+    fake_openai.script(Plan(status=401, error_body='{"error": {"message": "bad key"}}'))
+    failed = (await admin.get(f"{site_url}/knowledge", q="How long does shipping take?")).text
+    assert "The assistant failed:" in failed
+    assert await parley.services.store.list_inbox([parley.site.id]) == []
