@@ -3,10 +3,12 @@ online, and the live feed (/dashboard/events). Each is a thin call into server/ 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from server.errors import InvalidRequest
 from server.inbox import FeedEvent
+from server.opening_hours import PRESENCE_HEARTBEAT
 from server.store.models import Conversation, Site
 from server.validation import SESSION_ID_RE, int_field, query_int, string_field
 
@@ -211,7 +213,15 @@ class FeedHandler(EventStreamMixin, OperatorApiHandler):
                 raise InvalidRequest("Last-Event-ID is an event id.") from None
         events = self.services.inbox.feed(self.operator, after)
         self.start_event_stream()
-        await self.hold(self.send_batches(events, self._frame))
+        # While the feed is open, the operator counts as online for the opening hours' rule.
+        token = self.session_token
+        presence = asyncio.ensure_future(self.services.accounts.stay_present(token, PRESENCE_HEARTBEAT)) \
+            if token else None
+        try:
+            await self.hold(self.send_batches(events, self._frame))
+        finally:
+            if presence is not None:
+                presence.cancel()
 
     def _frame(self, event: FeedEvent) -> None:
         self.write_event({"kind": event.kind, **event.data}, event_id=event.id)

@@ -22,7 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from server.errors import Conflict, InvalidRequest, ParleyError, RateLimited
-from server.store.base import DuplicateOperator, Store
+from server.store.base import DuplicateOperator, Store, StoreUnavailable
 from server.store.models import Operator, OperatorSession
 from server.validation import normalise_email
 
@@ -206,6 +206,19 @@ class AccountService:
         if now - session.last_seen > TOUCH_EVERY_SECONDS:
             await self.store.touch_operator_session(hashed, now)
         return SignedIn(operator, session)
+
+    async def mark_present(self, token: str) -> None:
+        """A dashboard tab of this session is open: its operator counts as online (opening hours)."""
+        await self.store.mark_operator_present(token_hash(token), time.time())
+
+    async def stay_present(self, token: str, every: float) -> None:
+        """Say the tab is open every `every` seconds until cancelled (when the live feed ends)."""
+        while True:
+            try:
+                await self.mark_present(token)
+            except StoreUnavailable:
+                log.warning("could not record an operator's presence; trying again in %.0f s", every)
+            await asyncio.sleep(every)
 
     async def forget_stale(self, now: float | None = None) -> None:
         """Housekeeping: sessions idle past the timeout, failures older than their window."""

@@ -85,6 +85,7 @@ from server.hub import Hub
 from server.inbox import InboxService
 from server.insights import Insights
 from server.operator_admin import OperatorAdmin
+from server.opening_hours import OpeningHoursService
 from server.operators import OperatorService
 from server.privacy import PrivacyService
 from server.proactive import ProactiveRules
@@ -124,6 +125,7 @@ class Services:
     contacts: Contacts
     site_knowledge: SiteKnowledge
     insights: Insights
+    hours: OpeningHoursService
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -151,9 +153,11 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
     # The global model (PARLEY_AI_*) when configured, else the offline answerer; sites may override.
     providers = ProviderRegistry(OfflineAnswerer(chunk_delay=config.offline_chunk_delay),
                                  global_model_config(config))
-    ai = AIEngine(knowledge, providers.default, provider_for_site=providers.for_site,
-                  caps=CapChecker(store), on_close=providers.close)
     audit = AuditLog(store)
+    hours = OpeningHoursService(store, audit)
+    ai = AIEngine(knowledge, providers.default, provider_for_site=providers.for_site,
+                  caps=CapChecker(store), on_close=providers.close,
+                  someone_can_answer=hours.someone_can_answer)
     sites = SiteService(store)
     accounts = AccountService(store, idle_timeout=config.session_idle_minutes * 60)
     return Services(
@@ -172,6 +176,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         contacts=Contacts(store, audit),
         site_knowledge=SiteKnowledge(store, knowledge, audit, ai),
         insights=Insights(store),
+        hours=hours,
     )
 
 
@@ -266,7 +271,7 @@ def make_app(services: Services, **overrides: Any) -> ParleyApplication:
         (r"/api/v1/chat/upload-image", UploadImageHandler, api),
         (r"/api/v1/chat/rate", RateHandler, api),
         (r"/api/v1/chat/rate/comment", RateCommentHandler, api),
-        (r"/api/v1/chat/config", WidgetConfigHandler, api),
+        (r"/api/v1/chat/config", WidgetConfigHandler, {**api, "hours": services.hours}),
         (r"/api/v1/openapi\.json", OpenApiHandler, {"document": OPENAPI_PATH.read_bytes()}),
         (r"/api/.*", ApiNotFoundHandler, api),
         (r"/healthz", HealthHandler, {"hub": services.hub}),

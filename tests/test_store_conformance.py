@@ -518,6 +518,41 @@ async def test_operators_sessions_and_failures(store: Store, other: Store):
     assert sorted(results) == [False, True]  # single use, even when two race
 
 
+async def test_operators_present_are_seen_from_another_process(store: Store, other: Store):
+    """Who is online, for opening hours: a session used or said present recently, past its
+    second factor, each operator once; a session signed out is gone at once."""
+    from server.store.models import OperatorSession
+
+    ana = await store.create_operator("ana@example.com", "Ana", "admin", "hash-1")
+    bo = await store.create_operator("bo@example.com", "Bo", "agent", "hash-2")
+    cy = await store.create_operator("cy@example.com", "Cy", "agent", "hash-3")
+    now = time.time()
+    await store.create_operator_session(OperatorSession("a1", ana.id, now - 900, now - 900, None, None))
+    await store.create_operator_session(OperatorSession("a2", ana.id, now - 10, now - 10, None, None))
+    await store.create_operator_session(OperatorSession("b1", bo.id, now - 900, now - 900, None, None))
+    await store.create_operator_session(OperatorSession("c1", cy.id, now, now, None, None, False))
+    assert await other.operators_present(since=now - 120) == [ana.id]  # Cy has no second factor yet
+    await other.mark_operator_present("b1", now)  # Bo's tab still has its live feed open
+    assert (await store.get_operator_session("b1")).present_at == pytest.approx(now)
+    assert await store.operators_present(since=now - 120) == [ana.id, bo.id]
+    assert await store.operators_present(since=now + 1) == []
+    await other.delete_operator_sessions(token_hash="b1")  # signed out
+    assert await store.operators_present(since=now - 120) == [ana.id]
+
+
+async def test_opening_hours_are_kept_in_the_site_settings(store: Store, other: Store):
+    from server.opening_hours import SETTING, OpeningHours, site_hours
+
+    site_id = await new_site(store)
+    hours = OpeningHours.parse({"time_zone": "Europe/Paris", "available_when": "both",
+                                "weekly": {"mon": "09:00-12:00, 13:00-17:00", "sat": "10:00-13:00"},
+                                "closed_dates": "2026-12-24..2026-12-26\n2027-01-01",
+                                "away_message": "Back on Monday."})
+    await other.update_site_settings(site_id, {SETTING: hours.to_setting()})
+    site = await store.get_site_by_key("sk_shop" + "_" * 26)
+    assert site is not None and site_hours(site) == hours and site.settings["lang"] == "en"
+
+
 async def test_the_inbox_notes_and_the_feed_of_a_site(store: Store, other: Store):
     site_id = await new_site(store)
     other_site = await new_site(store, "Elsewhere")

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from tests.harness import Parley
 
-WIDGET_FIELDS = {"title", "greeting", "color", "position", "lang", "upload_max_bytes", "full_page_urls"}
+WIDGET_FIELDS = {"title", "greeting", "color", "position", "lang", "upload_max_bytes", "full_page_urls",
+                 # whether a person can answer now (tests/test_hours_config.py)
+                 "open_now", "operators_online", "next_opening", "available_when", "time_zone",
+                 "away_message"}
+ALWAYS_OPEN = {"open_now": True, "operators_online": False, "next_opening": None,
+               "available_when": "always", "time_zone": "UTC", "away_message": None}
 
 
 async def test_config_gives_the_site_look_and_words(parley: Parley) -> None:
@@ -17,7 +22,7 @@ async def test_config_gives_the_site_look_and_words(parley: Parley) -> None:
     assert body["success"] is True
     assert body["config"] == {"title": "Ask the baker", "greeting": "Bonjour !", "color": "#0a7d4f",
                               "position": "left", "lang": "fr", "upload_max_bytes": 5 * 1024 * 1024,
-                              "full_page_urls": False}
+                              "full_page_urls": False, **ALWAYS_OPEN}
     assert "secret" not in response.text and "internal" not in response.text
 
 

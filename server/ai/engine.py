@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from server.ai.base import Answer, AnswerRequest, Provider, Usage
 from server.ai.caps import CapChecker
 from server.ai.knowledge import KnowledgeBase
-from server.ai.phrases import HANDING_OVER, asks_for_human, pick
+from server.ai.phrases import AWAY_HANDOFF, HANDING_OVER, asks_for_human, pick
 from server.ai.prompt import HANDOFF_MARKER, fit_passages
 from server.ai.redact import redact
 from server.ai.settings import ai_setting
@@ -84,12 +84,14 @@ class AIEngine:
         provider_for_site: Callable[[Site], Provider | None] | None = None,
         caps: CapChecker | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        someone_can_answer: Callable[[Site], Awaitable[bool]] | None = None,
     ) -> None:
         self.knowledge = knowledge
         self.default_provider = default_provider
         self.caps = caps
         self._provider_for_site = provider_for_site
         self._on_close = on_close
+        self._someone_can_answer = someone_can_answer
 
     def provider(self, site: Site) -> Provider:
         if self._provider_for_site is not None:
@@ -111,7 +113,9 @@ class AIEngine:
     ) -> Answer:
         """Decide handoff and sources now; the text streams from the returned `chunks`."""
         if asks_for_human(question, ai_setting(site, "handoff_phrases", [])):
-            return Answer(chunks=_single(pick(HANDING_OVER, lang)), handoff=True)
+            # Outside the site's hours (or with nobody online) nobody is coming: ask for an email.
+            away = self._someone_can_answer is not None and not await self._someone_can_answer(site)
+            return Answer(chunks=_single(pick(AWAY_HANDOFF if away else HANDING_OVER, lang)), handoff=True)
         if self.caps is not None:
             notice = await self.caps.check(site, session_id, question, lang)
             if notice is not None:

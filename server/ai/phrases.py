@@ -32,6 +32,18 @@ HANDING_OVER = {
     "es": "Le paso con una persona del equipo; le responderá aquí.",
 }
 
+# A handoff outside the site's opening hours, or with no operator online (server/opening_hours.py).
+AWAY_HANDOFF = {
+    "en": "Nobody from the team is available right now. Leave your email below and we'll write back; "
+          "meanwhile I can keep answering your questions.",
+    "fr": "Personne de l'équipe n'est disponible pour le moment. Laissez votre e-mail ci-dessous et "
+          "nous vous répondrons ; en attendant, je peux continuer à répondre à vos questions.",
+    "de": "Gerade ist niemand aus dem Team erreichbar. Hinterlassen Sie unten Ihre E-Mail-Adresse, "
+          "dann schreiben wir Ihnen; bis dahin beantworte ich gern weiter Ihre Fragen.",
+    "es": "Ahora mismo no hay nadie del equipo disponible. Déjenos su correo abajo y le escribiremos; "
+          "mientras tanto, puedo seguir respondiendo a sus preguntas.",
+}
+
 HUMAN_REQUEST_PHRASES = [
     # en
     "talk to a human", "speak to a human", "talk to a person", "speak to a person",

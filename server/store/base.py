@@ -335,6 +335,15 @@ class Store(abc.ABC):
                                      second_factor_done: bool | None = None) -> None: ...
 
     @abc.abstractmethod
+    async def mark_operator_present(self, token_hash: str, now: float) -> None:
+        """A dashboard tab of this session is open (its live feed says so now and then)."""
+
+    @abc.abstractmethod
+    async def operators_present(self, *, since: float, limit: int = 1000) -> list[int]:
+        """Ids of the operators with a session past its second factor that made a request or
+        said it is present at or after `since`, each once."""
+
+    @abc.abstractmethod
     async def delete_operator_sessions(self, *, operator_id: int | None = None,
                                        token_hash: str | None = None,
                                        idle_before: float | None = None) -> int: ...

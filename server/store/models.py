@@ -205,6 +205,7 @@ class OperatorSession:
     ip: str | None
     user_agent: str | None
     second_factor_done: bool = True
+    present_at: float | None = None  # when a dashboard tab last said it is open (live feed)
 
 
 @dataclass(frozen=True)

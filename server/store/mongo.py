@@ -913,7 +913,8 @@ class MongoStore(Store):
         return OperatorSession(token_hash=doc["_id"], operator_id=doc["operator_id"],
                                created_at=doc["created_at"], last_seen=doc["last_seen"],
                                ip=doc.get("ip"), user_agent=doc.get("user_agent"),
-                               second_factor_done=bool(doc.get("second_factor_done", True)))
+                               second_factor_done=bool(doc.get("second_factor_done", True)),
+                               present_at=doc.get("present_at"))
 
     @_guarded
     async def touch_operator_session(self, token_hash: str, now: float,
@@ -922,6 +923,20 @@ class MongoStore(Store):
         if second_factor_done is not None:
             update["second_factor_done"] = bool(second_factor_done)
         await self._db.operator_sessions.update_one({"_id": _str(token_hash)}, {"$set": update})
+
+    @_guarded
+    async def mark_operator_present(self, token_hash: str, now: float) -> None:
+        await self._db.operator_sessions.update_one({"_id": _str(token_hash)},
+                                                    {"$set": {"present_at": _num(now)}})
+
+    @_guarded
+    async def operators_present(self, *, since: float, limit: int = 1000) -> list[int]:
+        since = _num(since)
+        cursor = self._db.operator_sessions.find(
+            {"second_factor_done": True,
+             "$or": [{"last_seen": {"$gte": since}}, {"present_at": {"$gte": since}}]},
+            {"operator_id": 1}).limit(10 * _int(limit))
+        return sorted({doc["operator_id"] async for doc in cursor})[:limit]
 
     @_guarded
     async def delete_operator_sessions(self, *, operator_id: int | None = None,

@@ -184,7 +184,8 @@ CREATE TABLE IF NOT EXISTS operator_sessions (
     last_seen REAL NOT NULL,
     ip TEXT,
     user_agent TEXT,
-    second_factor_done INTEGER NOT NULL DEFAULT 1
+    second_factor_done INTEGER NOT NULL DEFAULT 1,
+    present_at REAL
 );
 CREATE INDEX IF NOT EXISTS operator_sessions_operator ON operator_sessions (operator_id);
 CREATE TABLE IF NOT EXISTS login_failures (
@@ -352,6 +353,7 @@ class SQLiteStore(Store):
         ("conversations", "first_operator_at", "TEXT"),
         ("conversations", "handoff_at", "TEXT"),
         ("conversations", "first_reply_wait", "REAL"),
+        ("operator_sessions", "present_at", "REAL"),
     )
 
     @classmethod
@@ -1156,6 +1158,19 @@ class SQLiteStore(Store):
                            (int(second_factor_done), token_hash))
 
         await self._run(self._tx, update)
+
+    async def mark_operator_present(self, token_hash: str, now: float) -> None:
+        def update(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE operator_sessions SET present_at = ? WHERE token_hash = ?",
+                       (now, token_hash))
+
+        await self._run(self._tx, update)
+
+    async def operators_present(self, *, since: float, limit: int = 1000) -> list[int]:
+        rows = await self._read_all(
+            "SELECT DISTINCT operator_id FROM operator_sessions WHERE second_factor_done = 1"
+            " AND (last_seen >= ? OR present_at >= ?) ORDER BY operator_id LIMIT ?", since, since, limit)
+        return [row["operator_id"] for row in rows]
 
     async def delete_operator_sessions(self, *, operator_id: int | None = None,
                                        token_hash: str | None = None,
