@@ -9,6 +9,9 @@ from urllib.parse import urlencode
 from server.errors import Forbidden, InvalidRequest, ParleyError, UnknownSite
 from server.insights import parse_range
 from server.knowledge import MAX_DOCUMENT_BYTES
+from server.opening_hours import AVAILABLE_WHEN_LABELS, WEEKDAY_NAMES, WEEKDAYS
+from server.opening_hours import FORM_FIELDS as HOURS_FORM_FIELDS
+from server.opening_hours import form_values as hours_form_values
 from server.proactive import site_rules
 from server.site_admin import MEGABYTE
 from server.site_ai import form_values as ai_form_values
@@ -33,6 +36,18 @@ class SiteAdminHandler(OperatorPageHandler):
         if site is None:
             raise UnknownSite("No site has this site_key.")
         return site
+
+    async def show_site_page(self, site: Site, *, values: dict[str, str] | None = None,
+                             error: str | None = None, notice: str | None = None,
+                             hours: dict[str, str] | None = None) -> None:
+        """The site page: settings, opening hours (with whether a person can answer now), embed
+        snippet and key, one visitor's data."""
+        availability = await self.services.hours.availability(site)
+        self.render_page("site_settings.html", site=site, values=values or form_values(site), error=error,
+                         notice=notice, snippet=embed_snippet(site, self.base_url),
+                         hours=hours or hours_form_values(availability.hours), availability=availability,
+                         available_when=AVAILABLE_WHEN_LABELS, weekdays=list(zip(WEEKDAYS, WEEKDAY_NAMES)),
+                         time_zones=self.services.hours.time_zones())
 
     def form(self, *names: str) -> dict[str, str]:
         return {name: self.get_body_argument(name, "")[:5000] for name in names}
@@ -68,16 +83,12 @@ def form_values(site: Site) -> dict[str, str]:
 
 
 class SitePageHandler(SiteAdminHandler):
-    def show(self, site: Site, *, values: dict[str, str] | None = None, error: str | None = None,
-             notice: str | None = None) -> None:
-        self.render_page("site_settings.html", site=site, values=values or form_values(site), error=error,
-                         notice=notice, snippet=embed_snippet(site, self.base_url))
-
     async def get(self, site_key: str) -> None:
         notices = {"saved": "Saved. The widget shows it on its next load.", "created": "Site created.",
+                   "hours": "Opening hours saved. The widget shows them on its next load.",
                    "rotated": "New key made: the old one no longer works. Update the snippet on your pages.",
                    "erased": "The visitor's data is erased."}
-        self.show(await self.site(site_key), notice=notices.get(self.get_query_argument("saved", "")))
+        await self.show_site_page(await self.site(site_key), notice=notices.get(self.get_query_argument("saved", "")))
 
     async def post(self, site_key: str) -> None:
         site = await self.site(site_key)
@@ -91,9 +102,27 @@ class SitePageHandler(SiteAdminHandler):
             await admin.edit(site, values, self.actor)
         except ParleyError as exc:
             self.set_status(400)
-            self.show(site, values=values, error=exc.message)
+            await self.show_site_page(site, values=values, error=exc.message)
             return
         self.redirect(f"/dashboard/sites/{site.site_key}?saved=saved")
+
+
+class SiteHoursHandler(SiteAdminHandler):
+    """POST the site page's Opening hours form: weekly hours, closed dates, zone, the rule."""
+
+    async def get(self, site_key: str) -> None:
+        self.redirect(f"/dashboard/sites/{site_key}#hours")
+
+    async def post(self, site_key: str) -> None:
+        site = await self.site(site_key)
+        values = self.form(*HOURS_FORM_FIELDS)
+        try:
+            await self.services.hours.save(site, values, self.actor)
+        except ParleyError as exc:
+            self.set_status(400)
+            await self.show_site_page(site, error=exc.message, hours=values)
+            return
+        self.redirect(f"/dashboard/sites/{site.site_key}?saved=hours#hours")
 
 
 class VisitorDataHandler(SiteAdminHandler):
@@ -122,8 +151,7 @@ class VisitorDataHandler(SiteAdminHandler):
             await privacy.erase(site, session_id, actor=self.actor)
         except ParleyError as exc:
             self.set_status(exc.status)
-            self.render_page("site_settings.html", site=site, values=form_values(site), error=exc.message,
-                             notice=None, snippet=embed_snippet(site, self.base_url))
+            await self.show_site_page(site, error=exc.message)
             return
         self.redirect(f"/dashboard/sites/{site.site_key}?saved=erased")
 

@@ -22,6 +22,9 @@ from server.backends import store_name
 from server.data_dir import HOW_TO_POINT, DataDirProblem, check_data_dir
 from server.errors import ParleyError, Unavailable, UnknownSite
 from server.knowledge import DEFAULT_SITEMAP_LIMIT, IngestError, KnowledgeService
+from server.opening_hours import AVAILABLE_WHEN, AVAILABLE_WHEN_LABELS, WEEKDAY_NAMES, WEEKDAYS, form_values
+from server.opening_hours import FORM_FIELDS as HOURS_FORM_FIELDS
+from server.opening_hours import site_hours as site_hours_of
 from server.proactive import site_rules
 from server.sites import embed_snippet, keeps_full_page_urls
 from server.validation import SESSION_ID_RE
@@ -80,6 +83,30 @@ async def site_settings(services: Services, args: argparse.Namespace) -> int:
     print(f"full_page_urls: {json.dumps(full)}  (" + (
         "page URLs are kept whole, query and fragment included)" if full else
         "only the origin and path of page URLs are kept)"))
+    return 0
+
+
+async def site_hours(services: Services, args: argparse.Namespace) -> int:
+    site = await services.sites.get(args.site)
+    current = form_values(site_hours_of(site))
+    changes = {name: getattr(args, name) for name in HOURS_FORM_FIELDS if name != "closed_dates"
+               and getattr(args, name, None) is not None}
+    if args.closed is not None:
+        changes["closed_dates"] = "\n".join(args.closed)
+    if changes:
+        site = await services.hours.save(site, {**current, **changes}, CLI)
+    hours = site_hours_of(site)
+    availability = await services.hours.availability(site)
+    if args.json:
+        _print_json({**hours.to_setting(), **availability.public()})
+        return 0
+    print(f"available when: {hours.available_when} ({AVAILABLE_WHEN_LABELS[hours.available_when]})")
+    print(f"time zone:      {hours.time_zone}")
+    for name, ranges in zip(WEEKDAY_NAMES, hours.weekly):
+        print(f"{name + ':':<15} {', '.join(str(r) for r in ranges) or 'closed'}")
+    print(f"closed dates:   {', '.join(hours.closed_dates) or 'none'}")
+    print(f"away message:   {hours.away_message or '(the widget default)'}")
+    print(availability.describe())
     return 0
 
 
@@ -448,6 +475,26 @@ def build_parser() -> argparse.ArgumentParser:
                           help="keep the whole URL of the page a visitor chats from, query and "
                                "fragment included (default: origin and path only; queries can "
                                "carry tokens and emails)")
+    hours = command(site, "hours", "show or change a site's opening hours: weekly hours in its time zone, "
+                    "closed dates, and when a person can answer (outside that, the widget says the team "
+                    "is away, the AI keeps answering and a request for a person asks for an email)",
+                    site_hours)
+    hours.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
+    hours.add_argument("--available-when", choices=AVAILABLE_WHEN,
+                       help="when a person can answer: always (no hours, the default), hours (within "
+                            "the weekly hours), operators (while an operator has the dashboard open), "
+                            "both")
+    hours.add_argument("--time-zone", metavar="ZONE", help="IANA time zone of the hours, e.g. Europe/Paris")
+    for day, name in zip(WEEKDAYS, WEEKDAY_NAMES):
+        hours.add_argument(f"--{day}", metavar="RANGES",
+                           help=f"{name}'s hours, e.g. '09:00-12:00, 13:00-17:30' ('' closed)")
+    hours.add_argument("--closed", action="append", metavar="DATE",
+                       help="a closed date (2026-12-25) or span (2026-12-24..2026-12-26); repeat; "
+                            "replaces the list (--closed '' empties it)")
+    hours.add_argument("--away-message", metavar="TEXT",
+                       help="the widget's words while away ('' for its default: \"We're away right "
+                            "now - back Monday 9:00. Our assistant can still help.\")")
+    hours.add_argument("--json", action="store_true", help="print one JSON object (hours and status)")
     ai_config = command(site, "ai-config", "show or change a site's own AI model, prompt, caps and "
                         "handoff rules (unset values fall back to the global PARLEY_AI_* settings)",
                         site_ai_config)

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from server.audit import Actor, AuditLog
 from server.errors import InvalidRequest
@@ -351,6 +351,13 @@ class OpeningHoursService:
         self.audit = audit
         self.clock = clock
         self.presence_seconds = presence_seconds
+        self._time_zones: list[str] | None = None
+
+    def time_zones(self) -> list[str]:
+        """Every IANA zone name this machine knows, for the dashboard's list (read once)."""
+        if self._time_zones is None:
+            self._time_zones = sorted(available_timezones())
+        return self._time_zones
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), timezone.utc)

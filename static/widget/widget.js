@@ -35,7 +35,13 @@
       tooBig: "That image is larger than {mb} MB.", notImage: "Only PNG, JPEG, GIF or WebP images can be sent.",
       uploading: "Uploading…", uploadFailed: "The image could not be sent.", sendImage: "Send image",
       remove: "Remove", imageAlt: "Image you sent", interrupted: "(answer interrupted)",
-      team: "Team", dismiss: "Dismiss", you: "You", preview: "Image to send", chooseScore: "Choose a score first."
+      team: "Team", dismiss: "Dismiss", you: "You", preview: "Image to send", chooseScore: "Choose a score first.",
+      away: "We're away right now — back {when}. Our assistant can still help.",
+      awayNoTime: "We're away right now. Our assistant can still help.",
+      today: "today at {time}", tomorrow: "tomorrow at {time}",
+      coming: "A person from the team is coming and will reply here.",
+      awayEmailAsk: "Nobody from the team can reply live right now. Leave your email and we'll write back:",
+      awaySaved: "Thanks! We'll write back to {email}."
     },
     fr: {
       open: "Ouvrir la discussion", close: "Fermer la discussion", send: "Envoyer",
@@ -55,7 +61,13 @@
       tooBig: "Cette image dépasse {mb} Mo.", notImage: "Seules les images PNG, JPEG, GIF ou WebP sont acceptées.",
       uploading: "Envoi…", uploadFailed: "L'image n'a pas pu être envoyée.", sendImage: "Envoyer l'image",
       remove: "Retirer", imageAlt: "Image envoyée", interrupted: "(réponse interrompue)",
-      team: "Équipe", dismiss: "Fermer", you: "Vous", preview: "Image à envoyer", chooseScore: "Choisissez d'abord une note."
+      team: "Équipe", dismiss: "Fermer", you: "Vous", preview: "Image à envoyer", chooseScore: "Choisissez d'abord une note.",
+      away: "Nous sommes absents pour le moment — de retour {when}. Notre assistant peut quand même vous aider.",
+      awayNoTime: "Nous sommes absents pour le moment. Notre assistant peut quand même vous aider.",
+      today: "aujourd'hui à {time}", tomorrow: "demain à {time}",
+      coming: "Une personne de l'équipe arrive et vous répondra ici.",
+      awayEmailAsk: "Personne de l'équipe ne peut répondre en direct pour le moment. Laissez votre e-mail et nous vous écrirons :",
+      awaySaved: "Merci ! Nous vous écrirons à {email}."
     },
     de: {
       open: "Chat öffnen", close: "Chat schließen", send: "Senden", placeholder: "Nachricht schreiben…",
@@ -76,7 +88,13 @@
       uploading: "Wird hochgeladen…", uploadFailed: "Das Bild konnte nicht gesendet werden.",
       sendImage: "Bild senden", remove: "Entfernen", imageAlt: "Gesendetes Bild",
       interrupted: "(Antwort unterbrochen)", team: "Team", dismiss: "Schließen", you: "Sie",
-      preview: "Zu sendendes Bild", chooseScore: "Bitte zuerst eine Bewertung wählen."
+      preview: "Zu sendendes Bild", chooseScore: "Bitte zuerst eine Bewertung wählen.",
+      away: "Wir sind gerade nicht da — zurück {when}. Unser Assistent hilft Ihnen trotzdem.",
+      awayNoTime: "Wir sind gerade nicht da. Unser Assistent hilft Ihnen trotzdem.",
+      today: "heute um {time}", tomorrow: "morgen um {time}",
+      coming: "Ein Mensch aus dem Team kommt gleich und antwortet hier.",
+      awayEmailAsk: "Gerade kann niemand aus dem Team live antworten. Hinterlassen Sie Ihre E-Mail-Adresse, dann schreiben wir Ihnen:",
+      awaySaved: "Danke! Wir schreiben Ihnen an {email}."
     },
     es: {
       open: "Abrir chat", close: "Cerrar chat", send: "Enviar", placeholder: "Escriba su mensaje…",
@@ -96,7 +114,13 @@
       tooBig: "La imagen supera {mb} MB.", notImage: "Solo imágenes PNG, JPEG, GIF o WebP.",
       uploading: "Subiendo…", uploadFailed: "No se pudo enviar la imagen.", sendImage: "Enviar imagen",
       remove: "Quitar", imageAlt: "Imagen enviada", interrupted: "(respuesta interrumpida)",
-      team: "Equipo", dismiss: "Cerrar", you: "Usted", preview: "Imagen para enviar", chooseScore: "Elija primero una puntuación."
+      team: "Equipo", dismiss: "Cerrar", you: "Usted", preview: "Imagen para enviar", chooseScore: "Elija primero una puntuación.",
+      away: "Ahora no estamos — volvemos {when}. Nuestro asistente puede ayudarle igualmente.",
+      awayNoTime: "Ahora no estamos. Nuestro asistente puede ayudarle igualmente.",
+      today: "hoy a las {time}", tomorrow: "mañana a las {time}",
+      coming: "Una persona del equipo viene y le responderá aquí.",
+      awayEmailAsk: "Ahora nadie del equipo puede responder en directo. Déjenos su correo y le escribiremos:",
+      awaySaved: "¡Gracias! Le escribiremos a {email}."
     }
   };
 
@@ -371,6 +395,7 @@
     ".card .err{color:#b42318;font-size:13px;margin-top:6px}",
     ".stars{display:flex;gap:4px;margin-top:8px}.stars button{color:#6b7280;padding:3px}.stars svg{width:30px;height:30px}",
     ".stars button[aria-pressed=true],.stars .lit{color:#b45309}.stars .lit svg{fill:currentColor}",
+    ".away{background:#eef2f9;color:#263246;font-size:13.5px;padding:8px 14px;border-bottom:1px solid #d5dcea}",
     ".notice{background:#fff4e5;color:#7a4100;font-size:13.5px;padding:8px 14px;border-bottom:1px solid #f3d9b1}",
     ".notice button{text-decoration:underline;font-weight:600;margin-left:6px;padding:0 2px}",
     ".blocked{background:#fdecea;color:#8a1c1c;font-size:14px;padding:12px 16px;border-top:1px solid #f4c7c3;font-weight:600}",
@@ -423,6 +448,7 @@
     ui.end = h("button", { type: "button", class: "end", text: t("end"), onclick: showRating, hidden: true });
     ui.contactBtn = h("button", { type: "button", "aria-label": t("contact"), title: t("contact"), onclick: showContact }, [icon("person")]);
     ui.notice = h("div", { class: "notice", role: "status", hidden: true });
+    ui.away = h("p", { class: "away", role: "status", hidden: true });
     ui.log = h("div", { class: "log", role: "log", "aria-live": "polite", "aria-label": config.title, tabindex: "0" });
     ui.blocked = h("p", { class: "blocked", role: "alert", hidden: true, text: t("blocked") });
     ui.file = h("input", { type: "file", accept: "image/png,image/jpeg,image/gif,image/webp", hidden: true, tabindex: "-1",
@@ -443,10 +469,11 @@
         ui.end, ui.contactBtn,
         h("button", { type: "button", "aria-label": t("close"), title: t("close"), onclick: closePanel }, [icon("close")])
       ]),
-      ui.notice, ui.log, ui.preview, ui.blocked, ui.form
+      ui.away, ui.notice, ui.log, ui.preview, ui.blocked, ui.form
     ]));
     ui.root = root;
     ui.greeting = ui.log.appendChild(bubble("bot", config.greeting));
+    showAvailability();
     updateMode();
     (document.body || document.documentElement).appendChild(host);
   }
@@ -462,6 +489,7 @@
 
   function openPanel() {
     state.open = true;
+    if (Date.now() - (state.configAt || 0) > 60000) refreshConfig(); // open or away since the page loaded?
     storageSet("sessionStorage", STORE_KEY + ":open", "1");
     ui.panel.hidden = false;
     ui.root.classList.add("open");
@@ -500,6 +528,43 @@
     ui.notice.hidden = false;
   }
   function clearNotice() { ui.notice.hidden = true; ui.notice.textContent = ""; }
+
+  // ---------------------------------------------------------------- opening hours
+  function loadConfig() {
+    return fetch(API + "config?" + qs({ site_key: SITE_KEY }), { credentials: "omit" })
+      .then(function (res) { return res.ok ? res.json() : failure(res); });
+  }
+
+  function refreshConfig() {
+    return loadConfig().then(function (data) {
+      Object.assign(state.config, data.config || {});
+      state.configAt = Date.now();
+      showAvailability();
+    }, function () { /* keep what the page loaded with */ });
+  }
+
+  // "back Monday 9:00": in the visitor's own time zone, language and way of writing times.
+  function whenBack(iso) {
+    var at = new Date(iso);
+    if (!iso || isNaN(at.getTime())) return null;
+    var locale = String(navigator.language || "").toLowerCase().indexOf(lang) === 0 ? navigator.language : lang;
+    var time = at.toLocaleTimeString(locale, { hour: "numeric", minute: "2-digit" });
+    var day = function (d) { return new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime(); };
+    var days = Math.round((day(at) - day(new Date())) / 86400000);
+    if (days <= 0) return t("today", { time: time });
+    if (days === 1) return t("tomorrow", { time: time });
+    var date = at.toLocaleDateString(locale, days < 7 ? { weekday: "long" } : { weekday: "long", day: "numeric", month: "long" });
+    return date + " " + time;
+  }
+
+  function showAvailability() {
+    var config = state.config;
+    if (!ui.away) return;
+    var away = config.open_now === false;
+    var when = away && whenBack(config.next_opening);
+    ui.away.textContent = !away ? "" : config.away_message || (when ? t("away", { when: when }) : t("awayNoTime"));
+    ui.away.hidden = !away;
+  }
 
   function updateMode() {
     var human = state.mode === "operator" || state.lastSpeaker === "operator";
@@ -811,7 +876,7 @@
       } }));
       el.appendChild(note);
     }
-    if (meta.handoff) askEmail();
+    if (meta.handoff) handoff();
     updateMode();
     scrollDown();
     historyLoop.start();
@@ -833,17 +898,25 @@
     };
   }
 
-  function askEmail() {
+  // Away (outside the site's hours, or nobody online): nobody is coming, so the card asks for an
+  // email to write back to; otherwise it says a person is coming and asks in case the visitor leaves.
+  function askEmail(away) {
     if (ui.log.querySelector(".card.email")) return;
     var email = field(t("email"), { type: "email", autocomplete: "email", required: true, maxlength: "254" });
+    var ask = away ? t("awayEmailAsk") : t("coming") + " " + t("emailAsk");
     var card = h("form", { class: "card email", onsubmit: function (e) {
       e.preventDefault();
       post("email", { email: email.input.value.trim() }).then(function () {
-        card.textContent = t("emailSaved", { email: email.input.value.trim() });
+        card.textContent = t(away ? "awaySaved" : "emailSaved", { email: email.input.value.trim() });
       }, errorLine(card));
-    } }, [h("p", { text: t("emailAsk") }), email.el, h("div", { class: "row" }, [h("button", { type: "submit", class: "btn", text: t("save") })])]);
+    } }, [h("p", { text: ask }), email.el, h("div", { class: "row" }, [h("button", { type: "submit", class: "btn", text: t("save") })])]);
     ui.log.appendChild(card);
     scrollDown();
+  }
+
+  function handoff() {
+    // The hours may have ended (or the last operator left) since the page loaded: ask afresh.
+    refreshConfig().then(function () { askEmail(state.config.open_now === false); });
   }
 
   function showContact() {
@@ -1008,10 +1081,10 @@
 
   // ---------------------------------------------------------------- start
   function start() {
-    fetch(API + "config?" + qs({ site_key: SITE_KEY }), { credentials: "omit" })
-      .then(function (res) { return res.ok ? res.json() : failure(res); })
+    loadConfig()
       .then(function (data) {
         state.config = data.config || {};
+        state.configAt = Date.now();
         lang = pickLang(state.config.lang);
         build(state.config);
         if (storageGet("sessionStorage", STORE_KEY + ":open")) openPanel();
