@@ -1,7 +1,8 @@
 """Opening hours: when a person can answer a site's visitors.
 
-A site keeps, in its settings under `opening_hours`, its weekly hours in its own IANA time zone
-(several ranges a day), closed dates, and its choice of what "available" means:
+A site keeps, in its settings under `opening_hours`, its weekly hours (several ranges a day) in its
+own IANA time zone (the site's `timezone` setting, which the Numbers page uses too), closed dates,
+and its choice of what "available" means:
 
 - `always` (the default): a person may answer at any time; the widget never says it is away;
 - `hours`: within the weekly hours, except on closed dates;
@@ -14,10 +15,9 @@ change. A range ends after it starts on the same day; a night across midnight is
 ending at 24:00 and a morning range from 00:00 on the next day (they join up). A closed date
 closes the ranges of that calendar day.
 
-Stored as text, the same syntax the dashboard and the CLI take:
-`{"time_zone": "Europe/Paris", "weekly": {"mon": ["09:00-12:00", "13:00-17:30"], ...},
-"closed_dates": ["2026-12-25", "2026-12-31..2027-01-01"], "available_when": "hours",
-"away_message": ""}`.
+Stored as text, the same syntax the dashboard and the CLI take: `"timezone": "Europe/Paris"`, and
+`"opening_hours": {"weekly": {"mon": ["09:00-12:00", "13:00-17:30"], ...}, "closed_dates":
+["2026-12-25", "2026-12-31..2027-01-01"], "available_when": "hours", "away_message": ""}`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from server.store.base import Store
 from server.store.models import Operator, Site
 
 SETTING = "opening_hours"
+ZONE_SETTING = "timezone"  # the site's time zone, shared with the Numbers page (server/insights.py)
 AVAILABLE_WHEN = ("always", "hours", "operators", "both")
 AVAILABLE_WHEN_LABELS = {
     "always": "Always (no opening hours)",
@@ -242,12 +243,16 @@ class OpeningHours:
 
     # -- storage ----------------------------------------------------------------------------
     def to_setting(self) -> dict[str, Any]:
-        return {"time_zone": self.time_zone,
-                "weekly": {day: [str(r) for r in ranges]
+        """What `opening_hours` holds (the zone is kept apart, as the site's `timezone`)."""
+        return {"weekly": {day: [str(r) for r in ranges]
                            for day, ranges in zip(WEEKDAYS, self.weekly) if ranges},
                 "closed_dates": list(self.closed_dates),
                 "available_when": self.available_when,
                 "away_message": self.away_message}
+
+    def settings_changes(self) -> dict[str, Any]:
+        """The site settings to store: the hours, and the zone."""
+        return {SETTING: self.to_setting(), ZONE_SETTING: self.time_zone}
 
     @classmethod
     def from_setting(cls, value: Any) -> OpeningHours:
@@ -291,7 +296,11 @@ class OpeningHours:
 
 
 def site_hours(site: Site) -> OpeningHours:
-    return OpeningHours.from_setting(site.settings.get(SETTING))
+    stored = site.settings.get(SETTING)
+    zone = site.settings.get(ZONE_SETTING)
+    value = dict(stored) if isinstance(stored, dict) else {}
+    value["time_zone"] = zone if isinstance(zone, str) and zone else "UTC"
+    return OpeningHours.from_setting(value)
 
 
 def form_values(hours: OpeningHours) -> dict[str, str]:
@@ -391,9 +400,9 @@ class OpeningHoursService:
         if isinstance(values.get("weekly"), Mapping):
             weekly = dict(values["weekly"])
         hours = OpeningHours.parse({**values, "weekly": weekly})
-        setting = hours.to_setting()
-        updated = await self.store.update_site_settings(site.id, {SETTING: setting})
-        if site.settings.get(SETTING) != setting:
+        changes = hours.settings_changes()
+        updated = await self.store.update_site_settings(site.id, changes)
+        if any(site.settings.get(name) != value for name, value in changes.items()):
             await self.audit.record(actor, "site.hours", site_id=site.id, target=site.name,
                                     available_when=hours.available_when, time_zone=hours.time_zone)
         return updated

@@ -8,6 +8,7 @@ import json
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from server.insights import site_zone
 from tests.dashboard import Operator
 from tests.harness import Parley
 from tests.test_dashboard_sites import admin, agent, post_form  # noqa: F401 - fixtures
@@ -32,6 +33,8 @@ async def test_an_admin_sets_hours_and_the_widget_config_follows(parley: Parley,
     assert "Opening hours saved" in page
     assert 'value="09:00-12:00, 13:00-17:00"' in page and "2026-12-31..2027-01-01" in page
     assert "Away now (outside opening hours)" in page and "Monday 2026-12-07 09:00" in page
+    # One time zone per site: the Numbers page counts its busiest hours in it too.
+    assert site_zone(await parley.services.sites.get(parley.site_key)).key == "America/New_York"
     entries = await parley.services.audit.entries()
     assert entries[0].action == "site.hours" and entries[0].detail["time_zone"] == "America/New_York"
 

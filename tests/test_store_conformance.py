@@ -548,9 +548,10 @@ async def test_opening_hours_are_kept_in_the_site_settings(store: Store, other: 
                                 "weekly": {"mon": "09:00-12:00, 13:00-17:00", "sat": "10:00-13:00"},
                                 "closed_dates": "2026-12-24..2026-12-26\n2027-01-01",
                                 "away_message": "Back on Monday."})
-    await other.update_site_settings(site_id, {SETTING: hours.to_setting()})
+    await other.update_site_settings(site_id, hours.settings_changes())
     site = await store.get_site_by_key("sk_shop" + "_" * 26)
     assert site is not None and site_hours(site) == hours and site.settings["lang"] == "en"
+    assert site.settings["timezone"] == "Europe/Paris" and SETTING in site.settings
 
 
 async def test_the_inbox_notes_and_the_feed_of_a_site(store: Store, other: Store):
