@@ -2,8 +2,10 @@
 """Benchmark: how long a normal request takes while one address sends a burst of held requests.
 
 A real server runs in its own process. One client process opens --burst held history requests
-(wait=30, each for its own session, all from 127.0.0.1) as fast as it can; meanwhile this process
-times a normal request (history without wait) every 100 ms, before, during and after the burst.
+(wait=30, each for its own session, all from 127.0.0.2) as fast as it can; meanwhile this process
+times a normal request (history without wait, from 127.0.0.1: another client) every 100 ms, before,
+during and after the burst. Past the server's per-address caps (held requests, open connections)
+the burst is answered 429.
 With --ghosts, each burst request is closed 0.3 s after it is sent, and the script counts how many
 the server still holds afterwards.
 
@@ -32,12 +34,15 @@ from bench_support import (  # noqa: E402
 )
 
 
+BURST_FROM = "127.0.0.2"
+
+
 def history(site_key: str, session: str, wait: float = 0) -> bytes:
     return get_request(f"/api/v1/chat/history?site_key={site_key}&session_id={session}&wait={wait}")
 
 
 async def ghost(port: int, request: bytes) -> None:
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(BURST_FROM, 0))
     writer.write(request)
     await asyncio.sleep(0.3)
     writer.close()
@@ -48,7 +53,7 @@ async def burst(port: int, site_key: str, count: int, ghosts: bool) -> None:
     if ghosts:
         await asyncio.gather(*(ghost(port, r) for r in requests), return_exceptions=True)
         return
-    responses = await asyncio.gather(*(raw_request(port, r, timeout=60) for r in requests),
+    responses = await asyncio.gather(*(raw_request(port, r, timeout=60, source=BURST_FROM) for r in requests),
                                      return_exceptions=True)
     statuses: dict[object, int] = {}
     for response in responses:
@@ -95,7 +100,7 @@ def main() -> None:
             print(f"server memory after the ghosts left: {rss:.0f} MB (peak {peak:.0f} MB)")
             # A held ghost would still count against the address: a fresh held request shows it.
             response = asyncio.run(raw_request(server.port, history(server.site_key, "sess_after000000000000",
-                                                                    wait=0.5)))
+                                                                    wait=0.5), source=BURST_FROM))
             print(f"a held request from the same address afterwards: HTTP {status_of(response)}")
         else:
             sender.join(90)

@@ -85,9 +85,10 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def raw_request(port: int, request: bytes, timeout: float = 60) -> bytes:
-    """Send one whole HTTP/1.1 request (Connection: close) and read the whole response."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def raw_request(port: int, request: bytes, timeout: float = 60, *, source: str = "127.0.0.1") -> bytes:
+    """Send one whole HTTP/1.1 request (Connection: close) from `source` (any 127.x.y.z is this
+    machine, and the server sees each as its own client address); read the whole response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
         writer.write(request)
         return await asyncio.wait_for(reader.read(), timeout)

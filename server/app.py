@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import tornado.httputil
 import tornado.web
 
 from handlers.chat_stream import ChatStreamHandler
@@ -68,6 +69,7 @@ from handlers.widget_api import (
 )
 from handlers.widget_config import WidgetConfigHandler
 from server.accounts import AccountService, load_cookie_secret
+from server.admission import TakeTurn, Turns, pass_turn
 from server.ai.caps import CapChecker
 from server.ai.engine import AIEngine
 from server.ai.knowledge import KnowledgeBase
@@ -231,10 +233,12 @@ def dashboard_routes(services: Services) -> list[Any]:
 
 
 class ParleyApplication(ProxyAwareApplication):
-    """Counts the requests in progress, so a shutdown can let the last responses go out."""
+    """Counts the requests in progress, so a shutdown can let the last responses go out; runs each
+    request in its address's turn (server/admission.py)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.turns = Turns()
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -244,8 +248,13 @@ class ParleyApplication(ProxyAwareApplication):
         self._idle.clear()
         return super().get_handler_delegate(*args, **kwargs)
 
+    def request_delegate(self, server_conn: object,
+                         request_conn: tornado.httputil.HTTPConnection) -> tornado.httputil.HTTPMessageDelegate:
+        return TakeTurn(super().request_delegate(server_conn, request_conn), request_conn, self.turns)
+
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
         super().log_request(handler)  # called once as each request ends
+        pass_turn()
         self.in_flight = max(0, self.in_flight - 1)
         if not self.in_flight:
             self._idle.set()

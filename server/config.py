@@ -23,6 +23,7 @@ class Config:
     reuse_port: bool = False
     backlog: int = 8192
     header_timeout: float = 10.0
+    max_connections_per_address: int = 1000
     sse_keepalive: float = 15.0
     shutdown_grace: float = 10.0
     offline_chunk_delay: float = 0.02
@@ -57,6 +58,8 @@ class Config:
             problems.append("port is 0 to 65535")
         if self.backlog < 1:
             problems.append("backlog is at least 1")
+        if self.max_connections_per_address < 0:
+            problems.append("max_connections_per_address is 0 (no cap) or more")
         if self.header_timeout <= 0:
             problems.append("header_timeout is a positive number of seconds")
         if self.sse_keepalive < 0.01:
@@ -113,6 +116,9 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "backlog": (int, "listen backlog; thousands of widgets may reconnect at once (default 8192)"),
     "header_timeout": (float, "seconds a client has to send its request headers, and the longest "
                               "an idle keep-alive connection stays open (default 10)"),
+    "max_connections_per_address": (int, "connections one client address may hold open; more are "
+                                         "answered 429 at once (trusted proxies are not capped; "
+                                         "0: no cap) (default 1000)"),
     "sse_keepalive": (float, "seconds between ': keepalive' comments on a quiet stream (default 15)"),
     "shutdown_grace": (float, "on SIGTERM, seconds answers in progress get to finish before they are "
                               "cut (the widget then asks another process) (default 10)"),

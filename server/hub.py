@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
+from server.admission import pass_turn
 from server.errors import RateLimited
 from server.store.base import Store, StoreUnavailable
 
@@ -74,6 +75,7 @@ class Subscription:
         """True when something was published since the last drain; False on timeout."""
         if self._ready.is_set():
             return True
+        pass_turn()  # nothing to do until news comes: let this address's next request start
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for makes a task per wait, and
             # thousands of held requests each wait at once.

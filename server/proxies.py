@@ -135,6 +135,11 @@ class ProxyAwareApplication(tornado.web.Application):
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        delegate = super().start_request(server_conn, request_conn)
+        delegate = self.request_delegate(server_conn, request_conn)
         proxies = self.settings.get("trusted_proxies")
         return ForwardedHeaders(delegate, request_conn, proxies) if proxies else delegate
+
+    def request_delegate(self, server_conn: object,
+                         request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        """The delegate that sees the request once forwarding headers have set its address."""
+        return super().start_request(server_conn, request_conn)

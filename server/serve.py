@@ -21,6 +21,7 @@ from server.backends import describe
 from server.config import Config, browser_host
 from server.demo import ensure_demo_site
 from server.listener import HTTPServer, raise_open_file_limit
+from server.proxies import TrustedProxies
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ def start_http_server(services: Services) -> tuple[HTTPServer, int]:
         # Tornado applies this both to the wait for a request's headers (a client dribbling them
         # holds a descriptor) and to an idle keep-alive connection.
         idle_connection_timeout=config.header_timeout,
+        connections_per_address=config.max_connections_per_address,
+        uncapped=TrustedProxies(config.proxy_networks),
     )
     # A deep backlog: thousands of widgets reconnect at once after a deploy or a network blip.
     sockets = tornado.netutil.bind_sockets(
