@@ -157,6 +157,8 @@ class ChatService:
     async def _hold(self, visitor: Visitor, wait: float, fetch: Callable[[], Awaitable[T]],
                     is_news: Callable[[T], bool], wake_on: frozenset[str] = frozenset(),
                     page_url: str | None = None) -> T:
+        if wait > 0 and not self.hub.closing:
+            self.hub.check_room(visitor.topic, visitor.ip)  # a refusal costs no store work
         await self.mark_seen(visitor, page_url)
         return await self.hub.hold(visitor.topic, wait, fetch, is_news, address=visitor.ip,
                                    wake_on=wake_on)

@@ -142,12 +142,8 @@ class Hub:
     def held_slot(self, topic: str, address: str | None,
                   limits: HoldLimits | None = None) -> Iterator[None]:
         """Count one held connection against its topic and its address, or refuse it (429)."""
-        limits = limits or self.hold_limits
-        if self.waiting_on(topic) >= limits.per_topic:
-            raise RateLimited("Too many requests are waiting for this session.", retry_after=5)
+        self.check_room(topic, address, limits)
         key = address or ""
-        if self._held_by_address[key] >= limits.per_address:
-            raise RateLimited("Too many requests are waiting from this address.", retry_after=5)
         self._held_by_address[key] += 1
         try:
             yield
@@ -155,6 +151,15 @@ class Hub:
             self._held_by_address[key] -= 1
             if not self._held_by_address[key]:
                 del self._held_by_address[key]
+
+    def check_room(self, topic: str, address: str | None, limits: HoldLimits | None = None) -> None:
+        """Refuse (429) a hold its topic or address has no room for; cheap, so callers can ask
+        before doing any store work for a request that would be refused anyway."""
+        limits = limits or self.hold_limits
+        if self.waiting_on(topic) >= limits.per_topic:
+            raise RateLimited("Too many requests are waiting for this session.", retry_after=5)
+        if self._held_by_address.get(address or "", 0) >= limits.per_address:
+            raise RateLimited("Too many requests are waiting from this address.", retry_after=5)
 
     async def hold(self, topic: str, wait: float, fetch: Callable[[], Awaitable[T]],
                    is_news: Callable[[T], bool], *, address: str | None,
