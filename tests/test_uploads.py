@@ -39,12 +39,14 @@ def multipart_head(boundary: str = "b0undary") -> bytes:
             "Content-Type: image/png\r\n\r\n").encode()
 
 
-async def raw_upload_start(parley, query: str, length: int, first: bytes):
-    """Headers of an upload declaring `length` bytes, and only `first` of its body."""
+async def raw_upload_start(parley, query: str, length: int, first: bytes, *, expect: bool = False):
+    """Headers of an upload declaring `length` bytes, and only `first` of its body (with `expect`,
+    `Expect: 100-continue`: the client waits for the server's word before sending its body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", parley.port)
     writer.write((f"POST {UPLOAD}?{query} HTTP/1.1\r\nHost: x\r\n"
                   f"Content-Type: multipart/form-data; boundary=b0undary\r\n"
-                  f"Content-Length: {length}\r\n\r\n").encode() + first)
+                  + ("Expect: 100-continue\r\n" if expect else "")
+                  + f"Content-Length: {length}\r\n\r\n").encode() + first)
     await writer.drain()
     return reader, writer
 
@@ -56,11 +58,56 @@ def spooled(parley) -> list[str]:
 
 async def test_the_site_is_checked_before_the_body_is_read(parley):
     query = f"site_key=sk_{'z' * 30}&session_id={SID}"
-    reader, writer = await raw_upload_start(parley, query, 10_000_000, multipart_head())
+    reader, writer = await raw_upload_start(parley, query, 10_000_000, b"", expect=True)
     response = await asyncio.wait_for(reader.read(), 10)  # answered with 10 MB still unsent
     writer.close()
-    assert response.startswith(b"HTTP/1.1 404")
+    assert response.startswith(b"HTTP/1.1 404")  # no "100 Continue": the body is not wanted
     assert b'"code":"unknown_site"' in response
+
+
+async def push_then_read(port: int, query: str, body: bytes, piece: int = 64 * 1024) -> bytes:
+    """A client that sends its whole body, a piece at a time, and only then reads the answer (as
+    most HTTP clients do); a connection reset on the way fails the test."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write((f"POST {UPLOAD}?{query} HTTP/1.1\r\nHost: x\r\n"
+                      "Content-Type: multipart/form-data; boundary=b0undary\r\n"
+                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode())
+        for start in range(0, len(body), piece):
+            writer.write(body[start:start + piece])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("refusal", ["unknown_site", "too_large"])
+async def test_a_client_pushing_its_whole_body_reads_the_json_refusal_not_a_reset(parley, refusal):
+    """The server reads and drops a refused body (within bounds) before answering, rather than
+    closing on a client still sending it."""
+    await parley.services.store.update_site_settings(parley.site.id, {"upload_max_bytes": 100_000})
+    site_key = parley.site_key if refusal == "too_large" else "sk_" + "z" * 30
+    body = multipart_head() + b"\0" * 8_000_000
+    response = await push_then_read(parley.port, f"site_key={site_key}&session_id={SID}", body)
+    status = 404 if refusal == "unknown_site" else 413
+    assert response.startswith(f"HTTP/1.1 {status}".encode())
+    assert f'"code":"{refusal}"'.encode() in response
+    assert spooled(parley) == []
+    assert parley.services.chat.uploads.discards.in_use == 0
+
+
+async def test_with_expect_100_continue_an_accepted_upload_is_told_to_go_on(parley):
+    image = jpeg_bytes()
+    form = multipart_head() + image + b"\r\n--b0undary--\r\n"
+    reader, writer = await raw_upload_start(parley, f"site_key={parley.site_key}&session_id={SID}",
+                                            len(form), b"", expect=True)
+    go_on = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert go_on.startswith(b"HTTP/1.1 100")
+    writer.write(form)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
 
 
 async def test_a_chunked_body_over_the_sites_limit_is_a_413_in_json(parley):
@@ -81,7 +128,7 @@ async def test_a_chunked_body_over_the_sites_limit_is_a_413_in_json(parley):
 async def test_a_declared_length_over_the_sites_limit_is_refused_at_once(parley):
     await parley.services.store.update_site_settings(parley.site.id, {"upload_max_bytes": 100_000})
     reader, writer = await raw_upload_start(parley, f"site_key={parley.site_key}&session_id={SID}",
-                                            5_000_000, multipart_head())
+                                            5_000_000, b"", expect=True)
     response = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     assert response.startswith(b"HTTP/1.1 413") and b'"code":"too_large"' in response
