@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from server.audit import Actor, AuditLog
 from server.errors import InvalidRequest
 from server.store.base import Store
-from server.store.models import Operator, Site
+from server.store.models import Site
 
 SETTING = "opening_hours"
 ZONE_SETTING = "timezone"  # the site's time zone, shared with the Numbers page (server/insights.py)
@@ -102,7 +102,8 @@ class TimeRange:
 
 def parse_ranges(raw: str, day: str = "This day") -> tuple[TimeRange, ...]:
     """`09:00-12:00, 13:00-17:30` (commas, semicolons or spaces between ranges); empty: closed."""
-    pieces = [p for p in re.split(r"[,;\s]+", raw.replace(" - ", "-").strip()) if p]
+    dashed = re.sub(r"\s*[-\u2013\u2014]\s*", "-", raw)  # 09:00 - 12:00, 09:00–12:00
+    pieces = [p for p in re.split(r"[,;\s]+", dashed.strip()) if p]
     if len(pieces) > MAX_RANGES_PER_DAY:
         raise InvalidRequest(f"{day}: at most {MAX_RANGES_PER_DAY} ranges a day.")
     ranges = []
@@ -345,10 +346,6 @@ class Availability:
                 f"for an email.{when}")
 
 
-def may_answer(operator: Operator, site: Site) -> bool:
-    return not operator.disabled and (operator.is_admin or site.id in operator.site_ids)
-
-
 class OpeningHoursService:
     """`clock` gives the time the hours are judged at (tests fix it); operator presence is
     judged by the wall clock, the one that stamps their sessions."""
@@ -372,14 +369,10 @@ class OpeningHoursService:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
 
     async def operators_online(self, site: Site) -> bool:
-        present = set(await self.store.operators_present(since=time.time() - self.presence_seconds))
-        if not present:
-            return False
-        for operator_id in sorted(present)[:200]:
-            operator = await self.store.get_operator(operator_id)
-            if operator is not None and may_answer(operator, site):
-                return True
-        return False
+        """Whether an operator who may answer the site is online: one store query however many
+        operators there are, so the public config endpoint stays cheap."""
+        return bool(await self.store.operators_present(since=time.time() - self.presence_seconds,
+                                                       site_id=site.id, limit=1))
 
     async def availability(self, site: Site) -> Availability:
         hours = site_hours(site)

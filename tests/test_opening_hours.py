@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from server.errors import InvalidRequest
-from server.opening_hours import OpeningHours
+from server.opening_hours import OpeningHours, parse_ranges
 
 PARIS = ZoneInfo("Europe/Paris")
 WEEKDAYS_9_TO_5 = {day: "09:00-12:00, 13:00-17:00" for day in ("mon", "tue", "wed", "thu", "fri")}
@@ -85,6 +85,12 @@ def test_a_night_across_midnight_is_an_evening_and_a_morning():
     assert not bar.within_hours(datetime(2026, 12, 5, 2, 0, tzinfo=new_york))
     assert bar.next_opening(datetime(2026, 12, 5, 3, 0, tzinfo=new_york)) == \
         datetime(2026, 12, 11, 20, 0, tzinfo=new_york)
+
+
+def test_ranges_are_read_as_people_write_them():
+    assert [str(r) for r in parse_ranges("9:00 - 12:00; 13:00–17:30")] == ["09:00-12:00", "13:00-17:30"]
+    assert [str(r) for r in parse_ranges("00:00-24:00")] == ["00:00-24:00"]
+    assert parse_ranges("  ") == ()
 
 
 def test_the_stored_form_reads_back_the_same():

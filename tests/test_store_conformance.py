@@ -539,6 +539,19 @@ async def test_operators_present_are_seen_from_another_process(store: Store, oth
     await other.delete_operator_sessions(token_hash="b1")  # signed out
     assert await store.operators_present(since=now - 120) == [ana.id]
 
+    # Who may answer one site: admins, and the enabled agents assigned to it.
+    shop, elsewhere = await new_site(store), await new_site(store, "Elsewhere")
+    dee = await store.create_operator("dee@example.com", "Dee", "agent", "hash-4", [shop])
+    eve = await store.create_operator("eve@example.com", "Eve", "agent", "hash-5", [elsewhere])
+    for operator in (dee, eve):
+        await store.create_operator_session(OperatorSession(f"s{operator.id}", operator.id, now, now, None, None))
+    assert await other.operators_present(since=now - 120, site_id=shop) == [ana.id, dee.id]
+    assert await other.operators_present(since=now - 120, site_id=elsewhere) == [ana.id, eve.id]
+    assert await other.operators_present(since=now - 120, site_id=shop, limit=1) == [ana.id]
+    await store.update_operator(ana.id, {"disabled": True})
+    assert await other.operators_present(since=now - 120, site_id=shop) == [dee.id]
+    assert len(await other.operators_present(since=now - 120)) == 3  # without a site: anyone
+
 
 async def test_opening_hours_are_kept_in_the_site_settings(store: Store, other: Store):
     from server.opening_hours import SETTING, OpeningHours, site_hours

@@ -339,9 +339,11 @@ class Store(abc.ABC):
         """A dashboard tab of this session is open (its live feed says so now and then)."""
 
     @abc.abstractmethod
-    async def operators_present(self, *, since: float, limit: int = 1000) -> list[int]:
+    async def operators_present(self, *, since: float, site_id: int | None = None,
+                                limit: int = 1000) -> list[int]:
         """Ids of the operators with a session past its second factor that made a request or
-        said it is present at or after `since`, each once."""
+        said it is present at or after `since`, each once, smallest first. With `site_id`, only
+        the enabled ones who may answer that site (admins, and agents assigned to it)."""
 
     @abc.abstractmethod
     async def delete_operator_sessions(self, *, operator_id: int | None = None,

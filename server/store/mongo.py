@@ -930,13 +930,20 @@ class MongoStore(Store):
                                                     {"$set": {"present_at": _num(now)}})
 
     @_guarded
-    async def operators_present(self, *, since: float, limit: int = 1000) -> list[int]:
+    async def operators_present(self, *, since: float, site_id: int | None = None,
+                                limit: int = 1000) -> list[int]:
         since = _num(since)
         cursor = self._db.operator_sessions.find(
             {"second_factor_done": True,
              "$or": [{"last_seen": {"$gte": since}}, {"present_at": {"$gte": since}}]},
             {"operator_id": 1}).limit(10 * _int(limit))
-        return sorted({doc["operator_id"] async for doc in cursor})[:limit]
+        present = sorted({doc["operator_id"] async for doc in cursor})
+        if site_id is not None and present:
+            answering = self._db.operators.find(
+                {"_id": {"$in": present}, "disabled": {"$ne": True},
+                 "$or": [{"role": "admin"}, {"site_ids": _int(site_id)}]}, {"_id": 1})
+            present = sorted([doc["_id"] async for doc in answering])
+        return present[:limit]
 
     @_guarded
     async def delete_operator_sessions(self, *, operator_id: int | None = None,

@@ -1166,10 +1166,15 @@ class SQLiteStore(Store):
 
         await self._run(self._tx, update)
 
-    async def operators_present(self, *, since: float, limit: int = 1000) -> list[int]:
+    async def operators_present(self, *, since: float, site_id: int | None = None,
+                                limit: int = 1000) -> list[int]:
+        for_site = ("" if site_id is None else
+                    " AND o.disabled = 0 AND (o.role = 'admin' OR EXISTS (SELECT 1 FROM operator_sites t"
+                    " WHERE t.operator_id = o.id AND t.site_id = ?))")
         rows = await self._read_all(
-            "SELECT DISTINCT operator_id FROM operator_sessions WHERE second_factor_done = 1"
-            " AND (last_seen >= ? OR present_at >= ?) ORDER BY operator_id LIMIT ?", since, since, limit)
+            "SELECT DISTINCT s.operator_id FROM operator_sessions s JOIN operators o ON o.id = s.operator_id"
+            " WHERE s.second_factor_done = 1 AND (s.last_seen >= ? OR s.present_at >= ?)" + for_site +
+            " ORDER BY s.operator_id LIMIT ?", since, since, *(() if site_id is None else (site_id,)), limit)
         return [row["operator_id"] for row in rows]
 
     async def delete_operator_sessions(self, *, operator_id: int | None = None,
