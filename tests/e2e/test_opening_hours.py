@@ -11,6 +11,7 @@ from playwright.async_api import Browser, expect
 
 from server.audit import CLI
 from server.store.models import Site
+from tests.dashboard import PASSWORD, add_operator
 from tests.e2e.browser import Visit, visit
 from tests.harness import Parley
 
@@ -85,3 +86,31 @@ async def test_a_widget_left_open_sees_the_hours_end_at_the_handoff(parley: Parl
     await expect(shop.widget(".card.email")).to_contain_text("we'll write back", timeout=10_000)
     await expect(shop.widget(".away")).to_contain_text("back Monday 9:00")
     assert shop.unexpected_errors() == []
+
+
+async def test_an_admin_sets_the_hours_on_the_site_page_and_the_widget_follows(
+        parley: Parley, demo: Site, browser: Browser):
+    await add_operator(parley, "admin@example.com")
+    admin = await visit(browser, f"{parley.base_url}/dashboard/sites/{demo.site_key}")
+    await admin.page.get_by_label("Email").fill("admin@example.com")
+    await admin.page.get_by_label("Password").fill(PASSWORD)
+    await admin.page.get_by_role("button", name="Sign in").click()
+    hours = admin.page.locator("#hours")
+    await hours.get_by_label("A person can answer").select_option("hours")
+    await hours.get_by_label("Time zone").fill("Europe/Paris")
+    await hours.get_by_label("Saturday").fill("10:00-9:00")
+    await hours.get_by_role("button", name="Save hours").click()
+    await expect(admin.page.get_by_role("alert")).to_contain_text("Saturday: 10:00-9:00 ends before it starts")
+    await admin.page.locator("#hours").get_by_label("Saturday").fill("10:00-13:00")
+    await admin.page.locator("#hours").get_by_role("button", name="Save hours").click()
+    await expect(admin.page.get_by_role("status").first).to_contain_text("Opening hours saved")
+    await admin.screenshot("opening-hours")
+
+    shop = await shop_at(parley, browser, SATURDAY_NOON)  # Saturday 12:00: open until 13:00
+    await expect(shop.widget(".away")).to_be_hidden()
+    parley.services.hours.clock = datetime(2026, 12, 5, 13, 30, tzinfo=PARIS).timestamp
+    await shop.page.clock.set_fixed_time(datetime(2026, 12, 5, 13, 30, tzinfo=PARIS))
+    await shop.page.reload()  # the widget reopens as it was left
+    await expect(shop.widget(".away")).to_contain_text("back Saturday")  # a week on
+    await expect(shop.widget(".away")).to_be_visible()
+    assert admin.unexpected_errors(allowed=r"400 \(Bad Request\)") == [] and shop.unexpected_errors() == []
