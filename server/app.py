@@ -177,7 +177,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         site_ai=SiteAI(store, config, audit),
         operator_admin=OperatorAdmin(store, accounts, audit),
         contacts=Contacts(store, audit),
-        site_knowledge=SiteKnowledge(store, knowledge, audit, ai),
+        site_knowledge=SiteKnowledge(store, knowledge, audit, ai, allow_private=config.kb_allow_private),
         insights=Insights(store),
         hours=hours,
     )

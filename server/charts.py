@@ -39,10 +39,11 @@ class BarChart:
 
 
 def nice_top(largest: float) -> float:
-    """The axis top: 1, 2 or 5 times a power of ten, at least the largest value (and at least 2)."""
+    """The axis top: 1, 2 or 4 times a power of ten, at least the largest value (and at least 2),
+    so the middle tick is a whole number too."""
     power = 1.0
     while True:
-        for factor in (1, 2, 5):
+        for factor in (1, 2, 4):
             if power * factor >= max(largest, 2):
                 return power * factor
         power *= 10

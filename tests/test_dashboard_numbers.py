@@ -99,6 +99,6 @@ async def test_agents_see_their_own_sites_only(parley: Parley, agent: Operator, 
 
 
 def test_chart_axis_and_durations_read_well():
-    assert [nice_top(v) for v in (0, 3, 7, 11, 101)] == [2, 5, 10, 20, 200]
+    assert [nice_top(v) for v in (0, 3, 7, 11, 101)] == [2, 4, 10, 20, 200]
     assert [duration_text(s) for s in (None, 42, 195, 300, 7500)] == ["–", "42 s", "3 min 15 s", "5 min",
                                                                        "2 h 5 min"]
