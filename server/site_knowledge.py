@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_JOBS_SHOWN = 20
 MAX_ERRORS_SHOWN = 20
+MAX_SITES_COUNTED = 256
 TRY_SECONDS = 60  # Try the assistant waits this long for the whole answer
 TRY_MAX_CHARS = 20_000
 GAPS_READ = 500
@@ -124,6 +125,7 @@ class SiteKnowledge:
         self.ai = ai
         self.ingest = KnowledgeService(store, knowledge, allow_private=allow_private)
         self.jobs: dict[int, list[FetchJob]] = {}
+        self._passages: dict[int, tuple[str, dict[int, int]]] = {}  # site -> (version, document -> passages)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def fetch_in_background(self, site: Site, url: str, actor: Actor) -> FetchJob:
@@ -164,10 +166,17 @@ class SiteKnowledge:
         return document
 
     async def documents(self, site: Site, limit: int = 1000) -> list[tuple[KnowledgeDocument, int]]:
-        """The site's documents, each with its number of passages (as the index cuts them)."""
+        """The site's documents, each with its number of passages (as the index cuts them; counted
+        again only when the site's documents change)."""
+        version = await self.store.knowledge_version(site.id)
         documents = await self.store.list_documents(site.id, limit=limit)
-        counts = await asyncio.to_thread(lambda: [len(split_sections(d)) for d in documents])
-        return list(zip(documents, counts))
+        cached = self._passages.get(site.id)
+        if cached is None or cached[0] != version:
+            counts = await asyncio.to_thread(lambda: {d.id: len(split_sections(d)) for d in documents})
+            cached = self._passages[site.id] = (version, counts)
+            while len(self._passages) > MAX_SITES_COUNTED:
+                self._passages.pop(next(iter(self._passages)))
+        return [(d, cached[1].get(d.id, 0)) for d in documents]
 
     async def remove(self, site: Site, document_id: int, actor: Actor) -> bool:
         removed = await self.store.remove_document(site.id, document_id)
