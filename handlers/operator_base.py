@@ -112,8 +112,7 @@ class OperatorPageHandler(OperatorMixin):
         if self.request.method in ("GET", "HEAD"):
             self.redirect(f"{target}?next={quote(self.request.uri or '/dashboard/', safe='')}")
         else:
-            self.redirect(target)
-        self.finish()
+            self.redirect(target)  # redirect() finishes the response
 
     def render_page(self, template: str, **values: Any) -> None:
         signed_in = self.signed_in

@@ -88,11 +88,12 @@ async def test_failed_sign_ins_are_limited_per_account_in_the_store(parley: Parl
         MAX_FAILURES_PER_ACCOUNT
 
 
-async def test_signed_out_pages_redirect_and_the_api_and_feed_answer_401(parley: Parley):
+async def test_signed_out_pages_redirect_and_the_api_and_feed_answer_401(parley: Parley, caplog):
     async with browser(parley) as client:
         page = await client.get("/dashboard/c/1")
         assert page.status_code == 302
         assert page.headers["location"].startswith("/dashboard/login?next=")
+        assert "finish() called twice" not in caplog.text
         for path in ("/dashboard/api/inbox", "/dashboard/events", "/dashboard/api/conversations/1"):
             response = await client.get(path)
             assert response.status_code == 401, path
