@@ -157,15 +157,16 @@ class Refuser:
         try:
             connection.setblocking(False)
             connection.send(REFUSAL)  # a few hundred bytes into an empty send buffer
+            try:
+                arrived = connection.recv(LINGER_BYTES)
+            except BlockingIOError:
+                arrived = b""
+            if whole_request_without_body(arrived) or len(self.lingering) >= MAX_LINGERING:
+                connection.close()  # nothing more is coming (or no room to wait for it)
+                return
             connection.shutdown(socket.SHUT_WR)
-            arrived = connection.recv(LINGER_BYTES)
-        except BlockingIOError:
-            arrived = b""
         except OSError:
             connection.close()
-            return
-        if whole_request_without_body(arrived) or len(self.lingering) >= MAX_LINGERING:
-            connection.close()  # nothing more is coming (or no room to wait for it)
             return
         fd = connection.fileno()
         timer = self.loop.call_later(LINGER_SECONDS, self._close, fd)
