@@ -111,6 +111,7 @@ class Hub:
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.bridge: EventFeed | None = None  # set by the feed (server/feed.py)
         self.closing = False  # shutting down: held reads answer now, with what there is
+        self.deliveries = 0  # events delivered here so far: orders a read against the news it can see
 
     @property
     def subscriber_count(self) -> int:
@@ -202,6 +203,7 @@ class Hub:
 
     def deliver_local(self, topic: str, event: dict[str, Any]) -> int:
         """Wake this process's subscribers of `topic`; returns how many were woken."""
+        self.deliveries += 1
         for listener in self._listeners:
             listener(topic, event)
         subscribers = self._subscribers.get(topic, ())

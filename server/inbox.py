@@ -6,6 +6,7 @@ as not found, never as forbidden: there is nothing to enumerate.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any, AsyncIterator
 from server.errors import NotFound
 from server.hub import Hub, site_topic
 from server.store.base import Store
-from server.store.models import Conversation, InboxEntry, Message, Note, Operator, Site
+from server.store.models import Conversation, Event, InboxEntry, Message, Note, Operator, Site
 
 INBOX_FILTERS = ("all", "handoff", "mine", "unassigned", "operator", "ai", "closed")
 INBOX_PAGE = 50
@@ -51,6 +52,8 @@ class InboxService:
     def __init__(self, store: Store, hub: Hub) -> None:
         self.store = store
         self.hub = hub
+        # Feed reads in flight, by (cursor, topics, limit): with the hub's delivery count when each began
+        self._reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[list[Event]]]] = {}
 
     # -- who sees what ------------------------------------------------------------------------
     async def sites_of(self, operator: Operator) -> list[Site]:
@@ -115,6 +118,27 @@ class InboxService:
         return await self.store.latest_event_id()
 
     # -- the live feed ------------------------------------------------------------------------
+    async def _events_for(self, after: int, topics: tuple[str, ...], limit: int) -> list[Event]:
+        """The feed's read, shared: tabs woken by the same event ask for the same rows at once, and
+        one store read serves them all. A tab joins only a read that began after every event
+        delivered here so far, so the read sees what woke the tab (recorded before delivered)."""
+        key = (after, topics, limit)
+        shared = self._reads.get(key)
+        if shared is None or shared[0] < self.hub.deliveries:
+            future = asyncio.ensure_future(self.store.events_for_topics(after, topics, limit=limit))
+            shared = self._reads[key] = (self.hub.deliveries, future)
+
+            def done(future: asyncio.Future[list[Event]], key: tuple[Any, ...] = key,
+                     shared: tuple[int, asyncio.Future[list[Event]]] = shared) -> None:
+                if self._reads.get(key) is shared:
+                    del self._reads[key]
+                if not future.cancelled():
+                    future.exception()  # retrieved here when every tab that asked has gone
+
+            future.add_done_callback(done)
+        # One tab leaving (cancelled) must not cancel the read the others wait on.
+        return await asyncio.shield(shared[1])
+
     async def feed(self, operator: Operator, after: int | None) -> AsyncIterator[list[FeedEvent]]:
         """Everything stored on the operator's sites since `after` (an event id), then live, in
         batches: what one read of the store or one wake-up brought, written and flushed at once.
@@ -143,8 +167,8 @@ class InboxService:
             while True:
                 batch: list[FeedEvent] = []
                 if read:
-                    events = await self.store.events_for_topics(
-                        max(floor, cursor - lookback), topics, limit=FEED_BATCH + lookback)
+                    events = await self._events_for(max(floor, cursor - lookback), topics,
+                                                    FEED_BATCH + lookback)
                     fresh = [e for e in events if e.id not in sent]
                     for event in fresh:
                         sent.append(event.id)

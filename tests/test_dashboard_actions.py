@@ -161,6 +161,23 @@ async def test_the_feed_brings_new_conversations_and_messages_live(parley: Parle
     assert ids == sorted(ids)
 
 
+async def test_every_open_tab_gets_every_message_once_in_order(parley: Parley, ana: Operator):
+    # Tabs woken by the same message share one store read; none may miss one or get it twice.
+    sessions = {session(f"tabs-{n}") for n in range(4)}
+
+    def saw_all(events: list[dict[str, Any]]) -> bool:
+        return {e["session_id"] for e in events if e.get("role") == "ai"} == sessions
+
+    started = [asyncio.Event() for _ in range(5)]
+    tabs = [asyncio.create_task(read_feed(ana, saw_all, started=s, timeout=30)) for s in started]
+    await asyncio.wait_for(asyncio.gather(*(s.wait() for s in started)), 10)
+    await asyncio.gather(*(parley.ask(sid, "Do you ship to Canada?") for sid in sessions))
+    for events in await asyncio.gather(*tabs):
+        ids = [int(e["id"]) for e in events if e["kind"] not in ("chunk", "ready")]
+        assert ids == sorted(set(ids))
+        assert {e["session_id"] for e in events if e.get("role") == "visitor"} == sessions
+
+
 async def test_a_reconnecting_feed_gets_what_it_missed_or_a_refetch(parley: Parley, ana: Operator):
     first = await read_feed(ana, lambda events: events[-1]["kind"] == "ready")
     cursor = first[-1]["id"]
