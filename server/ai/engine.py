@@ -34,6 +34,8 @@ async def _single(text: str) -> AsyncIterator[str]:
 
 def _held_tail(text: str, marker: str = HANDOFF_MARKER) -> int:
     """How many trailing characters of `text` could be the start of `marker`."""
+    if marker[0] not in text[1 - len(marker):]:  # nearly every chunk: nothing to hold back
+        return 0
     for size in range(min(len(text), len(marker) - 1), 0, -1):
         if text.endswith(marker[:size]):
             return size
