@@ -244,15 +244,19 @@ class Answerer:
         answer: Answer | None = None
         cancelled = False
         started = time.monotonic()
+        # The conversation so far is read while the engine checks caps and retrieves knowledge.
+        history = asyncio.ensure_future(self._earlier_messages(conversation.id, message.id))
         try:
-            history = await self.store.recent_messages(conversation.id, AI_HISTORY_MESSAGES)
-            answer = await self.ai.answer(
-                site, request.text,
-                lang=request.lang or conversation.lang or site.setting("lang", "en"),
-                history=[m for m in history if m.id != message.id],
-                page_url=request.page_url, page_title=request.page_title,
-                session_id=visitor.session_id,
-            )
+            try:
+                answer = await self.ai.answer(
+                    site, request.text,
+                    lang=request.lang or conversation.lang or site.setting("lang", "en"),
+                    history=history,
+                    page_url=request.page_url, page_title=request.page_title,
+                    session_id=visitor.session_id,
+                )
+            finally:
+                history.cancel()  # when the engine answered without it (a handoff, a cap)
             # aclosing: however this loop ends (cancelled when the visitor leaves, a failure), the
             # provider's generator is closed now, which closes the upstream HTTP response.
             async with contextlib.aclosing(answer.chunks) as chunks:  # type: ignore[type-var]
@@ -277,6 +281,10 @@ class Answerer:
                      (time.monotonic() - started) * 1000, len(turn.chunks), visitor.log_ref)
         if cancelled:
             raise asyncio.CancelledError
+
+    async def _earlier_messages(self, conversation_id: int, message_id: int) -> list[Message]:
+        recent = await self.store.recent_messages(conversation_id, AI_HISTORY_MESSAGES)
+        return [m for m in recent if m.id != message_id]
 
     async def _finish_turn(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                            message: Message, answer: Answer | None, status: str) -> None:

@@ -12,12 +12,13 @@ The handoff rule, in order:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from typing import AsyncIterator, Awaitable, Callable
 
 from server.ai.base import Answer, AnswerRequest, Provider, Usage
-from server.ai.caps import CapChecker
+from server.ai.caps import CapChecker, CapNotice
 from server.ai.knowledge import KnowledgeBase
 from server.ai.phrases import AWAY_HANDOFF, HANDING_OVER, asks_for_human, pick
 from server.ai.prompt import HANDOFF_MARKER, fit_passages
@@ -108,28 +109,29 @@ class AIEngine:
         question: str,
         *,
         lang: str,
-        history: list[Message],
+        history: Awaitable[list[Message]],
         page_url: str | None = None,
         page_title: str | None = None,
         session_id: str | None = None,
     ) -> Answer:
-        """Decide handoff and sources now; the text streams from the returned `chunks`."""
+        """Decide handoff and sources now; the text streams from the returned `chunks`.
+        `history` (the conversation before the question) is awaited only when the model is asked."""
         if asks_for_human(question, ai_setting(site, "handoff_phrases", [])):
             # Outside the site's hours (or with nobody online) nobody is coming: ask for an email.
             away = self._someone_can_answer is not None and not await self._someone_can_answer(site)
             return Answer(chunks=_single(pick(AWAY_HANDOFF if away else HANDING_OVER, lang)), handoff=True)
-        if self.caps is not None:
-            notice = await self.caps.check(site, session_id, question, lang)
-            if notice is not None:
-                return Answer(chunks=_single(notice.text), handoff=notice.handoff, role="system")
+        # The caps' counts and the knowledge read are independent store reads: at once.
+        notice, retrieval = await asyncio.gather(self._cap_notice(site, session_id, question, lang),
+                                                 self.knowledge.retrieve(site.id, question))
+        if notice is not None:
+            return Answer(chunks=_single(notice.text), handoff=notice.handoff, role="system")
         # Only passages that fit the prompt are given, so `sources` are exactly what the model saw.
-        retrieval = await self.knowledge.retrieve(site.id, question)
         passages = fit_passages(retrieval.passages)
         request = AnswerRequest(
             site=site,
             question=question,
             lang=lang,
-            history=history[-HISTORY_TURNS:],
+            history=(await history)[-HISTORY_TURNS:],
             passages=passages,
             page_url=page_url,
             page_title=page_title,
@@ -141,6 +143,10 @@ class AIEngine:
         chunks = relay(lambda: answer, self.provider(site).stream(request))
         answer = Answer(chunks=chunks, sources=sources, handoff=handoff, relevance=retrieval.relevance)
         return answer
+
+    async def _cap_notice(self, site: Site, session_id: str | None, question: str,
+                          lang: str) -> CapNotice | None:
+        return await self.caps.check(site, session_id, question, lang) if self.caps else None
 
     async def close(self) -> None:
         await self.default_provider.close()
