@@ -46,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--targets", nargs="+", metavar="T",
                         help="stream: any of upstream relay parley litellm (default all four)")
     parser.add_argument("--no-litellm", action="store_true", help="stream: leave LiteLLM out")
+    parser.add_argument("--tokens", type=int, default=200,
+                        help="stream: tokens per answer (default 200; fewer gives more first-chunk "
+                             "samples per cell at C=1)")
+    parser.add_argument("--seconds", type=float, metavar="S",
+                        help="stream: seconds of answers per cell (default 10; quick 5)")
     return parser.parse_args(argv)
 
 
@@ -61,7 +66,7 @@ async def run_one(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], 
         targets = args.targets or list(stream.TARGETS)
         if args.no_litellm and "litellm" in targets:
             targets.remove("litellm")
-        data = await stream.run(args.quick, args.concurrency, targets)
+        data = await stream.run(args.quick, args.concurrency, targets, args.tokens, args.seconds)
         return data, stream.tables(data)
     if name == "fanout":
         from bench import fanout

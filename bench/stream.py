@@ -97,14 +97,15 @@ async def cell(target: str, server: Child, upstream: Child, concurrency: int, se
     return result
 
 
-async def run(quick: bool, concurrencies: list[int] | None, targets: list[str]) -> dict[str, Any]:
+async def run(quick: bool, concurrencies: list[int] | None, targets: list[str],
+              tokens: int = TOKENS, seconds: float | None = None) -> dict[str, Any]:
     concurrencies = concurrencies or ([1, 100] if quick else [1, 100, 500])
-    seconds = 5.0 if quick else 10.0
+    seconds = seconds or (5.0 if quick else 10.0)
     cells: list[dict[str, Any]] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp, children() as procs:
         workdir = Path(tmp)
-        upstream = start_child("upstream", python_module("bench.upstream", "--tokens", TOKENS,
+        upstream = start_child("upstream", python_module("bench.upstream", "--tokens", tokens,
                                                          "--pace", PACE))
         procs.append(upstream)
         upstream_port = upstream.ready["port"]
@@ -140,7 +141,7 @@ async def run(quick: bool, concurrencies: list[int] | None, targets: list[str]) 
                 cells.append(await cell(target, server, upstream, concurrency, seconds, site_key))
             if server is not upstream:
                 server.stop()
-    return {"tokens": TOKENS, "pace_s": PACE, "seconds_per_cell": seconds,
+    return {"tokens": tokens, "pace_s": PACE, "seconds_per_cell": seconds,
             "concurrency": concurrencies, "cells": cells, "notes": notes}
 
 
