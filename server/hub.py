@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from server.admission import pass_turn
 from server.errors import RateLimited
@@ -51,47 +51,63 @@ class Subscription:
     When more than SUBSCRIPTION_BUFFER events arrive between two drains, the buffer stops taking
     them and `overflowed` is set: the listener has missed news and must read the store again
     (a held read fetches, the dashboard feed tells its page to refetch). Nothing is lost silently.
+
+    Thousands are held at once (one per held request), so each is small: slots, a list made on
+    the first event, and one future only while someone waits (an asyncio.Event keeps a deque, and
+    a timeout context an object and a handle, for the whole hold).
     """
+
+    __slots__ = ("topics", "buffer", "overflowed", "_events", "_ready", "_waiter")
 
     def __init__(self, topics: tuple[str, ...], *, buffer: int = SUBSCRIPTION_BUFFER) -> None:
         self.topics = topics
         self.buffer = buffer
         self.overflowed = False
-        self._events: collections.deque[dict[str, Any]] = collections.deque()
-        self._ready = asyncio.Event()
+        self._events: list[dict[str, Any]] | None = None
+        self._ready = False
+        self._waiter: asyncio.Future[bool] | None = None
 
     @property
     def topic(self) -> str:
         return self.topics[0]
 
     def deliver(self, event: dict[str, Any]) -> None:
-        if len(self._events) >= self.buffer:
+        if self._events is None:
+            self._events = [event]
+        elif len(self._events) >= self.buffer:
             self.overflowed = True
         else:
             self._events.append(event)
-        self._ready.set()
+        self._ready = True
+        _wake(self._waiter, True)
 
     async def wait(self, timeout: float) -> bool:
-        """True when something was published since the last drain; False on timeout."""
-        if self._ready.is_set():
+        """True when something was published since the last drain; False on timeout. One waiter
+        at a time."""
+        if self._ready:
             return True
         pass_turn()  # nothing to do until news comes: let this address's next request start
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(max(timeout, 0), _wake, waiter, False)
         try:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for makes a task per wait, and
-            # thousands of held requests each wait at once.
-            async with asyncio.timeout(max(timeout, 0)):
-                await self._ready.wait()
-        except TimeoutError:
-            return False
-        return True
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     def drain(self) -> list[dict[str, Any]]:
         """The buffered events; check `overflowed` first (drain clears it)."""
-        events = list(self._events)
-        self._events.clear()
-        self._ready.clear()
+        events = self._events or []
+        self._events = None
+        self._ready = False
         self.overflowed = False
         return events
+
+
+def _wake(waiter: asyncio.Future[bool] | None, result: bool) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(result)
 
 
 @dataclass(frozen=True)
@@ -123,35 +139,44 @@ class Hub:
     @contextlib.asynccontextmanager
     async def subscribe(self, *topics: str, buffer: int = SUBSCRIPTION_BUFFER
                         ) -> AsyncIterator[Subscription]:
-        subscription = Subscription(topics, buffer=buffer)
-        for topic in topics:
-            self._subscribers[topic].add(subscription)
+        subscription = await self._subscribe(Subscription(topics, buffer=buffer))
         try:
-            if self.bridge is not None:
-                await self.bridge.ensure_running()
             yield subscription
         finally:
-            for topic in topics:
-                subscribers = self._subscribers.get(topic)
-                if subscribers is not None:
-                    subscribers.discard(subscription)
-                    if not subscribers:
-                        del self._subscribers[topic]
+            self._unsubscribe(subscription)
+
+    async def _subscribe(self, subscription: Subscription) -> Subscription:
+        for topic in subscription.topics:
+            self._subscribers[topic].add(subscription)
+        if self.bridge is not None:
+            try:
+                await self.bridge.ensure_running()
+            except BaseException:
+                self._unsubscribe(subscription)
+                raise
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        for topic in subscription.topics:
+            subscribers = self._subscribers.get(topic)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscribers[topic]
 
     # -- held reads ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def held_slot(self, topic: str, address: str | None,
-                  limits: HoldLimits | None = None) -> Iterator[None]:
-        """Count one held connection against its topic and its address, or refuse it (429)."""
+    def _take_slot(self, topic: str, address: str | None, limits: HoldLimits | None) -> str:
+        """Count one held connection against its topic and its address, or refuse it (429).
+        Returns the key to give back to `_give_slot`."""
         self.check_room(topic, address, limits)
         key = address or ""
         self._held_by_address[key] += 1
-        try:
-            yield
-        finally:
-            self._held_by_address[key] -= 1
-            if not self._held_by_address[key]:
-                del self._held_by_address[key]
+        return key
+
+    def _give_slot(self, key: str) -> None:
+        self._held_by_address[key] -= 1
+        if not self._held_by_address[key]:
+            del self._held_by_address[key]
 
     def check_room(self, topic: str, address: str | None, limits: HoldLimits | None = None) -> None:
         """Refuse (429) a hold its topic or address has no room for; cheap, so callers can ask
@@ -169,9 +194,13 @@ class Hub:
         event of a kind in `wake_on` happens (news the response cannot show by itself)."""
         if wait <= 0 or self.closing:
             return await fetch()
-        with self.held_slot(topic, address, limits):
+        # Plain try/finally rather than context managers: thousands of these are held at once,
+        # and each context manager object would be held with them.
+        slot = self._take_slot(topic, address, limits)
+        try:
             deadline = time.monotonic() + wait
-            async with self.subscribe(topic) as subscription:
+            subscription = await self._subscribe(Subscription((topic,)))
+            try:
                 while True:
                     result = await fetch()
                     remaining = deadline - time.monotonic()
@@ -182,6 +211,10 @@ class Hub:
                     missed = subscription.overflowed
                     if any(event.get("kind") in wake_on for event in subscription.drain()) or missed:
                         return await fetch()
+            finally:
+                self._unsubscribe(subscription)
+        finally:
+            self._give_slot(slot)
 
     def add_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
         """Call `listener(topic, event)` for every event this process hears, its own and other
