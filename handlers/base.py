@@ -40,7 +40,8 @@ class JsonHandler(tornado.web.RequestHandler):
     """JSON errors, JSON bodies, and held responses that end cleanly when the client leaves."""
 
     def initialize(self, **kwargs: Any) -> None:
-        self._held: asyncio.Future[Any] | None = None
+        self._holding: asyncio.Task[Any] | None = None  # this request's task, while in hold()
+        self._hold_cancelled = False
         self.client_gone = False
 
     def set_default_headers(self) -> None:
@@ -114,30 +115,38 @@ class JsonHandler(tornado.web.RequestHandler):
 
     async def hold(self, awaitable: Awaitable[T]) -> T | None:
         """Await a held read; None when the client went away first (the wait is then cancelled,
-        or never starts: a ghost must neither cost a waiter nor count against its address)."""
+        or never starts: a ghost must neither cost a waiter nor count against its address).
+
+        The wait runs in this request's own task, which a hang-up cancels and this method
+        un-cancels (as asyncio.timeout does): no task of its own per held request."""
         if self.client_left():
             self.client_gone = True
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()
             return None
         self.set_nodelay()
-        self._held = asyncio.ensure_future(awaitable)
+        task = self._holding = asyncio.current_task()
         try:
-            return await self._held
+            return await awaitable
         except asyncio.CancelledError:
-            if self.client_gone:
-                return None
+            if self._hold_cancelled and task is not None and task.uncancel() == 0:
+                return None  # our own cancel: the client left
             raise
+        finally:
+            self._holding = None
+
+    def _cancel_hold(self) -> None:
+        if self._holding is not None and not self._hold_cancelled:
+            self._hold_cancelled = True
+            self._holding.cancel()
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
         self.client_gone = True
-        if self._held is not None and not self._held.done():
-            self._held.cancel()
+        self._cancel_hold()
 
     def on_finish(self) -> None:
-        if self._held is not None and not self._held.done():
-            self._held.cancel()
+        self._cancel_hold()
 
     async def safe_flush(self) -> bool:
         """Flush; False when the client has gone (a normal goodbye, not an error)."""
