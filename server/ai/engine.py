@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 from typing import AsyncIterator, Awaitable, Callable
 
 from server.ai.base import Answer, AnswerRequest, Provider, Usage
@@ -109,13 +110,14 @@ class AIEngine:
         question: str,
         *,
         lang: str,
-        history: Awaitable[list[Message]],
+        history: list[Message] | Awaitable[list[Message]],
         page_url: str | None = None,
         page_title: str | None = None,
         session_id: str | None = None,
     ) -> Answer:
         """Decide handoff and sources now; the text streams from the returned `chunks`.
-        `history` (the conversation before the question) is awaited only when the model is asked."""
+        `history` (the conversation before the question) may be an awaitable read still under
+        way: it is awaited only when the model is asked."""
         if asks_for_human(question, ai_setting(site, "handoff_phrases", [])):
             # Outside the site's hours (or with nobody online) nobody is coming: ask for an email.
             away = self._someone_can_answer is not None and not await self._someone_can_answer(site)
@@ -131,7 +133,7 @@ class AIEngine:
             site=site,
             question=question,
             lang=lang,
-            history=(await history)[-HISTORY_TURNS:],
+            history=(await history if inspect.isawaitable(history) else history)[-HISTORY_TURNS:],
             passages=passages,
             page_url=page_url,
             page_title=page_title,
