@@ -70,21 +70,10 @@ class EventStreamMixin(JsonHandler):
             head += f"event: {name}\n"
         self.write(f"{head}data: {dumps(data)}\n\n")
 
-    async def send_events(self, events: AsyncIterator[Any], frame: Callable[[Any], None]) -> None:
-        """Flush the headers, then `frame(event)` each event of `events` (frame writes it) until the
-        source ends or the client leaves. The source is closed either way."""
-
-        async def one_by_one() -> AsyncIterator[list[Any]]:
-            async with contextlib.aclosing(events):  # type: ignore[type-var]
-                async for event in events:
-                    yield [event]
-
-        await self.send_batches(one_by_one(), frame)
-
     async def send_batches(self, batches: AsyncIterator[list[Any]],
                            frame: Callable[[Any], None]) -> None:
-        """Like `send_events`, for a source that yields lists of events: every event of a list is
-        written, then flushed once."""
+        """Flush the headers, then `frame(event)` each event of each list `batches` yields, flushing
+        once per list, until the source ends or the client leaves. The source is closed either way."""
         async with contextlib.aclosing(batches):  # type: ignore[type-var]
             if not await self.safe_flush():
                 return
