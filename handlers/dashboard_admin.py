@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from server.errors import Forbidden, InvalidRequest, ParleyError, UnknownSite
 from server.insights import parse_range
 from server.knowledge import MAX_DOCUMENT_BYTES
+from server.site_knowledge import still_fetching
 from server.opening_hours import AVAILABLE_WHEN_LABELS, WEEKDAY_NAMES, WEEKDAYS
 from server.opening_hours import FORM_FIELDS as HOURS_FORM_FIELDS
 from server.opening_hours import form_values as hours_form_values
@@ -325,8 +326,9 @@ class KnowledgeHandler(SiteAdminHandler):
 
     async def show(self, site: Site, **values: object) -> None:
         knowledge = self.services.site_knowledge
+        jobs = await knowledge.fetch_jobs(site)
         self.render_page("site_knowledge.html", site=site, documents=await knowledge.documents(site),
-                         jobs=knowledge.jobs.get(site.id, []), fetching=knowledge.fetching(site),
+                         jobs=jobs, fetching=still_fetching(jobs),
                          gaps=(await knowledge.gaps(site))[:50], max_upload=MAX_DOCUMENT_BYTES,
                          **{"error": None, "notice": None, "tried": None, "question": "", **values})
 
@@ -345,7 +347,7 @@ class KnowledgeHandler(SiteAdminHandler):
         action = self.get_body_argument("action", "")
         try:
             if action == "add_url":
-                knowledge.fetch_in_background(site, self.get_body_argument("url", ""), self.actor)
+                await knowledge.fetch_in_background(site, self.get_body_argument("url", ""), self.actor)
                 notice = "Fetching in the background: its progress shows below."
             elif action == "upload":
                 files = self.request.files.get("file") or []
@@ -377,7 +379,8 @@ class KnowledgeHandler(SiteAdminHandler):
 
 
 class KnowledgeJobsHandler(OperatorApiHandler):
-    """The site's fetches as JSON, polled by the knowledge page while one runs (admins)."""
+    """The site's fetches as JSON, polled by the knowledge page while one runs (admins). Any process
+    answers: fetches are kept in the store by the process that runs them."""
 
     admin_only = True
 
@@ -385,6 +388,6 @@ class KnowledgeJobsHandler(OperatorApiHandler):
         site = await self.services.store.get_site_by_key(site_key)
         if site is None:
             raise UnknownSite("No site has this site_key.")
-        knowledge = self.services.site_knowledge
-        self.write_json({"success": True, "fetching": knowledge.fetching(site),
-                         "jobs": [job.as_dict() for job in knowledge.jobs.get(site.id, [])]})
+        jobs = await self.services.site_knowledge.fetch_jobs(site)
+        self.write_json({"success": True, "fetching": still_fetching(jobs),
+                         "jobs": jobs})

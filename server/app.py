@@ -177,7 +177,8 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         site_ai=SiteAI(store, config, audit),
         operator_admin=OperatorAdmin(store, accounts, audit),
         contacts=Contacts(store, audit),
-        site_knowledge=SiteKnowledge(store, knowledge, audit, ai, allow_private=config.kb_allow_private),
+        site_knowledge=SiteKnowledge(store, knowledge, audit, ai, allow_private=config.kb_allow_private,
+                                     origin=hub.origin),
         insights=Insights(store),
         hours=hours,
     )

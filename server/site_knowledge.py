@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePath
 
 from server.ai.base import Passage
@@ -21,14 +21,20 @@ from server.ai.passages import split_sections
 from server.audit import Actor, AuditLog
 from server.errors import ParleyError
 from server.knowledge import KnowledgeService
-from server.store.base import Store
+from server.store.base import Store, StoreUnavailable
 from server.sites import DEFAULT_SETTINGS
-from server.store.models import KnowledgeDocument, KnowledgeGap, Site
+from server.store.models import FetchJob, KnowledgeDocument, KnowledgeGap, Site
 
 log = logging.getLogger(__name__)
 
-MAX_JOBS_SHOWN = 20
+MAX_JOBS_SHOWN = 20  # and kept: a site's older fetches are pruned from the store
 MAX_ERRORS_SHOWN = 20
+MAX_ERROR_CHARS = 500
+JOB_WRITE_SECONDS = 0.5  # a running fetch writes its progress at most this often
+JOB_HEARTBEAT_SECONDS = 5.0  # and at least this often, progress or not
+JOB_STALE_SECONDS = 30.0  # a fetch not written for this long is shown interrupted
+CLOSE_SECONDS = 5.0
+INTERRUPTED = "The server running this fetch stopped before it ended; add the URL again."
 MAX_SITES_COUNTED = 256
 TRY_SECONDS = 60  # Try the assistant waits this long for the whole answer
 TRY_MAX_CHARS = 20_000
@@ -40,25 +46,59 @@ FILLER = frozenset("a an the is are do does did can could i you we my your our m
                    "it this that and or with what how please hi hello there any".split())
 
 
-@dataclass
-class FetchJob:
-    url: str
-    state: str = "fetching"  # fetching, done, failed
-    added: int = 0
-    message: str = ""
-    started: float = field(default_factory=time.time)
-    done: int = 0  # pages fetched (or skipped) so far
-    total: int = 0  # pages to fetch: 1 for a page, a sitemap's pages once it is read
-    errors: list[str] = field(default_factory=list)  # why pages were skipped (the first few)
+class RunningFetch:
+    """A fetch this process runs. Its progress is kept in memory and written to the store (where any
+    process reads it) at most every JOB_WRITE_SECONDS, and at least every JOB_HEARTBEAT_SECONDS so
+    that a reader can tell a fetch whose process died (no write for JOB_STALE_SECONDS)."""
+
+    def __init__(self, store: Store, job: FetchJob) -> None:
+        self.store = store
+        self.job = job
+        self.done = self.total = 0
+        self.errors: list[str] = []
+        self._changed = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return self.job.url
 
     def progress(self, done: int, total: int, error: str | None) -> None:
         self.done, self.total = done, total
         if error and len(self.errors) < MAX_ERRORS_SHOWN:
-            self.errors.append(error)
+            self.errors.append(error[:MAX_ERROR_CHARS])
+        self._changed.set()
 
-    def as_dict(self) -> dict[str, object]:
-        return {"url": self.url, "state": self.state, "added": self.added, "message": self.message,
-                "done": self.done, "total": self.total, "errors": list(self.errors)}
+    async def keep_writing(self) -> None:
+        """Until cancelled: the progress when it changes (throttled), else the heartbeat."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), JOB_HEARTBEAT_SECONDS)
+            self._changed.clear()
+            try:
+                await self.write({})
+            except StoreUnavailable as exc:  # the fetch goes on; the next write may get through
+                log.warning("could not record the progress of fetching %s: %s", self.url, exc)
+            await asyncio.sleep(JOB_WRITE_SECONDS)
+
+    async def write(self, outcome: dict[str, object]) -> None:
+        await self.store.update_fetch_job(
+            self.job.site_id, self.job.id,
+            {"done": self.done, "total": self.total, "errors": self.errors, **outcome}, now=time.time())
+
+
+def job_view(job: FetchJob, now: float, stale_after: float = JOB_STALE_SECONDS) -> dict[str, object]:
+    """A job as the dashboard shows it: one still "fetching" whose process has not written for
+    `stale_after` seconds is shown "interrupted" (that process stopped or died)."""
+    state, message = job.state, job.message
+    if state == "fetching" and now - job.updated_at > stale_after:
+        state, message = "interrupted", INTERRUPTED
+    return {"id": job.id, "url": job.url, "state": state, "added": job.added, "message": message,
+            "done": job.done, "total": job.total, "errors": list(job.errors),
+            "started_at": job.started_at, "updated_at": job.updated_at}
+
+
+def still_fetching(jobs: list[dict[str, object]]) -> bool:
+    return any(job["state"] == "fetching" for job in jobs)
 
 
 @dataclass(frozen=True)
@@ -118,46 +158,60 @@ def gap_key_of(question: str) -> frozenset[str]:
 
 class SiteKnowledge:
     def __init__(self, store: Store, knowledge: KnowledgeBase, audit: AuditLog, ai: AIEngine, *,
-                 allow_private: bool = False) -> None:
+                 allow_private: bool = False, origin: str = "", stale_after: float = JOB_STALE_SECONDS) -> None:
         self.store = store
         self.knowledge = knowledge
         self.audit = audit
         self.ai = ai
         self.ingest = KnowledgeService(store, knowledge, allow_private=allow_private)
-        self.jobs: dict[int, list[FetchJob]] = {}
+        self.origin = origin  # this process, as fetch jobs name the process that runs them
+        self.stale_after = stale_after
         self._passages: dict[int, tuple[str, dict[int, int]]] = {}  # site -> (version, document -> passages)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def fetch_in_background(self, site: Site, url: str, actor: Actor) -> FetchJob:
-        job = FetchJob(url.strip()[:2000])
-        jobs = self.jobs.setdefault(site.id, [])
-        jobs.insert(0, job)
-        del jobs[MAX_JOBS_SHOWN:]
-        task = asyncio.create_task(self._fetch(site, job, actor))
+    async def fetch_in_background(self, site: Site, url: str, actor: Actor) -> FetchJob:
+        """Record the fetch in the store (so any process shows it), then run it here."""
+        job = await self.store.add_fetch_job(site.id, url.strip()[:2000], self.origin, now=time.time(),
+                                             keep=MAX_JOBS_SHOWN)
+        task = asyncio.create_task(self._fetch(site, RunningFetch(self.store, job), actor))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
 
-    async def _fetch(self, site: Site, job: FetchJob, actor: Actor) -> None:
+    async def _fetch(self, site: Site, job: RunningFetch, actor: Actor) -> None:
+        writer = asyncio.create_task(job.keep_writing())
+        added: list[KnowledgeDocument] = []
+        # Cancelled (the server stops): say so now rather than after the stale window.
+        outcome: dict[str, object] = {"state": "interrupted", "message": INTERRUPTED}
         try:
             added = await self.ingest.add_url(site, job.url, progress=job.progress)
+            outcome = {"state": "done", "added": len(added), "message": f"added {len(added)} page(s)"}
         except ParleyError as exc:
-            job.state, job.message = "failed", exc.message
-            return
+            outcome = {"state": "failed", "message": exc.message}
         except Exception as exc:  # noqa: BLE001 - shown to the admin, logged in full
             log.exception("fetching %s failed", job.url)
-            job.state, job.message = "failed", f"{type(exc).__name__}"
-            return
-        job.state, job.added = "done", len(added)
-        job.message = f"added {len(added)} page(s)"
-        await self.audit.record(actor, "knowledge.add_url", site_id=site.id, target=job.url, pages=len(added))
+            outcome = {"state": "failed", "message": f"{type(exc).__name__}"}
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            try:
+                await job.write(outcome)
+            except StoreUnavailable as exc:  # readers will see it interrupted once it is stale
+                log.warning("could not record how fetching %s ended: %s", job.url, exc)
+        if outcome["state"] == "done":
+            await self.audit.record(actor, "knowledge.add_url", site_id=site.id, target=job.url,
+                                    pages=len(added))
+
+    async def fetch_jobs(self, site: Site) -> list[dict[str, object]]:
+        """The site's fetches, newest first, as whichever process runs them last wrote them."""
+        now = time.time()
+        return [job_view(job, now, self.stale_after)
+                for job in await self.store.list_fetch_jobs(site.id, limit=MAX_JOBS_SHOWN)]
 
     async def add_text(self, site: Site, title: str, text: str, actor: Actor) -> None:
         document = await self.ingest.add_text(site, title.strip() or "Answer", text)
         await self.audit.record(actor, "knowledge.add", site_id=site.id, target=document.title)
-
-    def fetching(self, site: Site) -> bool:
-        return any(job.state == "fetching" for job in self.jobs.get(site.id, []))
 
     async def add_upload(self, site: Site, filename: str, data: bytes, actor: Actor) -> KnowledgeDocument:
         name = PurePath(filename.replace("\\", "/")).name[:200] or "upload"
@@ -219,5 +273,9 @@ class SiteKnowledge:
         return group_gaps(sorted(rows, key=lambda g: g.asked_at, reverse=True))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        """Stop the fetches under way, each marked interrupted in the store (within a few seconds)."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_SECONDS)

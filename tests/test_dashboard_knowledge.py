@@ -56,9 +56,10 @@ async def test_documents_try_and_gaps(parley: Parley, admin: Operator):
     assert (await post_form(admin, url, action="reindex")).status_code == 302
     # A fetch that fails says so on the page, in the background.
     await post_form(admin, url, action="add_url", url="http://127.0.0.1:9/nothing")
-    jobs = await eventually(
-        lambda: [j for j in parley.services.site_knowledge.jobs.get(parley.site.id, [])
-                 if j.state != "fetching"], what="the fetch to end")
+    async def ended() -> list:
+        return [j for j in await parley.services.store.list_fetch_jobs(parley.site.id) if j.state != "fetching"]
+
+    jobs = await eventually(ended, what="the fetch to end")
     assert jobs[0].state == "failed"
     assert "failed" in (await admin.get(url)).text
     actions = {e.action for e in await parley.services.audit.entries()}

@@ -5,6 +5,7 @@ assistant showing the site's own model's answer with the passages it was given."
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import AsyncIterator
 
 import httpx
@@ -13,7 +14,9 @@ import tornado.httpserver
 import tornado.testing
 import tornado.web
 
+from server.app import build_services, make_app
 from server.knowledge import MAX_DOCUMENT_BYTES
+from server.site_knowledge import INTERRUPTED
 from tests.dashboard import Operator
 from tests.fake_openai import FakeOpenAI, Plan
 from tests.harness import Parley
@@ -124,7 +127,9 @@ async def test_a_sitemap_fetch_shows_its_progress_and_errors_while_it_runs(
 
     running = await eventually(lambda: _with_done(jobs, 1), what="the first page to be fetched")
     assert running["fetching"] is True
-    assert running["jobs"][0] == {
+    job = running["jobs"][0]
+    assert job["started_at"] <= job["updated_at"] and isinstance(job["id"], int)
+    assert {k: v for k, v in job.items() if k not in ("id", "started_at", "updated_at")} == {
         "url": f"http://127.0.0.1:{slow_website.port}/sitemap.xml", "state": "fetching", "added": 0,
         "message": "", "done": 1, "total": 3, "errors": []}
     slow_website.gate.set()
@@ -135,6 +140,52 @@ async def test_a_sitemap_fetch_shows_its_progress_and_errors_while_it_runs(
     page = (await admin.get(url)).text
     assert 'data-fetching="0"' in page and "answered HTTP 404" in page and "3 of 3 page(s)" in page
     assert (await agent.get(f"{url}/jobs")).status_code == 403
+
+
+@pytest.fixture
+async def second_process(parley: Parley) -> AsyncIterator[str]:
+    """Another server process over the same data directory (its own store connection, on its own
+    port), as supervisord runs several behind one port: its base URL."""
+    services = await build_services(parley.services.config)
+    server = tornado.httpserver.HTTPServer(make_app(services))
+    sock, port = tornado.testing.bind_unused_port()
+    server.add_sockets([sock])
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        await server.close_all_connections()
+        await services.close()
+
+
+async def test_another_process_shows_the_fetch_progress_and_a_dead_process_fetch_as_interrupted(
+        parley: Parley, admin: Operator, slow_website: SlowWebsite, second_process: str):
+    parley.services.site_knowledge.ingest.allow_private = True  # the test website is on loopback
+    url = knowledge_url(parley)
+    # A fetch whose process died mid-way: its last write is two minutes old.
+    await parley.services.store.add_fetch_job(parley.site.id, "https://shop.test/sitemap.xml", "dead-process",
+                                              now=time.time() - 120)
+    sitemap = f"http://127.0.0.1:{slow_website.port}/sitemap.xml"
+    assert (await post_form(admin, url, action="add_url", url=sitemap)).status_code == 302
+    async with httpx.AsyncClient(base_url=second_process, cookies=admin.client.cookies, timeout=30) as elsewhere:
+        async def jobs() -> dict:
+            response = await elsewhere.get(f"{url}/jobs")
+            assert response.status_code == 200
+            return response.json()
+
+        running = await eventually(lambda: _with_done(jobs, 1), what="the other process to see a page done")
+        live, dead = running["jobs"]
+        assert running["fetching"] is True
+        assert (live["url"], live["state"], live["done"], live["total"]) == (sitemap, "fetching", 1, 3)
+        assert (dead["state"], dead["message"]) == ("interrupted", INTERRUPTED)
+        assert 'data-fetching="1"' in (await elsewhere.get(url)).text
+        slow_website.gate.set()
+        finished = await eventually(lambda: _with_state(jobs, "done"), what="the other process to see it end")
+        live = finished["jobs"][0]
+        assert finished["fetching"] is False and (live["done"], live["total"], live["added"]) == (3, 3, 2)
+        assert live["errors"] == [f"http://127.0.0.1:{slow_website.port}/missing answered HTTP 404."]
+        page = (await elsewhere.get(url)).text
+        assert 'data-fetching="0"' in page and "3 of 3 page(s)" in page and "interrupted" in page
 
 
 async def _with_done(jobs, done: int) -> dict | None:

@@ -386,6 +386,31 @@ async def test_documents_and_their_version(store, other):
     assert await store.list_documents(site_id) == []
 
 
+async def test_fetch_jobs_are_written_by_one_process_and_read_by_another(store, other):
+    site_id, elsewhere = await new_site(store), await new_site(store, "Other")
+    job = await store.add_fetch_job(site_id, "https://shop.test/sitemap.xml", "A", now=1000.0, keep=3)
+    assert (job.state, job.done, job.total, job.errors, job.started_at, job.updated_at) == \
+        ("fetching", 0, 0, [], 1000.0, 1000.0)
+    await store.update_fetch_job(site_id, job.id, {"done": 2, "total": 5, "errors": ["/a answered HTTP 404."]},
+                                 now=1001.5)
+    await store.update_fetch_job(elsewhere, job.id, {"state": "failed"}, now=1002.0)  # not that site's
+    [seen] = await other.list_fetch_jobs(site_id)
+    assert (seen.id, seen.url, seen.origin, seen.state, seen.done, seen.total, seen.errors, seen.updated_at) == \
+        (job.id, "https://shop.test/sitemap.xml", "A", "fetching", 2, 5, ["/a answered HTTP 404."], 1001.5)
+    await store.update_fetch_job(site_id, job.id, {"state": "done", "added": 4, "message": "added 4 page(s)"},
+                                 now=1003.0)
+    assert [(j.state, j.added, j.done) for j in await other.list_fetch_jobs(site_id)] == [("done", 4, 2)]
+    with pytest.raises(ValueError):
+        await store.update_fetch_job(site_id, job.id, {"url": "https://elsewhere.test/"}, now=1004.0)
+    # Each site keeps its newest `keep` jobs, newest first; older ones are pruned.
+    later = [await other.add_fetch_job(site_id, f"https://shop.test/{n}", "B", now=1010.0 + n, keep=3)
+             for n in range(4)]
+    await store.add_fetch_job(elsewhere, "https://other.test/", "A", now=1020.0, keep=3)
+    assert [j.id for j in await store.list_fetch_jobs(site_id)] == [j.id for j in reversed(later[1:])]
+    assert [j.url for j in await store.list_fetch_jobs(site_id, limit=1)] == ["https://shop.test/3"]
+    assert [j.url for j in await other.list_fetch_jobs(elsewhere)] == ["https://other.test/"]
+
+
 # -- answer claims --------------------------------------------------------------------------------
 async def test_one_process_claims_an_answer_until_released_or_stale(store, other):
     conv = await conversation_id(store, await new_site(store))

@@ -15,6 +15,7 @@ from server.store.models import (
     Operator,
     OperatorSession,
     Event,
+    FetchJob,
     KnowledgeDocument,
     KnowledgeGap,
     Message,
@@ -253,6 +254,21 @@ class Store(abc.ABC):
         """Changes whenever the site's documents change; the index cache keys on it."""
 
     # Answer claims: which process is answering a visitor message right now
+    # Background fetches into a site's knowledge: written by the process that runs them, read by any.
+    @abc.abstractmethod
+    async def add_fetch_job(self, site_id: int, url: str, origin: str, *, now: float,
+                            keep: int = 20) -> FetchJob:
+        """Record a fetch that begins (state "fetching"); the site keeps only its `keep` newest."""
+
+    @abc.abstractmethod
+    async def update_fetch_job(self, site_id: int, job_id: int, changes: dict[str, Any], *,
+                               now: float) -> None:
+        """Write fields of FETCH_JOB_UPDATABLE and set updated_at to `now` (the heartbeat)."""
+
+    @abc.abstractmethod
+    async def list_fetch_jobs(self, site_id: int, limit: int = 20) -> list[FetchJob]:
+        """The site's fetches, newest first."""
+
     @abc.abstractmethod
     async def claim_answer(self, conversation_id: int, message_id: str, origin: str, *,
                            now: float, stale_after: float) -> bool:

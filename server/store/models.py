@@ -160,6 +160,29 @@ class KnowledgeDocument:
     updated_at: str
 
 
+# What a fetch's own process writes as it goes; url, origin and started_at never change.
+FETCH_JOB_UPDATABLE = frozenset({"state", "added", "message", "done", "total", "errors"})
+
+
+@dataclass(frozen=True)
+class FetchJob:
+    """A URL or sitemap fetched into a site's knowledge in the background, as its process last
+    wrote it (updated_at: unix seconds of that write, its heartbeat)."""
+
+    id: int
+    site_id: int
+    url: str
+    origin: str  # the process that runs it
+    state: str  # fetching, done, failed, interrupted
+    added: int
+    message: str
+    done: int  # pages fetched (or skipped) so far
+    total: int  # pages to fetch: 1 for a page, a sitemap's pages once it is read
+    errors: list[str]  # why pages were skipped (the first few)
+    started_at: float
+    updated_at: float
+
+
 @dataclass(frozen=True)
 class Event:
     id: int

@@ -33,6 +33,7 @@ from pymongo.uri_parser import parse_uri
 from server.store.base import DuplicateMessageId, DuplicateOperator, Store, StoreUnavailable
 from server.store.models import (
     CONVERSATION_UPDATABLE,
+    FETCH_JOB_UPDATABLE,
     OPERATOR_UPDATABLE,
     QUIET_CONVERSATION_FIELDS,
     AuditEntry,
@@ -43,6 +44,7 @@ from server.store.models import (
     Operator,
     OperatorSession,
     Event,
+    FetchJob,
     KnowledgeDocument,
     KnowledgeGap,
     Message,
@@ -94,6 +96,13 @@ def _folded(text: str) -> str:
     """Text as search compares it: case folded, accents dropped (Montréal -> montreal)."""
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def _fetch_job(doc: dict[str, Any]) -> FetchJob:
+    return FetchJob(id=doc["_id"], site_id=doc["site_id"], url=doc["url"], origin=doc["origin"],
+                    state=doc["state"], added=doc["added"], message=doc["message"], done=doc["done"],
+                    total=doc["total"], errors=list(doc["errors"]), started_at=doc["started_at"],
+                    updated_at=doc["updated_at"])
 
 
 def _utc(seconds_from_now: float = 0.0) -> datetime:
@@ -183,6 +192,7 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
      {"unique": True, **_partial_string("rule_key")}),
     ("documents", [("site_id", ASCENDING)], {}),
     ("answer_claims", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
+    ("fetch_jobs", [("site_id", ASCENDING)], {}),
     ("events", [("created_at", ASCENDING)], {}),
     ("events", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
     ("leases", [("expire_at", ASCENDING)], {"expireAfterSeconds": 0}),
@@ -685,6 +695,37 @@ class MongoStore(Store):
     async def knowledge_version(self, site_id: int) -> str:
         doc = await self._db.knowledge_versions.find_one({"_id": _int(site_id)})
         return str(doc["version"] if doc else 0)
+
+    # -- fetch jobs ---------------------------------------------------------------------------
+    @_guarded
+    async def add_fetch_job(self, site_id: int, url: str, origin: str, *, now: float,
+                            keep: int = 20) -> FetchJob:
+        document = {"_id": await self._next_id("fetch_jobs"), "site_id": _int(site_id), "url": _str(url),
+                    "origin": _str(origin), "state": "fetching", "added": 0, "message": "", "done": 0,
+                    "total": 0, "errors": [], "started_at": _num(now), "updated_at": _num(now)}
+        await self._db.fetch_jobs.insert_one(document)
+        older = self._db.fetch_jobs.find({"site_id": document["site_id"]}, {"_id": 1}).sort(
+            "_id", DESCENDING).skip(max(_int(keep), 1)).limit(1)
+        async for oldest_dropped in older:
+            await self._db.fetch_jobs.delete_many(
+                {"site_id": document["site_id"], "_id": {"$lte": oldest_dropped["_id"]}})
+        return _fetch_job(document)
+
+    @_guarded
+    async def update_fetch_job(self, site_id: int, job_id: int, changes: dict[str, Any], *,
+                               now: float) -> None:
+        unknown = set(changes) - FETCH_JOB_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        values = {**changes, "updated_at": _num(now)}
+        if "errors" in values:
+            values["errors"] = [_str(e) for e in values["errors"]]
+        await self._db.fetch_jobs.update_one({"_id": _int(job_id), "site_id": _int(site_id)}, {"$set": values})
+
+    @_guarded
+    async def list_fetch_jobs(self, site_id: int, limit: int = 20) -> list[FetchJob]:
+        cursor = self._db.fetch_jobs.find({"site_id": _int(site_id)}).sort("_id", DESCENDING).limit(_int(limit))
+        return [_fetch_job(d) async for d in cursor]
 
     # -- answer claims ------------------------------------------------------------------------
     @staticmethod

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, TypeVar
 from server.store.base import DuplicateMessageId, DuplicateOperator, Store, StoreUnavailable
 from server.store.models import (
     CONVERSATION_UPDATABLE,
+    FETCH_JOB_UPDATABLE,
     OPERATOR_UPDATABLE,
     QUIET_CONVERSATION_FIELDS,
     AuditEntry,
@@ -33,6 +34,7 @@ from server.store.models import (
     Operator,
     OperatorSession,
     Event,
+    FetchJob,
     KnowledgeDocument,
     KnowledgeGap,
     Message,
@@ -141,6 +143,21 @@ CREATE TABLE IF NOT EXISTS knowledge_versions (
     site_id INTEGER PRIMARY KEY,
     version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fetch_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    site_id INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    state TEXT NOT NULL,
+    added INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    errors TEXT NOT NULL DEFAULT '[]',
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fetch_jobs_site ON fetch_jobs (site_id, id);
 CREATE TABLE IF NOT EXISTS answer_claims (
     conversation_id INTEGER NOT NULL,
     message_id TEXT NOT NULL,
@@ -278,6 +295,12 @@ def _event(row: sqlite3.Row) -> Event:
 
 def _document(row: sqlite3.Row) -> KnowledgeDocument:
     return KnowledgeDocument(**dict(row))
+
+
+def _fetch_job(row: sqlite3.Row) -> FetchJob:
+    data = dict(row)
+    data["errors"] = json.loads(data["errors"])
+    return FetchJob(**data)
 
 
 class SQLiteStore(Store):
@@ -943,6 +966,41 @@ class SQLiteStore(Store):
             "SELECT version FROM knowledge_versions WHERE site_id = ?", site_id
         )
         return str(row["version"] if row else 0)
+
+    # -- fetch jobs ---------------------------------------------------------------------------
+    async def add_fetch_job(self, site_id: int, url: str, origin: str, *, now: float,
+                            keep: int = 20) -> FetchJob:
+        def insert(db: sqlite3.Connection) -> sqlite3.Row:
+            cur = db.execute(
+                "INSERT INTO fetch_jobs (site_id, url, origin, state, started_at, updated_at)"
+                " VALUES (?, ?, ?, 'fetching', ?, ?)", (site_id, url, origin, now, now))
+            db.execute("DELETE FROM fetch_jobs WHERE site_id = ? AND id NOT IN"
+                       " (SELECT id FROM fetch_jobs WHERE site_id = ? ORDER BY id DESC LIMIT ?)",
+                       (site_id, site_id, max(keep, 1)))
+            return db.execute("SELECT * FROM fetch_jobs WHERE id = ?", (cur.lastrowid,)).fetchone()
+
+        return _fetch_job(await self._run(self._tx, insert))
+
+    async def update_fetch_job(self, site_id: int, job_id: int, changes: dict[str, Any], *,
+                               now: float) -> None:
+        unknown = set(changes) - FETCH_JOB_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        values = {**changes, "updated_at": now}
+        if "errors" in values:
+            values["errors"] = json.dumps(list(values["errors"]))
+        assignments = ", ".join(f"{name} = ?" for name in values)
+
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(f"UPDATE fetch_jobs SET {assignments} WHERE site_id = ? AND id = ?",
+                       (*values.values(), site_id, job_id))
+
+        await self._run(self._tx, update)
+
+    async def list_fetch_jobs(self, site_id: int, limit: int = 20) -> list[FetchJob]:
+        rows = await self._read_all(
+            "SELECT * FROM fetch_jobs WHERE site_id = ? ORDER BY id DESC LIMIT ?", site_id, limit)
+        return [_fetch_job(r) for r in rows]
 
     # -- answer claims ------------------------------------------------------------------------
     async def claim_answer(self, conversation_id: int, message_id: str, origin: str, *,
