@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -63,6 +64,34 @@ class WidgetFileHandler(FileHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Access-Control-Allow-Origin", "*")
         self.set_header("Cache-Control", "public, max-age=300")
+
+
+WIDGET_INCLUDE = "/* @include markdown.js */"
+
+
+def widget_script(directory: Path) -> bytes:
+    """widget.js with markdown.js inlined at its marker: customers load one file, and the widget and the
+    dashboard (which loads markdown.js itself) render Markdown with the same code."""
+    script = (directory / "widget.js").read_text("utf-8")
+    if script.count(WIDGET_INCLUDE) != 1:
+        raise RuntimeError(f"{directory / 'widget.js'} must hold {WIDGET_INCLUDE} exactly once")
+    return script.replace(WIDGET_INCLUDE, (directory / "markdown.js").read_text("utf-8").strip()).encode()
+
+
+class WidgetScriptHandler(tornado.web.RequestHandler):
+    """/widget/widget.js, assembled once at startup; Tornado adds the ETag and answers 304 to it."""
+
+    def initialize(self, script: bytes) -> None:
+        self.script = script
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/javascript; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Cache-Control", "public, max-age=300")
+        self.finish(self.script)
+
+    head = get
 
 
 class DashboardFileHandler(tornado.web.StaticFileHandler):

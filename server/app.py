@@ -54,6 +54,8 @@ from handlers.pages import (
     DemoPageHandler,
     UploadedFileHandler,
     WidgetFileHandler,
+    WidgetScriptHandler,
+    widget_script,
 )
 from handlers.upload import UploadImageHandler
 from handlers.widget_api import (
@@ -290,6 +292,7 @@ def make_app(services: Services, **overrides: Any) -> ParleyApplication:
         (r"/readyz", ReadyHandler, {"store": services.store, "feed": services.bridge,
                                      "uploads": services.chat.uploads}),
         (r"/uploads/(.+)", UploadedFileHandler, {"blobs": services.blobs}),
+        (r"/widget/widget\.js", WidgetScriptHandler, {"script": widget_script(ROOT / "static" / "widget")}),
         (r"/widget/(.+)", WidgetFileHandler, {"path": str(ROOT / "static" / "widget")}),
         (r"/(?:demo)?", DemoPageHandler, {"sites": services.sites, "demo_site_name": DEMO_SITE_NAME}),
         *dashboard_routes(services),

@@ -165,3 +165,17 @@ async def test_a_failure_is_logged_without_the_query(parley, caplog, monkeypatch
     text = "\n".join(r.getMessage() for r in ours)
     assert "/api/v1/chat/block-status" in text
     assert SID not in text and parley.site_key not in text
+
+
+async def test_the_widget_is_one_file_with_the_shared_markdown_renderer_inlined(parley):
+    widget = await parley.client.get("/widget/widget.js")
+    renderer = await parley.client.get("/widget/markdown.js")
+    for response in (widget, renderer):
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "text/javascript; charset=utf-8"
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "@include" not in widget.text
+    assert renderer.text.strip() in widget.text
+    assert widget.text.index("var parleyMarkdown") < widget.text.index("parleyMarkdown.markdown")
+    again = await parley.client.get("/widget/widget.js", headers={"If-None-Match": widget.headers["Etag"]})
+    assert again.status_code == 304

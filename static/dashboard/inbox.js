@@ -124,10 +124,18 @@
     var image = m.image_url && /^(https?:\/\/|\/)/.test(m.image_url) ? el("img", {src: m.image_url, alt: "Image sent by the visitor"}) : null;
     var item = el("li", {className: "msg " + m.role + (m.status === "interrupted" ? " interrupted" : ""), "data-id": m.id}, [
       el("span", {className: "meta", text: who + " · " + P.when(m.created_at)}),
-      image, m.content ? el("span", {className: "text", text: m.content}) : null, sources,
+      image, m.content ? messageText(m.role, m.content) : null, sources,
     ]);
     $("messages").appendChild(item);
     scrollDown();
+  }
+  // The AI's and operators' words are Markdown, drawn by the widget's own renderer (/widget/markdown.js:
+  // DOM text nodes, http(s) links only); a visitor's words stay exactly as typed.
+  function messageText(role, content) {
+    if (role !== "ai" && role !== "operator") return el("span", {className: "text", text: content});
+    var box = el("div", {className: "text md"});
+    box.appendChild(parleyMarkdown.markdown(content));
+    return box;
   }
   function scrollDown() { var box = $("messages"); box.scrollTop = box.scrollHeight; }
   // The AI's answer while it is made: `chunk` (this server, each piece with its offset) and
@@ -139,15 +147,21 @@
     var bubble = $("messages").querySelector('.streaming[data-reply-to="' + CSS.escape(key) + '"]');
     if (!bubble) {
       bubble = el("li", {className: "msg ai streaming", "data-reply-to": key}, [
-        el("span", {className: "meta", text: "AI · answering…"}), el("span", {className: "text"})]);
+        el("span", {className: "meta", text: "AI · answering…"}), el("div", {className: "text md"})]);
+      bubble.answerText = "";
       $("messages").appendChild(bubble);
     }
-    var text = bubble.querySelector(".text"), current = text.textContent;
+    // The text so far is kept raw (the drawn one has lost its Markdown) and drawn again whole on each
+    // piece: the renderer is linear, and an answer is a few KB.
+    var current = bubble.answerText, next = current;
     if (event.kind === "answer_progress") {
-      if (event.text.length > current.length) text.textContent = event.text;
+      if (event.text.length > current.length) next = event.text;
     } else if (event.offset <= current.length) {
-      text.textContent = current + event.content.slice(current.length - event.offset);
+      next = current + event.content.slice(current.length - event.offset);
     }
+    if (next === current) return;
+    bubble.answerText = next;
+    bubble.querySelector(".text").replaceChildren(parleyMarkdown.markdown(next));
     scrollDown();
   }
   function renderHeader() {

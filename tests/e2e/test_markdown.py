@@ -98,3 +98,25 @@ async def test_nested_and_unbalanced_markers_and_random_text_render_quickly(demo
     # Generous for a loaded CI machine; a looping or exponential renderer takes seconds or never ends.
     assert slowest < 250, f"the slowest string took {slowest:.0f} ms"
     assert demo_page.unexpected_errors() == []
+
+
+async def test_the_dashboards_renderer_is_the_widgets(demo_page: Visit) -> None:
+    """The dashboard loads /widget/markdown.js itself; the widget has it inlined by the server. Both draw
+    every case, and random text, to the same HTML."""
+    await demo_page.page.evaluate("""() => new Promise((resolve, reject) => {
+      const script = document.createElement('script');
+      script.src = '/widget/markdown.js';
+      script.onload = resolve; script.onerror = reject;
+      document.head.appendChild(script);
+    })""")
+    rng = random.Random(8002)
+    texts = list(CASES) + [random_markdownish(rng) for _ in range(300)]
+    both = await asyncio.wait_for(demo_page.page.evaluate("""(texts) => texts.map((text) => {
+      const widget = document.createElement('div'), dashboard = document.createElement('div');
+      widget.appendChild(window.Parley.renderMarkdown(text));
+      dashboard.appendChild(window.parleyMarkdown.markdown(text));
+      return [widget.innerHTML, dashboard.innerHTML];
+    })""", texts), timeout=20)
+    assert [w for w, _ in both] == [d for _, d in both]
+    assert both[: len(CASES)] == [[html, html] for html in CASES.values()]
+    assert demo_page.unexpected_errors() == []
