@@ -20,8 +20,11 @@
   }
 
   // Try the assistant: the answer drawn as the widget draws it (/widget/markdown.js).
-  var answer = document.querySelector(".tried-answer.md");
-  if (answer) answer.replaceChildren(parleyMarkdown.markdown(answer.textContent));
+  var answer = document.querySelector(".tried-answer");
+  if (answer) {
+    answer.classList.add("md");
+    answer.replaceChildren(parleyMarkdown.markdown(answer.textContent));
+  }
 
   var list = document.getElementById("jobs");
   if (!list || list.dataset.fetching !== "1") return;
