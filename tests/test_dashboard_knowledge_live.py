@@ -224,3 +224,21 @@ async def test_try_the_assistant_uses_the_site_model(parley: Parley, admin: Oper
     failed = (await admin.get(f"{site_url}/knowledge", q="How long does shipping take?")).text
     assert "The assistant failed:" in failed
     assert await parley.services.store.list_inbox([parley.site.id]) == []
+
+
+async def test_a_fetch_under_way_when_the_server_stops_is_marked_interrupted_at_once(
+        parley: Parley, admin: Operator, slow_website: SlowWebsite):
+    knowledge = parley.services.site_knowledge
+    knowledge.ingest.allow_private = True  # the test website is on loopback
+    url = knowledge_url(parley)
+    await post_form(admin, url, action="add_url", url=f"http://127.0.0.1:{slow_website.port}/sitemap.xml")
+
+    async def first_page_written() -> bool:
+        return any(j.done >= 1 for j in await parley.services.store.list_fetch_jobs(parley.site.id))
+
+    await eventually(first_page_written, what="the first page's progress written")
+    await knowledge.close()  # as on SIGTERM, while the slow page is still being fetched
+    [job] = await parley.services.store.list_fetch_jobs(parley.site.id)
+    assert (job.state, job.done, job.total, job.message) == ("interrupted", 1, 3, INTERRUPTED)
+    shown = (await admin.get(f"{url}/jobs")).json()
+    assert shown["fetching"] is False and shown["jobs"][0]["state"] == "interrupted"
