@@ -13,6 +13,7 @@ import pytest
 from server.ai.openai_compat import IdleDeadline, OpenAICompatible
 from tests.fake_openai import API_KEY, FakeOpenAI, Plan
 from tests.harness import Parley, session, start_parley
+from tests.waiting import eventually
 
 
 def text_of(events: list[dict]) -> str:
@@ -25,13 +26,13 @@ def types(events: list[dict]) -> list[str]:
 
 async def stored_reply(parley: Parley, session_id: str, *, timeout: float = 10.0) -> dict:
     """The AI (or system) message of the session, once stored."""
-    async with asyncio.timeout(timeout):
-        while True:
-            response = await parley.get("history", **parley.ids(session_id))
-            replies = [m for m in response.json()["messages"] if m["role"] != "visitor"]
-            if replies:
-                return replies[-1]
-            await asyncio.sleep(0.02)
+
+    async def last_reply() -> dict | None:
+        response = await parley.get("history", **parley.ids(session_id))
+        replies = [m for m in response.json()["messages"] if m["role"] != "visitor"]
+        return replies[-1] if replies else None
+
+    return await eventually(last_reply, timeout=timeout, what="a stored reply")
 
 
 async def test_global_base_url_switches_the_default_provider(ai_parley: Parley):

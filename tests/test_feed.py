@@ -4,20 +4,13 @@ polling feed that does not lose an event committed out of id order, and /readyz 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from server.feed import ChangeStreamFeed, PollingFeed
 from server.hub import Hub
 from server.store.base import StoreUnavailable
 from server.store.models import Event
-
-
-async def eventually(condition, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.01)
+from tests.waiting import eventually
 
 
 def event(n: int, origin: str = "elsewhere") -> Event:
@@ -75,7 +68,7 @@ async def test_a_broken_change_stream_resumes_from_its_token_and_reports_while_d
                 got.extend(e["n"] for e in subscription.drain())
                 return got == [1, 2]
 
-            await eventually(collect)
+            await eventually(collect, timeout=5)
     finally:
         await feed.stop()
     assert store.opened_with == [None, "after-1", "after-1", "after-1"]
@@ -109,10 +102,10 @@ async def test_the_polling_feed_finds_an_event_committed_out_of_order():
     try:
         async with hub.subscribe("t") as subscription:
             store.rows.append(event(12))
-            await eventually(lambda: bool(seen.extend(e["n"] for e in subscription.drain())) or seen == [12])
+            await eventually(lambda: bool(seen.extend(e["n"] for e in subscription.drain())) or seen == [12], timeout=5)
             store.rows.append(event(11))
             store.rows.append(event(13, origin=hub.origin))  # our own: never delivered twice
-            await eventually(lambda: bool(seen.extend(e["n"] for e in subscription.drain())) or seen == [12, 11])
+            await eventually(lambda: bool(seen.extend(e["n"] for e in subscription.drain())) or seen == [12, 11], timeout=5)
     finally:
         await feed.stop()
 
@@ -145,7 +138,7 @@ async def test_without_change_streams_the_feed_polls():
     try:
         async with hub.subscribe("t") as subscription:
             store.rows.append(event(11))
-            await eventually(lambda: bool(seen.extend(e["n"] for e in subscription.drain())) or seen == [11])
+            await eventually(lambda: bool(seen.extend(e["n"] for e in subscription.drain())) or seen == [11], timeout=5)
             assert feed.healthy
     finally:
         await feed.stop()

@@ -17,6 +17,7 @@ import pytest
 from server.app import Services, build_services
 from tests.harness import Parley, session, start_parley
 from tests.mongo import MongoServer, start_stand_in
+from tests.waiting import until_held
 
 ROOT = Path(__file__).resolve().parent.parent
 SID = session("mongo")
@@ -61,10 +62,7 @@ async def test_an_operator_reply_in_one_process_wakes_a_visitor_held_by_another(
     await parley_mongo.ask(SID, "Hello")
     site = parley_mongo.site
     held = asyncio.create_task(parley_mongo.get("operator-messages", **parley_mongo.ids(SID, wait=20)))
-    deadline = time.monotonic() + 10
-    while not parley_mongo.services.hub.waiting_on(f"session:{site.id}:{SID}"):
-        assert time.monotonic() < deadline, "the visitor's request was never held"
-        await asyncio.sleep(0.01)
+    await until_held(parley_mongo.services, site.id, SID)
     started = time.monotonic()
     await other_process.operators.say(site, SID, "Ana here, how can I help?", operator_name="Ana")
     response = await asyncio.wait_for(held, 10)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from server.uploads import FairTurns, open_spool_file
 from tests.harness import session
+from tests.waiting import eventually
 
 SID = session("uploads")
 UPLOAD = "/api/v1/chat/upload-image"
@@ -139,16 +140,14 @@ async def test_uploads_at_once_are_capped_per_address(parley):
     started = [await raw_upload_start(parley, f"site_key={parley.site_key}&session_id={session(n)}",
                                       1_000_000, multipart_head())
                for n in range(slots.per_address)]  # other sessions: each within its own rate
-    while slots.in_use < slots.per_address:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: slots.in_use == slots.per_address, what="every upload slot taken")
     refused = await parley.client.post(UPLOAD, params=parley.ids(SID),
                                        files={"image": ("a.jpg", jpeg_bytes(), "image/jpeg")})
     assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
     assert refused.headers["retry-after"]
     for _, writer in started:  # they give up: their slots and spool files are freed
         writer.close()
-    while slots.in_use:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: slots.in_use == 0, what="the upload slots freed")
     assert spooled(parley) == []
     accepted = await parley.client.post(UPLOAD, params=parley.ids(SID),
                                         files={"image": ("a.jpg", jpeg_bytes(), "image/jpeg")})
