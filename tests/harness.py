@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -66,6 +67,19 @@ class Parley:
 
     async def ask(self, session_id: str, message: str, **extra: Any) -> list[dict[str, Any]]:
         return await self.stream_events(self.ids(session_id, message=message, **extra))
+
+
+@contextlib.asynccontextmanager
+async def listening(server: tornado.httpserver.HTTPServer) -> AsyncIterator[int]:
+    """`server` listening on an unused loopback port (yielded) until the block ends, then stopped with
+    its connections closed."""
+    sock, port = tornado.testing.bind_unused_port()
+    server.add_sockets([sock])
+    try:
+        yield port
+    finally:
+        server.stop()
+        await server.close_all_connections()
 
 
 async def start_parley(data_dir: Path, *, limits: Limits | None = None,

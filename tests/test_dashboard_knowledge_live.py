@@ -11,7 +11,6 @@ from typing import AsyncIterator
 import httpx
 import pytest
 import tornado.httpserver
-import tornado.testing
 import tornado.web
 
 from server.app import build_services, make_app
@@ -19,7 +18,7 @@ from server.knowledge import MAX_DOCUMENT_BYTES
 from server.site_knowledge import INTERRUPTED
 from tests.dashboard import Operator
 from tests.fake_openai import FakeOpenAI, Plan
-from tests.harness import Parley
+from tests.harness import Parley, listening
 from tests.test_dashboard_ai import ai_form
 from tests.test_dashboard_sites import admin, agent, post_form  # noqa: F401 - fixtures
 from tests.test_knowledge_ingest import make_pdf
@@ -100,15 +99,11 @@ class SlowWebsite:
 @pytest.fixture
 async def slow_website() -> AsyncIterator[SlowWebsite]:
     site = SlowWebsite()
-    server = tornado.httpserver.HTTPServer(site.app())
-    sock, site.port = tornado.testing.bind_unused_port()
-    server.add_sockets([sock])
-    try:
-        yield site
-    finally:
-        site.gate.set()
-        server.stop()
-        await server.close_all_connections()
+    async with listening(tornado.httpserver.HTTPServer(site.app())) as site.port:
+        try:
+            yield site
+        finally:
+            site.gate.set()  # a page still held answers, so its connection can close
 
 
 async def test_a_sitemap_fetch_shows_its_progress_and_errors_while_it_runs(
@@ -147,14 +142,10 @@ async def second_process(parley: Parley) -> AsyncIterator[str]:
     """Another server process over the same data directory (its own store connection, on its own
     port), as supervisord runs several behind one port: its base URL."""
     services = await build_services(parley.services.config)
-    server = tornado.httpserver.HTTPServer(make_app(services))
-    sock, port = tornado.testing.bind_unused_port()
-    server.add_sockets([sock])
     try:
-        yield f"http://127.0.0.1:{port}"
+        async with listening(tornado.httpserver.HTTPServer(make_app(services))) as port:
+            yield f"http://127.0.0.1:{port}"
     finally:
-        server.stop()
-        await server.close_all_connections()
         await services.close()
 
 

@@ -11,14 +11,13 @@ import logging
 from typing import AsyncIterator
 
 import pytest
-import tornado.testing
 
 from server import admission
 from server.admission import Turns
 from server.app import make_app
 from server.listener import HTTPServer
 from server.proxies import TrustedProxies
-from tests.harness import Parley, session
+from tests.harness import Parley, listening, session
 from tests.waiting import eventually
 
 CROWD = "127.0.0.2"
@@ -32,13 +31,8 @@ async def capped_server(parley: Parley, cap: int, uncapped: str = "") -> AsyncIt
 
     server = HTTPServer(make_app(parley.services), connections_per_address=cap,
                         uncapped=TrustedProxies(parse_networks(uncapped)))
-    sock, port = tornado.testing.bind_unused_port()
-    server.add_sockets([sock])
-    try:
+    async with listening(server) as port:
         yield server, port
-    finally:
-        server.stop()
-        await server.close_all_connections()
 
 
 async def connect(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -123,8 +117,8 @@ async def test_trusted_proxies_are_not_capped(parley):
 
 def stalled_post(parley: Parley) -> bytes:
     """A request whose handler starts (headers read) but whose body is still to come."""
-    return (f"POST /api/v1/chat/rate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            f"Content-Length: 1000\r\nConnection: close\r\n\r\n").encode()
+    return ("POST /api/v1/chat/rate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\nConnection: close\r\n\r\n").encode()
 
 
 async def test_requests_over_an_address_turns_wait_in_order_and_another_address_goes_first(

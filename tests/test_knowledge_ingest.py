@@ -11,11 +11,10 @@ from typing import AsyncIterator
 
 import pytest
 import tornado.httpserver
-import tornado.testing
 import tornado.web
 
 from server.knowledge import IngestError, KnowledgeService, check_public_url
-from tests.harness import Parley, session
+from tests.harness import Parley, listening, session
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,14 +105,8 @@ class Website:
 @pytest.fixture
 async def website() -> AsyncIterator[Website]:
     site = Website()
-    server = tornado.httpserver.HTTPServer(site.app())
-    sock, site.port = tornado.testing.bind_unused_port()
-    server.add_sockets([sock])
-    try:
+    async with listening(tornado.httpserver.HTTPServer(site.app())) as site.port:
         yield site
-    finally:
-        server.stop()
-        await server.close_all_connections()
 
 
 def service(parley: Parley, **kwargs) -> KnowledgeService:
