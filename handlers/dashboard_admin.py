@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from urllib.parse import urlencode
 
-from server.errors import Forbidden, InvalidRequest, ParleyError, UnknownSite
+from server.errors import Forbidden, InvalidRequest, ParleyError
+from server.privacy import VisitorNotFound
 from server.insights import parse_range
 from server.knowledge import MAX_DOCUMENT_BYTES
 from server.site_knowledge import still_fetching
@@ -33,10 +34,7 @@ class SiteAdminHandler(OperatorPageHandler):
         return (self.services.config.public_url or f"{self.request.protocol}://{self.request.host}").rstrip("/")
 
     async def site(self, site_key: str) -> Site:
-        site = await self.services.store.get_site_by_key(site_key)
-        if site is None:
-            raise UnknownSite("No site has this site_key.")
-        return site
+        return await self.services.sites.get_for_admin(site_key)
 
     async def show_site_page(self, site: Site, *, values: dict[str, str] | None = None,
                              error: str | None = None, notice: str | None = None,
@@ -147,9 +145,10 @@ class VisitorDataHandler(SiteAdminHandler):
                 raise ParleyError("Choose Export or Erase.")
             if self.get_body_argument("confirm", "").strip() != session_id:
                 raise ParleyError("Type the session id again to confirm the erase.")
-            if await self.services.store.get_conversation(site.id, session_id) is None:
-                raise ParleyError("This site has no conversation with that session id.")
-            await privacy.erase(site, session_id, actor=self.actor)
+            try:
+                await privacy.erase(site, session_id, actor=self.actor)
+            except VisitorNotFound as exc:  # a mistyped id in the form: 400 here, as it always was
+                raise InvalidRequest(exc.message) from exc
         except ParleyError as exc:
             self.set_status(exc.status)
             await self.show_site_page(site, error=exc.message)
@@ -385,9 +384,7 @@ class KnowledgeJobsHandler(OperatorApiHandler):
     admin_only = True
 
     async def get(self, site_key: str) -> None:
-        site = await self.services.store.get_site_by_key(site_key)
-        if site is None:
-            raise UnknownSite("No site has this site_key.")
+        site = await self.services.sites.get_for_admin(site_key)
         jobs = await self.services.site_knowledge.fetch_jobs(site)
         self.write_json({"success": True, "fetching": still_fetching(jobs),
                          "jobs": jobs})

@@ -25,6 +25,7 @@ from server.knowledge import DEFAULT_SITEMAP_LIMIT, IngestError, KnowledgeServic
 from server.opening_hours import AVAILABLE_WHEN, AVAILABLE_WHEN_LABELS, WEEKDAY_NAMES, WEEKDAYS, form_values
 from server.opening_hours import FORM_FIELDS as HOURS_FORM_FIELDS
 from server.opening_hours import site_hours as site_hours_of
+from server.privacy import VisitorNotFound
 from server.proactive import site_rules
 from server.sites import embed_snippet, keeps_full_page_urls
 from server.validation import SESSION_ID_RE
@@ -341,10 +342,11 @@ async def visitor_export(services: Services, args: argparse.Namespace) -> int:
 
 async def visitor_erase(services: Services, args: argparse.Namespace) -> int:
     site = await services.sites.get(args.site)
-    if await services.store.get_conversation(site.id, args.session) is None and not args.force:
+    try:
+        done = await services.privacy.erase(site, args.session, actor=CLI, without_conversation=args.force)
+    except VisitorNotFound as exc:
         raise ParleyError("This site has no conversation with that session id "
-                          "(--force erases its other traces anyway).")
-    done = await services.privacy.erase(site, args.session, actor=CLI)
+                          "(--force erases its other traces anyway).") from exc
     print(f"erased the conversation, its messages and {done['uploads']} upload(s)")
     return 0
 

@@ -91,7 +91,13 @@ class PrivacyService:
             "uploads": uploads,
         }
 
-    async def erase(self, site: Site, session_id: str, *, actor: Actor, reason: str = "request") -> dict[str, int]:
+    async def erase(self, site: Site, session_id: str, *, actor: Actor, reason: str = "request",
+                    without_conversation: bool = False) -> dict[str, int]:
+        """Erase everything of the session. A session with no conversation is refused
+        (VisitorNotFound: likely a mistyped id) unless `without_conversation`, which erases its
+        other traces anyway."""
+        if not without_conversation and await self.store.get_conversation(site.id, session_id) is None:
+            raise VisitorNotFound()
         keys = await self.store.erase_conversation(site.id, session_id)
         deleted = await self._delete_uploads(keys)
         await self.audit.record(actor, "visitor.erase", site_id=site.id,

@@ -73,6 +73,13 @@ class SiteService:
             raise UnknownSite("No site has this site_key.")
         return self._shared_copy(site)
 
+    async def get_for_admin(self, site_key: str) -> Site:
+        """The site, disabled or not (an admin edits and re-enables a disabled one)."""
+        site = await self.store.get_site_by_key(site_key)
+        if site is None:
+            raise UnknownSite("No site has this site_key.")
+        return site
+
     def _shared_copy(self, site: Site) -> Site:
         """The one Site object equal to `site` that earlier requests got, else `site` itself.
         Every request still reads the store (a change anywhere counts at once), but thousands of
