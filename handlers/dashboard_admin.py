@@ -193,7 +193,7 @@ class OperatorsPageHandler(OperatorPageHandler):
     admin_only = True
 
     async def show(self, error: str | None = None, notice: str | None = None) -> None:
-        self.render_page("operators.html", operators=await self.services.store.list_operators(),
+        self.render_page("operators.html", operators=await self.services.operator_admin.list(),
                          sites=await self.services.sites.list(), error=error, notice=notice)
 
     async def get(self) -> None:

@@ -39,11 +39,9 @@ class DashboardApiHandler(OperatorApiHandler):
 class MeHandler(DashboardApiHandler):
     async def get(self) -> None:
         sites = await self.services.inbox.sites_of(self.operator)
-        operators = [operator_json(o) for o in await self.services.store.list_operators()
-                     if not o.disabled]
-        canned = {site.id: [{"shortcut": c.shortcut, "content": c.content}
-                            for c in await self.services.store.list_canned_replies(site.id)]
-                  for site in sites}
+        operators = [operator_json(o) for o in await self.services.inbox.active_operators()]
+        canned = {site_id: [{"shortcut": c.shortcut, "content": c.content} for c in replies]
+                  for site_id, replies in (await self.services.inbox.canned_replies(sites)).items()}
         self.write_json({"success": True, "operator": operator_json(self.operator),
                          "sites": [{"id": s.id, "name": s.name, "site_key": s.site_key} for s in sites],
                          "operators": operators, "canned_replies": canned,

@@ -148,7 +148,7 @@ class InboxPageHandler(OperatorPageHandler):
             _, conversation = await self.services.inbox.conversation(self.operator, int(conversation_id))
             opened = conversation.id
         sites = await self.services.inbox.sites_of(self.operator)
-        operators = [o for o in await self.services.store.list_operators() if not o.disabled]
+        operators = await self.services.inbox.active_operators()
         self.render_page("inbox.html", opened=opened, sites=sites, operators=operators,
                          cursor=await self.services.inbox.cursor())
 

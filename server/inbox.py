@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 from server.errors import NotFound
 from server.hub import Hub, site_topic
 from server.store.base import Store
-from server.store.models import Conversation, Event, InboxEntry, Message, Note, Operator, Site
+from server.store.models import CannedReply, Conversation, Event, InboxEntry, Message, Note, Operator, Site
 
 INBOX_FILTERS = ("all", "handoff", "mine", "unassigned", "operator", "ai", "closed")
 INBOX_PAGE = 50
@@ -61,6 +61,13 @@ class InboxService:
         if operator.is_admin:
             return sites
         return [site for site in sites if site.id in operator.site_ids]
+
+    async def active_operators(self) -> list[Operator]:
+        """Who a conversation can be assigned to: every operator not disabled."""
+        return [o for o in await self.store.list_operators() if not o.disabled]
+
+    async def canned_replies(self, sites: list[Site]) -> dict[int, list[CannedReply]]:
+        return {site.id: await self.store.list_canned_replies(site.id) for site in sites}
 
     async def site(self, operator: Operator, site_id: int) -> Site:
         for site in await self.sites_of(operator):

@@ -18,6 +18,9 @@ class OperatorAdmin:
         self.accounts = accounts
         self.audit = audit
 
+    async def list(self) -> list[Operator]:
+        return await self.store.list_operators()
+
     async def get(self, operator_id: int) -> Operator:
         operator = await self.store.get_operator(operator_id)
         if operator is None:
