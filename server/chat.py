@@ -166,11 +166,8 @@ class ChatService:
     async def history(self, visitor: Visitor, *, after: int | None, limit: int,
                       wait: float) -> tuple[Conversation | None, list[Message]]:
         async def fetch() -> tuple[Conversation | None, list[Message]]:
-            conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
-            if conversation is None:
-                return None, []
-            return conversation, await self.store.list_messages(
-                conversation.id, after=after, limit=min(limit, HISTORY_LIMIT_MAX))
+            return await self.store.conversation_messages(
+                visitor.site.id, visitor.session_id, after=after, limit=min(limit, HISTORY_LIMIT_MAX))
 
         # A takeover or a block changes what the widget shows even without a new message.
         return await self._hold(visitor, wait, fetch, lambda result: bool(result[1]),
@@ -179,12 +176,10 @@ class ChatService:
     async def operator_messages(self, visitor: Visitor, *, after: int | None,
                                 wait: float) -> tuple[list[Message], str]:
         async def fetch() -> tuple[list[Message], str]:
-            conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
-            if conversation is None:
-                return [], "ai"
-            messages = await self.store.list_messages(
-                conversation.id, after=after, limit=HISTORY_LIMIT_MAX, roles=("operator",))
-            return messages, conversation.mode
+            conversation, messages = await self.store.conversation_messages(
+                visitor.site.id, visitor.session_id, after=after, limit=HISTORY_LIMIT_MAX,
+                roles=("operator",))
+            return messages, conversation.mode if conversation else "ai"
 
         first_mode: list[str] = []
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from typing import Any
 
 from server.audit import CLI, Actor, AuditLog
 from server.errors import InvalidRequest
@@ -36,12 +37,20 @@ class OperatorService:
         text = text.strip()
         if not text or len(text) > 4000:
             raise InvalidRequest("An operator message is 1 to 4000 characters.")
-        conversation = await self.store.ensure_conversation(site.id, session_id, {})
-        message = await self.store.add_message(
-            conversation.id, "operator", text, operator_name=operator_name
-        )
+        events: list[tuple[str, str, dict[str, Any]]] = []
+
+        def events_of(message: Message) -> list[tuple[str, str, dict[str, Any]]]:
+            events[:] = self.hub.session_events(site.id, session_id, "message",
+                                                {"message_id": message.id, "role": "operator"})
+            return events
+
+        # The conversation, the message and its events in one store transaction (recorded for
+        # other processes first, then delivered here).
+        message = await self.store.add_operator_message(
+            site.id, session_id, text, operator_name=operator_name, events=events_of,
+            origin=self.hub.origin)
         log.info("operator %s wrote message %s to site=%s", operator_name, message.id, site.id)
-        await self._notify(site, session_id, "message", {"message_id": message.id, "role": "operator"})
+        self.hub.deliver_recorded(events)
         return message
 
     async def set_mode(self, site: Site, session_id: str, mode: str, *, actor: Actor = CLI) -> None:

@@ -99,6 +99,48 @@ async def test_messages_come_oldest_first_and_after_is_a_cursor(store):
     assert [m.id for m in await store.recent_messages(conv, 2)] == ids[3:]
 
 
+async def test_a_held_read_gets_the_conversation_and_its_messages_together(store, other):
+    site_id = await new_site(store)
+    assert await other.conversation_messages(site_id, SESSION, after=None, limit=10) == (None, [])
+    conv = await conversation_id(store, site_id)
+    stored = [await store.add_message(conv, role, f"text {n}")
+              for n, role in enumerate(["visitor", "operator", "ai", "operator"])]
+    await store.update_conversation(conv, {"mode": "operator"})
+    conversation, messages = await other.conversation_messages(site_id, SESSION, after=None, limit=10)
+    assert conversation == await store.get_conversation(site_id, SESSION)
+    assert conversation.mode == "operator" and messages == stored
+    _, mine = await other.conversation_messages(site_id, SESSION, after=stored[1].id, limit=10,
+                                                roles=("operator",))
+    assert mine == [stored[3]]
+    assert (await other.conversation_messages(site_id, SESSION, after=stored[0].id, limit=1))[1] == \
+        [stored[1]]
+    other_site = await new_site(store, "Other")  # keyed by the site: the same session id elsewhere
+    assert await other.conversation_messages(other_site, SESSION) == (None, [])
+
+
+async def test_an_operator_message_is_stored_with_its_conversation_and_events(store, other):
+    site_id = await new_site(store)
+    start = await other.latest_event_id()
+
+    def events(message):
+        return [("session:t", "message", {"message_id": message.id}), ("site:t", "message", {})]
+
+    first = await store.add_operator_message(site_id, SESSION, "Hello from Ana", operator_name="Ana",
+                                             events=events, origin="A")
+    assert first.role == "operator" and first.operator_name == "Ana" and first.content == "Hello from Ana"
+    conversation = await other.get_conversation(site_id, SESSION)  # made for the message
+    assert conversation is not None and conversation.mode == "ai"
+    assert conversation.first_operator_at == first.created_at
+    second = await other.add_operator_message(site_id, SESSION, "Still there?", operator_name="Bo",
+                                              events=events, origin="B")
+    assert second.id > first.id and second.conversation_id == first.conversation_id == conversation.id
+    assert await store.list_messages(conversation.id) == [first, second]
+    recorded = await store.events_since(start, exclude_origin="", limit=10)
+    assert [(e.topic, e.payload, e.origin) for e in recorded] == [
+        ("session:t", {"message_id": first.id}, "A"), ("site:t", {}, "A"),
+        ("session:t", {"message_id": second.id}, "B"), ("site:t", {}, "B")]
+
+
 async def test_message_fields_round_trip(store, other):
     conv = await conversation_id(store, await new_site(store))
     await store.add_message(conv, "visitor", "Hello", message_id="m_1")

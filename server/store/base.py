@@ -139,6 +139,23 @@ class Store(abc.ABC):
                                                     stale_after=stale_after)
         return message, claimed
 
+    async def add_operator_message(
+        self, site_id: int, session_id: str, content: str, *, operator_name: str,
+        events: Callable[[Message], list[tuple[str, str, dict[str, Any]]]], origin: str,
+    ) -> Message:
+        """An operator's message to a visitor: the session's conversation (made if missing, as
+        ensure_conversation makes it), the message, and the events telling every process of it
+        (`events(message)`, recorded for `origin`). One transaction where the store can: this is
+        what each operator reply costs the store. The caller then delivers the events locally."""
+        conversation = await self.ensure_conversation(site_id, session_id, {})
+        message = await self.add_message(conversation.id, "operator", content,
+                                         operator_name=operator_name)
+        try:
+            await self.record_events(events(message), origin)
+        except StoreUnavailable:  # the message is stored; other processes see it on their next read
+            pass
+        return message
+
     @abc.abstractmethod
     async def count_messages(
         self, site_id: int, *, since: str, role: str | None = None, session_id: str | None = None
@@ -162,6 +179,18 @@ class Store(abc.ABC):
         roles: tuple[str, ...] | None = None,
     ) -> list[Message]:
         """Oldest first, ids greater than `after`."""
+
+    async def conversation_messages(
+        self, site_id: int, session_id: str, *, after: int | None = None, limit: int = 50,
+        roles: tuple[str, ...] | None = None,
+    ) -> tuple[Conversation | None, list[Message]]:
+        """The session's conversation (None if it has none) and its messages as list_messages
+        gives them: a visitor's held read, in one call (one read where the store can)."""
+        conversation = await self.get_conversation(site_id, session_id)
+        if conversation is None:
+            return None, []
+        return conversation, await self.list_messages(conversation.id, after=after, limit=limit,
+                                                       roles=roles)
 
     @abc.abstractmethod
     async def recent_messages(self, conversation_id: int, limit: int) -> list[Message]:

@@ -536,6 +536,12 @@ class SQLiteStore(Store):
     async def ensure_conversation(
         self, site_id: int, session_id: str, context: dict[str, Any]
     ) -> Conversation:
+        return _conversation(await self._run(self._tx, self._conversation_upsert(site_id, session_id, context)))
+
+    @staticmethod
+    def _conversation_upsert(site_id: int, session_id: str, context: dict[str, Any]
+                             ) -> Callable[[sqlite3.Connection], sqlite3.Row]:
+        """The statements making the session's conversation if missing; they return its row."""
         fields = {k: v for k, v in context.items() if k in ("lang", "page_url", "page_title", "ip")}
 
         def upsert(db: sqlite3.Connection) -> sqlite3.Row:
@@ -552,7 +558,7 @@ class SQLiteStore(Store):
                 (site_id, session_id),
             ).fetchone()
 
-        return _conversation(await self._run(self._tx, upsert))
+        return upsert
 
     async def update_conversation(self, conversation_id: int, changes: dict[str, Any]) -> None:
         unknown = set(changes) - CONVERSATION_UPDATABLE
@@ -649,6 +655,21 @@ class SQLiteStore(Store):
         except sqlite3.IntegrityError as exc:
             raise DuplicateMessageId(message_id) from exc
 
+    async def add_operator_message(
+        self, site_id: int, session_id: str, content: str, *, operator_name: str,
+        events: Callable[[Message], list[tuple[str, str, dict[str, Any]]]], origin: str,
+    ) -> Message:
+        upsert = self._conversation_upsert(site_id, session_id, {})
+
+        def insert(db: sqlite3.Connection) -> Message:
+            conversation_id = upsert(db)["id"]
+            message = _message(self._message_insert(conversation_id, "operator", content, message_id=None,
+                                                    operator_name=operator_name)(db))
+            self._insert_events(db, events(message), origin, time.time())
+            return message
+
+        return await self._run(self._tx, insert)
+
     async def get_visitor_message(self, conversation_id: int, message_id: str) -> Message | None:
         row = await self._read_one(
             "SELECT * FROM messages WHERE conversation_id = ? AND message_id = ?",
@@ -673,14 +694,36 @@ class SQLiteStore(Store):
         limit: int = 50,
         roles: tuple[str, ...] | None = None,
     ) -> list[Message]:
+        sql, params = self._messages_query(after, limit, roles)
+        return [_message(r) for r in await self._read_all(sql, conversation_id, *params)]
+
+    @staticmethod
+    def _messages_query(after: int | None, limit: int, roles: tuple[str, ...] | None
+                        ) -> tuple[str, tuple[Any, ...]]:
+        """list_messages' query; its first parameter, the conversation id, is left to the caller."""
         sql = "SELECT * FROM messages WHERE conversation_id = ? AND id > ?"
-        params: list[Any] = [conversation_id, after or 0]
+        params: list[Any] = [after or 0]
         if roles:
             sql += f" AND role IN ({', '.join('?' * len(roles))})"
             params.extend(roles)
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
-        return [_message(r) for r in await self._read_all(sql, *params)]
+        return sql, tuple(params)
+
+    async def conversation_messages(
+        self, site_id: int, session_id: str, *, after: int | None = None, limit: int = 50,
+        roles: tuple[str, ...] | None = None,
+    ) -> tuple[Conversation | None, list[Message]]:
+        sql, params = self._messages_query(after, limit, roles)
+
+        def read() -> tuple[Conversation | None, list[Message]]:
+            row = self._select("SELECT * FROM conversations WHERE site_id = ? AND session_id = ?",
+                               (site_id, session_id), False)
+            if row is None:
+                return None, []
+            return _conversation(row), [_message(r) for r in self._select(sql, (row["id"], *params), True)]
+
+        return await self._on(self._readers, read)
 
     async def count_messages(
         self, site_id: int, *, since: str, role: str | None = None, session_id: str | None = None
