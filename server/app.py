@@ -159,24 +159,24 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
     providers = ProviderRegistry(OfflineAnswerer(chunk_delay=config.offline_chunk_delay),
                                  global_model_config(config))
     audit = AuditLog(store)
-    hours = OpeningHoursService(store, audit)
+    sites = SiteService(store)
+    hours = OpeningHoursService(store, sites, audit)
     ai = AIEngine(knowledge, providers.default, provider_for_site=providers.for_site,
                   caps=CapChecker(store), on_close=providers.close,
                   someone_can_answer=hours.someone_can_answer)
-    sites = SiteService(store)
     accounts = AccountService(store, idle_timeout=config.session_idle_minutes * 60)
     return Services(
         config=config, store=store, hub=hub, bridge=bridge, knowledge=knowledge, ai=ai, blobs=blobs,
         sites=sites,
         chat=ChatService(store, hub, ai, blobs, limits, uploads=uploads),
         operators=OperatorService(store, hub, audit),
-        rules=ProactiveRules(store),
+        rules=ProactiveRules(sites),
         accounts=accounts,
         inbox=InboxService(store, hub),
         audit=audit,
         privacy=PrivacyService(store, blobs, audit),
-        site_admin=SiteAdmin(store, sites, audit),
-        site_ai=SiteAI(store, config, audit),
+        site_admin=SiteAdmin(sites, audit),
+        site_ai=SiteAI(sites, config, audit),
         operator_admin=OperatorAdmin(store, accounts, audit),
         contacts=Contacts(store, audit),
         site_knowledge=SiteKnowledge(store, knowledge, audit, ai, allow_private=config.kb_allow_private,

@@ -79,7 +79,7 @@ async def site_list(services: Services, args: argparse.Namespace) -> int:
 async def site_settings(services: Services, args: argparse.Namespace) -> int:
     site = await services.sites.get(args.site)
     if args.full_page_urls is not None:
-        site = await services.store.update_site_settings(site.id, {"full_page_urls": args.full_page_urls})
+        site = await services.sites.update_settings(site.id, {"full_page_urls": args.full_page_urls})
     full = keeps_full_page_urls(site)
     print(f"full_page_urls: {json.dumps(full)}  (" + (
         "page URLs are kept whole, query and fragment included)" if full else
@@ -198,7 +198,7 @@ async def site_ai_config(services: Services, args: argparse.Namespace) -> int:
         changes["caps"] = caps
     if args.clear or changes:
         updated = updated_ai_settings({} if args.clear else current, changes)
-        site = await services.store.update_site_settings(site.id, {"ai": updated})
+        site = await services.sites.update_settings(site.id, {"ai": updated})
         current = updated
         print(f"updated the AI settings of {site.name!r}")
     if args.show or not (args.clear or changes):

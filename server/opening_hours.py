@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from server.audit import Actor, AuditLog
 from server.errors import InvalidRequest
+from server.sites import SiteService
 from server.store.base import Store
 from server.store.models import Site
 
@@ -350,10 +351,11 @@ class OpeningHoursService:
     """`clock` gives the time the hours are judged at (tests fix it); operator presence is
     judged by the wall clock, the one that stamps their sessions."""
 
-    def __init__(self, store: Store, audit: AuditLog, *,
+    def __init__(self, store: Store, sites: SiteService, audit: AuditLog, *,
                  clock: Callable[[], float] = time.time,
                  presence_seconds: float = PRESENCE_SECONDS) -> None:
         self.store = store
+        self.sites = sites
         self.audit = audit
         self.clock = clock
         self.presence_seconds = presence_seconds
@@ -394,7 +396,7 @@ class OpeningHoursService:
             weekly = dict(values["weekly"])
         hours = OpeningHours.parse({**values, "weekly": weekly})
         changes = hours.settings_changes()
-        updated = await self.store.update_site_settings(site.id, changes)
+        updated = await self.sites.update_settings(site.id, changes)
         if any(site.settings.get(name) != value for name, value in changes.items()):
             await self.audit.record(actor, "site.hours", site_id=site.id, target=site.name,
                                     available_when=hours.available_when, time_zone=hours.time_zone)

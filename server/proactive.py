@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
 from server.errors import InvalidRequest
-from server.store.base import Store
+from server.sites import SiteService
 from server.store.models import Site
 
 MAX_RULES_PER_SITE = 50
@@ -49,8 +49,8 @@ def site_rules(site: Site) -> list[ProactiveRule]:
 class ProactiveRules:
     """Adding, listing and removing a site's rules."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, sites: SiteService) -> None:
+        self.sites = sites
 
     @staticmethod
     def _checked(rule_id: str, path: str, delay_seconds: float, text: str) -> ProactiveRule:
@@ -89,4 +89,4 @@ class ProactiveRules:
         return True
 
     async def _save(self, site: Site, rules: list[ProactiveRule]) -> None:
-        await self.store.update_site_settings(site.id, {"proactive_rules": [asdict(r) for r in rules]})
+        await self.sites.update_settings(site.id, {"proactive_rules": [asdict(r) for r in rules]})

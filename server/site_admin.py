@@ -9,7 +9,6 @@ from server.audit import Actor, AuditLog
 from server.errors import InvalidRequest
 from server.privacy import MAX_RETENTION_DAYS
 from server.sites import COLOR_RE, MAX_UPLOAD_SETTING, SiteService, new_site_key, normalise_origin
-from server.store.base import Store
 from server.store.models import Site
 from server.validation import LANG_RE
 
@@ -62,8 +61,7 @@ def parse_site_form(form: Mapping[str, str]) -> tuple[str, list[str], dict[str, 
 
 
 class SiteAdmin:
-    def __init__(self, store: Store, sites: SiteService, audit: AuditLog) -> None:
-        self.store = store
+    def __init__(self, sites: SiteService, audit: AuditLog) -> None:
         self.sites = sites
         self.audit = audit
 
@@ -79,14 +77,14 @@ class SiteAdmin:
             changed.append("name")
         if origins != site.allowed_origins:
             changed.append("allowed_origins")
-        await self.store.update_site(site.id, name=name, allowed_origins=origins)
-        updated = await self.store.update_site_settings(site.id, settings)
+        await self.sites.update(site.id, name=name, allowed_origins=origins)
+        updated = await self.sites.update_settings(site.id, settings)
         if changed:
             await self.audit.record(actor, "site.settings", site_id=site.id, target=name,
                                     changed=",".join(changed))
         return updated
 
     async def rotate_key(self, site: Site, actor: Actor) -> Site:
-        updated = await self.store.update_site(site.id, site_key=new_site_key())
+        updated = await self.sites.update(site.id, site_key=new_site_key())
         await self.audit.record(actor, "site.rotate_key", site_id=site.id, target=site.name)
         return updated

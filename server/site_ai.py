@@ -23,7 +23,7 @@ from server.ai.settings import (
 from server.audit import Actor, AuditLog
 from server.config import Config
 from server.errors import InvalidRequest
-from server.store.base import Store
+from server.sites import SiteService
 from server.store.models import Site
 
 TEST_PROMPT = "Reply with one short friendly sentence to say the connection works."
@@ -97,8 +97,8 @@ def parse_ai_form(form: Mapping[str, str]) -> dict[str, Any]:
 
 
 class SiteAI:
-    def __init__(self, store: Store, config: Config, audit: AuditLog) -> None:
-        self.store = store
+    def __init__(self, sites: SiteService, config: Config, audit: AuditLog) -> None:
+        self.sites = sites
         self.config = config
         self.audit = audit
 
@@ -107,7 +107,7 @@ class SiteAI:
         current = ai_settings(site)
         updated = updated_ai_settings(current, changes)
         changed = sorted(k for k in set(current) | set(updated) if current.get(k) != updated.get(k))
-        site = await self.store.update_site_settings(site.id, {"ai": updated})
+        site = await self.sites.update_settings(site.id, {"ai": updated})
         if changed:  # names only: the key itself never reaches the audit log
             await self.audit.record(actor, "site.ai_settings", site_id=site.id, target=site.name,
                                     changed=",".join(changed))

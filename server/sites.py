@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
+import time
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from server.errors import InvalidRequest, OriginNotAllowed, UnknownSite
@@ -45,14 +46,26 @@ def normalise_origin(raw: str) -> str:
     return f"{parts.scheme}://{host}{port}"
 
 
-# Sites remembered for sharing (see SiteService.get); a bound on what a flood of keys can pin.
-SHARED_SITES = 1024
+# How long a process answers from the site it last read before reading it again. A change made
+# through this process's SiteService counts at once here; one made by another process (another
+# server process, the CLI) counts here within this many seconds.
+SITE_CACHE_SECONDS = 2.0
+# Sites remembered at once; a bound on what a flood of keys can pin.
+CACHED_SITES = 1024
 
 
 class SiteService:
-    def __init__(self, store: Store) -> None:
+    """Sites by key, for every widget request. Each request of a busy site reading the store again
+    cost a store hop per request, and thousands of held requests each kept their own copy; so a site
+    is read at most once per SITE_CACHE_SECONDS per process and requests share the one Site object."""
+
+    def __init__(self, store: Store, *, cache_seconds: float = SITE_CACHE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
-        self._shared: dict[int, Site] = {}
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self._cached: dict[str, tuple[float, Site]] = {}  # site_key -> (read at, site)
+        self._changes = 0  # counts this process's changes: a read begun before one is not kept
 
     async def create(self, name: str, origins: list[str] | None = None,
                      settings: dict[str, Any] | None = None) -> Site:
@@ -68,28 +81,59 @@ class SiteService:
         return await self.store.list_sites()
 
     async def get(self, site_key: str) -> Site:
-        site = await self.store.get_site_by_key(site_key)
-        if site is None or not site.enabled:
-            raise UnknownSite("No site has this site_key.")
-        return self._shared_copy(site)
-
-    async def get_for_admin(self, site_key: str) -> Site:
-        """The site, disabled or not (an admin edits and re-enables a disabled one)."""
-        site = await self.store.get_site_by_key(site_key)
-        if site is None:
+        """The enabled site with this key, as read within the last SITE_CACHE_SECONDS."""
+        now = self.clock()
+        cached = self._cached.get(site_key)
+        if cached is not None and now - cached[0] < self.cache_seconds:
+            site = cached[1]
+        else:
+            changes = self._changes
+            site_or_none = await self.store.get_site_by_key(site_key)
+            if site_or_none is None:  # unknown keys are not remembered: a flood of them pins nothing
+                self._cached.pop(site_key, None)
+                raise UnknownSite("No site has this site_key.")
+            site = site_or_none
+            if cached is not None and cached[1] == site:
+                site = cached[1]  # unchanged: requests keep sharing the one object
+            if changes == self._changes:  # no change of ours landed while we read
+                self._remember(site_key, now, site)
+        if not site.enabled:
             raise UnknownSite("No site has this site_key.")
         return site
 
-    def _shared_copy(self, site: Site) -> Site:
-        """The one Site object equal to `site` that earlier requests got, else `site` itself.
-        Every request still reads the store (a change anywhere counts at once), but thousands of
-        held requests of one site then keep one Site (about 1.5 KB with its settings), not one each."""
-        shared = self._shared.get(site.id)
-        if shared == site:
-            return shared
-        if shared is None and len(self._shared) >= SHARED_SITES:
-            self._shared.pop(next(iter(self._shared)))
-        self._shared[site.id] = site
+    def _remember(self, site_key: str, now: float, site: Site) -> None:
+        self._cached.pop(site_key, None)
+        if len(self._cached) >= CACHED_SITES:
+            self._cached.pop(next(iter(self._cached)))
+        self._cached[site_key] = (now, site)
+
+    def forget(self, site_id: int) -> None:
+        """The site changed: the next request reads it again (under its old key and any new one)."""
+        self._changes += 1
+        for key in [key for key, (_, site) in self._cached.items() if site.id == site_id]:
+            del self._cached[key]
+
+    async def update_settings(self, site_id: int, changes: dict[str, Any]) -> Site:
+        """Set some of the site's settings (the rest are kept); counts at once in this process."""
+        try:
+            return await self.store.update_site_settings(site_id, changes)
+        finally:
+            self.forget(site_id)
+
+    async def update(self, site_id: int, *, name: str | None = None,
+                     allowed_origins: list[str] | None = None, site_key: str | None = None) -> Site:
+        """Rename the site, replace its origins or give it a new key; counts at once here."""
+        try:
+            return await self.store.update_site(site_id, name=name, allowed_origins=allowed_origins,
+                                                site_key=site_key)
+        finally:
+            self.forget(site_id)
+
+    async def get_for_admin(self, site_key: str) -> Site:
+        """The site, disabled or not, as stored now (an admin edits and re-enables a disabled one)."""
+        site = await self.store.get_site_by_key(site_key)
+        if site is None:
+            raise UnknownSite("No site has this site_key.")
         return site
 
     @staticmethod

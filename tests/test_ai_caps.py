@@ -14,7 +14,7 @@ def text_of(events: list[dict]) -> str:
 
 async def set_caps(parley: Parley, **caps: Any) -> None:
     site = parley.site
-    await parley.services.store.update_site_settings(site.id, {**site.settings, "ai": {"caps": caps}})
+    await parley.services.sites.update_settings(site.id, {**site.settings, "ai": {"caps": caps}})
 
 
 async def test_replies_per_session_per_hour(ai_parley: Parley, fake_openai: FakeOpenAI):

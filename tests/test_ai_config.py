@@ -92,7 +92,7 @@ async def test_an_older_database_gets_the_usage_and_relevance_columns(tmp_path: 
 
 async def test_no_public_endpoint_returns_a_site_key_for_the_model(parley):
     site = parley.site
-    await parley.services.store.update_site_settings(
+    await parley.services.sites.update_settings(
         site.id, {**site.settings, "ai": {"api_key": KEY, "redact_pii": True}})
     events = await parley.ask("sess_keycheck000000001", "Do you ship to Canada?")
     assert events[-1]["type"] == "done"

@@ -16,7 +16,7 @@ def text_of(events: list[dict]) -> str:
 
 async def set_ai(parley: Parley, **ai: Any) -> None:
     site = parley.site
-    await parley.services.store.update_site_settings(site.id, {**site.settings, "ai": ai})
+    await parley.services.sites.update_settings(site.id, {**site.settings, "ai": ai})
 
 
 def system_prompt(fake: FakeOpenAI, call: int = -1) -> str:

@@ -195,7 +195,7 @@ async def test_upload_refuses_fakes_and_oversized_images(parley):
     fake = await parley.client.post("/api/v1/chat/upload-image", data=parley.ids(SID),
                                     files={"image": ("x.png", b"<svg onload=alert(1)>", "image/png")})
     assert fake.status_code == 415 and fake.json()["code"] == "unsupported_media_type"
-    await parley.services.store.update_site_settings(
+    await parley.services.sites.update_settings(
         parley.site.id, {**parley.site.settings, "upload_max_bytes": 1000})
     big = await parley.client.post("/api/v1/chat/upload-image", data=parley.ids(SID),
                                    files={"image": ("x.png", png_bytes((300, 300)) + b"\0" * 2000, "image/png")})

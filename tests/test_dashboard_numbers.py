@@ -75,7 +75,7 @@ async def test_the_date_range_and_an_empty_range(parley: Parley, admin: Operator
 
 async def test_hours_and_days_follow_the_site_time_zone(parley: Parley, admin: Operator, shop):
     site = await parley.services.store.get_site_by_key(SHOP)
-    await parley.services.store.update_site_settings(site.id, {"timezone": "America/New_York"})  # UTC-5 in March
+    await parley.services.sites.update_settings(site.id, {"timezone": "America/New_York"})  # UTC-5 in March
     text = (await admin.get("/dashboard/numbers", **MARCH)).text
     assert "dates and hours in America/New_York." in text
     hours = table(text, "hours")

@@ -37,7 +37,7 @@ async def test_only_origin_and_path_of_the_page_are_kept_unless_the_site_opts_in
     config = (await parley.get("config", site_key=parley.site_key)).json()["config"]
     assert config["full_page_urls"] is False  # the widget sends origin and path only
 
-    await parley.services.store.update_site_settings(parley.site.id, {"full_page_urls": True})
+    await parley.services.sites.update_settings(parley.site.id, {"full_page_urls": True})
     other = session("details-full")
     await parley.ask(other, "Do you ship to Canada?", page_url=page)
     conversation = await parley.services.store.get_conversation(parley.site.id, other)

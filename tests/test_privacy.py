@@ -89,7 +89,7 @@ async def test_retention_erases_old_conversations_with_their_uploads(parley: Par
     # No retention set: nothing goes, however old.
     later = datetime.now(timezone.utc) + timedelta(days=400)
     assert await privacy.apply_retention(await sites.list(), actor=CLI, now=later) == 0
-    await parley.services.store.update_site_settings(parley.site.id, {"retention_days": 30})
+    await parley.services.sites.update_settings(parley.site.id, {"retention_days": 30})
     soon = datetime.now(timezone.utc) + timedelta(days=29)
     assert await privacy.apply_retention(await sites.list(), actor=CLI, now=soon) == 0
     assert (await parley.client.get(image_url)).status_code == 200

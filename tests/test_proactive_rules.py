@@ -64,7 +64,7 @@ async def test_rules_are_managed_from_the_cli_with_checks(parley):
 async def test_settings_changes_from_two_places_are_both_kept(parley):
     stale = parley.site  # another process read the site before the rule was added
     await parley.services.rules.add(parley.site, "/pricing", 0, "Hi")
-    await parley.services.store.update_site_settings(stale.id, {"greeting": "Hello there"})
+    await parley.services.sites.update_settings(stale.id, {"greeting": "Hello there"})
     site = await parley.services.sites.get(parley.site_key)
     assert site.settings["greeting"] == "Hello there"
     assert [r["path"] for r in site.settings["proactive_rules"]] == ["/pricing"]

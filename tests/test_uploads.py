@@ -87,7 +87,7 @@ async def push_then_read(port: int, query: str, body: bytes, piece: int = 64 * 1
 async def test_a_client_pushing_its_whole_body_reads_the_json_refusal_not_a_reset(parley, refusal):
     """The server reads and drops a refused body (within bounds) before answering, rather than
     closing on a client still sending it."""
-    await parley.services.store.update_site_settings(parley.site.id, {"upload_max_bytes": 100_000})
+    await parley.services.sites.update_settings(parley.site.id, {"upload_max_bytes": 100_000})
     site_key = parley.site_key if refusal == "too_large" else "sk_" + "z" * 30
     body = multipart_head() + b"\0" * 8_000_000
     response = await push_then_read(parley.port, f"site_key={site_key}&session_id={SID}", body)
@@ -112,7 +112,7 @@ async def test_with_expect_100_continue_an_accepted_upload_is_told_to_go_on(parl
 
 
 async def test_a_chunked_body_over_the_sites_limit_is_a_413_in_json(parley):
-    await parley.services.store.update_site_settings(parley.site.id, {"upload_max_bytes": 100_000})
+    await parley.services.sites.update_settings(parley.site.id, {"upload_max_bytes": 100_000})
 
     async def body():
         yield multipart_head()
@@ -127,7 +127,7 @@ async def test_a_chunked_body_over_the_sites_limit_is_a_413_in_json(parley):
 
 
 async def test_a_declared_length_over_the_sites_limit_is_refused_at_once(parley):
-    await parley.services.store.update_site_settings(parley.site.id, {"upload_max_bytes": 100_000})
+    await parley.services.sites.update_settings(parley.site.id, {"upload_max_bytes": 100_000})
     reader, writer = await raw_upload_start(parley, f"site_key={parley.site_key}&session_id={SID}",
                                             5_000_000, b"", expect=True)
     response = await asyncio.wait_for(reader.read(), 10)
