@@ -65,9 +65,11 @@ def start_parley(upstream_port: int, workdir: Path) -> tuple[Child, str]:
                              check=True, capture_output=True, text=True, timeout=120)
     site_key = json.loads(created.stdout)["site_key"]
     port = free_port()
+    # The model name the fake lists, so Parley's check at start passes (with another name the
+    # check's one-token completion is refused, and the upstream logs a 404 for it).
     child = start_http_child("parley", python_module(
         "server", "--data-dir", data, "--port", port, "--log-level", "WARNING",
-        "--ai-base-url", f"http://127.0.0.1:{upstream_port}/v1", "--ai-model", "fake",
+        "--ai-base-url", f"http://127.0.0.1:{upstream_port}/v1", "--ai-model", "fake-model",
         "--ai-api-key", "sk-fake-upstream"), f"http://127.0.0.1:{port}/healthz", port,
         workdir / "parley.log")
     return child, site_key

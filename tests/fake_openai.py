@@ -62,6 +62,11 @@ class FakeOpenAI:
         self.port = 0
         self.models: list[str] | None = ["fake-model"]  # GET /v1/models; None: no such endpoint
         self.required_key: str | None = None  # when set, any other key gets 401
+        self.connections = 0  # TCP connections accepted
+        # Send each event at once (TCP_NODELAY), as asyncio (uvicorn: vLLM, LiteLLM) and Go
+        # (Ollama) servers do. Tornado leaves Nagle's algorithm on while a response streams: on a
+        # reused connection the first token then waits for the client's delayed ACK (~40 ms).
+        self.nodelay = True
 
     @property
     def base_url(self) -> str:
@@ -86,7 +91,7 @@ class FakeOpenAI:
     async def start(self) -> None:
         app = tornado.web.Application([(r"/v1/chat/completions", _Completions, {"fake": self}),
                                        (r"/v1/models", _Models, {"fake": self})])
-        self._server = tornado.httpserver.HTTPServer(app)
+        self._server = _CountingServer(app, fake=self)
         sock, self.port = tornado.testing.bind_unused_port()
         self._server.add_sockets([sock])
 
@@ -96,6 +101,16 @@ class FakeOpenAI:
         if self._server is not None:
             self._server.stop()
             await self._server.close_all_connections()
+
+
+class _CountingServer(tornado.httpserver.HTTPServer):
+    def initialize(self, *args: Any, fake: FakeOpenAI, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(*args, **kwargs)
+        self.fake = fake
+
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[str, int]) -> None:
+        self.fake.connections += 1
+        super().handle_stream(stream, address)
 
 
 def _chunk(content: str | None = None, finish: str | None = None) -> dict[str, Any]:
@@ -172,6 +187,8 @@ class _Completions(tornado.web.RequestHandler):
             return
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
+        if self.fake.nodelay:
+            self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
         if not await self._event(_chunk("") | {"choices": [{"index": 0, "delta": {"role": "assistant"},
                                                               "finish_reason": None}]}):
             return

@@ -134,6 +134,15 @@ async def test_finish_reason_without_done_is_a_complete_answer(ai_parley: Parley
     assert (await stored_reply(ai_parley, session(10)))["status"] == "complete"
 
 
+async def test_answers_one_after_another_share_one_upstream_connection(ai_parley: Parley,
+                                                                      fake_openai: FakeOpenAI):
+    # A finished answer's connection goes back to the pool: the next question skips the handshake.
+    for n in range(3):
+        events = await ai_parley.ask(session(30 + n), "Do you ship to Canada?")
+        assert types(events) == ["chunk", "chunk", "chunk", "done"]
+    assert len(fake_openai.calls) == 3 and fake_openai.connections == 1
+
+
 async def test_visitor_disconnect_closes_the_upstream_request(ai_parley: Parley, fake_openai: FakeOpenAI):
     fake_openai.script(Plan(tokens=["One ", "two ", "three"], hold_after=1))
     body = ai_parley.ids(session(11), message="Do you ship to Canada?")
