@@ -520,6 +520,10 @@ async def test_events_of_one_write_are_recorded_together_in_order(store, other):
     seen = await other.events_since(start, exclude_origin="B", limit=10)
     assert [(e.id, e.topic, e.payload) for e in seen] == [
         (ids[0], "session:1:s", {"n": 1}), (ids[1], "site:1", {"n": 1, "session_id": "s"})]
+    many = await other.record_events([("site:1", "seen", {"n": n}) for n in range(250)], "B")
+    assert len(many) == 250 and many == sorted(many) and many[0] > ids[1]
+    stored = await store.events_by_id(many)  # sorted here: the stand-in orders 250 ids as text
+    assert sorted((e.id, e.payload["n"]) for e in stored) == [(i, n) for n, i in enumerate(many)]
 
 
 async def test_the_feed_wakes_a_subscriber_of_another_process(stores):

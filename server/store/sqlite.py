@@ -52,6 +52,8 @@ T = TypeVar("T")
 # Reader threads (and connections). SQLite releases the GIL while it searches, so a few readers
 # overlap; more would only contend for the GIL.
 READERS = 4
+# Rows per INSERT of events: 5 values each, under SQLite's oldest limit of 999 per statement.
+EVENTS_PER_INSERT = 100
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -536,29 +538,25 @@ class SQLiteStore(Store):
     async def ensure_conversation(
         self, site_id: int, session_id: str, context: dict[str, Any]
     ) -> Conversation:
-        return _conversation(await self._run(self._tx, self._conversation_upsert(site_id, session_id, context)))
+        fields = {k: v for k, v in context.items() if k in ("lang", "page_url", "page_title", "ip")}
+        return _conversation(await self._run(self._tx, lambda db: self._conversation_row(
+            db, site_id, session_id, fields)))
 
     @staticmethod
-    def _conversation_upsert(site_id: int, session_id: str, context: dict[str, Any]
-                             ) -> Callable[[sqlite3.Connection], sqlite3.Row]:
-        """The statements making the session's conversation if missing; they return its row."""
-        fields = {k: v for k, v in context.items() if k in ("lang", "page_url", "page_title", "ip")}
-
-        def upsert(db: sqlite3.Connection) -> sqlite3.Row:
+    def _conversation_row(db: sqlite3.Connection, site_id: int, session_id: str,
+                          fields: dict[str, Any]) -> sqlite3.Row:
+        """The session's conversation, made with `fields` if missing. In a write transaction, which
+        holds the database's write lock from its start: no one can make it in between."""
+        select = "SELECT * FROM conversations WHERE site_id = ? AND session_id = ?"
+        row = db.execute(select, (site_id, session_id)).fetchone()
+        if row is None:  # looked up first: the common case is one statement, not an insert and a read
             now = utc_now_iso()
             columns = ["site_id", "session_id", "created_at", "updated_at", *fields]
-            db.execute(
-                f"INSERT INTO conversations ({', '.join(columns)})"
-                f" VALUES ({', '.join('?' * len(columns))})"
-                " ON CONFLICT (site_id, session_id) DO NOTHING",
-                (site_id, session_id, now, now, *fields.values()),
-            )
-            return db.execute(
-                "SELECT * FROM conversations WHERE site_id = ? AND session_id = ?",
-                (site_id, session_id),
-            ).fetchone()
-
-        return upsert
+            db.execute(f"INSERT INTO conversations ({', '.join(columns)})"
+                       f" VALUES ({', '.join('?' * len(columns))})",
+                       (site_id, session_id, now, now, *fields.values()))
+            row = db.execute(select, (site_id, session_id)).fetchone()
+        return row
 
     async def update_conversation(self, conversation_id: int, changes: dict[str, Any]) -> None:
         unknown = set(changes) - CONVERSATION_UPDATABLE
@@ -597,26 +595,30 @@ class SQLiteStore(Store):
         usage: dict[str, Any] | None = None,
         relevance: float | None = None,
     ) -> Message:
-        insert = self._message_insert(conversation_id, role, content, message_id=message_id,
-                                      reply_to=reply_to, image_key=image_key,
-                                      operator_name=operator_name, sources=sources, status=status,
-                                      usage=usage, relevance=relevance)
+        insert = self._message_insert(role, content, message_id=message_id, reply_to=reply_to,
+                                      image_key=image_key, operator_name=operator_name,
+                                      sources=sources, status=status, usage=usage,
+                                      relevance=relevance)
         try:
-            return _message(await self._run(self._tx, insert))
+            return await self._run(self._tx, lambda db: insert(db, conversation_id))
         except sqlite3.IntegrityError as exc:
             raise DuplicateMessageId(message_id) from exc
 
     @staticmethod
-    def _message_insert(conversation_id: int, role: str, content: str, *, message_id: str | None,
+    def _message_insert(role: str, content: str, *, message_id: str | None,
                         reply_to: str | None = None, image_key: str | None = None,
                         operator_name: str | None = None, sources: Iterable[Source] = (),
                         status: str = "complete", usage: dict[str, Any] | None = None,
-                        relevance: float | None = None) -> Callable[[sqlite3.Connection], sqlite3.Row]:
-        """The statements adding a message (JSON encoded here, on the caller's thread)."""
+                        relevance: float | None = None
+                        ) -> Callable[[sqlite3.Connection, int], Message]:
+        """The statements adding a message to a conversation (JSON encoded here, on the caller's
+        thread). The message is made from what was inserted, not read back: every statement is a
+        turn at the GIL for the writer thread, which waits for it while the event loop is busy."""
+        sources = list(sources)
         sources_json = json.dumps([s.as_dict() for s in sources])
         usage_json = json.dumps(usage) if usage is not None else None
 
-        def insert(db: sqlite3.Connection) -> sqlite3.Row:
+        def insert(db: sqlite3.Connection, conversation_id: int) -> Message:
             now = utc_now_iso()
             cur = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, message_id, reply_to,"
@@ -634,7 +636,12 @@ class SQLiteStore(Store):
                         if role == "operator" else "")
                 db.execute(f"UPDATE conversations SET updated_at = ?, {first} = COALESCE({first}, ?){wait}"
                            " WHERE id = ?", (now, now, *((now,) if wait else ()), conversation_id))
-            return db.execute("SELECT * FROM messages WHERE id = ?", (cur.lastrowid,)).fetchone()
+            return Message(id=int(cur.lastrowid or 0), conversation_id=conversation_id, role=role,  # type: ignore[arg-type]
+                           content=content, created_at=now, message_id=message_id, reply_to=reply_to,
+                           image_key=image_key, operator_name=operator_name, sources=list(sources),
+                           status=status,  # type: ignore[arg-type]
+                           usage=json.loads(usage_json) if usage_json is not None else None,
+                           relevance=None if relevance is None else float(relevance))
 
         return insert
 
@@ -643,10 +650,10 @@ class SQLiteStore(Store):
         events: Callable[[Message], list[tuple[str, str, dict[str, Any]]]], origin: str,
         claim: bool, now: float, stale_after: float,
     ) -> tuple[Message, bool]:
-        insert_message = self._message_insert(conversation_id, "visitor", content, message_id=message_id)
+        insert_message = self._message_insert("visitor", content, message_id=message_id)
 
         def insert(db: sqlite3.Connection) -> tuple[Message, bool]:
-            message = _message(insert_message(db))
+            message = insert_message(db, conversation_id)
             self._insert_events(db, events(message), origin, time.time())
             return message, claim and self._claim(db, conversation_id, message_id, origin, now, stale_after)
 
@@ -659,12 +666,11 @@ class SQLiteStore(Store):
         self, site_id: int, session_id: str, content: str, *, operator_name: str,
         events: Callable[[Message], list[tuple[str, str, dict[str, Any]]]], origin: str,
     ) -> Message:
-        upsert = self._conversation_upsert(site_id, session_id, {})
+        insert_message = self._message_insert("operator", content, message_id=None,
+                                              operator_name=operator_name)
 
         def insert(db: sqlite3.Connection) -> Message:
-            conversation_id = upsert(db)["id"]
-            message = _message(self._message_insert(conversation_id, "operator", content, message_id=None,
-                                                    operator_name=operator_name)(db))
+            message = insert_message(db, self._conversation_row(db, site_id, session_id, {})["id"])
             self._insert_events(db, events(message), origin, time.time())
             return message
 
@@ -1100,10 +1106,18 @@ class SQLiteStore(Store):
     @staticmethod
     def _insert_events(db: sqlite3.Connection, events: list[tuple[str, str, dict[str, Any]]],
                        origin: str, now: float) -> list[int]:
-        return [int(db.execute("INSERT INTO events (topic, kind, payload, origin, created_at)"
-                               " VALUES (?, ?, ?, ?, ?)",
-                               (topic, kind, json.dumps(payload), origin, now)).lastrowid or 0)
-                for topic, kind, payload in events]
+        """One statement per EVENTS_PER_INSERT events (a write has two or so). Their ids come in
+        order, one apart: the transaction holds the write lock, so no other row can take one."""
+        ids: list[int] = []
+        for start in range(0, len(events), EVENTS_PER_INSERT):
+            batch = events[start:start + EVENTS_PER_INSERT]
+            last = int(db.execute("INSERT INTO events (topic, kind, payload, origin, created_at) VALUES "
+                                  + ", ".join(["(?, ?, ?, ?, ?)"] * len(batch)),
+                                  [value for topic, kind, payload in batch
+                                   for value in (topic, kind, json.dumps(payload), origin, now)]
+                                  ).lastrowid or 0)
+            ids.extend(range(last - len(batch) + 1, last + 1))
+        return ids
 
     async def latest_event_id(self) -> int:
         row = await self._read_one("SELECT COALESCE(MAX(id), 0) AS id FROM events")
