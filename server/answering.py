@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from server.ai.base import AIUnavailable, Answer
 from server.ai.engine import AIEngine
 from server.answer_watch import AnswerWatch
 from server.errors import Conflict, ParleyError, Restarting, Unavailable
 from server.hub import Hub, site_topic
-from server.store.base import Store
+from server.store.base import Events, Store
 from server.store.models import Conversation, Message
 from server.turns import Turn
 from server.visitor import TurnRequest, Visitor
@@ -70,32 +70,44 @@ class Answerer:
                 log.info("an operator took over: stopping the answer in progress")
                 turn.producer.cancel()
 
-    async def ask(self, visitor: Visitor, conversation: Conversation, message_id: str,
-                  request: TurnRequest) -> Turn:
-        """Store a visitor's new message and start its answer. The message, its events and this
-        process's claim on answering it are one store transaction: the last write before the
-        model is asked. Raises DuplicateMessageId for a message_id already used."""
-        events: list[tuple[str, str, dict[str, Any]]] = []
+    async def ask(self, visitor: Visitor, message_id: str, request: TurnRequest, *,
+                  context: dict[str, Any], changes: Callable[[Conversation], dict[str, Any]],
+                  also: Callable[[Conversation], Events]) -> Turn | None:
+        """Store a visitor's new message and start its answer, or rejoin it (a retry of the same
+        message_id). The store's whole part is one call (Store.take_question): the conversation
+        (made with `context`, changed by `changes`), the block check, the message with its events
+        (after `also(conversation)`, the caller's own) and this process's claim on answering it,
+        and the history the model is given. None: the visitor is blocked; nothing was stored."""
+        recorded: Events = []
 
-        def events_of(message: Message) -> list[tuple[str, str, dict[str, Any]]]:
-            events[:] = message_events(visitor, message)
-            return events
+        def events_of(conversation: Conversation, message: Message) -> Events:
+            recorded[:] = also(conversation) + message_events(visitor, message)
+            return recorded
 
-        message, claimed = await self.store.add_question(
-            conversation.id, request.text, message_id=message_id, events=events_of,
-            origin=self.hub.origin, claim=conversation.mode != "operator", now=time.time(),
-            stale_after=CLAIM_STALE_SECONDS)
+        taken = await self.store.take_question(
+            visitor.site.id, visitor.session_id, request.text, message_id=message_id,
+            context=context, changes=changes, ip=visitor.ip, events=events_of,
+            origin=self.hub.origin, now=time.time(), stale_after=CLAIM_STALE_SECONDS,
+            history=AI_HISTORY_MESSAGES)
+        if taken.blocked or taken.conversation is None:
+            return None
+        conversation, message = taken.conversation, taken.message
+        if message is None:
+            return await self.rejoin(visitor, conversation, message_id, request)
         log.info("visitor message %s stored %s mode=%s chars=%d", message.id, visitor.log_ref,
                  conversation.mode, len(request.text))
-        turn = self.start(visitor, conversation, message, request, claimed=claimed)
-        self.hub.deliver_recorded(events)
+        turn = self.start(visitor, conversation, message, request, claimed=taken.claimed,
+                          history=taken.history)
+        self.hub.deliver_recorded(recorded)
         return turn
 
     def start(self, visitor: Visitor, conversation: Conversation, message: Message,
-              request: TurnRequest, *, claimed: bool = False) -> Turn:
+              request: TurnRequest, *, claimed: bool = False,
+              history: list[Message] | None = None) -> Turn:
         """Start answering a stored visitor message (`claimed`: this process already holds the
-        claim on answering it, taken with the message). No await in here: the turn is registered
-        before anything else runs, so a retry racing this request finds it."""
+        claim on answering it, taken with the message; `history`: the messages before it, read
+        with it). No await in here: the turn is registered before anything else runs, so a retry
+        racing this request finds it."""
         message_id = message.message_id or ""
         if conversation.mode == "operator":
             return Turn.finished(self._meta(conversation, message_id, None, "operator"))
@@ -107,7 +119,7 @@ class Answerer:
         # Operators watching the conversation see the answer token by token, on any process.
         turn.on_chunk = AnswerWatch(self.hub, turn, visitor, message_id).chunk
         turn.producer = asyncio.create_task(
-            self._produce(turn, visitor, conversation, message, request, claimed),
+            self._produce(turn, visitor, conversation, message, request, claimed, history),
             name=f"answer-{message.id}",
         )
         return turn
@@ -147,7 +159,8 @@ class Answerer:
         return self.start(visitor, conversation, existing, request)
 
     async def _produce(self, turn: Turn, visitor: Visitor, conversation: Conversation,
-                       message: Message, request: TurnRequest, claimed: bool) -> None:
+                       message: Message, request: TurnRequest, claimed: bool,
+                       history: list[Message] | None) -> None:
         try:
             try:
                 elsewhere = not claimed and await self._answered_elsewhere(
@@ -162,7 +175,7 @@ class Answerer:
                 turn.finish(self._meta(conversation, message.message_id or "", None, "ai"))
                 raise
             if not elsewhere:
-                await self._generate(turn, visitor, conversation, message, request)
+                await self._generate(turn, visitor, conversation, message, request, history)
         finally:
             self._live_turns.pop((conversation.id, message.message_id or ""), None)
             self._turn_topics.pop(turn, None)
@@ -239,24 +252,29 @@ class Answerer:
                                 conversation_id, CLAIM_STALE_SECONDS)
 
     async def _generate(self, turn: Turn, visitor: Visitor, conversation: Conversation,
-                        message: Message, request: TurnRequest) -> None:
+                        message: Message, request: TurnRequest,
+                        history: list[Message] | None) -> None:
         site = visitor.site
         answer: Answer | None = None
         cancelled = False
         started = time.monotonic()
-        # The conversation so far is read while the engine checks caps and retrieves knowledge.
-        history = asyncio.ensure_future(self._earlier_messages(conversation.id, message.id))
+        # Unless read with the question, the conversation so far is read while the engine checks
+        # caps and retrieves knowledge.
+        earlier: list[Message] | asyncio.Future[list[Message]] = (
+            history if history is not None
+            else asyncio.ensure_future(self._earlier_messages(conversation.id, message.id)))
         try:
             try:
                 answer = await self.ai.answer(
                     site, request.text,
                     lang=request.lang or conversation.lang or site.setting("lang", "en"),
-                    history=history,
+                    history=earlier,
                     page_url=request.page_url, page_title=request.page_title,
                     session_id=visitor.session_id,
                 )
             finally:
-                history.cancel()  # when the engine answered without it (a handoff, a cap)
+                if isinstance(earlier, asyncio.Future):
+                    earlier.cancel()  # when the engine answered without it (a handoff, a cap)
             # aclosing: however this loop ends (cancelled when the visitor leaves, a failure), the
             # provider's generator is closed now, which closes the upstream HTTP response.
             async with contextlib.aclosing(answer.chunks) as chunks:  # type: ignore[type-var]

@@ -29,7 +29,7 @@ from server.images import clean_image
 from server.proactive import site_rules
 from server.ratelimit import Rate, RateLimiter
 from server.sites import upload_limit
-from server.store.base import DuplicateMessageId, Store
+from server.store.base import Store
 from server.store.models import Conversation, Message, ProactiveMessage
 from server.turns import Turn
 from server.uploads import Uploads, out_of_room
@@ -79,58 +79,96 @@ class ChatService:
             now=time.time(),
         )
 
-    async def guard_write(self, visitor: Visitor, limiter: RateLimiter | None = None) -> None:
-        """Every write: the IP's rate, the endpoint's own rate, then the block list."""
+    def _hit_rates(self, visitor: Visitor, limiter: RateLimiter | None) -> None:
+        """The IP's write rate, then the endpoint's own rate (in memory: before any store work)."""
         if visitor.ip:
             self._write_limiter.hit(f"{visitor.site.id}:{visitor.ip}")
         if limiter is not None:
             limiter.hit(f"{visitor.site.id}:{visitor.session_id}")
-        if await self.is_blocked(visitor):
-            log.info("refused a write from a blocked visitor %s", visitor.log_ref)
-            raise Blocked("You can no longer send messages in this chat.")
 
-    async def _refresh_context(self, conversation: Conversation, context: dict[str, Any]) -> None:
-        """Operators see the page the visitor is on now, not the one where the chat began."""
-        changes = {k: v for k, v in context.items() if v and getattr(conversation, k) != v}
-        if changes:
-            await self.store.update_conversation(conversation.id, changes)
+    def _refuse_blocked(self, visitor: Visitor) -> Blocked:
+        log.info("refused a write from a blocked visitor %s", visitor.log_ref)
+        return Blocked("You can no longer send messages in this chat.")
+
+    async def guard_write(self, visitor: Visitor, limiter: RateLimiter | None = None) -> None:
+        """Every write: the IP's rate, the endpoint's own rate, then the block list."""
+        self._hit_rates(visitor, limiter)
+        if await self.is_blocked(visitor):
+            raise self._refuse_blocked(visitor)
 
     # -- a visitor message and its answer ----------------------------------------------------
     async def start_turn(self, visitor: Visitor, request: TurnRequest) -> Turn:
-        """Store the visitor's message and start (or rejoin) its answer."""
+        """Store the visitor's message and start (or rejoin) its answer.
+
+        The guards of every write, in the same order (rates, then the block list, before anything
+        is stored), but the store's part is one call: the conversation, the block check, the page
+        the visitor is on now and their presence, the message with its events and the claim on
+        answering it, and the history the model is given (Store.take_question)."""
         if self.answers.closing:
             raise Restarting("The server is restarting; please send again.")
-        await self.guard_write(visitor, self._message_limiter)
-        site = visitor.site
+        self._hit_rates(visitor, self._message_limiter)
         message_id = request.message_id or "m_" + secrets.token_urlsafe(12)
         context = {"lang": request.lang, "page_url": request.page_url,
                    "page_title": request.page_title, "ip": visitor.ip}
-        conversation = await self.store.ensure_conversation(
-            site.id, visitor.session_id, {k: v for k, v in context.items() if v}
-        )
-        await self._refresh_context(conversation, context)
-        await self.mark_seen(visitor, conversation=conversation)
-        try:
-            return await self.answers.ask(visitor, conversation, message_id, request)
-        except DuplicateMessageId:
-            return await self.answers.rejoin(visitor, conversation, message_id, request)
+        seen_at = self._presence_due(visitor)
+
+        def changes(conversation: Conversation) -> dict[str, Any]:
+            # Operators see the page the visitor is on now, not the one where the chat began.
+            updates = {k: v for k, v in context.items() if v and getattr(conversation, k) != v}
+            if seen_at is not None:
+                updates.update(self._presence_changes(visitor, conversation, seen_at))
+            return updates
+
+        def presence(conversation: Conversation) -> list[tuple[str, str, dict[str, Any]]]:
+            if seen_at is None or not self._arrived(conversation, seen_at):
+                return []
+            return [(site_topic(visitor.site.id), "seen", {"session_id": visitor.session_id})]
+
+        turn = await self.answers.ask(visitor, message_id, request, changes=changes, also=presence,
+                                      context={k: v for k, v in context.items() if v})
+        if turn is None:
+            raise self._refuse_blocked(visitor)
+        return turn
 
     # -- presence -----------------------------------------------------------------------------
+    def _presence_due(self, visitor: Visitor) -> float | None:
+        """Now, if the visitor's presence is to be written (at most every SEEN_EVERY_SECONDS per
+        session); None otherwise. Counts as written from here on."""
+        key = (visitor.site.id, visitor.session_id)
+        now = time.time()
+        last = self._seen.get(key)
+        if last is not None and now - last < SEEN_EVERY_SECONDS:
+            return None
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        while len(self._seen) > SEEN_REMEMBERED:
+            self._seen.popitem(last=False)
+        return now
+
+    @staticmethod
+    def _presence_changes(visitor: Visitor, conversation: Conversation, now: float,
+                          page_url: str | None = None) -> dict[str, Any]:
+        changes: dict[str, Any] = {"last_seen_at": now}
+        if visitor.user_agent and conversation.user_agent != visitor.user_agent:
+            changes["user_agent"] = visitor.user_agent
+        if page_url and conversation.page_url != page_url:
+            changes["page_url"] = page_url
+        return changes
+
+    @staticmethod
+    def _arrived(conversation: Conversation, now: float) -> bool:
+        """Not seen for a while: operators' "visitors online" hears of them."""
+        return conversation.last_seen_at is None or now - conversation.last_seen_at > ONLINE_SECONDS
+
     async def mark_seen(self, visitor: Visitor, page_url: str | None = None, *,
                         conversation: Conversation | None = None) -> None:
         """Note that the visitor is here (and on which page), for operators' "visitors online".
         Written at most every SEEN_EVERY_SECONDS per session; a visitor who has not chatted yet
         gets a conversation row only when the widget says which page it is on. `conversation`:
         the visitor's, just read (saves reading it again)."""
-        key = (visitor.site.id, visitor.session_id)
-        now = time.time()
-        last = self._seen.get(key)
-        if last is not None and now - last < SEEN_EVERY_SECONDS:
+        now = self._presence_due(visitor)
+        if now is None:
             return
-        self._seen[key] = now
-        self._seen.move_to_end(key)
-        while len(self._seen) > SEEN_REMEMBERED:
-            self._seen.popitem(last=False)
         try:
             if conversation is None:
                 conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
@@ -141,13 +179,9 @@ class ChatService:
                     self._write_limiter.hit(f"{visitor.site.id}:{visitor.ip}")
                 conversation = await self.store.ensure_conversation(
                     visitor.site.id, visitor.session_id, {"page_url": page_url, "ip": visitor.ip})
-            changes: dict[str, Any] = {"last_seen_at": now}
-            if visitor.user_agent and conversation.user_agent != visitor.user_agent:
-                changes["user_agent"] = visitor.user_agent
-            if page_url and conversation.page_url != page_url:
-                changes["page_url"] = page_url
-            await self.store.update_conversation(conversation.id, changes)
-            if conversation.last_seen_at is None or now - conversation.last_seen_at > ONLINE_SECONDS:
+            await self.store.update_conversation(
+                conversation.id, self._presence_changes(visitor, conversation, now, page_url))
+            if self._arrived(conversation, now):
                 await self.hub.publish(site_topic(visitor.site.id), "seen",
                                        {"session_id": visitor.session_id})
         except (RateLimited, Unavailable):

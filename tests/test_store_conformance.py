@@ -496,6 +496,62 @@ async def test_a_question_is_stored_with_its_events_and_claim(store, other):
     assert not claimed and await other.claim_answer(conv, "m_q2", "B", now=now, stale_after=60)
 
 
+async def test_a_question_is_taken_in_one_call_with_its_guards_and_history(store, other):
+    site_id = await new_site(store)
+    now = time.time()
+    start = await other.latest_event_id()
+    befores = []
+
+    def events(before, message):
+        befores.append(before)
+        return [("session:t", "message", {"message_id": message.id})]
+
+    def take(session_id, message_id, text="Hello?", *, ip="203.0.113.9", changes=lambda c: {}):
+        return store.take_question(site_id, session_id, text, message_id=message_id,
+                                   context={"lang": "fr", "ip": ip}, changes=changes, ip=ip,
+                                   events=events, origin="A", now=now, stale_after=60, history=5)
+
+    first = await take(SESSION, "m_t1", changes=lambda c: {"last_seen_at": now, "page_url": "https://s/a"})
+    conversation = first.conversation
+    assert not first.blocked and first.claimed and first.history == []
+    assert first.message.content == "Hello?" and first.message.message_id == "m_t1"
+    assert conversation.lang == "fr" and conversation.page_url == "https://s/a"
+    assert conversation.last_seen_at == pytest.approx(now)
+    assert befores[0].last_seen_at is None  # events see the conversation as it was
+    stored = await other.get_conversation(site_id, SESSION)
+    assert stored.page_url == "https://s/a" and stored.last_seen_at == pytest.approx(now)
+    assert not await other.claim_answer(conversation.id, "m_t1", "B", now=now, stale_after=60)
+    assert [e.payload for e in await other.events_since(start, exclude_origin="B", limit=10)] == [
+        {"message_id": first.message.id}]
+
+    second = await take(SESSION, "m_t2", "And shipping?")
+    assert [m.content for m in second.history] == ["Hello?"] and second.message.content == "And shipping?"
+
+    retry = await take(SESSION, "m_t2", "And shipping?", changes=lambda c: {"page_url": "https://s/b"})
+    assert retry.message is None and not retry.blocked and not retry.claimed
+    assert retry.conversation.page_url == "https://s/b"
+    assert len(await other.list_messages(conversation.id)) == 2
+    assert len(await other.events_since(start, exclude_origin="B", limit=10)) == 2
+
+    await store.update_conversation(conversation.id, {"mode": "operator"})
+    taken_over = await take(SESSION, "m_t3", "Anyone?")
+    assert taken_over.message.content == "Anyone?" and not taken_over.claimed
+    assert await other.claim_answer(conversation.id, "m_t3", "B", now=now, stale_after=60)
+
+    # Blocked by session, address or the conversation's email: nothing is written at all.
+    await store.add_block(site_id, "session", "sess_blocked0000000001", None, None)
+    await store.add_block(site_id, "ip", "198.51.100.7", None, None)
+    await store.add_block(site_id, "email", "spam@example.com", None, None)
+    for session_id, ip in (("sess_blocked0000000001", None), ("sess_fromblockedip0001", "198.51.100.7")):
+        refused = await take(session_id, "m_b1", ip=ip)
+        assert refused.blocked and refused.message is None
+        assert await other.get_conversation(site_id, session_id) is None
+    await store.update_conversation(conversation.id, {"email": "Spam@Example.com"})
+    refused = await take(SESSION, "m_b2")
+    assert refused.blocked and await other.get_visitor_message(conversation.id, "m_b2") is None
+    assert len(await other.events_since(start, exclude_origin="B", limit=10)) == 3
+
+
 # -- events ---------------------------------------------------------------------------------------
 async def test_events_in_order_without_our_own_and_pruned(store, other):
     start = await store.latest_event_id()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Callable, Iterable
 
 from server.errors import Unavailable
@@ -36,6 +37,21 @@ class DuplicateOperator(Exception):
 
 class DuplicateMessageId(Exception):
     """A visitor message with this message_id already exists in the conversation."""
+
+
+Events = list[tuple[str, str, dict[str, Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TakenQuestion:
+    """What Store.take_question did. `message` is None when the visitor is blocked (nothing was
+    written) or when the message_id was used before in the conversation (a retry)."""
+
+    conversation: Conversation | None  # with `changes` applied; None only when blocked
+    message: Message | None
+    blocked: bool = False
+    claimed: bool = False
+    history: list[Message] = dataclasses.field(default_factory=list)  # before the message, oldest first
 
 
 class Store(abc.ABC):
@@ -138,6 +154,41 @@ class Store(abc.ABC):
         claimed = claim and await self.claim_answer(conversation_id, message_id, origin, now=now,
                                                     stale_after=stale_after)
         return message, claimed
+
+    async def take_question(
+        self, site_id: int, session_id: str, content: str, *, message_id: str,
+        context: dict[str, Any], changes: Callable[[Conversation], dict[str, Any]], ip: str | None,
+        events: Callable[[Conversation, Message], Events], origin: str, now: float,
+        stale_after: float, history: int,
+    ) -> TakenQuestion:
+        """Everything the store does for a visitor's question before its answer starts:
+        1. the session's conversation, made with `context` if missing (as ensure_conversation);
+        2. refused when a block matches the session, `ip` or the conversation's email (as
+           is_blocked), and then nothing at all is written, not even a new conversation;
+        3. `changes(conversation)` applied to it (fields of CONVERSATION_UPDATABLE);
+        4. unless the message_id was used before in the conversation: the newest `history`
+           messages, the visitor's message, the events telling of it (`events(conversation as it
+           was before the changes, message)`, recorded for `origin`) and `origin`'s claim on
+           answering it, except in operator mode.
+        One transaction where the store can: this is what a visitor waits on before the first
+        token. The caller delivers the events locally."""
+        found = await self.get_conversation(site_id, session_id)
+        if await self.is_blocked(site_id, session_id=session_id, ip=ip,
+                                 email=found.email if found else None, now=now):
+            return TakenQuestion(found, None, blocked=True)
+        conversation = found or await self.ensure_conversation(site_id, session_id, context)
+        updates = changes(conversation)
+        await self.update_conversation(conversation.id, updates)
+        changed = dataclasses.replace(conversation, **updates)
+        earlier = await self.recent_messages(conversation.id, history) if history > 0 else []
+        try:
+            message, claimed = await self.add_question(
+                conversation.id, content, message_id=message_id,
+                events=lambda message: events(conversation, message), origin=origin,
+                claim=conversation.mode != "operator", now=now, stale_after=stale_after)
+        except DuplicateMessageId:
+            return TakenQuestion(changed, None)
+        return TakenQuestion(changed, message, claimed=claimed, history=earlier)
 
     async def add_operator_message(
         self, site_id: int, session_id: str, content: str, *, operator_name: str,

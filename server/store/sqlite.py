@@ -10,6 +10,7 @@ request's read behind a thousand others on one thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -20,7 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from server.store.base import DuplicateMessageId, DuplicateOperator, Store, StoreUnavailable
+from server.store.base import (
+    DuplicateMessageId,
+    DuplicateOperator,
+    Events,
+    Store,
+    StoreUnavailable,
+    TakenQuestion,
+)
 from server.store.models import (
     CONVERSATION_UPDATABLE,
     FETCH_JOB_UPDATABLE,
@@ -305,6 +313,10 @@ def _fetch_job(row: sqlite3.Row) -> FetchJob:
     return FetchJob(**data)
 
 
+class _Refused(Exception):
+    """Ends a transaction that must write nothing (a blocked visitor's question)."""
+
+
 class SQLiteStore(Store):
     # Ids come from AUTOINCREMENT inside write transactions, which the database lock serialises.
     event_ids_commit_in_order = True
@@ -559,11 +571,16 @@ class SQLiteStore(Store):
         return row
 
     async def update_conversation(self, conversation_id: int, changes: dict[str, Any]) -> None:
+        if changes:
+            await self._run(self._tx, self._conversation_update(conversation_id, changes))
+
+    @staticmethod
+    def _conversation_update(conversation_id: int, changes: dict[str, Any]
+                             ) -> Callable[[sqlite3.Connection], None]:
+        """The statement applying `changes` (checked here, on the caller's thread) to a conversation."""
         unknown = set(changes) - CONVERSATION_UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
-        if not changes:
-            return
         assignments = ", ".join(f"{name} = ?" for name in changes)
         values: list[Any] = list(changes.values())
         if set(changes) - QUIET_CONVERSATION_FIELDS:
@@ -577,7 +594,7 @@ class SQLiteStore(Store):
             db.execute(f"UPDATE conversations SET {assignments} WHERE id = ?",
                        (*values, conversation_id))
 
-        await self._run(self._tx, update)
+        return update
 
     # -- messages -----------------------------------------------------------------------------
     async def add_message(
@@ -661,6 +678,41 @@ class SQLiteStore(Store):
             return await self._run(self._tx, insert)
         except sqlite3.IntegrityError as exc:
             raise DuplicateMessageId(message_id) from exc
+
+    async def take_question(
+        self, site_id: int, session_id: str, content: str, *, message_id: str,
+        context: dict[str, Any], changes: Callable[[Conversation], dict[str, Any]], ip: str | None,
+        events: Callable[[Conversation, Message], Events], origin: str, now: float,
+        stale_after: float, history: int,
+    ) -> TakenQuestion:
+        fields = {k: v for k, v in context.items() if k in ("lang", "page_url", "page_title", "ip")}
+        insert_message = self._message_insert("visitor", content, message_id=message_id)
+
+        def take(db: sqlite3.Connection) -> TakenQuestion:
+            conversation = _conversation(self._conversation_row(db, site_id, session_id, fields))
+            sql, *params = self._block_query(site_id, session_id, ip, conversation.email, now)
+            if db.execute(sql, params).fetchone() is not None:
+                raise _Refused  # rolls back the conversation made above, if it is new
+            updates = changes(conversation)
+            if updates:
+                self._conversation_update(conversation.id, updates)(db)
+            changed = dataclasses.replace(conversation, **updates)
+            earlier = [_message(r) for r in reversed(db.execute(
+                "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+                (conversation.id, history)).fetchall())] if history > 0 else []
+            try:
+                message = insert_message(db, conversation.id)
+            except sqlite3.IntegrityError:  # the message_id was used before: only the changes stand
+                return TakenQuestion(changed, None)
+            self._insert_events(db, events(conversation, message), origin, time.time())
+            claimed = conversation.mode != "operator" and self._claim(
+                db, conversation.id, message_id, origin, now, stale_after)
+            return TakenQuestion(changed, message, claimed=claimed, history=earlier)
+
+        try:
+            return await self._run(self._tx, take)
+        except _Refused:
+            return TakenQuestion(None, None, blocked=True)
 
     async def add_operator_message(
         self, site_id: int, session_id: str, content: str, *, operator_name: str,
@@ -901,20 +953,21 @@ class SQLiteStore(Store):
     async def is_blocked(
         self, site_id: int, *, session_id: str, ip: str | None, email: str | None, now: float
     ) -> bool:
+        return await self._read_one(*self._block_query(site_id, session_id, ip, email, now)) is not None
+
+    @staticmethod
+    def _block_query(site_id: int, session_id: str, ip: str | None, email: str | None,
+                     now: float) -> tuple[Any, ...]:
+        """The SQL and parameters finding a block that matches, if any."""
         candidates = [("session", session_id)]
         if ip:
             candidates.append(("ip", ip))
         if email:
             candidates.append(("email", email.lower()))
         match = " OR ".join("(kind = ? AND value = ?)" for _ in candidates)
-        row = await self._read_one(
-            f"SELECT 1 FROM blocks WHERE site_id = ? AND ({match})"
-            " AND (expires_at IS NULL OR expires_at > ?) LIMIT 1",
-            site_id,
-            *[part for pair in candidates for part in pair],
-            now,
-        )
-        return row is not None
+        return (f"SELECT 1 FROM blocks WHERE site_id = ? AND ({match})"
+                " AND (expires_at IS NULL OR expires_at > ?) LIMIT 1",
+                site_id, *[part for pair in candidates for part in pair], now)
 
     # -- proactive ----------------------------------------------------------------------------
     async def add_proactive(
