@@ -11,7 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any
 
 from server.ai.engine import AIEngine
 from server.answering import Answerer, publish_message
@@ -36,7 +36,6 @@ from server.uploads import Uploads, out_of_room
 from server.visitor import TurnRequest, Visitor
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MAX_PIXELS = 40_000_000
 HISTORY_LIMIT_MAX = 200
@@ -44,6 +43,8 @@ SEEN_EVERY_SECONDS = 30  # how often a visitor's presence is written, at most
 SEEN_REMEMBERED = 50_000
 ONLINE_SECONDS = 120
 IMAGE_QUEUE_SECONDS = 20
+WAKE_ON_MODE = frozenset({"mode"})
+WAKE_ON_MODE_OR_BLOCK = frozenset({"mode", "block"})
 
 
 @dataclass(frozen=True)
@@ -188,14 +189,12 @@ class ChatService:
             return  # presence is a nicety: never fail a visitor's read for it
 
     # -- held reads ---------------------------------------------------------------------------
-    async def _hold(self, visitor: Visitor, wait: float, fetch: Callable[[], Awaitable[T]],
-                    is_news: Callable[[T], bool], wake_on: frozenset[str] = frozenset(),
-                    page_url: str | None = None) -> T:
+    # Each held read awaits hub.hold itself, after _ready_to_hold: thousands are held at once, and
+    # a coroutine wrapped around the hold would be kept, with its frame, for the whole wait.
+    async def _ready_to_hold(self, visitor: Visitor, wait: float, page_url: str | None = None) -> None:
         if wait > 0 and not self.hub.closing:
             self.hub.check_room(visitor.topic, visitor.ip)  # a refusal costs no store work
         await self.mark_seen(visitor, page_url)
-        return await self.hub.hold(visitor.topic, wait, fetch, is_news, address=visitor.ip,
-                                   wake_on=wake_on)
 
     async def history(self, visitor: Visitor, *, after: int | None, limit: int,
                       wait: float) -> tuple[Conversation | None, list[Message]]:
@@ -203,9 +202,10 @@ class ChatService:
             return await self.store.conversation_messages(
                 visitor.site.id, visitor.session_id, after=after, limit=min(limit, HISTORY_LIMIT_MAX))
 
+        await self._ready_to_hold(visitor, wait)
         # A takeover or a block changes what the widget shows even without a new message.
-        return await self._hold(visitor, wait, fetch, lambda result: bool(result[1]),
-                                wake_on=frozenset({"mode", "block"}))
+        return await self.hub.hold(visitor.topic, wait, fetch, lambda result: bool(result[1]),
+                                   address=visitor.ip, wake_on=WAKE_ON_MODE_OR_BLOCK)
 
     async def operator_messages(self, visitor: Visitor, *, after: int | None,
                                 wait: float) -> tuple[list[Message], str]:
@@ -222,9 +222,11 @@ class ChatService:
                 first_mode.append(result[1])
             return bool(result[0]) or result[1] != first_mode[0]
 
+        await self._ready_to_hold(visitor, wait)
         # A mode event ends the wait too: the first read may already see the new mode (reads
         # and writes run side by side), and then no later read would look different.
-        return await self._hold(visitor, wait, fetch, is_news, wake_on=frozenset({"mode"}))
+        return await self.hub.hold(visitor.topic, wait, fetch, is_news, address=visitor.ip,
+                                   wake_on=WAKE_ON_MODE)
 
     async def pending_proactive(self, visitor: Visitor, *, after: int | None, wait: float,
                                 page_url: str | None = None) -> list[ProactiveMessage]:
@@ -242,7 +244,8 @@ class ChatService:
         async def fetch() -> list[ProactiveMessage]:
             return await self.store.pending_proactive(site.id, session_id, now=time.time())
 
-        return await self._hold(visitor, wait, fetch, bool, page_url=page_url)
+        await self._ready_to_hold(visitor, wait, page_url)
+        return await self.hub.hold(visitor.topic, wait, fetch, bool, address=visitor.ip)
 
     async def _apply_rules(self, visitor: Visitor, page_url: str, now: float) -> None:
         """Queue the site's rules matching this page, once per session. A read that writes: each
