@@ -57,7 +57,7 @@ class Subscription:
     a timeout context an object and a handle, for the whole hold).
     """
 
-    __slots__ = ("topics", "buffer", "overflowed", "_events", "_ready", "_waiter")
+    __slots__ = ("topics", "buffer", "overflowed", "_events", "_ready", "_waiter", "_timer")
 
     def __init__(self, topics: tuple[str, ...], *, buffer: int = SUBSCRIPTION_BUFFER) -> None:
         self.topics = topics
@@ -66,10 +66,16 @@ class Subscription:
         self._events: list[dict[str, Any]] | None = None
         self._ready = False
         self._waiter: asyncio.Future[bool] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def topic(self) -> str:
         return self.topics[0]
+
+    @property
+    def ready(self) -> bool:
+        """Whether something was published since the last drain."""
+        return self._ready
 
     def deliver(self, event: dict[str, Any]) -> None:
         if self._events is None:
@@ -86,15 +92,25 @@ class Subscription:
         at a time."""
         if self._ready:
             return True
+        try:
+            return await self.arm(timeout)
+        finally:
+            self.disarm()
+
+    def arm(self, timeout: float) -> asyncio.Future[bool]:
+        """What `wait` awaits, for a caller that awaits it in its own frame (Hub.hold: one
+        coroutine less kept per held request); call `disarm` once it is done or abandoned."""
         pass_turn()  # nothing to do until news comes: let this address's next request start
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(max(timeout, 0), _wake, waiter, False)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
+        self._timer = loop.call_later(max(timeout, 0), _wake, waiter, False)
+        return waiter
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiter = None
 
     def drain(self) -> list[dict[str, Any]]:
         """The buffered events; check `overflowed` first (drain clears it)."""
@@ -206,12 +222,16 @@ class Hub:
                     remaining = deadline - time.monotonic()
                     if is_news(result) or remaining <= 0:
                         return result
-                    if not await subscription.wait(remaining) or self.closing:
+                    # subscription.wait(remaining), awaited here rather than in a coroutine of its own
+                    woke = subscription.ready or await subscription.arm(remaining)
+                    subscription.disarm()
+                    if not woke or self.closing:
                         return await fetch()  # as of the end of the wait (a rule may have fallen due)
                     missed = subscription.overflowed
                     if any(event.get("kind") in wake_on for event in subscription.drain()) or missed:
                         return await fetch()
             finally:
+                subscription.disarm()
                 self._unsubscribe(subscription)
         finally:
             self._give_slot(slot)
