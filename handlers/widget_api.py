@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import tornado.web
@@ -32,33 +31,28 @@ class PublicUrlMixin(ApiHandler):
         return [message_json(m, self.chat, self.base_url) for m in messages]
 
 
-@dataclass(frozen=True)
-class HeldRead:
-    visitor: Visitor
-    query: dict[str, Any]
-    after: int | None
-    wait: float
-
-
 class HeldReadHandler(PublicUrlMixin):
-    """GETs that take an `after` cursor and may be held open for `wait` seconds."""
+    """GETs that take an `after` cursor and may be held open for `wait` seconds.
 
-    async def held_read(self) -> HeldRead:
+    Thousands are held at once, each keeping its handler's frame: they keep the visitor and the
+    two numbers, not the query they came from."""
+
+    async def held_read(self) -> tuple[Visitor, int | None, float]:
+        """The visitor, the `after` cursor and the `wait`, validated."""
         query = self.query()
-        return HeldRead(
-            visitor=await self.visitor(query),
-            query=query,
-            after=query_int(query.get("after"), "after", minimum=0, maximum=MAX_MESSAGE_CURSOR),
-            wait=query_seconds(query.get("wait"), "wait", maximum=MAX_WAIT_SECONDS),
+        return (
+            await self.visitor(query),
+            query_int(query.get("after"), "after", minimum=0, maximum=MAX_MESSAGE_CURSOR),
+            query_seconds(query.get("wait"), "wait", maximum=MAX_WAIT_SECONDS),
         )
 
 
 class HistoryHandler(HeldReadHandler):
     async def get(self) -> None:
-        read = await self.held_read()
-        limit = query_int(read.query.get("limit"), "limit", minimum=1, maximum=HISTORY_LIMIT_MAX) or 50
-        result = await self.hold(
-            self.chat.history(read.visitor, after=read.after, limit=limit, wait=read.wait))
+        visitor, after, wait = await self.held_read()
+        limit = query_int(self.get_query_argument("limit", None), "limit", minimum=1,
+                          maximum=HISTORY_LIMIT_MAX) or 50
+        result = await self.hold(self.chat.history(visitor, after=after, limit=limit, wait=wait))
         if result is None:  # the client left
             return
         conversation, messages = result
@@ -72,9 +66,8 @@ class HistoryHandler(HeldReadHandler):
 
 class OperatorMessagesHandler(HeldReadHandler):
     async def get(self) -> None:
-        read = await self.held_read()
-        result = await self.hold(
-            self.chat.operator_messages(read.visitor, after=read.after, wait=read.wait))
+        visitor, after, wait = await self.held_read()
+        result = await self.hold(self.chat.operator_messages(visitor, after=after, wait=wait))
         if result is None:
             return
         messages, mode = result
@@ -83,12 +76,11 @@ class OperatorMessagesHandler(HeldReadHandler):
 
 class PendingProactiveHandler(HeldReadHandler):
     async def get(self) -> None:
-        read = await self.held_read()
-        page_url = kept_page_url(read.visitor.site, string_field(
-            read.query, "page_url", required=False, max_length=MAX_URL_LENGTH))
+        visitor, after, wait = await self.held_read()
+        page_url = kept_page_url(visitor.site, string_field(
+            self.query(), "page_url", required=False, max_length=MAX_URL_LENGTH))
         messages = await self.hold(
-            self.chat.pending_proactive(read.visitor, after=read.after, wait=read.wait,
-                                        page_url=page_url))
+            self.chat.pending_proactive(visitor, after=after, wait=wait, page_url=page_url))
         if messages is None:
             return
         self.write_json({"success": True, "messages": [proactive_json(m) for m in messages]})

@@ -8,9 +8,10 @@ from server.hub import session_topic
 from server.store.models import Site
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Visitor:
-    """Who is asking: a session of a site, seen from an IP address."""
+    """Who is asking: a session of a site, seen from an IP address. Slots: one is kept per held
+    request."""
 
     site: Site
     session_id: str
