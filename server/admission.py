@@ -44,12 +44,15 @@ class Turn:
         self.turns = turns
         self.key = key
         self.ended = False
-        self.timer = asyncio.get_running_loop().call_later(TURN_SECONDS, self.end)
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            TURN_SECONDS, self.end)
 
     def end(self) -> None:
         if not self.ended:
             self.ended = True
-            self.timer.cancel()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None  # an ended turn stays with its request: keep it small
             self.turns._hand_on(self.key)
 
 
