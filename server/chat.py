@@ -215,12 +215,13 @@ class ChatService:
                 roles=("operator",))
             return messages, conversation.mode if conversation else "ai"
 
-        first_mode: list[str] = []
+        first_mode: str | None = None
 
         def is_news(result: tuple[list[Message], str]) -> bool:
-            if not first_mode:
-                first_mode.append(result[1])
-            return bool(result[0]) or result[1] != first_mode[0]
+            nonlocal first_mode
+            if first_mode is None:
+                first_mode = result[1]
+            return bool(result[0]) or result[1] != first_mode
 
         await self._ready_to_hold(visitor, wait)
         # A mode event ends the wait too: the first read may already see the new mode (reads
