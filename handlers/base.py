@@ -169,7 +169,7 @@ class ApiHandler(JsonHandler):
         super().initialize()
         self.chat = chat
         self.sites = sites
-        self._body_parts: list[bytes] = []
+        self._body_parts: list[bytes] | None = None  # made by the first chunk: most requests have none
         self._body_size = 0
 
     def set_default_headers(self) -> None:
@@ -197,13 +197,15 @@ class ApiHandler(JsonHandler):
     def data_received(self, chunk: bytes) -> None:
         self._body_size += len(chunk)
         if self._body_size <= self.max_body_bytes:
+            if self._body_parts is None:
+                self._body_parts = []
             self._body_parts.append(chunk)
 
     @property
     def body(self) -> bytes:
         if self._body_size > self.max_body_bytes:
             raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
-        return b"".join(self._body_parts)
+        return b"".join(self._body_parts or ())
 
     async def options(self, *args: Any) -> None:
         origin = self.request.headers.get("Origin")
@@ -244,4 +246,4 @@ class ApiHandler(JsonHandler):
     def on_connection_close(self) -> None:
         # Tornado's own version ends a body still streaming in; without it post() would wait forever.
         super().on_connection_close()
-        self._body_parts.clear()
+        self._body_parts = None
