@@ -28,5 +28,5 @@ class ChatStreamHandler(EventStreamMixin, ApiHandler):
         turn = await self.chat.start_turn(visitor, request)
         self.start_event_stream()
         # Headers go out at once, so the widget knows its message was accepted before any text.
-        await self.hold(self.send_batches(turn.follow_batches(),
+        await self.hold(self.send_pushed(turn.push_to,
                                          lambda event: self.write_event(turn_event_json(event))))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from handlers.base import JsonHandler, dumps
 
@@ -18,9 +18,11 @@ class Keepalive:
     writer waits for a keepalive's flush (`settled`) before its own.
     """
 
-    def __init__(self, handler: JsonHandler, interval: float) -> None:
+    def __init__(self, handler: JsonHandler, interval: float, *, await_flush: bool = True) -> None:
         self.handler = handler
         self.interval = interval
+        # False when the writer never waits for its flushes (send_pushed): then neither does this.
+        self.await_flush = await_flush
         self.loop = asyncio.get_running_loop()
         self.last_sent = self.loop.time()
         self.writing = False
@@ -33,8 +35,11 @@ class Keepalive:
             self.timer = self.loop.call_later(max(0.01, self.interval - quiet), self._tick)
             return
         self.handler.write(": keepalive\n\n")
-        self.pending = asyncio.ensure_future(self.handler.safe_flush())
-        self.pending.add_done_callback(self._flushed)
+        if self.await_flush:
+            self.pending = asyncio.ensure_future(self.handler.safe_flush())
+            self.pending.add_done_callback(self._flushed)
+        elif not self.handler.client_left():
+            self.handler.flush()
         self.last_sent = self.loop.time()
         self.timer = self.loop.call_later(self.interval, self._tick)
 
@@ -91,3 +96,37 @@ class EventStreamMixin(JsonHandler):
                         return
             finally:
                 keepalive.stop()
+
+    async def send_pushed(self, source: Callable[[Callable[[list[Any]], None]], Awaitable[None]],
+                          frame: Callable[[Any], None]) -> None:
+        """Flush the headers, then run `source(deliver)`, which hands `deliver` lists of events as
+        they happen (in the producing task: no wake-up of this request's task per event). Each
+        list is framed and flushed at once, without waiting for the flush: Tornado keeps what a
+        slow client has not read yet. Ends when `source` returns (after the last event), or when
+        the client leaves (hold() then cancels `source`)."""
+        if not await self.safe_flush():
+            return
+        keepalive = Keepalive(self, self.keepalive_interval, await_flush=False)
+        flush_due = False
+
+        def flush() -> None:
+            nonlocal flush_due
+            flush_due = False
+            if not self.client_left():
+                self.flush()  # a flush not awaited never raises: Tornado retrieves its exception
+            keepalive.last_sent = keepalive.loop.time()
+
+        def deliver(events: list[Any]) -> None:
+            nonlocal flush_due
+            if self.client_left():
+                return
+            for event in events:
+                frame(event)
+            if not flush_due:  # events handed over in the same turn of the loop go out in one send
+                flush_due = True
+                keepalive.loop.call_soon(flush)
+
+        try:
+            await source(deliver)
+        finally:
+            keepalive.stop()

@@ -1,6 +1,10 @@
 """A turn is one AI answer in the making. Any number of SSE streams follow it; the answer is
 produced once, by one task, whoever is watching.
 
+A stream either pulls (`follow_batches`: woken after each change, it takes what is new) or is
+pushed to (`push_to`: each event is handed to it at once, in the producing task). Pushing costs no
+wake-up of the stream's task per chunk, which is most of what a chunk costs when many answers stream.
+
 When the last follower leaves before the end, the producing task is cancelled, which cancels the
 upstream call; the partial text is then stored as `interrupted` by the producer.
 """
@@ -38,6 +42,8 @@ class Turn:
         self._unfollowed = asyncio.Event()  # set while no stream follows the turn
         self._unfollowed.set()
         self._changed = asyncio.Event()
+        self._listeners: list[Callable[[list[TurnEvent]], None]] = []
+        self._ended: asyncio.Future[None] | None = None
 
     @classmethod
     def finished(cls, meta: dict[str, Any], text: str = "") -> Turn:
@@ -60,9 +66,20 @@ class Turn:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def _push(self, batch: list[TurnEvent]) -> None:
+        for deliver in list(self._listeners):
+            deliver(batch)
+
+    def _ending(self) -> list[TurnEvent]:
+        assert self.meta is not None
+        ending = [TurnEvent("error", error=self.error)] if self.error is not None else []
+        return ending + [TurnEvent("done", meta=self.meta)]
+
     def append(self, chunk: str) -> None:
         self.chunks.append(chunk)
         self._notify()
+        if self._listeners:
+            self._push([TurnEvent("chunk", content=chunk)])
         if self.on_chunk is not None:
             self.on_chunk(chunk)
 
@@ -73,6 +90,42 @@ class Turn:
     def finish(self, meta: dict[str, Any]) -> None:
         self.meta = meta
         self._notify()
+        if self._listeners:
+            self._push(self._ending())
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
+    async def push_to(self, deliver: Callable[[list[TurnEvent]], None]) -> None:
+        """Hand `deliver` every event from the first (what exists now at once, in one list), then
+        each as it happens, synchronously in the producing task; return after `done`. `deliver`
+        must not block or raise. Cancelled (the stream's client left), it lets go of the turn."""
+        self._follow()
+        try:
+            backlog = [TurnEvent("chunk", content=chunk) for chunk in self.chunks]
+            if self.meta is not None:
+                deliver(backlog + self._ending())
+                return
+            if backlog:
+                deliver(backlog)
+            if self._ended is None:
+                self._ended = asyncio.get_running_loop().create_future()
+            self._listeners.append(deliver)
+            await asyncio.shield(self._ended)
+        finally:
+            if deliver in self._listeners:
+                self._listeners.remove(deliver)
+            self._unfollow()
+
+    def _follow(self) -> None:
+        self._followers += 1
+        self._unfollowed.clear()
+
+    def _unfollow(self) -> None:
+        self._followers -= 1
+        if self._followers == 0:
+            self._unfollowed.set()
+            if not self.done and self.producer is not None:
+                self.producer.cancel()
 
     async def follow(self) -> AsyncIterator[TurnEvent]:
         """Every chunk from the first, then `error` (if any) and `done`. Quiet while nothing
@@ -84,8 +137,7 @@ class Turn:
     async def follow_batches(self) -> AsyncIterator[list[TurnEvent]]:
         """The same events as `follow`, grouped: each batch is everything that arrived since the
         last one, so a writer that fell behind catches up with one write and one flush."""
-        self._followers += 1
-        self._unfollowed.clear()
+        self._follow()
         sent = 0
         try:
             while True:
@@ -103,11 +155,7 @@ class Turn:
                 if changed is self._changed:
                     await changed.wait()
         finally:
-            self._followers -= 1
-            if self._followers == 0:
-                self._unfollowed.set()
-                if not self.done and self.producer is not None:
-                    self.producer.cancel()
+            self._unfollow()
 
     async def unfollowed(self) -> None:
         """Until every stream following the turn has sent its last event and let go."""
