@@ -16,9 +16,10 @@ from typing import Any, Callable
 
 from server.ai.base import AIUnavailable, Answer
 from server.ai.engine import AIEngine
-from server.answer_watch import AnswerWatch
+from server.answer_watch import AnswerWatch, Watchers
 from server.errors import Conflict, ParleyError, Restarting, Unavailable
 from server.hub import Hub, site_topic
+from server.opening_hours import PRESENCE_SECONDS
 from server.store.base import Events, Store
 from server.store.models import Conversation, Message
 from server.turns import Turn
@@ -59,7 +60,12 @@ class Answerer:
         self._turn_topics: dict[Turn, str] = {}
         self._claims: set[tuple[int, str]] = set()  # answers this process holds claims on
         self._heartbeat: asyncio.Task[None] | None = None
+        self._watchers = Watchers(self._operators_online)
         hub.add_listener(self._on_event)
+
+    async def _operators_online(self, site_id: int) -> bool:
+        since = time.time() - PRESENCE_SECONDS  # online as the widget's opening hours count it
+        return bool(await self.store.operators_present(since=since, site_id=site_id, limit=1))
 
     def _on_event(self, topic: str, event: dict[str, Any]) -> None:
         """An operator taking over stops the AI mid-answer; the partial text is kept, interrupted."""
@@ -117,7 +123,8 @@ class Answerer:
         self._live_turns[(conversation.id, message_id)] = turn
         self._turn_topics[turn] = visitor.topic
         # Operators watching the conversation see the answer token by token, on any process.
-        turn.on_chunk = AnswerWatch(self.hub, turn, visitor, message_id).chunk
+        turn.on_chunk = AnswerWatch(self.hub, turn, visitor, message_id,
+                                    lambda: self._watchers.watching(visitor.site.id)).chunk
         turn.producer = asyncio.create_task(
             self._produce(turn, visitor, conversation, message, request, claimed, history),
             name=f"answer-{message.id}",
