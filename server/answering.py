@@ -242,18 +242,21 @@ class Answerer:
 
     async def _renew_claims(self) -> None:
         """Renew this process's claims while it holds any: the heartbeat that tells other
-        processes it is alive. Claims are few (one per answer in progress)."""
+        processes it is alive. One store call for all of them (one per answer in progress)."""
         while self._claims:
             await asyncio.sleep(CLAIM_HEARTBEAT_SECONDS)
-            for conversation_id, message_id in list(self._claims):
-                if (conversation_id, message_id) not in self._claims:
-                    continue  # finished while we renewed the others
-                try:
-                    kept = await self._claim(conversation_id, message_id)
-                except ParleyError:
-                    log.warning("could not renew the claim on an answer; the store is unavailable")
-                    break
-                if not kept:
+            claims = list(self._claims)
+            if not claims:
+                break
+            try:
+                kept = await self.store.renew_claims(claims, self.hub.origin, now=time.time(),
+                                                     stale_after=CLAIM_STALE_SECONDS)
+            except ParleyError:
+                log.warning("could not renew the claims on %d answer(s); the store is unavailable",
+                            len(claims))
+                continue
+            for (conversation_id, message_id), ours in zip(claims, kept):
+                if not ours:
                     log.warning("another process took over the answer to %s in conversation %d "
                                 "(this one was silent for over %.0f s)", message_id,
                                 conversation_id, CLAIM_STALE_SECONDS)

@@ -108,18 +108,17 @@ async def test_a_slow_answer_keeps_its_claim_while_its_process_lives(parley, oth
     monkeypatch.setattr(server.answering, "CLAIM_HEARTBEAT_SECONDS", 0.1)
     monkeypatch.setattr(server.answering, "CLAIM_CHECK_SECONDS", 0.05)
     renewals = []
-    claim = parley.services.store.claim_answer
+    renew = parley.services.store.renew_claims
 
-    async def counting_claim(*args, **kwargs):
-        renewals.append(kwargs["now"])
-        return await claim(*args, **kwargs)
+    async def counting_renewals(claims, *args, **kwargs):
+        renewals.extend(kwargs["now"] for claim in claims if claim[1] == "m_slow")
+        return await renew(claims, *args, **kwargs)
 
-    monkeypatch.setattr(parley.services.store, "claim_answer", counting_claim)
+    monkeypatch.setattr(parley.services.store, "renew_claims", counting_renewals)
     parley.services.ai.default_provider = slow = GatedProvider(["Slow ", "but mine."])
     other.ai.default_provider = idle = GatedProvider(["a second answer"])
     first, relayed = await first_then_retry_elsewhere(parley, other, slow, "m_slow")
     # Well past the stale time, renewed all along.
-    # (The first claim is taken with the message; these are the renewals.)
     await eventually(lambda: len(renewals) > 1 and renewals[-1] - renewals[0] >= 4 * 0.5,
                      what="the claim's renewals")
     slow.release(2)

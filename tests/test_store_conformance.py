@@ -496,6 +496,20 @@ async def test_a_question_is_stored_with_its_events_and_claim(store, other):
     assert not claimed and await other.claim_answer(conv, "m_q2", "B", now=now, stale_after=60)
 
 
+async def test_claims_are_renewed_together(store, other):
+    conv = await conversation_id(store, await new_site(store))
+    now = time.time()
+    assert await store.claim_answer(conv, "m_r1", "A", now=now, stale_after=60)
+    assert await other.claim_answer(conv, "m_r2", "B", now=now, stale_after=60)
+    # A keeps its own, cannot take B's fresh one, and takes a new one.
+    assert await store.renew_claims([(conv, "m_r1"), (conv, "m_r2"), (conv, "m_r3")], "A",
+                                    now=now + 1, stale_after=60) == [True, False, True]
+    assert not await other.claim_answer(conv, "m_r1", "B", now=now + 30, stale_after=60)
+    # Past the stale limit B's claim is A's for the taking.
+    assert await store.renew_claims([(conv, "m_r2")], "A", now=now + 100, stale_after=60) == [True]
+    assert await store.renew_claims([], "A", now=now, stale_after=60) == []
+
+
 async def test_a_question_is_taken_in_one_call_with_its_guards_and_history(store, other):
     site_id = await new_site(store)
     now = time.time()

@@ -358,6 +358,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None: ...
 
+    async def renew_claims(self, claims: list[tuple[int, str]], origin: str, *, now: float,
+                           stale_after: float) -> list[bool]:
+        """claim_answer for each (conversation_id, message_id) of `claims`, in order: a process's
+        heartbeat over every answer it is making. One transaction where the store can."""
+        return [await self.claim_answer(conversation_id, message_id, origin, now=now,
+                                        stale_after=stale_after)
+                for conversation_id, message_id in claims]
+
     # Events feed: how processes hear each other's writes
     # True where an event id is never visible before every smaller one (one writer at a time, as
     # SQLite): readers need not look back below their cursor for late commits.

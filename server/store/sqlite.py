@@ -1128,6 +1128,12 @@ class SQLiteStore(Store):
         ).fetchone()
         return bool(row and row["origin"] == origin)
 
+    async def renew_claims(self, claims: list[tuple[int, str]], origin: str, *, now: float,
+                           stale_after: float) -> list[bool]:
+        return await self._run(self._tx, lambda db: [
+            self._claim(db, conversation_id, message_id, origin, now, stale_after)
+            for conversation_id, message_id in claims])
+
     async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None:
         def delete(db: sqlite3.Connection) -> None:
             db.execute(
