@@ -14,6 +14,7 @@ from server.errors import UnknownSite
 from server.sites import SITE_CACHE_SECONDS, SiteService
 from server.store.models import Site
 from server.store.sqlite import SQLiteStore
+from tests.waiting import eventually
 
 
 class Clock:
@@ -126,8 +127,7 @@ async def test_a_read_that_began_before_a_change_here_is_not_kept(sites, store, 
     site = store.add("sk_a")
     store.gate = asyncio.Event()
     reading = asyncio.create_task(sites.get("sk_a"))  # reads the old settings, then is slow
-    while store.reads == 0:
-        await asyncio.sleep(0)
+    await eventually(lambda: store.reads > 0)
     changing = asyncio.create_task(sites.update_settings(site.id, {"title": "Changed"}))
     await asyncio.sleep(0)
     store.gate.set()
