@@ -309,5 +309,5 @@ async def dashboard_lines(services: Services, base: str) -> list[str]:
     if token is None:
         return [f"  Dashboard:     {base}/dashboard/  (sign in at {base}/dashboard/login)"]
     return [f"  Dashboard:     {base}/dashboard/",
-            f"  No operator yet. Create the first admin (link works once, for 24 h):",
+            "  No operator yet. Create the first admin (link works once, for 24 h):",
             f"                 {base}/dashboard/setup?token={token}"]
