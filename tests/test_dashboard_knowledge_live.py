@@ -127,11 +127,7 @@ async def test_a_sitemap_fetch_shows_its_progress_and_errors_while_it_runs(
     assert {k: v for k, v in job.items() if k not in ("id", "started_at", "updated_at")} == {
         "url": f"http://127.0.0.1:{slow_website.port}/sitemap.xml", "state": "fetching", "added": 0,
         "message": "", "done": 1, "total": 3, "errors": []}
-    slow_website.gate.set()
-    finished = await eventually(lambda: _with_state(jobs, "done"), what="the fetch to end")
-    job = finished["jobs"][0]
-    assert finished["fetching"] is False and (job["done"], job["total"], job["added"]) == (3, 3, 2)
-    assert job["errors"] == [f"http://127.0.0.1:{slow_website.port}/missing answered HTTP 404."]
+    await _let_the_fetch_finish(slow_website, jobs, what="the fetch to end")
     page = (await admin.get(url)).text
     assert 'data-fetching="0"' in page and "answered HTTP 404" in page and "3 of 3 page(s)" in page
     assert (await agent.get(f"{url}/jobs")).status_code == 403
@@ -170,13 +166,20 @@ async def test_another_process_shows_the_fetch_progress_and_a_dead_process_fetch
         assert (live["url"], live["state"], live["done"], live["total"]) == (sitemap, "fetching", 1, 3)
         assert (dead["state"], dead["message"]) == ("interrupted", INTERRUPTED)
         assert 'data-fetching="1"' in (await elsewhere.get(url)).text
-        slow_website.gate.set()
-        finished = await eventually(lambda: _with_state(jobs, "done"), what="the other process to see it end")
-        live = finished["jobs"][0]
-        assert finished["fetching"] is False and (live["done"], live["total"], live["added"]) == (3, 3, 2)
-        assert live["errors"] == [f"http://127.0.0.1:{slow_website.port}/missing answered HTTP 404."]
+        await _let_the_fetch_finish(slow_website, jobs, what="the other process to see it end")
         page = (await elsewhere.get(url)).text
         assert 'data-fetching="0"' in page and "3 of 3 page(s)" in page and "interrupted" in page
+
+
+async def _let_the_fetch_finish(slow_website: SlowWebsite, jobs, *, what: str) -> dict:
+    """Let the slow website answer, wait for `jobs` to show the fetch done, and check its outcome:
+    three pages, two added, the missing one's 404 listed."""
+    slow_website.gate.set()
+    finished = await eventually(lambda: _with_state(jobs, "done"), what=what)
+    job = finished["jobs"][0]
+    assert finished["fetching"] is False and (job["done"], job["total"], job["added"]) == (3, 3, 2)
+    assert job["errors"] == [f"http://127.0.0.1:{slow_website.port}/missing answered HTTP 404."]
+    return finished
 
 
 async def _with_done(jobs, done: int) -> dict | None:
