@@ -139,7 +139,7 @@ class Store(abc.ABC):
 
     async def add_question(
         self, conversation_id: int, content: str, *, message_id: str,
-        events: Callable[[Message], list[tuple[str, str, dict[str, Any]]]], origin: str,
+        events: Callable[[Message], Events], origin: str,
         claim: bool, now: float, stale_after: float,
     ) -> tuple[Message, bool]:
         """A visitor's message, the events telling every process of it (`events(message)`,
@@ -147,10 +147,7 @@ class Store(abc.ABC):
         transaction where the store can: this is what a visitor waits on before the first token.
         Returns the message and whether the claim is held. DuplicateMessageId as add_message."""
         message = await self.add_message(conversation_id, "visitor", content, message_id=message_id)
-        try:
-            await self.record_events(events(message), origin)
-        except StoreUnavailable:  # the message is stored; other processes see it on their next read
-            pass
+        await self._record_events_of_stored_write(events(message), origin)
         claimed = claim and await self.claim_answer(conversation_id, message_id, origin, now=now,
                                                     stale_after=stale_after)
         return message, claimed
@@ -192,7 +189,7 @@ class Store(abc.ABC):
 
     async def add_operator_message(
         self, site_id: int, session_id: str, content: str, *, operator_name: str,
-        events: Callable[[Message], list[tuple[str, str, dict[str, Any]]]], origin: str,
+        events: Callable[[Message], Events], origin: str,
     ) -> Message:
         """An operator's message to a visitor: the session's conversation (made if missing, as
         ensure_conversation makes it), the message, and the events telling every process of it
@@ -201,11 +198,16 @@ class Store(abc.ABC):
         conversation = await self.ensure_conversation(site_id, session_id, {})
         message = await self.add_message(conversation.id, "operator", content,
                                          operator_name=operator_name)
-        try:
-            await self.record_events(events(message), origin)
-        except StoreUnavailable:  # the message is stored; other processes see it on their next read
-            pass
+        await self._record_events_of_stored_write(events(message), origin)
         return message
+
+    async def _record_events_of_stored_write(self, events: Events, origin: str) -> None:
+        """Record the events of a write already stored. If they cannot be, the write still
+        stands: other processes see it on their next read."""
+        try:
+            await self.record_events(events, origin)
+        except StoreUnavailable:
+            pass
 
     @abc.abstractmethod
     async def count_messages(

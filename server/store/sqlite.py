@@ -664,7 +664,7 @@ class SQLiteStore(Store):
 
     async def add_question(
         self, conversation_id: int, content: str, *, message_id: str,
-        events: Callable[[Message], list[tuple[str, str, dict[str, Any]]]], origin: str,
+        events: Callable[[Message], Events], origin: str,
         claim: bool, now: float, stale_after: float,
     ) -> tuple[Message, bool]:
         insert_message = self._message_insert("visitor", content, message_id=message_id)
@@ -716,7 +716,7 @@ class SQLiteStore(Store):
 
     async def add_operator_message(
         self, site_id: int, session_id: str, content: str, *, operator_name: str,
-        events: Callable[[Message], list[tuple[str, str, dict[str, Any]]]], origin: str,
+        events: Callable[[Message], Events], origin: str,
     ) -> Message:
         insert_message = self._message_insert("operator", content, message_id=None,
                                               operator_name=operator_name)
