@@ -16,6 +16,7 @@ from typing import Any, Awaitable, TypeVar
 import tornado.web
 from tornado.iostream import StreamClosedError
 
+from handlers.body_limit import BODY_METHODS, DEFAULT_BODY_LIMIT, DRAIN_BYTES
 from server import validation
 from server.chat import ChatService
 from server.errors import InvalidRequest, ParleyError, TooLarge
@@ -26,7 +27,6 @@ from server.visitor import Visitor
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-JSON_BODY_LIMIT = 64 * 1024
 STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
                 429: "rate_limited", 503: "unavailable"}
@@ -163,7 +163,7 @@ class ApiHandler(JsonHandler):
     """The widget's public API. Bodies are streamed in and capped at `max_body_bytes`, so nobody
     can make us buffer 100 MB; no cookies; any origin may call (sites restrict per request)."""
 
-    max_body_bytes = JSON_BODY_LIMIT
+    max_body_bytes = DEFAULT_BODY_LIMIT
 
     def initialize(self, chat: ChatService, sites: SiteService) -> None:  # type: ignore[override]
         super().initialize()
@@ -187,12 +187,14 @@ class ApiHandler(JsonHandler):
         self.set_default_headers()
 
     def prepare(self) -> None:
-        if self.request.method in ("POST", "PUT", "PATCH"):
-            declared = self.request.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
-            # A body without a length is counted as it streams in (data_received keeps nothing past
-            # the limit) and refused with 413 once complete; the server-wide cap still applies.
+        # A body declared over max_body_bytes never reaches us (the application answers it 413, see
+        # handlers/body_limit.py). One without a length is counted as it streams in (data_received
+        # keeps nothing past the limit) and refused with 413 once complete: up to DRAIN_BYTES more is
+        # read for that, so the client reads the JSON rather than the bare 400 Tornado answers at
+        # the connection's limit.
+        if self.request.method in BODY_METHODS and "Content-Length" not in self.request.headers:
+            self.request.connection.set_max_body_size(  # type: ignore[union-attr]
+                self.max_body_bytes + DRAIN_BYTES)
 
     def data_received(self, chunk: bytes) -> None:
         self._body_size += len(chunk)

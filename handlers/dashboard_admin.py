@@ -4,7 +4,11 @@ erase). Plain forms posted with the XSRF token: no script, so nothing for the CS
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import urlencode
+
+import tornado.web
+from tornado.httputil import HTTPInputError, parse_body_arguments
 
 from server.errors import Forbidden, InvalidRequest, ParleyError
 from server.privacy import VisitorNotFound
@@ -21,13 +25,17 @@ from server.sites import DEFAULT_SETTINGS, embed_snippet
 from server.store.models import Site
 from server.validation import SESSION_ID_RE
 
+from handlers.body_limit import ADMIN_FORM_BODY_LIMIT
 from handlers.operator_base import OperatorApiHandler, OperatorPageHandler
 
 SITE_KEY_PATTERN = r"(?P<site_key>sk_[A-Za-z0-9_-]{8,64})"
+# A knowledge document and the rest of its form (the multipart framing, the token, the action).
+KNOWLEDGE_BODY_LIMIT = MAX_DOCUMENT_BYTES + 64 * 1024
 
 
 class SiteAdminHandler(OperatorPageHandler):
     admin_only = True
+    max_body_bytes = ADMIN_FORM_BODY_LIMIT
 
     @property
     def base_url(self) -> str:
@@ -319,9 +327,49 @@ class NumbersHandler(OperatorPageHandler):
         self.render_page("numbers.html", sites=sites, numbers=numbers, first=first, last=last, error=error)
 
 
+@tornado.web.stream_request_body
 class KnowledgeHandler(SiteAdminHandler):
     """Documents, uploads, background fetches, Try the assistant, and the knowledge gaps with Add
-    an answer."""
+    an answer.
+
+    Its forms' bodies (a document of up to MAX_DOCUMENT_BYTES) are streamed in, so who is asking is
+    known before any of a body is read: a stranger, an expired session or an agent is answered at
+    once (prepare()), and only a signed-in admin's body is read. The form's XSRF token travels in
+    the body, so it is checked once the body is in, before anything is done with it."""
+
+    max_body_bytes = KNOWLEDGE_BODY_LIMIT
+
+    def initialize(self, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(**kwargs)
+        self._body = bytearray()  # Tornado stops a body at max_body_bytes (set as its headers came)
+        self._form_read = False
+
+    def check_xsrf_cookie(self) -> None:
+        if self._form_read or self.request.method in ("GET", "HEAD", "OPTIONS"):
+            super().check_xsrf_cookie()
+        # A POST's token is in its body: read_form() checks it.
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body += chunk
+
+    def read_form(self) -> None:
+        """Parse the body read so far as the form it is, then check its XSRF token."""
+        request, body = self.request, bytes(self._body)
+        self._body = bytearray()
+        request.body = body
+        try:
+            parse_body_arguments(request.headers.get("Content-Type", ""), body, request.body_arguments,
+                                 request.files, request.headers)
+        except HTTPInputError:
+            raise InvalidRequest("The form could not be read; reload the page and try again.") from None
+        for name, values in request.body_arguments.items():
+            request.arguments.setdefault(name, []).extend(values)
+        self._form_read = True
+        self.check_xsrf_cookie()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._body = bytearray()
 
     async def show(self, site: Site, **values: object) -> None:
         knowledge = self.services.site_knowledge
@@ -341,6 +389,7 @@ class KnowledgeHandler(SiteAdminHandler):
         await self.show(site, notice=self.get_query_argument("notice", "")[:200] or None)
 
     async def post(self, site_key: str) -> None:
+        self.read_form()
         site = await self.site(site_key)
         knowledge = self.services.site_knowledge
         action = self.get_body_argument("action", "")

@@ -69,7 +69,7 @@ class UploadImageHandler(PublicUrlMixin, ApiHandler):
         return True
 
     async def _admit(self) -> None:
-        super().prepare()  # a declared length over what any site allows: 413 before the body
+        super().prepare()  # (a declared length over what any site allows never gets here: 413)
         content_type = self.request.headers.get("Content-Type", "")
         query = self.query()
         limit = MAX_UPLOAD_SETTING

@@ -12,6 +12,8 @@ import jinja2
 import tornado.httputil
 import tornado.web
 
+from handlers.base import JsonHandler
+from handlers.body_limit import BodyTooLarge, Drains, body_limit, declared_length
 from handlers.chat_stream import ChatStreamHandler
 from handlers.headers import SecurityHeaders
 from handlers.dashboard_admin import (
@@ -242,14 +244,30 @@ class ParleyApplication(ProxyAwareApplication):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.turns = Turns()
+        self.drains = Drains()
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def get_handler_delegate(self, *args: Any, **kwargs: Any) -> tornado.web._HandlerDelegate:
+    def get_handler_delegate(self, request: tornado.httputil.HTTPServerRequest,
+                             target_class: type[tornado.web.RequestHandler],
+                             target_kwargs: dict[str, Any] | None = None, *args: Any,
+                             **kwargs: Any) -> tornado.web._HandlerDelegate:
+        """Called once a request's headers are in, before any of its body is read: its route's
+        body limit applies from here on (handlers/body_limit.py), and a body declared larger is
+        answered 413 by BodyTooLarge in place of the route's handler."""
         self.in_flight += 1
         self._idle.clear()
-        return super().get_handler_delegate(*args, **kwargs)
+        limit = body_limit(target_class, request.method)
+        set_limit = getattr(request.connection, "set_max_body_size", None)
+        if set_limit is not None:
+            set_limit(limit)
+        declared = declared_length(request)
+        if declared is not None and declared > limit:
+            target_kwargs = {"limit": limit, "json_errors": issubclass(target_class, JsonHandler),
+                             "drains": self.drains}
+            target_class = BodyTooLarge
+        return super().get_handler_delegate(request, target_class, target_kwargs, *args, **kwargs)
 
     def request_delegate(self, server_conn: object,
                          request_conn: tornado.httputil.HTTPConnection) -> tornado.httputil.HTTPMessageDelegate:

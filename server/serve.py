@@ -11,7 +11,7 @@ import time
 import tornado.netutil
 from tornado.ioloop import PeriodicCallback
 
-from handlers.upload import UPLOAD_BODY_LIMIT
+from handlers.body_limit import DEFAULT_BODY_LIMIT
 from server.ai.check import announce_check, describe_model
 from server.ai.settings import global_model_config
 from server.app import ParleyApplication, Services, build_services, make_app
@@ -42,7 +42,9 @@ def start_http_server(services: Services) -> tuple[HTTPServer, int]:
     config = services.config
     server = HTTPServer(
         make_app(services),
-        max_body_size=UPLOAD_BODY_LIMIT + 1,
+        # Each request's own limit is set as its headers arrive (its route's, handlers/body_limit.py);
+        # this small default is the rest's.
+        max_body_size=DEFAULT_BODY_LIMIT,
         max_header_size=64 * 1024,
         body_timeout=60,
         # Tornado applies this both to the wait for a request's headers (a client dribbling them
