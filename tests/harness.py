@@ -16,8 +16,9 @@ import tornado.testing
 
 from argon2 import PasswordHasher, profiles
 
+from handlers.body_limit import DEFAULT_BODY_LIMIT
 from server.accounts import AccountService
-from server.app import Services, build_services, make_app
+from server.app import ParleyApplication, Services, build_services, make_app
 from server.chat import Limits
 from server.config import Config
 from server.store.models import Site
@@ -40,6 +41,7 @@ class Parley:
     site: Site
     client: httpx.AsyncClient
     port: int
+    app: ParleyApplication | None = None
 
     @property
     def site_key(self) -> str:
@@ -94,14 +96,15 @@ async def start_parley(data_dir: Path, *, limits: Limits | None = None,
     site = await services.sites.create("Test shop")
     for title, text in SHOP_DOCS.items():
         await services.store.add_document(site.id, title, f"https://shop.test/{title.lower()}", text)
-    server = tornado.httpserver.HTTPServer(make_app(services), max_body_size=22 * 1024 * 1024)
+    app = make_app(services)
+    server = tornado.httpserver.HTTPServer(app, max_body_size=DEFAULT_BODY_LIMIT)
     sock, port = tornado.testing.bind_unused_port()
     server.add_sockets([sock])
     base_url = f"http://127.0.0.1:{port}"
     # Longer than any held request (30 s): a slow machine must not turn a wait into a client timeout.
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
         try:
-            yield Parley(base_url, services, site, client, port)
+            yield Parley(base_url, services, site, client, port, app)
         finally:
             server.stop()
             await services.chat.shutdown()

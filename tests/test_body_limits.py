@@ -1,0 +1,197 @@
+"""Request bodies: each route takes what it needs and no more, and a body declared larger is
+answered 413 before any of it is read (so nobody can make the server hold megabytes per
+connection), over real sockets: the answer arrives while the client has sent none of its body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from handlers.body_limit import DEFAULT_BODY_LIMIT, DRAIN_BYTES, MAX_DRAINING
+from server.app import ParleyApplication
+from server.knowledge import MAX_DOCUMENT_BYTES
+from server.sites import MAX_UPLOAD_SETTING
+from tests.dashboard import Operator
+from tests.harness import Parley, session
+from tests.test_dashboard_knowledge_live import knowledge_url, upload
+from tests.test_dashboard_sites import admin, agent  # noqa: F401 - fixtures
+from tests.test_uploads import jpeg_bytes, spooled
+from tests.waiting import eventually
+
+BIG = 20_000_000  # what the image upload's limit used to let any route buffer
+SID = session("bodies")
+
+
+async def send_head(parley: Parley, method: str, path: str, length: int | None, *,
+                    expect: bool = False, headers: str = "", body: bytes = b""
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", parley.port)
+    framing = (f"Content-Length: {length}\r\n" if length is not None
+               else "Transfer-Encoding: chunked\r\n")
+    writer.write((f"{method} {path} HTTP/1.1\r\nHost: x\r\n{framing}{headers}"
+                  + ("Expect: 100-continue\r\n" if expect else "") + "\r\n").encode() + body)
+    await writer.drain()
+    return reader, writer
+
+
+async def answer_before_body(parley: Parley, method: str, path: str, length: int, *,
+                             expect: bool = False, headers: str = "") -> tuple[str, dict[str, str], bytes]:
+    """The status line, headers and body of the answer to a request whose body is never sent."""
+    reader, writer = await send_head(parley, method, path, length, expect=expect, headers=headers)
+    try:
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
+        status, *lines = head.strip().split("\r\n")
+        fields = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines)}
+        length = 0 if method == "HEAD" else int(fields.get("content-length", 0))
+        body = await asyncio.wait_for(reader.readexactly(length), 10)
+        return status, fields, body
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/api/v1/chat/email"),
+    ("POST", "/api/v1/chat/stream"),
+    ("GET", "/api/v1/chat/history"),
+    ("POST", "/api/v1/no-such-endpoint"),
+])
+async def test_an_oversized_body_to_a_json_endpoint_is_a_413_in_json_before_it_is_read(parley, method, path):
+    status, headers, body = await answer_before_body(parley, method, path, BIG)
+    assert status.startswith("HTTP/1.1 413")
+    assert headers["connection"] == "close"
+    refusal = json.loads(body)
+    assert refusal["success"] is False and refusal["code"] == "too_large"
+    assert "64 KB" in refusal["error"]
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/dashboard/login"),
+    ("POST", "/dashboard/setup"),
+    ("GET", "/healthz"),
+    ("POST", "/healthz"),
+    ("HEAD", "/readyz"),
+    ("GET", "/demo"),
+    ("POST", "/no-such-page"),
+])
+async def test_an_oversized_body_to_a_page_form_or_health_route_is_refused_before_it_is_read(parley, method, path):
+    status, headers, body = await answer_before_body(parley, method, path, BIG)
+    assert status.startswith("HTTP/1.1 413")
+    assert headers["connection"] == "close"
+    if method != "HEAD":
+        assert b"larger than 64 KB" in body
+
+
+async def test_a_body_just_over_the_default_limit_is_refused_and_one_at_it_is_read(parley):
+    over = await answer_before_body(parley, "POST", "/dashboard/login", DEFAULT_BODY_LIMIT + 1)
+    assert over[0].startswith("HTTP/1.1 413")
+    form = b"email=a%40example.com&password=x&padding=" + b"x" * (DEFAULT_BODY_LIMIT - 100)
+    form = form[:DEFAULT_BODY_LIMIT]
+    reader, writer = await send_head(parley, "POST", "/dashboard/login", len(form), body=form,
+                                     headers="Content-Type: application/x-www-form-urlencoded\r\n"
+                                             "Connection: close\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 403")  # read and parsed: no XSRF token in it
+
+
+async def test_with_expect_100_continue_the_refusal_comes_at_once_and_the_connection_closes(parley):
+    reader, writer = await send_head(parley, "POST", "/api/v1/chat/email", BIG, expect=True)
+    answer = await asyncio.wait_for(reader.read(), 10)  # to the end: the server closed
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 413")  # no "100 Continue" first: the body is not wanted
+    assert b'"code":"too_large"' in answer
+
+
+async def test_a_client_pushing_its_whole_oversized_body_reads_the_413_then_the_connection_closes(parley):
+    """Most clients read only once their body is sent: the refused body is read and dropped."""
+    body = b"x" * 3_000_000
+    reader, writer = await send_head(parley, "POST", "/dashboard/login", len(body))
+    for start in range(0, len(body), 64 * 1024):
+        writer.write(body[start:start + 64 * 1024])
+        await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 413") and b"larger than 64 KB" in answer
+    drains = app(parley).drains
+    await eventually(lambda: drains.in_use == 0, what="the drain given back")
+
+
+def app(parley: Parley) -> ParleyApplication:
+    assert parley.app is not None
+    return parley.app
+
+
+async def test_a_body_declared_larger_than_anything_is_read_is_answered_and_closed(parley):
+    status, headers, body = await answer_before_body(parley, "POST", "/dashboard/login", DRAIN_BYTES + 1)
+    assert status.startswith("HTTP/1.1 413")
+    reader, writer = await send_head(parley, "POST", "/dashboard/login", DRAIN_BYTES + 1)
+    answer = await asyncio.wait_for(reader.read(), 10)  # closed right after the answer
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+async def test_drains_at_once_are_bounded(parley):
+    drains = app(parley).drains
+    drains.in_use = MAX_DRAINING  # all taken: the next refusal closes at once
+    try:
+        reader, writer = await send_head(parley, "POST", "/healthz", 1_000_000)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        drains.in_use = 0
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+async def test_a_chunked_body_over_a_forms_limit_is_refused_when_it_passes_the_limit(parley):
+    """Tornado enforces the route's limit on a body without a length too: a bare 400, then it closes,
+    without reading (or keeping) more than the limit."""
+    chunk_header = f"{DEFAULT_BODY_LIMIT + 1:x}\r\n".encode()
+    reader, writer = await send_head(parley, "POST", "/dashboard/login", None, body=chunk_header,
+                                     headers="Content-Type: application/x-www-form-urlencoded\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
+async def test_an_image_upload_near_its_limit_is_still_taken(parley):
+    await parley.services.sites.update_settings(parley.site.id, {"upload_max_bytes": MAX_UPLOAD_SETTING})
+    image = jpeg_bytes() + b"\0" * (MAX_UPLOAD_SETTING - 100_000)  # bytes after the image's end
+    response = await parley.client.post("/api/v1/chat/upload-image", params=parley.ids(SID),
+                                        data=parley.ids(SID), files={"image": ("big.jpg", image, "image/jpeg")})
+    assert response.status_code == 200, response.text
+    assert response.json()["success"] is True
+    assert spooled(parley) == []
+
+
+async def test_a_knowledge_upload_at_its_limit_is_still_taken(parley: Parley, admin: Operator):
+    line = b"Our shoes are made in Porto from leather tanned without chromium.\n"
+    text = b"# Making\n\n" + line * ((MAX_DOCUMENT_BYTES - 20) // len(line))
+    assert MAX_DOCUMENT_BYTES - len(line) < len(text) <= MAX_DOCUMENT_BYTES
+    response = await upload(admin, knowledge_url(parley), "making.md", text)
+    assert response.status_code == 302 and "Added+Making" in response.headers["Location"]
+
+
+async def test_a_knowledge_upload_is_refused_before_its_body_unless_an_admin_sends_it(
+        parley: Parley, agent: Operator):
+    url = knowledge_url(parley)
+    form = "Content-Type: multipart/form-data; boundary=b0undary\r\n"
+    status, headers, _ = await answer_before_body(parley, "POST", url, MAX_DOCUMENT_BYTES, headers=form)
+    assert status.startswith("HTTP/1.1 302") and headers["location"] == "/dashboard/login"
+    cookies = "; ".join(f"{name}={value}" for name, value in agent.client.cookies.items())
+    status, _, body = await answer_before_body(parley, "POST", url, MAX_DOCUMENT_BYTES,
+                                               headers=f"{form}Cookie: {cookies}\r\n")
+    assert status.startswith("HTTP/1.1 403") and b"Only admins" in body
+    status, _, _ = await answer_before_body(parley, "POST", url, MAX_DOCUMENT_BYTES + 64 * 1024 + 1, headers=form)
+    assert status.startswith("HTTP/1.1 413")
+
+
+async def test_a_knowledge_form_without_its_xsrf_token_does_nothing(parley: Parley, admin: Operator):
+    response = await admin.client.post(knowledge_url(parley), data={"action": "reindex"})
+    assert response.status_code == 403
+    response = await admin.client.post(knowledge_url(parley), data={"action": "add_text", "_xsrf": "forged",
+                                                                    "title": "x", "text": "y"})
+    assert response.status_code == 403
+    titles = {d.title for d in await parley.services.store.list_documents(parley.site.id)}
+    assert "x" not in titles
