@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -67,10 +68,11 @@ class FakeOpenAI:
         # (Ollama) servers do. Tornado leaves Nagle's algorithm on while a response streams: on a
         # reused connection the first token then waits for the client's delayed ACK (~40 ms).
         self.nodelay = True
+        self.scheme = "http"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.scheme}://127.0.0.1:{self.port}/v1"
 
     def script(self, *plans: Plan) -> None:
         self.plans.extend(plans)
@@ -88,10 +90,12 @@ class FakeOpenAI:
     async def wait_release(self) -> None:
         await asyncio.wait_for(self._release.get(), MAX_WAIT)
 
-    async def start(self) -> None:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Listen on an unused port; with `ssl_context`, over TLS (`base_url` says https)."""
         app = tornado.web.Application([(r"/v1/chat/completions", _Completions, {"fake": self}),
                                        (r"/v1/models", _Models, {"fake": self})])
-        self._server = _CountingServer(app, fake=self)
+        self._server = _CountingServer(app, fake=self, ssl_options=ssl_context)
+        self.scheme = "https" if ssl_context else "http"
         sock, self.port = tornado.testing.bind_unused_port()
         self._server.add_sockets([sock])
 

@@ -7,21 +7,32 @@ cached provider never cuts a stream in progress.
 from __future__ import annotations
 
 import collections
+import urllib.request
 
 import httpx
 
 from server.ai.base import Provider
 from server.ai.openai_compat import OpenAICompatible
 from server.ai.settings import ModelConfig, site_model_config
+from server.ai.upstream import UpstreamTransport
 from server.store.models import Site
 
 
-# Idle upstream connections kept for the next question: a few. They spare a quiet server the TCP
-# handshake before the first token; with many answers streaming, httpcore's pool (which walks every
-# connection, and for each idle one all of them again, whenever a request starts or ends) costs more
-# than handshakes do: at 100 concurrent answers, 64 kept took 33 ms of CPU per answer, 8 kept ~20 ms,
-# the same as keeping none.
-KEEP_IDLE_CONNECTIONS = 8
+# Idle upstream connections kept for the next question (over all upstreams). Each spares a
+# question the TCP (and TLS) handshake before its first token; the transport looks only at idle
+# connections when a request starts or ends, so keeping more costs sockets, not CPU.
+KEEP_IDLE_CONNECTIONS = 32
+
+
+def upstream_client() -> httpx.AsyncClient:
+    """The one client for every model: our transport, or httpx's own when the environment names
+    a proxy (HTTPS_PROXY and the like), which httpx's transport knows how to go through."""
+    if urllib.request.getproxies():
+        # httpcore's pool walks all its connections per request: keep few idle (as before).
+        return httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=8),
+                                 follow_redirects=False)
+    return httpx.AsyncClient(transport=UpstreamTransport(max_idle=KEEP_IDLE_CONNECTIONS),
+                             follow_redirects=False)
 
 
 class ProviderRegistry:
@@ -30,10 +41,7 @@ class ProviderRegistry:
         self.offline = offline
         self.default_config = default_config
         self.max_cached = max_cached
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEEP_IDLE_CONNECTIONS),
-            follow_redirects=False,
-        )
+        self.client = upstream_client()
         self._cache: collections.OrderedDict[ModelConfig, OpenAICompatible] = collections.OrderedDict()
         self.default: Provider = self._model(default_config) if default_config else offline
 
