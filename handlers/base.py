@@ -16,7 +16,7 @@ from typing import Any, Awaitable, TypeVar
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from handlers.body_limit import BODY_METHODS, DEFAULT_BODY_LIMIT, DRAIN_BYTES
+from handlers.body_limit import BODY_METHODS, DEFAULT_BODY_LIMIT, DRAIN_BYTES, readable_bytes
 from server import validation
 from server.chat import ChatService
 from server.errors import InvalidRequest, ParleyError, TooLarge
@@ -206,7 +206,7 @@ class ApiHandler(JsonHandler):
     @property
     def body(self) -> bytes:
         if self._body_size > self.max_body_bytes:
-            raise TooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
+            raise TooLarge(f"The request body is larger than {readable_bytes(self.max_body_bytes)}.")
         return b"".join(self._body_parts or ())
 
     async def options(self, *args: Any) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+from asyncio import Future
 from typing import Any
 
 import tornado.httputil
@@ -78,22 +79,89 @@ class Drains:
         self.in_use = max(0, self.in_use - 1)
 
 
+class AnswersBeforeBody(tornado.web.RequestHandler):
+    """For a handler that streams its body (@stream_request_body) and may answer before reading it
+    (a refusal in prepare()): the answer goes out at once, then the body is read and dropped within
+    the drain bounds, then the connection is closed. Without this, Tornado closes the connection as
+    soon as the answer is out, on a client still sending: a browser then shows a reset, not the
+    answer. Handlers take their body's chunks in `take_chunk`."""
+
+    _draining = False
+    _received = 0
+    _declared: int | None = None
+    _answered: Future[None]
+    _drains: Drains
+
+    def take_chunk(self, chunk: bytes) -> None:
+        pass
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if not self._draining:
+            self.take_chunk(chunk)
+        elif self._declared is not None and self._received >= self._declared:
+            self._draining = False  # the whole body is in: end the answer, and with it the connection
+            super().finish()
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        if self._draining:  # answered already (send_error finishes after write_error did)
+            return self._answered
+        if not self._may_drain():
+            return super().finish(chunk)
+        if chunk is not None:
+            self.write(chunk)
+        if "Content-Length" not in self._headers:
+            self.set_header("Content-Length", str(sum(len(part) for part in self._write_buffer)))
+        self.set_header("Connection", "close")
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        connection.set_max_body_size(self._declared or 0)  # all of it, rather than a 400 as well
+        connection.set_body_timeout(DRAIN_SECONDS)
+        self._draining = True
+        self._answered = self.flush()
+        return self._answered
+
+    def _may_drain(self) -> bool:
+        """Whether a body is still to come that is worth reading and dropping (and there is room)."""
+        request = self.request
+        declared = self._declared = declared_length(request)
+        drains = getattr(self.application, "drains", None)
+        if (declared is None or declared <= self._received or declared > DRAIN_BYTES
+                or request.headers.get("Expect", "").lower() == "100-continue"  # it waits for our word
+                or not isinstance(request.connection, HTTP1Connection)
+                or not isinstance(drains, Drains) or not drains.take()):
+            return False
+        self._drains = drains
+        return True
+
+    def _give_back(self) -> None:
+        drains = self.__dict__.pop("_drains", None)
+        if drains is not None:
+            drains.give_back()
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        self._give_back()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._give_back()
+
+
 @tornado.web.stream_request_body
-class BodyTooLarge(tornado.web.RequestHandler):
+class BodyTooLarge(AnswersBeforeBody):
     """413 for a body declared over its route's limit, before any of it is read (the application
     puts this in place of the route's own handler)."""
 
-    def initialize(self, limit: int, json_errors: bool, drains: Drains) -> None:
+    def initialize(self, limit: int, json_errors: bool) -> None:
         self.limit = limit
         self.json_errors = json_errors
-        self.drains = drains
-        self.draining = False
 
-    async def prepare(self) -> None:
+    def prepare(self) -> None:
         request = self.request
-        declared = declared_length(request) or 0
-        log.info("%s %s from %s: refused a body of %d bytes (this route takes at most %d)",
-                 request.method, request.path, request.remote_ip, declared, self.limit)
+        log.info("%s %s from %s: refused a body of %s bytes (this route takes at most %d)",
+                 request.method, request.path, request.remote_ip, request.headers.get("Content-Length"),
+                 self.limit)
         message = f"The request body is larger than {readable_bytes(self.limit)}, the most this address takes."
         if self.json_errors:
             self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -106,39 +174,8 @@ class BodyTooLarge(tornado.web.RequestHandler):
         self.set_status(413)
         self.set_header("Cache-Control", "no-store")
         self.set_header("Connection", "close")
-        self.set_header("Content-Length", str(len(body)))
-        expecting = request.headers.get("Expect", "").lower() == "100-continue"
-        if expecting or declared > DRAIN_BYTES or not self.drains.take():
-            self.finish(body)  # Tornado closes the connection once the answer is out
-            return
-        self.draining = True
-        connection = request.connection
-        assert connection is not None
-        connection.set_max_body_size(declared)  # read (and drop) it all rather than answer 400 as well
-        connection.set_body_timeout(DRAIN_SECONDS)
-        self.write(body)
-        await self.flush()
-
-    def data_received(self, chunk: bytes) -> None:
-        pass  # dropped
-
-    def finish_drain(self, *args: Any, **kwargs: Any) -> None:
-        """The whole body has been read and the answer is already out: end both, and close the
-        connection as the answer said (Tornado would keep it for the client's next request)."""
-        self.finish()
-        if isinstance(self.request.connection, HTTP1Connection):
-            self.request.connection.close()
-
-    get = head = post = put = patch = delete = options = finish_drain
-
-    def _give_back(self) -> None:
-        if self.draining:
-            self.draining = False
-            self.drains.give_back()
-
-    def on_finish(self) -> None:
-        self._give_back()
-
-    def on_connection_close(self) -> None:
-        super().on_connection_close()
-        self._give_back()
+        declared = declared_length(request)
+        assert declared is not None and isinstance(request.connection, HTTP1Connection)
+        # Tornado would otherwise answer 400 as well, on top of this answer, for a length over the limit.
+        request.connection.set_max_body_size(declared)
+        self.finish(body)

@@ -25,7 +25,7 @@ from server.sites import DEFAULT_SETTINGS, embed_snippet
 from server.store.models import Site
 from server.validation import SESSION_ID_RE
 
-from handlers.body_limit import ADMIN_FORM_BODY_LIMIT
+from handlers.body_limit import ADMIN_FORM_BODY_LIMIT, AnswersBeforeBody
 from handlers.operator_base import OperatorApiHandler, OperatorPageHandler
 
 SITE_KEY_PATTERN = r"(?P<site_key>sk_[A-Za-z0-9_-]{8,64})"
@@ -328,14 +328,15 @@ class NumbersHandler(OperatorPageHandler):
 
 
 @tornado.web.stream_request_body
-class KnowledgeHandler(SiteAdminHandler):
+class KnowledgeHandler(AnswersBeforeBody, SiteAdminHandler):
     """Documents, uploads, background fetches, Try the assistant, and the knowledge gaps with Add
     an answer.
 
     Its forms' bodies (a document of up to MAX_DOCUMENT_BYTES) are streamed in, so who is asking is
     known before any of a body is read: a stranger, an expired session or an agent is answered at
-    once (prepare()), and only a signed-in admin's body is read. The form's XSRF token travels in
-    the body, so it is checked once the body is in, before anything is done with it."""
+    once (prepare(); the body is then read and dropped, see AnswersBeforeBody), and only a signed-in
+    admin's body is kept. The form's XSRF token travels in the body, so it is checked once the body
+    is in, before anything is done with it."""
 
     max_body_bytes = KNOWLEDGE_BODY_LIMIT
 
@@ -349,7 +350,7 @@ class KnowledgeHandler(SiteAdminHandler):
             super().check_xsrf_cookie()
         # A POST's token is in its body: read_form() checks it.
 
-    def data_received(self, chunk: bytes) -> None:
+    def take_chunk(self, chunk: bytes) -> None:
         self._body += chunk
 
     def read_form(self) -> None:

@@ -264,8 +264,7 @@ class ParleyApplication(ProxyAwareApplication):
             set_limit(limit)
         declared = declared_length(request)
         if declared is not None and declared > limit:
-            target_kwargs = {"limit": limit, "json_errors": issubclass(target_class, JsonHandler),
-                             "drains": self.drains}
+            target_kwargs = {"limit": limit, "json_errors": issubclass(target_class, JsonHandler)}
             target_class = BodyTooLarge
         return super().get_handler_delegate(request, target_class, target_kwargs, *args, **kwargs)
 
