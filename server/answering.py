@@ -321,22 +321,27 @@ class Answerer:
         # is a question for a person.
         failed = status == "interrupted" and isinstance(turn.error, AIUnavailable)
         handoff = (answer.handoff if answer else False) or failed
+        reason = "ai_failed" if failed else "handoff"
+        recorded: Events = []
+
+        def events(reply: Message | None) -> Events:
+            recorded[:] = message_events(visitor, reply) if reply is not None else []
+            if handoff:
+                recorded.append((site_topic(visitor.site.id), "handoff",
+                                 {"session_id": visitor.session_id, "reason": reason}))
+            return recorded
+
         reply = None
         try:
-            if turn.text or status == "complete":
-                reply = await self.store.add_message(
-                    conversation.id, answer.role if answer else "ai", turn.text,
-                    reply_to=message.message_id, sources=answer.sources if answer else [],
-                    status=status, usage=answer.usage if answer else None,
-                    relevance=answer.relevance if answer else None,
-                )
-                await publish_message(self.hub, visitor, reply)
-            if handoff:
-                await self.store.update_conversation(conversation.id, {"handoff": True})
-                await self.hub.publish(site_topic(visitor.site.id), "handoff",
-                                       {"session_id": visitor.session_id,
-                                        "reason": "ai_failed" if failed else "handoff"})
-            await self.store.release_answer(conversation.id, message.message_id or "", self.hub.origin)
+            # The reply, the handoff, their events and the claim's release: one store call.
+            reply = await self.store.finish_answer(
+                conversation.id, message.message_id or "", self.hub.origin,
+                role=answer.role if answer else "ai",
+                content=turn.text if turn.text or status == "complete" else None,
+                sources=answer.sources if answer else [], status=status,
+                usage=answer.usage if answer else None,
+                relevance=answer.relevance if answer else None, handoff=handoff, events=events)
+            self.hub.deliver_recorded(recorded)
         except Unavailable as exc:
             turn.fail(exc)  # an unreleased claim goes stale by itself
         finally:

@@ -496,6 +496,44 @@ async def test_a_question_is_stored_with_its_events_and_claim(store, other):
     assert not claimed and await other.claim_answer(conv, "m_q2", "B", now=now, stale_after=60)
 
 
+async def test_an_answer_ends_with_its_reply_handoff_events_and_release_in_one_call(store, other):
+    site_id = await new_site(store)
+    conv = await conversation_id(store, site_id)
+    now = time.time()
+    start = await other.latest_event_id()
+    assert await store.claim_answer(conv, "m_f1", "A", now=now, stale_after=60)
+
+    def events(reply):
+        told = [("session:t", "message", {"message_id": reply.id})] if reply else []
+        return told + [("site:t", "handoff", {"reason": "handoff"})]
+
+    source = Source(title="Shipping", url="https://s/shipping")
+    reply = await store.finish_answer(conv, "m_f1", "A", role="ai", content="We ship in 2 days.",
+                                      sources=[source], status="complete", usage={"total_tokens": 9},
+                                      relevance=0.75, handoff=True, events=events)
+    assert reply is not None and reply.role == "ai" and reply.reply_to == "m_f1"
+    stored = await other.get_reply(conv, "m_f1")
+    assert (stored.id, stored.content, stored.status) == (reply.id, "We ship in 2 days.", "complete")
+    assert stored.sources == [source] and stored.usage == {"total_tokens": 9}
+    assert stored.relevance == pytest.approx(0.75)
+    assert (await other.get_conversation(site_id, SESSION)).handoff
+    recorded = await other.events_since(start, exclude_origin="B", limit=10)
+    assert [(e.topic, e.kind, e.payload) for e in recorded] == [
+        ("session:t", "message", {"message_id": reply.id}), ("site:t", "handoff", {"reason": "handoff"})]
+    assert await other.claim_answer(conv, "m_f1", "B", now=now, stale_after=60)  # released
+
+    # An answer that ended before any text: no reply, no handoff, the claim released all the same.
+    assert await store.claim_answer(conv, "m_f2", "A", now=now, stale_after=60)
+    assert await store.finish_answer(conv, "m_f2", "A", role="ai", content=None, status="interrupted",
+                                     handoff=False, events=lambda reply: []) is None
+    assert await other.get_reply(conv, "m_f2") is None
+    assert await other.claim_answer(conv, "m_f2", "B", now=now, stale_after=60)
+    # Another process's claim is not released by this one's end.
+    assert await store.finish_answer(conv, "m_f1", "A", role="ai", content="Again", handoff=False,
+                                     events=lambda reply: []) is not None
+    assert not await store.claim_answer(conv, "m_f1", "A", now=now, stale_after=60)
+
+
 async def test_claims_are_renewed_together(store, other):
     conv = await conversation_id(store, await new_site(store))
     now = time.time()

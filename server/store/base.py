@@ -360,6 +360,27 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None: ...
 
+    async def finish_answer(
+        self, conversation_id: int, reply_to: str, origin: str, *, role: str, content: str | None,
+        sources: Iterable[Source] = (), status: str = "complete", usage: dict[str, Any] | None = None,
+        relevance: float | None = None, handoff: bool, events: Callable[[Message | None], Events],
+    ) -> Message | None:
+        """The end of an answer to the visitor message `reply_to`: the reply (as add_message;
+        none when `content` is None), the conversation handed to a person when `handoff`, the
+        events telling of them (`events(reply)`, recorded for `origin`), and `origin`'s claim on
+        answering released. One transaction where the store can: what each answer's end costs
+        the store. The caller then delivers the events locally."""
+        reply = None
+        if content is not None:
+            reply = await self.add_message(conversation_id, role, content, reply_to=reply_to,
+                                           sources=sources, status=status, usage=usage,
+                                           relevance=relevance)
+        if handoff:
+            await self.update_conversation(conversation_id, {"handoff": True})
+        await self._record_events_of_stored_write(events(reply), origin)
+        await self.release_answer(conversation_id, reply_to, origin)
+        return reply
+
     async def renew_claims(self, claims: list[tuple[int, str]], origin: str, *, now: float,
                            stale_after: float) -> list[bool]:
         """claim_answer for each (conversation_id, message_id) of `claims`, in order: a process's

@@ -1143,6 +1143,27 @@ class SQLiteStore(Store):
 
         await self._run(self._tx, delete)
 
+    async def finish_answer(
+        self, conversation_id: int, reply_to: str, origin: str, *, role: str, content: str | None,
+        sources: Iterable[Source] = (), status: str = "complete", usage: dict[str, Any] | None = None,
+        relevance: float | None = None, handoff: bool, events: Callable[[Message | None], Events],
+    ) -> Message | None:
+        insert_reply = None if content is None else self._message_insert(
+            role, content, message_id=None, reply_to=reply_to, sources=sources, status=status,
+            usage=usage, relevance=relevance)
+        hand_over = self._conversation_update(conversation_id, {"handoff": True}) if handoff else None
+
+        def finish(db: sqlite3.Connection) -> Message | None:
+            reply = insert_reply(db, conversation_id) if insert_reply is not None else None
+            if hand_over is not None:
+                hand_over(db)
+            self._insert_events(db, events(reply), origin, time.time())
+            db.execute("DELETE FROM answer_claims WHERE conversation_id = ? AND message_id = ?"
+                       " AND origin = ?", (conversation_id, reply_to, origin))
+            return reply
+
+        return await self._run(self._tx, finish)
+
     # -- events -------------------------------------------------------------------------------
     async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int:
         def insert(db: sqlite3.Connection) -> int:
