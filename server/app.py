@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import jinja2
 import tornado.httputil
@@ -237,6 +238,29 @@ def dashboard_routes(services: Services) -> list[Any]:
 
 
 
+class InFlight(tornado.httputil.HTTPMessageDelegate):
+    """A request's handler delegate, reporting when its client leaves while its body is still
+    coming: its handler then never finishes, so log_request never says the request ended."""
+
+    def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, left: Callable[[], None]) -> None:
+        self.delegate = delegate
+        self.left = left
+
+    def headers_received(self, start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+                         headers: tornado.httputil.HTTPHeaders) -> Awaitable[None] | None:
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self.delegate.on_connection_close()
+        self.left()
+
+
 class ParleyApplication(ProxyAwareApplication):
     """Counts the requests in progress, so a shutdown can let the last responses go out; runs each
     request in its address's turn (server/admission.py)."""
@@ -245,18 +269,27 @@ class ParleyApplication(ProxyAwareApplication):
         super().__init__(*args, **kwargs)
         self.turns = Turns()
         self.drains = Drains()
-        self.in_flight = 0
+        # Weak: a request that somehow ends unseen cannot be kept alive, or counted, for ever.
+        self._in_flight: weakref.WeakSet[tornado.httputil.HTTPServerRequest] = weakref.WeakSet()
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def get_handler_delegate(self, request: tornado.httputil.HTTPServerRequest,
-                             target_class: type[tornado.web.RequestHandler],
-                             target_kwargs: dict[str, Any] | None = None, *args: Any,
-                             **kwargs: Any) -> tornado.web._HandlerDelegate:
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def _ended(self, request: tornado.httputil.HTTPServerRequest) -> None:
+        self._in_flight.discard(request)
+        if not self._in_flight:
+            self._idle.set()
+
+    def get_handler_delegate(  # type: ignore[override]
+            self, request: tornado.httputil.HTTPServerRequest, target_class: type[tornado.web.RequestHandler],
+            target_kwargs: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> InFlight:
         """Called once a request's headers are in, before any of its body is read: its route's
         body limit applies from here on (handlers/body_limit.py), and a body declared larger is
         answered 413 by BodyTooLarge in place of the route's handler."""
-        self.in_flight += 1
+        self._in_flight.add(request)
         self._idle.clear()
         limit = body_limit(target_class, request.method)
         set_limit = getattr(request.connection, "set_max_body_size", None)
@@ -266,7 +299,8 @@ class ParleyApplication(ProxyAwareApplication):
         if declared is not None and declared > limit:
             target_kwargs = {"limit": limit, "json_errors": issubclass(target_class, JsonHandler)}
             target_class = BodyTooLarge
-        return super().get_handler_delegate(request, target_class, target_kwargs, *args, **kwargs)
+        return InFlight(super().get_handler_delegate(request, target_class, target_kwargs, *args, **kwargs),
+                        lambda: self._ended(request))
 
     def request_delegate(self, server_conn: object,
                          request_conn: tornado.httputil.HTTPConnection) -> tornado.httputil.HTTPMessageDelegate:
@@ -275,9 +309,7 @@ class ParleyApplication(ProxyAwareApplication):
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
         super().log_request(handler)  # called once as each request ends
         pass_turn()
-        self.in_flight = max(0, self.in_flight - 1)
-        if not self.in_flight:
-            self._idle.set()
+        self._ended(handler.request)
 
     async def idle(self, timeout: float) -> bool:
         """Until no request is in progress; False if some still are after `timeout`."""

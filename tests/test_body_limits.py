@@ -211,3 +211,17 @@ async def test_a_knowledge_form_without_its_xsrf_token_does_nothing(parley: Parl
     assert response.status_code == 403
     titles = {d.title for d in await parley.services.store.list_documents(parley.site.id)}
     assert "x" not in titles
+
+
+@pytest.mark.parametrize("path", ["/dashboard/login", "/api/v1/chat/email",
+                                  "/dashboard/sites/{site_key}/knowledge"])
+async def test_a_client_leaving_mid_body_is_no_longer_a_request_in_progress(parley: Parley, path: str):
+    """A shutdown waits for the requests in progress; one whose client left while sending its body
+    never finishes, and used to be counted for ever (a 5 s wait and a warning at every shutdown)."""
+    application = app(parley)
+    reader, writer = await send_head(parley, "POST", path.format(site_key=parley.site_key), 10_000,
+                                     body=b"x" * 100)
+    await eventually(lambda: application.in_flight == 1, what="the request under way")
+    writer.close()
+    await eventually(lambda: application.in_flight == 0, what="the request counted as ended")
+    assert await application.idle(5)
