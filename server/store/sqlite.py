@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import logging
 import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -53,6 +51,7 @@ from server.store.models import (
     FIRST_MESSAGE_FIELD,
     utc_now_iso,
 )
+from server.store.threads import StoreThreads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -325,9 +324,9 @@ class SQLiteStore(Store):
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
         self._reader_count = readers
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: StoreThreads | None = None
         self._db: sqlite3.Connection | None = None
-        self._readers: ThreadPoolExecutor | None = None
+        self._readers: StoreThreads | None = None
         self._reader_local = threading.local()
         self._reader_dbs: list[sqlite3.Connection] = []
         self._reader_dbs_lock = threading.Lock()
@@ -335,10 +334,9 @@ class SQLiteStore(Store):
     # -- plumbing -----------------------------------------------------------------------------
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write")
+        self._executor = StoreThreads("sqlite-write", 1)
         await self._run(self._connect)
-        self._readers = ThreadPoolExecutor(max_workers=self._reader_count,
-                                           thread_name_prefix="sqlite-read")
+        self._readers = StoreThreads("sqlite-read", self._reader_count)
 
     def _open_connection(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -412,7 +410,7 @@ class SQLiteStore(Store):
             return
         if self._readers is not None:
             readers, self._readers = self._readers, None
-            await asyncio.to_thread(readers.shutdown, wait=True)
+            await asyncio.to_thread(readers.shutdown)
             with self._reader_dbs_lock:
                 for reader in self._reader_dbs:
                     reader.close()
@@ -420,19 +418,18 @@ class SQLiteStore(Store):
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown()
         self._executor = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the writer thread (with the writing connection in self._db)."""
         return await self._on(self._executor, fn, *args)
 
-    async def _on(self, executor: ThreadPoolExecutor | None, fn: Callable[..., T], *args: Any) -> T:
-        if executor is None:
+    async def _on(self, threads: StoreThreads | None, fn: Callable[..., T], *args: Any) -> T:
+        if threads is None:
             raise StoreUnavailable("The store is not open.")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(executor, functools.partial(fn, *args))
+            return await threads.submit(fn, *args)
         except sqlite3.IntegrityError:
             raise
         except sqlite3.ProgrammingError as exc:
