@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from server.store.threads import StoreThreads
+from tests.waiting import eventually
 
 
 async def test_results_and_errors_reach_their_callers_in_any_number():
@@ -24,7 +25,7 @@ async def test_results_and_errors_reach_their_callers_in_any_number():
     results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
     assert [r for n, r in enumerate(results) if n != 7] == [n * n for n in range(200) if n != 7]
     assert isinstance(results[7], ValueError)
-    assert len(threads._threads) <= 3
+    assert threads.threads <= 3
     await asyncio.to_thread(threads.shutdown)
 
 
@@ -76,4 +77,33 @@ async def test_a_caller_that_gave_up_while_its_call_ran_leaves_the_others_settle
     release.set()
     assert await asyncio.wait_for(after, 30) == "next"
     assert abandoned.cancelled()
+    await asyncio.to_thread(threads.shutdown)
+
+
+async def test_one_thread_takes_the_calls_while_it_keeps_up():
+    threads = StoreThreads("test", 4, spill_after=30)
+    results = await asyncio.wait_for(asyncio.gather(*[threads.submit(abs, -n) for n in range(300)]), 30)
+    assert results == list(range(300))
+    assert threads.threads == 1  # a pool would have started a thread for each call that found none idle
+    await asyncio.to_thread(threads.shutdown)
+
+
+async def test_a_call_stuck_behind_a_slow_one_gets_another_thread_which_ends_when_idle():
+    threads = StoreThreads("test", 2, spill_after=0.01, linger=0.05)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(30)
+        return "slow"
+
+    slow_call = threads.submit(slow)
+    await asyncio.to_thread(started.wait, 30)
+    # Answered while the slow call still holds the first thread: it can only have run on another.
+    assert await asyncio.wait_for(threads.submit(lambda: "quick"), 30) == "quick"
+    assert not slow_call.done()
+    release.set()
+    assert await asyncio.wait_for(slow_call, 30) == "slow"
+    await eventually(lambda: threads.threads == 1, what="the helper thread to end once idle")
+    assert await asyncio.wait_for(threads.submit(lambda: "still served"), 30) == "still served"
     await asyncio.to_thread(threads.shutdown)

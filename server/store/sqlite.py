@@ -56,8 +56,9 @@ from server.store.threads import StoreThreads
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Reader threads (and connections). SQLite releases the GIL while it searches, so a few readers
-# overlap; more would only contend for the GIL.
+# Reader threads (and connections), at most. One reads while it keeps up; more start only while
+# it is stuck on a slow read (a search), since readers side by side contend for the GIL
+# (server/store/threads.py). SQLite releases the GIL while it searches, so a few overlap well.
 READERS = 4
 # Rows per INSERT of events: 5 values each, under SQLite's oldest limit of 999 per statement.
 EVENTS_PER_INSERT = 100
