@@ -134,6 +134,8 @@ class PollingFeed(EventFeed):
         self._recovered()  # nobody listens: nothing to be unhealthy about
 
     async def _read(self) -> list[Event]:
+        if self.store.event_ids_commit_in_order:
+            return await self._read_in_order()
         # Our own events are read too (and skipped), so that every id is either seen or a gap.
         rows = await self.store.events_since(self._cursor, exclude_origin="", limit=self.batch)
         now = time.monotonic()
@@ -155,6 +157,20 @@ class PollingFeed(EventFeed):
             if event.origin != self.hub.origin:
                 fresh.append(event)
         return fresh
+
+    async def _read_in_order(self) -> list[Event]:
+        """Where no id is visible before a smaller one (SQLite), only other processes' events are
+        read: this process's own (most of them, when its operators write) never leave the store.
+        The latest id is read first: every id up to it is committed by then, so once the events
+        after the cursor are all read, the cursor can move past our own events up to it."""
+        latest = await self.store.latest_event_id()
+        events = await self.store.events_since(self._cursor, exclude_origin=self.hub.origin,
+                                               limit=self.batch)
+        if events:
+            self._cursor = events[-1].id
+        if len(events) < self.batch:
+            self._cursor = max(self._cursor, latest)
+        return events
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -78,6 +78,8 @@ async def test_a_broken_change_stream_resumes_from_its_token_and_reports_while_d
 class OutOfOrderStore:
     """Event 12 commits before event 11 (ids from a counter, two writers)."""
 
+    event_ids_commit_in_order = False
+
     def __init__(self) -> None:
         self.rows = [event(10)]
 
@@ -142,3 +144,29 @@ async def test_without_change_streams_the_feed_polls():
             assert feed.healthy
     finally:
         await feed.stop()
+
+
+async def test_the_polling_feed_on_sqlite_hears_every_other_process_event_once_in_order(tmp_path):
+    from server.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "feed.db")
+    await store.open()
+    hub = Hub(store, origin="here")
+    feed = PollingFeed(hub, store, interval=0.01, batch=2)  # a batch boundary falls inside each run
+    order = ["here", "there", "here", "here", "there", "there", "there", "here", "here", "here",
+             "here", "there"]
+    heard: list[int] = []
+    try:
+        async with hub.subscribe("t") as subscription:
+            for n, origin in enumerate(order):
+                await store.record_events([("t", "message", {"n": n})], origin)
+            wanted = [n for n, origin in enumerate(order) if origin == "there"]
+            await eventually(lambda: bool(heard.extend(e["n"] for e in subscription.drain()))
+                             or len(heard) >= len(wanted), timeout=10)
+            await store.record_events([("t", "message", {"n": 99})], "there")  # and nothing again
+            await eventually(lambda: bool(heard.extend(e["n"] for e in subscription.drain()))
+                             or 99 in heard, timeout=10)
+    finally:
+        await feed.stop()
+        await store.close()
+    assert heard == [*wanted, 99]  # our own events come through the hub, never back from the store
