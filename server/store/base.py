@@ -194,7 +194,9 @@ class Store(abc.ABC):
         """An operator's message to a visitor: the session's conversation (made if missing, as
         ensure_conversation makes it), the message, and the events telling every process of it
         (`events(message)`, recorded for `origin`). One transaction where the store can: this is
-        what each operator reply costs the store. The caller then delivers the events locally."""
+        what each operator reply costs the store. The caller then delivers the events locally.
+        `events` may be called more than once (SQLite runs a write again when another in its
+        group commit failed): the message it was last given is the one stored."""
         conversation = await self.ensure_conversation(site_id, session_id, {})
         message = await self.add_message(conversation.id, "operator", content,
                                          operator_name=operator_name)

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from server.store.base import (
     DuplicateMessageId,
@@ -51,6 +51,7 @@ from server.store.models import (
     FIRST_MESSAGE_FIELD,
     utc_now_iso,
 )
+from server.store.groups import GroupCommit
 from server.store.threads import StoreThreads
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,7 @@ class SQLiteStore(Store):
         self._busy_timeout_ms = busy_timeout_ms
         self._reader_count = readers
         self._executor: StoreThreads | None = None
+        self._groups: GroupCommit | None = None
         self._db: sqlite3.Connection | None = None
         self._readers: StoreThreads | None = None
         self._reader_local = threading.local()
@@ -337,6 +339,7 @@ class SQLiteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = StoreThreads("sqlite-write", 1)
         await self._run(self._connect)
+        self._groups = GroupCommit(self._executor, self._tx)
         self._readers = StoreThreads("sqlite-read", self._reader_count)
 
     def _open_connection(self) -> sqlite3.Connection:
@@ -421,6 +424,7 @@ class SQLiteStore(Store):
             self._db = None
         self._executor.shutdown()
         self._executor = None
+        self._groups = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the writer thread (with the writing connection in self._db)."""
@@ -429,8 +433,20 @@ class SQLiteStore(Store):
     async def _on(self, threads: StoreThreads | None, fn: Callable[..., T], *args: Any) -> T:
         if threads is None:
             raise StoreUnavailable("The store is not open.")
+        return await self._outcome(threads.submit(fn, *args))
+
+    async def _grouped(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` in a write transaction, shared with the writes queued with it (group commit: see
+        server/store/groups.py). `fn` may run more than once, so it changes nothing but `db`."""
+        if self._groups is None:
+            raise StoreUnavailable("The store is not open.")
+        return await self._outcome(self._groups.submit(fn))
+
+    @staticmethod
+    async def _outcome(call: Awaitable[T]) -> T:
+        """A store thread's result, with SQLite's errors as the store's."""
         try:
-            return await threads.submit(fn, *args)
+            return await call
         except sqlite3.IntegrityError:
             raise
         except sqlite3.ProgrammingError as exc:
@@ -724,7 +740,9 @@ class SQLiteStore(Store):
             self._insert_events(db, events(message), origin, time.time())
             return message
 
-        return await self._run(self._tx, insert)
+        # Operators' messages come in bursts (one operator to many visitors, many operators): the
+        # ones queued behind each other share a transaction.
+        return await self._grouped(insert)
 
     async def get_visitor_message(self, conversation_id: int, message_id: str) -> Message | None:
         row = await self._read_one(

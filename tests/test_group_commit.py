@@ -1,0 +1,113 @@
+"""Operator messages queued for SQLite's writer share a transaction (group commit), and each still
+succeeds or fails on its own: one that fails leaves nothing behind and takes no other with it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from server.store.groups import GroupCommit
+from server.store.models import Message
+from server.store.sqlite import SQLiteStore
+from server.store.threads import StoreThreads
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = SQLiteStore(tmp_path / "parley.sqlite3")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def hold_the_writer(store: SQLiteStore) -> tuple[threading.Event, asyncio.Future]:
+    """Keeps the writer thread busy until the event is set, so that what is written meanwhile
+    queues up and goes in one group."""
+    started, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        started.set()
+        release.wait(30)
+
+    holding = asyncio.ensure_future(store._run(busy))
+    await asyncio.to_thread(started.wait, 30)
+    return release, holding
+
+
+async def test_a_failing_message_in_a_group_fails_alone_and_leaves_nothing(store):
+    site = await store.create_site("sk_group_commit_test_key_000001", "Shop", [], {"lang": "en"})
+    release, holding = await hold_the_writer(store)
+
+    def events_for(n: int):
+        def events(message: Message):
+            if n == 3:
+                raise ValueError("no events for this one")
+            return [(f"session:{site.id}:sess_{n:020d}", "message", {"message_id": message.id})]
+        return events
+
+    writes = [asyncio.ensure_future(store.add_operator_message(
+        site.id, f"sess_{n % 2:020d}", f"text {n}", operator_name="Ann", events=events_for(n),
+        origin="here")) for n in range(8)]
+    await asyncio.sleep(0)  # every write queued behind the busy writer
+    release.set()
+    await holding
+    outcomes = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 30)
+
+    assert isinstance(outcomes[3], ValueError)
+    stored = [o for n, o in enumerate(outcomes) if n != 3]
+    assert all(isinstance(m, Message) for m in stored)
+    assert [m.id for m in stored] == sorted(m.id for m in stored)  # in the order they were given
+    for session in (0, 1):
+        _, messages = await store.conversation_messages(site.id, f"sess_{session:020d}")
+        assert [m.content for m in messages] == [f"text {n}" for n in range(session, 8, 2) if n != 3]
+    assert len(await store.events_since(0, exclude_origin="", limit=100)) == 7  # none for the failed one
+
+
+async def test_a_write_given_up_before_its_group_runs_is_not_made(store):
+    site = await store.create_site("sk_group_commit_test_key_000002", "Shop", [], {"lang": "en"})
+    release, holding = await hold_the_writer(store)
+    writes = [asyncio.ensure_future(store.add_operator_message(
+        site.id, "sess_00000000000000000000", f"text {n}", operator_name="Ann",
+        events=lambda message: [], origin="here")) for n in range(3)]
+    await asyncio.sleep(0)
+    writes[1].cancel()
+    release.set()
+    await holding
+    await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 30)
+    _, messages = await store.conversation_messages(site.id, "sess_00000000000000000000")
+    assert [m.content for m in messages] == ["text 0", "text 2"]
+
+
+async def test_when_the_transaction_itself_fails_every_write_in_it_says_so():
+    threads = StoreThreads("test", 1)
+
+    def transaction(body):
+        raise OSError("disk I/O error")
+
+    groups = GroupCommit(threads, transaction)
+    outcomes = await asyncio.wait_for(asyncio.gather(
+        *[groups.submit(lambda db: "written") for _ in range(5)], return_exceptions=True), 30)
+    assert all(isinstance(o, OSError) for o in outcomes)
+    await asyncio.to_thread(threads.shutdown)
+
+
+async def test_more_writes_than_a_group_takes_are_all_made():
+    from server.store.groups import GROUP_MAX
+
+    threads = StoreThreads("test", 1)
+    groups_run: list[int] = []
+
+    def transaction(body):
+        results = body(None)
+        groups_run.append(len(results))
+        return results
+
+    groups = GroupCommit(threads, transaction)
+    count = GROUP_MAX * 3 + 5
+    results = await asyncio.wait_for(asyncio.gather(
+        *[groups.submit(lambda db, n=n: n) for n in range(count)]), 30)
+    assert results == list(range(count))
+    assert max(groups_run) <= GROUP_MAX and sum(groups_run) == count
+    await asyncio.to_thread(threads.shutdown)
