@@ -85,6 +85,7 @@ class StoreThreads:
         self._spill_timer: asyncio.TimerHandle | None = None
         self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = (
             weakref.WeakKeyDictionary())
+        self._inbox: _Inbox | None = None  # the last loop's
         self._closed = False
 
     @property
@@ -97,9 +98,12 @@ class StoreThreads:
         if self._closed:
             raise RuntimeError(f"{self.name} is shut down")
         loop = asyncio.get_running_loop()
-        inbox = self._inboxes.get(loop)
-        if inbox is None:
-            inbox = self._inboxes[loop] = _Inbox(loop)
+        inbox = self._inbox
+        if inbox is None or inbox.loop is not loop:  # almost always one loop: look up only on a change
+            inbox = self._inboxes.get(loop)
+            if inbox is None:
+                inbox = self._inboxes[loop] = _Inbox(loop)
+            self._inbox = inbox
         future: asyncio.Future[T] = loop.create_future()
         self._calls.put((inbox, future, fn, args))
         if not self._threads:
