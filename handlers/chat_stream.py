@@ -7,7 +7,7 @@ from server.visitor import TurnRequest
 from server.validation import LANG_RE, MAX_URL_LENGTH, MESSAGE_ID_RE, string_field
 
 from handlers.base import ApiHandler
-from handlers.serializers import turn_event_json
+from handlers.serializers import turn_event_text
 from handlers.sse import EventStreamMixin
 
 
@@ -29,4 +29,4 @@ class ChatStreamHandler(EventStreamMixin, ApiHandler):
         self.start_event_stream()
         # Headers go out at once, so the widget knows its message was accepted before any text.
         await self.hold(self.send_pushed(turn.push_to,
-                                         lambda event: self.write_event(turn_event_json(event))))
+                                         lambda event: self.write(f"data: {turn_event_text(event)}\n\n")))

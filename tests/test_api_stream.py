@@ -250,3 +250,18 @@ async def test_a_body_over_the_limit_is_413(parley):
     response = await parley.post("stream", b'{"message": "' + b"x" * 70_000 + b'"}')
     assert response.status_code == 413
     assert response.json()["code"] == "too_large"
+
+
+def test_a_chunk_event_is_the_same_json_as_any_other_event():
+    # Chunks are put together by hand for speed; they must read exactly as dumps() writes them.
+    from handlers.base import dumps
+    from handlers.serializers import turn_event_json, turn_event_text
+    from server.errors import Unavailable
+    from server.turns import TurnEvent
+
+    for text in ["plain", 'a "quoted" \\ back\\slash', "line\nbreak\ttab\r\x00\x1f", "café – ünïcode ✓",
+                 "emoji 👋🏽 and \u2028\u2029 separators", "</script><!--", ""]:
+        event = TurnEvent("chunk", content=text)
+        assert turn_event_text(event) == dumps(turn_event_json(event))
+    for event in (TurnEvent("error", error=Unavailable("down")), TurnEvent("done", meta={"a": "é"})):
+        assert turn_event_text(event) == dumps(turn_event_json(event))

@@ -106,6 +106,9 @@ class OpenAICompatible(Provider):
         self.config = config
         self.client = client
         self.url = config.base_url.rstrip("/") + "/chat/completions"
+        # The same for every request (the config is frozen): made once, not per question.
+        self.headers = self._headers()
+        self.timeout = self._timeout()
 
     # -- request ------------------------------------------------------------------------------
     def payload(self, request: AnswerRequest) -> dict[str, Any]:
@@ -200,8 +203,8 @@ class OpenAICompatible(Provider):
         try:
             async with asyncio.timeout(self.config.first_token_timeout):
                 source = await stack.enter_async_context(httpx_sse.aconnect_sse(
-                    self.client, "POST", self.url, json=payload, headers=self._headers(),
-                    timeout=self._timeout()))
+                    self.client, "POST", self.url, json=payload, headers=dict(self.headers),
+                    timeout=self.timeout))
                 await self._check_status(source.response)
                 items = self._items(source.aiter_sse())
                 stack.push_async_callback(items.aclose)
