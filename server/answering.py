@@ -90,32 +90,44 @@ class Answerer:
             recorded[:] = also(conversation) + message_events(visitor, message)
             return recorded
 
-        taken = await self.store.take_question(
-            visitor.site.id, visitor.session_id, request.text, message_id=message_id,
-            context=context, changes=changes, ip=visitor.ip, events=events_of,
-            origin=self.hub.origin, now=time.time(), stale_after=CLAIM_STALE_SECONDS,
-            history=AI_HISTORY_MESSAGES)
-        if taken.blocked or taken.conversation is None:
-            return None
+        # The answer's own reads (caps, knowledge) start now and run alongside the question's
+        # transaction instead of after it, on the way to the first token; unused, they are cancelled.
+        prepared = self.ai.prepare(visitor.site, request.text, session_id=visitor.session_id)
+        try:
+            taken = await self.store.take_question(
+                visitor.site.id, visitor.session_id, request.text, message_id=message_id,
+                context=context, changes=changes, ip=visitor.ip, events=events_of,
+                origin=self.hub.origin, now=time.time(), stale_after=CLAIM_STALE_SECONDS,
+                history=AI_HISTORY_MESSAGES)
+        except BaseException:
+            prepared.cancel()
+            raise
         conversation, message = taken.conversation, taken.message
+        if taken.blocked or conversation is None or message is None:
+            prepared.cancel()
+        if taken.blocked or conversation is None:
+            return None
         if message is None:
             return await self.rejoin(visitor, conversation, message_id, request)
         log.info("visitor message %s stored %s mode=%s chars=%d", message.id, visitor.log_ref,
                  conversation.mode, len(request.text))
         turn = self.start(visitor, conversation, message, request, claimed=taken.claimed,
-                          history=taken.history)
+                          history=taken.history, prepared=prepared)
         self.hub.deliver_recorded(recorded)
         return turn
 
     def start(self, visitor: Visitor, conversation: Conversation, message: Message,
               request: TurnRequest, *, claimed: bool = False,
-              history: list[Message] | None = None) -> Turn:
+              history: list[Message] | None = None,
+              prepared: asyncio.Future[Any] | None = None) -> Turn:
         """Start answering a stored visitor message (`claimed`: this process already holds the
         claim on answering it, taken with the message; `history`: the messages before it, read
         with it). No await in here: the turn is registered before anything else runs, so a retry
         racing this request finds it."""
         message_id = message.message_id or ""
         if conversation.mode == "operator":
+            if prepared is not None:
+                prepared.cancel()
             return Turn.finished(self._meta(conversation, message_id, None, "operator"))
         if claimed:
             self._hold_claim((conversation.id, message_id))
@@ -126,7 +138,7 @@ class Answerer:
         turn.on_chunk = AnswerWatch(self.hub, turn, visitor, message_id,
                                     lambda: self._watchers.watching(visitor.site.id)).chunk
         turn.producer = asyncio.create_task(
-            self._produce(turn, visitor, conversation, message, request, claimed, history),
+            self._produce(turn, visitor, conversation, message, request, claimed, history, prepared),
             name=f"answer-{message.id}",
         )
         return turn
@@ -167,7 +179,7 @@ class Answerer:
 
     async def _produce(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                        message: Message, request: TurnRequest, claimed: bool,
-                       history: list[Message] | None) -> None:
+                       history: list[Message] | None, prepared: asyncio.Future[Any] | None) -> None:
         try:
             try:
                 elsewhere = not claimed and await self._answered_elsewhere(
@@ -182,8 +194,10 @@ class Answerer:
                 turn.finish(self._meta(conversation, message.message_id or "", None, "ai"))
                 raise
             if not elsewhere:
-                await self._generate(turn, visitor, conversation, message, request, history)
+                await self._generate(turn, visitor, conversation, message, request, history, prepared)
         finally:
+            if prepared is not None:
+                prepared.cancel()  # when answered elsewhere, or the store failed first
             self._live_turns.pop((conversation.id, message.message_id or ""), None)
             self._turn_topics.pop(turn, None)
             self._claims.discard((conversation.id, message.message_id or ""))
@@ -263,7 +277,7 @@ class Answerer:
 
     async def _generate(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                         message: Message, request: TurnRequest,
-                        history: list[Message] | None) -> None:
+                        history: list[Message] | None, prepared: asyncio.Future[Any] | None) -> None:
         site = visitor.site
         answer: Answer | None = None
         cancelled = False
@@ -280,7 +294,7 @@ class Answerer:
                     lang=request.lang or conversation.lang or site.setting("lang", "en"),
                     history=earlier,
                     page_url=request.page_url, page_title=request.page_title,
-                    session_id=visitor.session_id,
+                    session_id=visitor.session_id, prepared=prepared,
                 )
             finally:
                 if isinstance(earlier, asyncio.Future):

@@ -43,8 +43,13 @@ class Caps:
 
 @dataclass(frozen=True)
 class CapNotice:
-    text: str
+    phrases: dict[str, str]  # the notice in each language (server/ai/phrases.py)
     handoff: bool
+    limit: int | None = None  # for a notice that names its limit
+
+    def text(self, lang: str) -> str:
+        text = pick(self.phrases, lang)
+        return text if self.limit is None else text.format(limit=self.limit)
 
 
 def _iso_ago(seconds: float) -> str:
@@ -56,19 +61,21 @@ class CapChecker:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def check(self, site: Site, session_id: str | None, question: str, lang: str) -> CapNotice | None:
-        """A notice for the visitor when a cap stops the AI; None when the AI may answer."""
+    async def check(self, site: Site, session_id: str | None, question: str) -> CapNotice | None:
+        """A notice for the visitor when a cap stops the AI; None when the AI may answer. No
+        language yet: the check may run before the visitor's conversation (and its language) is
+        read."""
         caps = Caps.for_site(site)
         if len(question) > caps.max_input_chars:
             # Shortening the message fixes this one; no need to call a person.
-            return CapNotice(pick(CAP_INPUT, lang).format(limit=caps.max_input_chars), handoff=False)
+            return CapNotice(CAP_INPUT, handoff=False, limit=caps.max_input_chars)
         if session_id and caps.replies_per_session_hour is not None:
             used = await self.store.count_messages(site.id, role="ai", since=_iso_ago(3600),
                                                    session_id=session_id)
             if used >= caps.replies_per_session_hour:
-                return CapNotice(pick(CAP_SESSION, lang), handoff=True)
+                return CapNotice(CAP_SESSION, handoff=True)
         if caps.replies_per_site_day is not None:
             used = await self.store.count_messages(site.id, role="ai", since=_iso_ago(86400))
             if used >= caps.replies_per_site_day:
-                return CapNotice(pick(CAP_SITE, lang), handoff=True)
+                return CapNotice(CAP_SITE, handoff=True)
         return None

@@ -20,7 +20,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from server.ai.base import Answer, AnswerRequest, Provider, Usage
 from server.ai.caps import CapChecker, CapNotice
-from server.ai.knowledge import KnowledgeBase
+from server.ai.knowledge import KnowledgeBase, Retrieval
 from server.ai.phrases import AWAY_HANDOFF, HANDING_OVER, asks_for_human, pick
 from server.ai.prompt import HANDOFF_MARKER, fit_passages
 from server.ai.redact import redact
@@ -28,6 +28,12 @@ from server.ai.settings import ai_setting
 from server.store.models import Message, Site
 
 HISTORY_TURNS = 12
+
+
+def _retrieved(future: asyncio.Future[object]) -> None:
+    """A prepare() nobody awaited (cancelled, no answer followed) must not log its failure."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _single(text: str) -> AsyncIterator[str]:
@@ -104,6 +110,17 @@ class AIEngine:
                 return chosen
         return self.default_provider
 
+    def prepare(self, site: Site, question: str, *,
+                session_id: str | None) -> asyncio.Future[tuple[CapNotice | None, Retrieval]]:
+        """Start the store reads an answer needs (the caps' counts and the site's knowledge, at
+        once: they are independent) and hand them to `answer(prepared=...)`. Started before the
+        question's own transaction they run alongside it, off the first token's path. Cancel it
+        when no answer follows."""
+        reads = asyncio.ensure_future(asyncio.gather(self._cap_notice(site, session_id, question),
+                                                     self.knowledge.retrieve(site.id, question)))
+        reads.add_done_callback(_retrieved)
+        return reads
+
     async def answer(
         self,
         site: Site,
@@ -114,19 +131,21 @@ class AIEngine:
         page_url: str | None = None,
         page_title: str | None = None,
         session_id: str | None = None,
+        prepared: asyncio.Future[tuple[CapNotice | None, Retrieval]] | None = None,
     ) -> Answer:
         """Decide handoff and sources now; the text streams from the returned `chunks`.
         `history` (the conversation before the question) may be an awaitable read still under
-        way: it is awaited only when the model is asked."""
+        way: it is awaited only when the model is asked. `prepared`: this question's `prepare()`,
+        if started already."""
         if asks_for_human(question, ai_setting(site, "handoff_phrases", [])):
+            if prepared is not None:
+                prepared.cancel()
             # Outside the site's hours (or with nobody online) nobody is coming: ask for an email.
             away = self._someone_can_answer is not None and not await self._someone_can_answer(site)
             return Answer(chunks=_single(pick(AWAY_HANDOFF if away else HANDING_OVER, lang)), handoff=True)
-        # The caps' counts and the knowledge read are independent store reads: at once.
-        notice, retrieval = await asyncio.gather(self._cap_notice(site, session_id, question, lang),
-                                                 self.knowledge.retrieve(site.id, question))
+        notice, retrieval = await (prepared or self.prepare(site, question, session_id=session_id))
         if notice is not None:
-            return Answer(chunks=_single(notice.text), handoff=notice.handoff, role="system")
+            return Answer(chunks=_single(notice.text(lang)), handoff=notice.handoff, role="system")
         # Only passages that fit the prompt are given, so `sources` are exactly what the model saw.
         passages = fit_passages(retrieval.passages)
         request = AnswerRequest(
@@ -146,9 +165,8 @@ class AIEngine:
         answer = Answer(chunks=chunks, sources=sources, handoff=handoff, relevance=retrieval.relevance)
         return answer
 
-    async def _cap_notice(self, site: Site, session_id: str | None, question: str,
-                          lang: str) -> CapNotice | None:
-        return await self.caps.check(site, session_id, question, lang) if self.caps else None
+    async def _cap_notice(self, site: Site, session_id: str | None, question: str) -> CapNotice | None:
+        return await self.caps.check(site, session_id, question) if self.caps else None
 
     async def close(self) -> None:
         await self.default_provider.close()
