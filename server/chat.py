@@ -24,7 +24,7 @@ from server.errors import (
     Unavailable,
     UnknownConversation,
 )
-from server.hub import Hub, site_topic
+from server.hub import AS_WRITTEN, Hub, site_topic
 from server.images import clean_image
 from server.proactive import site_rules
 from server.ratelimit import Rate, RateLimiter
@@ -223,11 +223,23 @@ class ChatService:
                 first_mode = result[1]
             return bool(result[0]) or result[1] != first_mode
 
+        def settle(events: list[dict[str, Any]]) -> tuple[list[Message], str] | None:
+            # Woken by one message written in this process, right after the cursor as of its own
+            # write (no operator message between): a read would find it and no other, so it is
+            # the answer. Anything else (several events, another process's message that the
+            # write saw first, a message not after the cursor) is read from the store.
+            written = events[0].get(AS_WRITTEN) if len(events) == 1 else None
+            if written is None:
+                return None
+            previous, mode, message = written
+            cursor = after or 0
+            return ([message], mode) if previous <= cursor < message.id else None
+
         await self._ready_to_hold(visitor, wait)
         # A mode event ends the wait too: the first read may already see the new mode (reads
         # and writes run side by side), and then no later read would look different.
         return await self.hub.hold(visitor.topic, wait, fetch, is_news, address=visitor.ip,
-                                   wake_on=WAKE_ON_MODE)
+                                   wake_on=WAKE_ON_MODE, settle=settle)
 
     async def pending_proactive(self, visitor: Visitor, *, after: int | None, wait: float,
                                 page_url: str | None = None) -> list[ProactiveMessage]:

@@ -37,6 +37,12 @@ MAX_HELD_PER_TOPIC = 12
 MAX_HELD_PER_ADDRESS = 500
 
 
+# Added to an operator message's event for this process's own waiters, never recorded for other
+# processes: (previous, mode, message), what the write's own transaction saw (see
+# Store.add_operator_message's `following`), so a held read can answer without reading again.
+AS_WRITTEN = "as_written"
+
+
 def session_topic(site_id: int, session_id: str) -> str:
     return f"session:{site_id}:{session_id}"
 
@@ -211,9 +217,12 @@ class Hub:
 
     async def hold(self, topic: str, wait: float, fetch: Callable[[], Awaitable[T]],
                    is_news: Callable[[T], bool], *, address: str | None,
-                   wake_on: frozenset[str] = frozenset(), limits: HoldLimits | None = None) -> T:
+                   wake_on: frozenset[str] = frozenset(), limits: HoldLimits | None = None,
+                   settle: Callable[[list[dict[str, Any]]], T | None] | None = None) -> T:
         """Answer now, or hold up to `wait` seconds until `fetch` finds something new, or until an
-        event of a kind in `wake_on` happens (news the response cannot show by itself)."""
+        event of a kind in `wake_on` happens (news the response cannot show by itself).
+        `settle(events)`: the answer the events that woke the wait prove without a read, or None
+        to read."""
         if wait <= 0 or self.closing:
             return await fetch()
         # Plain try/finally rather than context managers: thousands of these are held at once,
@@ -234,8 +243,13 @@ class Hub:
                     if not woke or self.closing:
                         return await fetch()  # as of the end of the wait (a rule may have fallen due)
                     missed = subscription.overflowed
-                    if any(event.get("kind") in wake_on for event in subscription.drain()) or missed:
+                    events = subscription.drain()
+                    if missed or any(event.get("kind") in wake_on for event in events):
                         return await fetch()
+                    settled = settle(events) if settle is not None else None
+                    if settled is not None:
+                        return settled
+                    del events
             finally:
                 subscription.disarm()
                 self._unsubscribe(subscription)
@@ -285,10 +299,13 @@ class Hub:
             log.warning("could not record %s event for other processes", events[0][1])
         self.deliver_recorded(events)
 
-    def deliver_recorded(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
-        """Deliver here events already recorded for other processes (with the write they tell of)."""
+    def deliver_recorded(self, events: list[tuple[str, str, dict[str, Any]]], *,
+                         here: dict[str, dict[str, Any]] | None = None) -> None:
+        """Deliver here events already recorded for other processes (with the write they tell of);
+        `here[topic]`: more for this process's subscribers of that topic only."""
         for topic, kind, payload in events:
-            self.deliver_local(topic, {"kind": kind, **payload})
+            extra = here.get(topic) if here else None
+            self.deliver_local(topic, {"kind": kind, **payload, **extra} if extra else {"kind": kind, **payload})
 
     @staticmethod
     def session_events(site_id: int, session_id: str, kind: str,

@@ -10,7 +10,7 @@ from typing import Any
 
 from server.audit import CLI, Actor, AuditLog
 from server.errors import InvalidRequest
-from server.hub import Hub, site_topic
+from server.hub import AS_WRITTEN, Hub, session_topic, site_topic
 from server.store.base import Store
 from server.store.models import Conversation, Message, Note, ProactiveMessage, Site
 from server.validation import SESSION_ID_RE, normalise_email
@@ -44,13 +44,22 @@ class OperatorService:
                                                 {"message_id": message.id, "role": "operator"})
             return events
 
+        written: list[Any] = []
+
+        def following(previous: int, mode: str) -> None:
+            written[:] = [previous, mode]
+
         # The conversation, the message and its events in one store transaction (recorded for
         # other processes first, then delivered here).
         message = await self.store.add_operator_message(
             site.id, session_id, text, operator_name=operator_name, events=events_of,
-            origin=self.hub.origin)
+            origin=self.hub.origin, following=following)
         log.info("operator %s wrote message %s to site=%s", operator_name, message.id, site.id)
-        self.hub.deliver_recorded(events)
+        # What the write saw goes to the visitor's waiters here: one whose cursor it follows is
+        # answered without reading the store again (ChatService.operator_messages).
+        here = ({session_topic(site.id, session_id): {AS_WRITTEN: (written[0], written[1], message)}}
+                if written else None)
+        self.hub.deliver_recorded(events, here=here)
         return message
 
     async def set_mode(self, site: Site, session_id: str, mode: str, *, actor: Actor = CLI) -> None:

@@ -211,3 +211,37 @@ async def test_requests_whose_client_left_at_once_are_not_held(parley, caplog):
         await wait_until(lambda: sum("/api/v1/chat/history" in r.getMessage()
                                      for r in caplog.records) == 20)
     assert parley.services.hub.subscriber_count == 0
+
+
+async def test_a_message_written_here_answers_its_waiter_without_reading_again(parley, monkeypatch):
+    store = parley.services.store
+    await parley.services.operators.set_mode(parley.site, SID, "operator")
+    reads = []
+    read = store.conversation_messages
+
+    async def counted(*args, **kwargs):
+        reads.append(1)
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(store, "conversation_messages", counted)
+    request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=10))
+    await wait_until(lambda: parley.services.hub.subscriber_count == 1)
+    await parley.services.operators.say(parley.site, SID, "Right here", operator_name="Ana")
+    body = (await asyncio.wait_for(request, 20)).json()
+    assert [m["content"] for m in body["messages"]] == ["Right here"]
+    assert body["mode"] == "operator"  # as the write saw it
+    if store.event_ids_commit_in_order:  # SQLite says what the write saw; others read again
+        assert len(reads) == 1  # the read before the wait, none after it
+
+
+async def test_a_waiter_is_not_answered_past_a_message_it_has_not_heard_of(parley):
+    """A message stored elsewhere (another process, its event not heard yet) comes between the
+    visitor's cursor and one written here: the waiter reads the store and gets both, in order."""
+    request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=10))
+    await wait_until(lambda: parley.services.hub.subscriber_count == 1)
+    await parley.services.store.add_operator_message(
+        parley.site.id, SID, "From elsewhere", operator_name="Bo", events=lambda message: [],
+        origin="elsewhere")
+    await parley.services.operators.say(parley.site, SID, "From here", operator_name="Ana")
+    body = (await asyncio.wait_for(request, 20)).json()
+    assert [m["content"] for m in body["messages"]] == ["From elsewhere", "From here"]

@@ -190,13 +190,20 @@ class Store(abc.ABC):
     async def add_operator_message(
         self, site_id: int, session_id: str, content: str, *, operator_name: str,
         events: Callable[[Message], Events], origin: str,
+        following: Callable[[int, str], None] | None = None,
     ) -> Message:
         """An operator's message to a visitor: the session's conversation (made if missing, as
         ensure_conversation makes it), the message, and the events telling every process of it
         (`events(message)`, recorded for `origin`). One transaction where the store can: this is
         what each operator reply costs the store. The caller then delivers the events locally.
         `events` may be called more than once (SQLite runs a write again when another in its
-        group commit failed): the message it was last given is the one stored."""
+        group commit failed): the message it was last given is the one stored.
+
+        `following(previous, mode)`, where the store can tell: the id of the conversation's
+        operator message before this one (0 for none) and the conversation's mode, as of the
+        write, when every message with a smaller id is committed by then (SQLite: ids are taken
+        under the write lock). A reader whose cursor is at or past `previous` would read exactly
+        this message. Stores that cannot tell never call it; it too may be called more than once."""
         conversation = await self.ensure_conversation(site_id, session_id, {})
         message = await self.add_message(conversation.id, "operator", content,
                                          operator_name=operator_name)

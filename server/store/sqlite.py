@@ -731,13 +731,21 @@ class SQLiteStore(Store):
     async def add_operator_message(
         self, site_id: int, session_id: str, content: str, *, operator_name: str,
         events: Callable[[Message], Events], origin: str,
+        following: Callable[[int, str], None] | None = None,
     ) -> Message:
         insert_message = self._message_insert("operator", content, message_id=None,
                                               operator_name=operator_name)
 
         def insert(db: sqlite3.Connection) -> Message:
-            message = insert_message(db, self._conversation_row(db, site_id, session_id, {})["id"])
+            conversation = self._conversation_row(db, site_id, session_id, {})
+            if following is not None:  # under the write lock: every smaller id is committed
+                previous = db.execute(
+                    "SELECT id FROM messages WHERE conversation_id = ? AND role = 'operator'"
+                    " ORDER BY id DESC LIMIT 1", (conversation["id"],)).fetchone()
+            message = insert_message(db, conversation["id"])
             self._insert_events(db, events(message), origin, time.time())
+            if following is not None:
+                following(previous[0] if previous else 0, conversation["mode"])
             return message
 
         # Operators' messages come in bursts (one operator to many visitors, many operators): the
