@@ -12,6 +12,7 @@ from server.store.groups import GroupCommit
 from server.store.models import Message
 from server.store.sqlite import SQLiteStore
 from server.store.threads import StoreThreads
+from tests.waiting import Blocker
 
 
 @pytest.fixture
@@ -25,15 +26,10 @@ async def store(tmp_path):
 async def hold_the_writer(store: SQLiteStore) -> tuple[threading.Event, asyncio.Future]:
     """Keeps the writer thread busy until the event is set, so that what is written meanwhile
     queues up and goes in one group."""
-    started, release = threading.Event(), threading.Event()
-
-    def busy() -> None:
-        started.set()
-        release.wait(30)
-
+    busy = Blocker()
     holding = asyncio.ensure_future(store._run(busy))
-    await asyncio.to_thread(started.wait, 30)
-    return release, holding
+    await busy.running()
+    return busy.release, holding
 
 
 async def test_a_failing_message_in_a_group_fails_alone_and_leaves_nothing(store):

@@ -5,12 +5,11 @@ was already submitted."""
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 
 from server.store.threads import StoreThreads
-from tests.waiting import eventually
+from tests.waiting import Blocker, eventually
 
 
 async def test_results_and_errors_reach_their_callers_in_any_number():
@@ -31,19 +30,14 @@ async def test_results_and_errors_reach_their_callers_in_any_number():
 
 async def test_a_call_cancelled_before_it_starts_does_not_run():
     threads = StoreThreads("test", 1)
-    started, release = threading.Event(), threading.Event()
+    block = Blocker()
     ran: list[str] = []
-
-    def block() -> None:
-        started.set()
-        release.wait(30)
-
     busy = threads.submit(block)
-    await asyncio.to_thread(started.wait, 30)
+    await block.running()
     given_up = threads.submit(ran.append, "given up")
     kept = threads.submit(ran.append, "kept")
     given_up.cancel()
-    release.set()
+    block.release.set()
     await asyncio.wait_for(kept, 30)
     await busy
     assert ran == ["kept"]
@@ -63,18 +57,12 @@ async def test_shutting_down_runs_what_was_submitted_then_refuses():
 
 async def test_a_caller_that_gave_up_while_its_call_ran_leaves_the_others_settled():
     threads = StoreThreads("test", 1)
-    started, release = threading.Event(), threading.Event()
-
-    def slow() -> str:
-        started.set()
-        release.wait(30)
-        return "late"
-
+    slow = Blocker("late")
     abandoned = threads.submit(slow)
     after = threads.submit(lambda: "next")
-    await asyncio.to_thread(started.wait, 30)
+    await slow.running()
     abandoned.cancel()
-    release.set()
+    slow.release.set()
     assert await asyncio.wait_for(after, 30) == "next"
     assert abandoned.cancelled()
     await asyncio.to_thread(threads.shutdown)
@@ -90,19 +78,13 @@ async def test_one_thread_takes_the_calls_while_it_keeps_up():
 
 async def test_a_call_stuck_behind_a_slow_one_gets_another_thread_which_ends_when_idle():
     threads = StoreThreads("test", 2, spill_after=0.01, linger=0.05)
-    started, release = threading.Event(), threading.Event()
-
-    def slow() -> str:
-        started.set()
-        release.wait(30)
-        return "slow"
-
+    slow = Blocker("slow")
     slow_call = threads.submit(slow)
-    await asyncio.to_thread(started.wait, 30)
+    await slow.running()
     # Answered while the slow call still holds the first thread: it can only have run on another.
     assert await asyncio.wait_for(threads.submit(lambda: "quick"), 30) == "quick"
     assert not slow_call.done()
-    release.set()
+    slow.release.set()
     assert await asyncio.wait_for(slow_call, 30) == "slow"
     await eventually(lambda: threads.threads == 1, what="the helper thread to end once idle")
     assert await asyncio.wait_for(threads.submit(lambda: "still served"), 30) == "still served"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 from typing import Any, Awaitable, Callable
 
@@ -49,3 +50,21 @@ async def until_none_held(services: Any, site_id: int, session_id: str) -> None:
     topic = session_topic(site_id, session_id)
     await eventually(lambda: services.hub.waiting_on(topic) == 0,
                      what=f"no held request of {session_id}")
+
+
+class Blocker:
+    """A call that holds the thread it runs on until `release` is set (what queues behind it
+    waits), then returns `result`."""
+
+    def __init__(self, result: Any = None) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.result = result
+
+    def __call__(self) -> Any:
+        self.started.set()
+        self.release.wait(30)
+        return self.result
+
+    async def running(self) -> None:
+        """Until a thread has started the call."""
+        await asyncio.to_thread(self.started.wait, 30)
