@@ -19,7 +19,9 @@ async def main() -> None:
     args = parser.parse_args()
     fake = FakeOpenAI()
     fake.default = Plan(tokens=[f" tok{n}" for n in range(args.tokens)], delay=args.pace)
-    await fake.start()
+    # Relays open hundreds of connections at once: a test's backlog of 128 would drop their SYNs,
+    # and the kernel's retries (1, 3, 7, 15 s) would show as seconds to the first chunk.
+    await fake.start(backlog=8192)
     print(json.dumps({"port": fake.port}), flush=True)
     while True:  # the fake records every call for tests; a benchmark makes too many to keep
         await asyncio.sleep(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, AsyncIterator
 import pytest
 import tornado.httpserver
 import tornado.iostream
-import tornado.testing
+import tornado.netutil
 import tornado.web
 
 from tests.harness import Parley, start_parley
@@ -90,13 +91,15 @@ class FakeOpenAI:
     async def wait_release(self) -> None:
         await asyncio.wait_for(self._release.get(), MAX_WAIT)
 
-    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
-        """Listen on an unused port; with `ssl_context`, over TLS (`base_url` says https)."""
+    async def start(self, ssl_context: ssl.SSLContext | None = None, *, backlog: int = 128) -> None:
+        """Listen on an unused port; with `ssl_context`, over TLS (`base_url` says https). A
+        benchmark opening hundreds of connections at once needs a deeper `backlog` than a test."""
         app = tornado.web.Application([(r"/v1/chat/completions", _Completions, {"fake": self}),
                                        (r"/v1/models", _Models, {"fake": self})])
         self._server = _CountingServer(app, fake=self, ssl_options=ssl_context)
         self.scheme = "https" if ssl_context else "http"
-        sock, self.port = tornado.testing.bind_unused_port()
+        sock = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET, backlog=backlog)[0]
+        self.port = sock.getsockname()[1]
         self._server.add_sockets([sock])
 
     async def stop(self) -> None:
