@@ -89,3 +89,21 @@ async def test_a_call_stuck_behind_a_slow_one_gets_another_thread_which_ends_whe
     await eventually(lambda: threads.threads == 1, what="the helper thread to end once idle")
     assert await asyncio.wait_for(threads.submit(lambda: "still served"), 30) == "still served"
     await asyncio.to_thread(threads.shutdown)
+
+
+@pytest.mark.parametrize("backlog, threads_after", [(3, 2), (10, 1)])
+async def test_a_backlog_gets_another_thread_even_while_calls_end(backlog, threads_after):
+    threads = StoreThreads("test", 2, spill_after=30, backlog=backlog)
+    slow = Blocker("slow")
+    slow_call = threads.submit(slow)
+    await slow.running()
+    queued = [threads.submit(abs, -n) for n in range(3)]
+    # The spill check as it runs `spill_after` later, with calls having ended since it was armed.
+    threads._spill(asyncio.get_running_loop(), threads._ended - 1)
+    assert threads.threads == threads_after
+    if threads_after == 2:  # answered while the slow call still holds the first thread
+        assert await asyncio.wait_for(asyncio.gather(*queued), 30) == [0, 1, 2]
+        assert not slow_call.done()
+    slow.release.set()
+    assert await asyncio.wait_for(asyncio.gather(slow_call, *queued), 30) == ["slow", 0, 1, 2]
+    await asyncio.to_thread(threads.shutdown)

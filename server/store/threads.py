@@ -20,6 +20,11 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 _STOP = object()
+# Calls still queued after `spill_after` past which one more thread starts even though calls are
+# ending: 500 questions at once queued their reads behind one thread that the busy event loop let
+# run only between its own turns at the GIL, and the last ones waited ~15 s for their site's
+# knowledge index (its documents' read was queued behind all the others).
+SPILL_BACKLOG = 256
 
 
 class _Inbox:
@@ -66,16 +71,19 @@ class StoreThreads:
     for the GIL at each SQLite statement, and with four readers taking turns under load the
     hand-overs cost more than the reads (1,000 held requests and 1,000 operator messages a second
     offered: ~480 stored a second with four reader threads, ~700 with one). More threads help only
-    while one is stuck on a slow call (a full-text search takes tens of ms): when calls have
-    waited `spill_after` seconds and none ended meanwhile, one more thread starts, and it ends
-    once it has had nothing to do for `linger` seconds. The first thread starts on the first call
+    while one is stuck on a slow call (a full-text search takes tens of ms) or far behind: when calls have
+    waited `spill_after` seconds and none ended meanwhile, or `backlog` calls are still queued
+    then (a burst), one more thread starts, and it ends once it has had nothing to do for `linger`
+    seconds. The first thread starts on the first call
     (a process that never reads starts no reader).
     """
 
-    def __init__(self, name: str, size: int, *, spill_after: float = 0.05, linger: float = 1.0) -> None:
+    def __init__(self, name: str, size: int, *, spill_after: float = 0.05, linger: float = 1.0,
+                 backlog: int = SPILL_BACKLOG) -> None:
         self.name = name
         self.size = size
         self.spill_after = spill_after
+        self.backlog = backlog
         self.linger = linger
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -116,7 +124,8 @@ class StoreThreads:
         self._spill_timer = None
         if self._closed or self._calls.empty() or len(self._threads) >= self.size:
             return
-        if self._ended == ended and self._idle == 0:  # calls waited and none ended: all stuck
+        stuck = self._ended == ended  # calls waited and none ended (a slow search)
+        if self._idle == 0 and (stuck or self._calls.qsize() >= self.backlog):
             self._start(first=False)
         else:  # getting somewhere; look again while calls wait (the next may be a slow one)
             self._spill_timer = loop.call_later(self.spill_after, self._spill, loop, self._ended)
