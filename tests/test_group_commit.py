@@ -107,3 +107,28 @@ async def test_more_writes_than_a_group_takes_are_all_made():
     assert results == list(range(count))
     assert max(groups_run) <= GROUP_MAX and sum(groups_run) == count
     await asyncio.to_thread(threads.shutdown)
+
+
+async def test_questions_queued_together_share_a_group_and_a_blocked_one_writes_nothing(store):
+    site = await store.create_site("sk_group_commit_test_key_000003", "Shop", [], {"lang": "en"})
+    await store.add_block(site.id, "ip", "203.0.113.9", None, "spam")
+    release, holding = await hold_the_writer(store)
+
+    def ask(n: int, ip: str):
+        return asyncio.ensure_future(store.take_question(
+            site.id, f"sess_{n:020d}", f"question {n}", message_id=f"m_q{n}", context={"ip": ip},
+            changes=lambda conversation: {}, ip=ip, origin="here", now=0.0, stale_after=60,
+            history=5, events=lambda conversation, message: [
+                (f"session:{site.id}:sess_{n:020d}", "message", {"message_id": message.id})]))
+
+    questions = [ask(n, "203.0.113.9" if n == 2 else "198.51.100.7") for n in range(5)]
+    await asyncio.sleep(0)  # every question queued behind the busy writer
+    release.set()
+    await holding
+    taken = await asyncio.wait_for(asyncio.gather(*questions), 30)
+
+    assert taken[2].blocked and taken[2].message is None
+    assert await store.get_conversation(site.id, f"sess_{2:020d}") is None  # not even the conversation
+    for n in (0, 1, 3, 4):
+        assert not taken[n].blocked and taken[n].claimed and taken[n].message.content == f"question {n}"
+    assert len(await store.events_since(0, exclude_origin="", limit=100)) == 4

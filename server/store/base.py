@@ -168,7 +168,9 @@ class Store(abc.ABC):
            was before the changes, message)`, recorded for `origin`) and `origin`'s claim on
            answering it, except in operator mode.
         One transaction where the store can: this is what a visitor waits on before the first
-        token. The caller delivers the events locally."""
+        token. The caller delivers the events locally. `changes` and `events` may be called more
+        than once (SQLite runs a write again when another in its group commit failed); what they
+        returned last is what was stored."""
         found = await self.get_conversation(site_id, session_id)
         if await self.is_blocked(site_id, session_id=session_id, ip=ip,
                                  email=found.email if found else None, now=now):

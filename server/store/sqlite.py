@@ -723,8 +723,10 @@ class SQLiteStore(Store):
                 db, conversation.id, message_id, origin, now, stale_after)
             return TakenQuestion(changed, message, claimed=claimed, history=earlier)
 
+        # Questions come in bursts too (many visitors at once): the ones queued behind each other
+        # share a transaction. A blocked visitor's is rolled back alone (group commit's rule).
         try:
-            return await self._run(self._tx, take)
+            return await self._grouped(take)
         except _Refused:
             return TakenQuestion(None, None, blocked=True)
 
