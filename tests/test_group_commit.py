@@ -12,7 +12,7 @@ from server.store.groups import GroupCommit
 from server.store.models import Message
 from server.store.sqlite import SQLiteStore
 from server.store.threads import StoreThreads
-from tests.waiting import Blocker
+from tests.waiting import Blocker, eventually
 
 
 @pytest.fixture
@@ -21,6 +21,13 @@ async def store(tmp_path):
     await store.open()
     yield store
     await store.close()
+
+
+async def queued_for_the_writer(store: SQLiteStore, count: int) -> None:
+    """Until `count` writes wait for the next group (the writer is held meanwhile)."""
+    groups = store._groups
+    assert groups is not None
+    await eventually(lambda: len(groups._calls) == count, what=f"{count} writes queued for one group")
 
 
 async def hold_the_writer(store: SQLiteStore) -> tuple[threading.Event, asyncio.Future]:
@@ -46,7 +53,7 @@ async def test_a_failing_message_in_a_group_fails_alone_and_leaves_nothing(store
     writes = [asyncio.ensure_future(store.add_operator_message(
         site.id, f"sess_{n % 2:020d}", f"text {n}", operator_name="Ann", events=events_for(n),
         origin="here")) for n in range(8)]
-    await asyncio.sleep(0)  # every write queued behind the busy writer
+    await queued_for_the_writer(store, 8)
     release.set()
     await holding
     outcomes = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 30)
@@ -67,7 +74,7 @@ async def test_a_write_given_up_before_its_group_runs_is_not_made(store):
     writes = [asyncio.ensure_future(store.add_operator_message(
         site.id, "sess_00000000000000000000", f"text {n}", operator_name="Ann",
         events=lambda message: [], origin="here")) for n in range(3)]
-    await asyncio.sleep(0)
+    await queued_for_the_writer(store, 3)
     writes[1].cancel()
     release.set()
     await holding
@@ -122,7 +129,7 @@ async def test_questions_queued_together_share_a_group_and_a_blocked_one_writes_
                 (f"session:{site.id}:sess_{n:020d}", "message", {"message_id": message.id})]))
 
     questions = [ask(n, "203.0.113.9" if n == 2 else "198.51.100.7") for n in range(5)]
-    await asyncio.sleep(0)  # every question queued behind the busy writer
+    await queued_for_the_writer(store, 5)
     release.set()
     await holding
     taken = await asyncio.wait_for(asyncio.gather(*questions), 30)
