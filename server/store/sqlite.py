@@ -1160,14 +1160,13 @@ class SQLiteStore(Store):
             self._claim(db, conversation_id, message_id, origin, now, stale_after)
             for conversation_id, message_id in claims])
 
-    async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None:
-        def delete(db: sqlite3.Connection) -> None:
-            db.execute(
-                "DELETE FROM answer_claims WHERE conversation_id = ? AND message_id = ? AND origin = ?",
-                (conversation_id, message_id, origin),
-            )
+    @staticmethod
+    def _release(db: sqlite3.Connection, conversation_id: int, message_id: str, origin: str) -> None:
+        db.execute("DELETE FROM answer_claims WHERE conversation_id = ? AND message_id = ? AND origin = ?",
+                   (conversation_id, message_id, origin))
 
-        await self._run(self._tx, delete)
+    async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None:
+        await self._run(self._tx, lambda db: self._release(db, conversation_id, message_id, origin))
 
     async def finish_answer(
         self, conversation_id: int, reply_to: str, origin: str, *, role: str, content: str | None,
@@ -1184,8 +1183,7 @@ class SQLiteStore(Store):
             if hand_over is not None:
                 hand_over(db)
             self._insert_events(db, events(reply), origin, time.time())
-            db.execute("DELETE FROM answer_claims WHERE conversation_id = ? AND message_id = ?"
-                       " AND origin = ?", (conversation_id, reply_to, origin))
+            self._release(db, conversation_id, reply_to, origin)
             return reply
 
         return await self._run(self._tx, finish)
