@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Any, Callable
@@ -19,7 +20,7 @@ from server.ai.engine import AIEngine
 from server.answer_watch import AnswerWatch, Watchers
 from server.errors import Conflict, ParleyError, Restarting, Unavailable
 from server.hub import Hub, site_topic
-from server.opening_hours import PRESENCE_SECONDS
+from server.opening_hours import operators_online
 from server.store.base import Events, Store
 from server.store.models import Conversation, Message
 from server.turns import Turn
@@ -60,12 +61,9 @@ class Answerer:
         self._turn_topics: dict[Turn, str] = {}
         self._claims: set[tuple[int, str]] = set()  # answers this process holds claims on
         self._heartbeat: asyncio.Task[None] | None = None
-        self._watchers = Watchers(self._operators_online)
+        # Online as the widget's opening hours count it.
+        self._watchers = Watchers(functools.partial(operators_online, store))
         hub.add_listener(self._on_event)
-
-    async def _operators_online(self, site_id: int) -> bool:
-        since = time.time() - PRESENCE_SECONDS  # online as the widget's opening hours count it
-        return bool(await self.store.operators_present(since=since, site_id=site_id, limit=1))
 
     def _on_event(self, topic: str, event: dict[str, Any]) -> None:
         """An operator taking over stops the AI mid-answer; the partial text is kept, interrupted."""

@@ -347,6 +347,14 @@ class Availability:
                 f"for an email.{when}")
 
 
+async def operators_online(store: Store, site_id: int,
+                           presence_seconds: float = PRESENCE_SECONDS) -> bool:
+    """Whether an operator who may answer the site is online: one store query however many
+    operators there are, so the public config endpoint stays cheap."""
+    return bool(await store.operators_present(since=time.time() - presence_seconds,
+                                              site_id=site_id, limit=1))
+
+
 class OpeningHoursService:
     """`clock` gives the time the hours are judged at (tests fix it); operator presence is
     judged by the wall clock, the one that stamps their sessions."""
@@ -371,10 +379,7 @@ class OpeningHoursService:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
 
     async def operators_online(self, site: Site) -> bool:
-        """Whether an operator who may answer the site is online: one store query however many
-        operators there are, so the public config endpoint stays cheap."""
-        return bool(await self.store.operators_present(since=time.time() - self.presence_seconds,
-                                                       site_id=site.id, limit=1))
+        return await operators_online(self.store, site.id, self.presence_seconds)
 
     async def availability(self, site: Site) -> Availability:
         hours = site_hours(site)
