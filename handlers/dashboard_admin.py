@@ -381,6 +381,8 @@ class KnowledgeHandler(AnswersBeforeBody, SiteAdminHandler):
                          **{"error": None, "notice": None, "tried": None, "question": "", **values})
 
     async def get(self, site_key: str) -> None:
+        if self.answered:  # in prepare(), and the body that came with it read and dropped since
+            return
         site = await self.site(site_key)
         question = self.get_query_argument("q", "").strip()[:2000]
         if question:
@@ -390,6 +392,8 @@ class KnowledgeHandler(AnswersBeforeBody, SiteAdminHandler):
         await self.show(site, notice=self.get_query_argument("notice", "")[:200] or None)
 
     async def post(self, site_key: str) -> None:
+        if self.answered:  # in prepare(), and the body that came with it read and dropped since
+            return
         self.read_form()
         site = await self.site(site_key)
         knowledge = self.services.site_knowledge

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ import tornado.httputil
 import tornado.web
 
 from handlers.base import JsonHandler
-from handlers.body_limit import BodyTooLarge, Drains, body_limit, declared_length
+from handlers.body_limit import (
+    UNCOUNTED, BodyTooLarge, ChunkedBodyLimit, Drains, body_limit, declared_length, is_chunked)
 from handlers.chat_stream import ChatStreamHandler
 from handlers.headers import SecurityHeaders
 from handlers.dashboard_admin import (
@@ -288,19 +290,25 @@ class ParleyApplication(ProxyAwareApplication):
             target_kwargs: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> InFlight:
         """Called once a request's headers are in, before any of its body is read: its route's
         body limit applies from here on (handlers/body_limit.py), and a body declared larger is
-        answered 413 by BodyTooLarge in place of the route's handler."""
+        answered 413 by BodyTooLarge in place of the route's handler. A body without a length, to
+        a route that takes its body whole, is counted by ChunkedBodyLimit, which hands it to
+        BodyTooLarge once it passes the limit."""
         self._in_flight.add(request)
         self._idle.clear()
         limit = body_limit(target_class, request.method)
         set_limit = getattr(request.connection, "set_max_body_size", None)
         if set_limit is not None:
             set_limit(limit)
+        refusal = {"limit": limit, "json_errors": issubclass(target_class, JsonHandler)}
         declared = declared_length(request)
         if declared is not None and declared > limit:
-            target_kwargs = {"limit": limit, "json_errors": issubclass(target_class, JsonHandler)}
-            target_class = BodyTooLarge
-        return InFlight(super().get_handler_delegate(request, target_class, target_kwargs, *args, **kwargs),
-                        lambda: self._ended(request))
+            target_class, target_kwargs = BodyTooLarge, refusal
+        delegate = super().get_handler_delegate(request, target_class, target_kwargs, *args, **kwargs)
+        if set_limit is not None and is_chunked(request) and not target_class._stream_request_body:
+            set_limit(UNCOUNTED)  # counted by ChunkedBodyLimit, which keeps no more than `limit`
+            refuse = functools.partial(super().get_handler_delegate, request, BodyTooLarge)
+            delegate = ChunkedBodyLimit(delegate, limit, lambda received: refuse({**refusal, "received": received}))
+        return InFlight(delegate, lambda: self._ended(request))
 
     def request_delegate(self, server_conn: object,
                          request_conn: tornado.httputil.HTTPConnection) -> tornado.httputil.HTTPMessageDelegate:

@@ -297,9 +297,6 @@ class Uploads:
         self.directory = directory
         self.open_file = open_file
         self.slots = slots or UploadSlots()
-        # Refused uploads whose body is read and dropped so the client reads the refusal (bounded
-        # like uploads: past it, the refusal goes out at once and the connection closes).
-        self.discards = UploadSlots()
         self.decodes = decodes or FairTurns()
         with contextlib.suppress(OSError):  # a read-only directory: /readyz says so
             directory.mkdir(parents=True, exist_ok=True)

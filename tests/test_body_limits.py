@@ -5,10 +5,13 @@ connection), over real sockets: the answer arrives while the client has sent non
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 
 import pytest
 
+import handlers.body_limit as body_limit_module
 from handlers.body_limit import DEFAULT_BODY_LIMIT, DRAIN_BYTES, MAX_DRAINING
 from server.app import ParleyApplication
 from server.knowledge import MAX_DOCUMENT_BYTES
@@ -144,15 +147,111 @@ async def test_drains_at_once_are_bounded(parley):
     assert answer.startswith(b"HTTP/1.1 413")
 
 
-async def test_a_chunked_body_over_a_forms_limit_is_refused_when_it_passes_the_limit(parley):
-    """Tornado enforces the route's limit on a body without a length too: a bare 400, then it closes,
-    without reading (or keeping) more than the limit."""
-    chunk_header = f"{DEFAULT_BODY_LIMIT + 1:x}\r\n".encode()
-    reader, writer = await send_head(parley, "POST", "/dashboard/login", None, body=chunk_header,
+def chunked(data: bytes, piece: int = 16 * 1024) -> bytes:
+    """`data` framed as a chunked body, `piece` bytes a chunk, with its last chunk."""
+    return b"".join(f"{len(data[at:at + piece]):x}\r\n".encode() + data[at:at + piece] + b"\r\n"
+                    for at in range(0, len(data), piece)) + b"0\r\n\r\n"
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
+    status, *lines = head.strip().split("\r\n")
+    fields = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines)}
+    body = await asyncio.wait_for(reader.readexactly(int(fields.get("content-length", 0))), 10)
+    return status, fields, body
+
+
+@pytest.mark.parametrize("path, json_errors", [
+    ("/dashboard/login", False),
+    ("/dashboard/api/inbox", True),
+    ("/healthz", False),
+])
+async def test_a_chunked_body_over_its_routes_limit_is_a_413_like_a_declared_one(parley, caplog, path, json_errors):
+    """Tornado itself answered a bare 400 and closed: the client now reads our 413, after pushing
+    its whole body (read and dropped), and the log says what happened."""
+    reader, writer = await send_head(parley, "POST", path, None,
                                      headers="Content-Type: application/x-www-form-urlencoded\r\n")
-    answer = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    assert answer.startswith(b"HTTP/1.1 400")
+    try:
+        with caplog.at_level(logging.INFO, logger="handlers.body_limit"):
+            writer.write(chunked(b"x" * (3 * DEFAULT_BODY_LIMIT)))
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)  # to the end: closed after the answer
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"\r\nConnection: close" in head
+    if json_errors:
+        refusal = json.loads(body)
+        assert refusal["success"] is False and refusal["code"] == "too_large" and "64 KB" in refusal["error"]
+    else:
+        assert b"larger than 64 KB" in body
+    assert (f"POST {path} from 127.0.0.1: refused a body sent without a length as it passed "
+            f"{DEFAULT_BODY_LIMIT} bytes") in caplog.text
+    await eventually(lambda: app(parley).drains.in_use == 0, what="the drain given back")
+
+
+async def test_a_chunked_body_is_answered_as_soon_as_it_passes_the_limit(parley):
+    """However large its chunks say they are: nothing past the limit is kept, and the answer does
+    not wait for the rest (one chunk declaring 1 GB, of which 100 KB is sent)."""
+    reader, writer = await send_head(parley, "POST", "/dashboard/login", None,
+                                     body=f"{2 ** 30:x}\r\n".encode() + b"x" * 100_000)
+    try:
+        status, headers, body = await read_answer(reader)
+    finally:
+        writer.close()
+    assert status.startswith("HTTP/1.1 413") and headers["connection"] == "close"
+    assert b"larger than 64 KB" in body
+
+
+async def test_a_chunked_body_within_its_routes_limit_still_reaches_the_route(parley):
+    form = b"email=a%40example.com&password=x"
+    reader, writer = await send_head(parley, "POST", "/dashboard/login", None, body=chunked(form, piece=7),
+                                     headers="Content-Type: application/x-www-form-urlencoded\r\n"
+                                             "Connection: close\r\n")
+    try:
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 403")  # read and parsed: no XSRF token in it
+
+
+async def test_a_chunked_body_dropped_past_the_drain_bound_is_cut_off(parley, caplog, monkeypatch):
+    monkeypatch.setattr(body_limit_module, "DRAIN_BYTES", 256 * 1024)
+    reader, writer = await send_head(parley, "POST", "/dashboard/login", None,
+                                     body=f"{2 ** 30:x}\r\n".encode() + b"x" * (DEFAULT_BODY_LIMIT + 1))
+    try:
+        status, _, _ = await read_answer(reader)
+        assert status.startswith("HTTP/1.1 413")
+        with caplog.at_level(logging.INFO, logger="handlers.body_limit"):
+            with contextlib.suppress(ConnectionError):
+                for _ in range(64):  # 4 MB at most: 16 times the bound
+                    writer.write(b"x" * 64 * 1024)
+                    await writer.drain()
+            with contextlib.suppress(ConnectionError):  # closed by the server: an end or a reset
+                assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    assert "stopped reading a refused body (more than 256 KB after the answer)" in caplog.text
+    await eventually(lambda: app(parley).drains.in_use == 0, what="the drain given back")
+
+
+async def test_drains_from_one_address_are_bounded(parley):
+    """Past its address's share, a refusal is answered and the connection closed at once, with the
+    body unread; another address still has its drains."""
+    drains = app(parley).drains
+    for _ in range(drains.per_address):
+        assert drains.take("127.0.0.1")
+    try:
+        assert drains.take("192.0.2.1")
+        drains.give_back("192.0.2.1")
+        reader, writer = await send_head(parley, "POST", "/healthz", 1_000_000)
+        answer = await asyncio.wait_for(reader.read(), 10)  # closed with 1 MB still unsent
+        writer.close()
+    finally:
+        for _ in range(drains.per_address):
+            drains.give_back("127.0.0.1")
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert drains.in_use == 0
 
 
 async def test_an_image_upload_near_its_limit_is_still_taken(parley):

@@ -85,7 +85,7 @@ async def push_then_read(port: int, query: str, body: bytes, piece: int = 64 * 1
 
 @pytest.mark.parametrize("refusal", ["unknown_site", "too_large"])
 async def test_a_client_pushing_its_whole_body_reads_the_json_refusal_not_a_reset(parley, refusal):
-    """The server reads and drops a refused body (within bounds) before answering, rather than
+    """The server answers, then reads and drops the refused body (within bounds), rather than
     closing on a client still sending it."""
     await parley.services.sites.update_settings(parley.site.id, {"upload_max_bytes": 100_000})
     site_key = parley.site_key if refusal == "too_large" else "sk_" + "z" * 30
@@ -95,7 +95,66 @@ async def test_a_client_pushing_its_whole_body_reads_the_json_refusal_not_a_rese
     assert response.startswith(f"HTTP/1.1 {status}".encode())
     assert f'"code":"{refusal}"'.encode() in response
     assert spooled(parley) == []
-    assert parley.services.chat.uploads.discards.in_use == 0
+    assert parley.app is not None
+    drains = parley.app.drains  # the refused body was read and dropped as any route's is
+    await eventually(lambda: drains.in_use == 0, what="the drain given back")
+
+
+async def test_a_refusal_while_the_body_comes_in_is_read_by_a_client_pushing_it_whole(parley):
+    """The form goes wrong after its start (a text field too long): answered then, and the rest of
+    the body read and dropped, so the client reads the JSON rather than a reset."""
+    body = (b"--b0undary\r\nContent-Disposition: form-data; name=\"site_key\"\r\n\r\n" + b"k" * 1000
+            + b"\r\n" + multipart_head() + b"\0" * 4_000_000)
+    response = await push_then_read(parley.port, f"site_key={parley.site_key}&session_id={SID}", body)
+    assert response.startswith(b"HTTP/1.1 400") and b'"code":"invalid_request"' in response
+    assert spooled(parley) == []
+    assert parley.app is not None
+    drains, slots = parley.app.drains, parley.services.chat.uploads.slots
+    await eventually(lambda: drains.in_use == 0 and slots.in_use == 0, what="the drain and the slot given back")
+
+
+async def test_a_chunked_upload_is_refused_before_its_body_and_the_body_then_dropped(parley):
+    """The JSON error comes with the body still unsent (it used to wait for the whole body); a
+    client that then sends it all still reads the answer, and the connection closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", parley.port)
+    try:
+        writer.write((f"POST {UPLOAD}?site_key=sk_{'z' * 30}&session_id={SID} HTTP/1.1\r\nHost: x\r\n"
+                      "Content-Type: multipart/form-data; boundary=b0undary\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n").encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 404") and b"\r\nConnection: close" in head
+        form = multipart_head() + b"\0" * 2_000_000
+        for at in range(0, len(form), 64 * 1024):
+            piece = form[at:at + 64 * 1024]
+            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        rest = await asyncio.wait_for(reader.read(), 10)  # the JSON, then the server closes
+    finally:
+        writer.close()
+    assert b'"code":"unknown_site"' in rest
+    assert parley.app is not None
+    drains = parley.app.drains
+    await eventually(lambda: drains.in_use == 0, what="the drain given back")
+
+
+async def test_an_address_dropping_its_share_of_refused_bodies_is_answered_and_closed(parley):
+    """Refused bodies read and dropped at once are bounded per address (as refused uploads were):
+    past that, the refusal goes out and the connection closes with the body unread."""
+    assert parley.app is not None
+    drains = parley.app.drains
+    for _ in range(drains.per_address):
+        assert drains.take("127.0.0.1")
+    try:
+        reader, writer = await raw_upload_start(parley, f"site_key=sk_{'z' * 30}&session_id={SID}",
+                                                8_000_000, multipart_head())
+        response = await asyncio.wait_for(reader.read(), 10)  # closed with 8 MB still unsent
+        writer.close()
+    finally:
+        for _ in range(drains.per_address):
+            drains.give_back("127.0.0.1")
+    assert response.startswith(b"HTTP/1.1 404") and b'"code":"unknown_site"' in response
 
 
 async def test_with_expect_100_continue_an_accepted_upload_is_told_to_go_on(parley):
