@@ -16,7 +16,8 @@ from typing import Any, Awaitable, TypeVar
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from handlers.body_limit import BODY_METHODS, DEFAULT_BODY_LIMIT, DRAIN_BYTES, readable_bytes
+from handlers.body_limit import (
+    DEFAULT_BODY_LIMIT, DRAIN_BYTES, UNCOUNTED, is_chunked, readable_bytes, too_large_message)
 from server import validation
 from server.chat import ChatService
 from server.errors import InvalidRequest, ParleyError, TooLarge
@@ -189,12 +190,12 @@ class ApiHandler(JsonHandler):
     def prepare(self) -> None:
         # A body declared over max_body_bytes never reaches us (the application answers it 413, see
         # handlers/body_limit.py). One without a length is counted as it streams in (data_received
-        # keeps nothing past the limit) and refused with 413 once complete: up to DRAIN_BYTES more is
-        # read for that, so the client reads the JSON rather than the bare 400 Tornado answers at
-        # the connection's limit.
-        if self.request.method in BODY_METHODS and "Content-Length" not in self.request.headers:
-            self.request.connection.set_max_body_size(  # type: ignore[union-attr]
-                self.max_body_bytes + DRAIN_BYTES)
+        # keeps nothing past the limit) and refused with 413 once complete, so the client reads the
+        # JSON: up to DRAIN_BYTES more is read for that. Tornado's own limit is lifted for it (it
+        # would answer a bare 400 and close, even for one chunk that only says it is large); past
+        # DRAIN_BYTES, the 413 goes out at once and the connection closes.
+        if is_chunked(self.request):
+            self.request.connection.set_max_body_size(UNCOUNTED)  # type: ignore[union-attr]
 
     def data_received(self, chunk: bytes) -> None:
         self._body_size += len(chunk)
@@ -202,11 +203,18 @@ class ApiHandler(JsonHandler):
             if self._body_parts is None:
                 self._body_parts = []
             self._body_parts.append(chunk)
+        elif self._body_size > self.max_body_bytes + DRAIN_BYTES and not self._finished:
+            request = self.request
+            log.info("%s %s from %s: stopped reading a body sent without a length %s past its limit of %d "
+                     "bytes, and refused it", request.method, request.path, request.remote_ip,
+                     readable_bytes(DRAIN_BYTES), self.max_body_bytes)
+            refusal = TooLarge(too_large_message(self.max_body_bytes))
+            self.send_error(refusal.status, exc_info=(TooLarge, refusal, None))
 
     @property
     def body(self) -> bytes:
         if self._body_size > self.max_body_bytes:
-            raise TooLarge(f"The request body is larger than {readable_bytes(self.max_body_bytes)}.")
+            raise TooLarge(too_large_message(self.max_body_bytes))
         return b"".join(self._body_parts or ())
 
     async def options(self, *args: Any) -> None:

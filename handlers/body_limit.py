@@ -20,7 +20,8 @@ and a closed connection. So for a route that takes its body whole, the applicati
 connection's limit for such a body and counts it with `ChunkedBodyLimit`: past the route's limit the
 route's delegate is dropped and `BodyTooLarge` answers the same 413 as for a declared length, then
 reads and drops the rest within the same bounds. Routes that stream their bodies count them
-themselves (handlers/base.py ApiHandler, handlers/upload.py).
+themselves (handlers/base.py ApiHandler, handlers/upload.py's spool); the knowledge page's form
+(5 MB) is still stopped by Tornado at its limit.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def is_chunked(request: tornado.httputil.HTTPServerRequest) -> bool:
 def readable_bytes(size: int) -> str:
     return f"{size // (1024 * 1024)} MB" if size >= 1024 * 1024 and not size % (1024 * 1024) \
         else f"{size // 1024} KB" if size >= 1024 and not size % 1024 else f"{size} bytes"
+
+
+def too_large_message(limit: int) -> str:
+    return f"The request body is larger than {readable_bytes(limit)}, the most this address takes."
 
 
 class Drains:
@@ -245,7 +250,7 @@ class BodyTooLarge(AnswersBeforeBody):
         else:
             log.info("%s %s from %s: refused a body sent without a length as it passed %d bytes, "
                      "the most this route takes", request.method, request.path, request.remote_ip, self.limit)
-        message = f"The request body is larger than {readable_bytes(self.limit)}, the most this address takes."
+        message = too_large_message(self.limit)
         if self.json_errors:
             self.set_header("Content-Type", "application/json; charset=utf-8")
             body = json.dumps({"success": False, "error": message, "code": "too_large"},

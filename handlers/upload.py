@@ -37,7 +37,9 @@ class UploadImageHandler(AnswersBeforeBody, PublicUrlMixin, ApiHandler):
         self._holds_slot = False
 
     async def prepare(self) -> None:
-        super().prepare()  # (a declared length over what any site allows never gets here: 413)
+        # Not ApiHandler's prepare: no body is kept in memory here, and a chunked one stays within
+        # the route's limit (the spool refuses an image over the site's first). A declared length
+        # over what any site allows never gets here: 413.
         content_type = self.request.headers.get("Content-Type", "")
         query = self.query()
         limit = MAX_UPLOAD_SETTING

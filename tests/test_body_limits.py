@@ -11,6 +11,7 @@ import logging
 
 import pytest
 
+import handlers.base
 import handlers.body_limit as body_limit_module
 from handlers.body_limit import DEFAULT_BODY_LIMIT, DRAIN_BYTES, MAX_DRAINING
 from server.app import ParleyApplication
@@ -233,6 +234,41 @@ async def test_a_chunked_body_dropped_past_the_drain_bound_is_cut_off(parley, ca
         writer.close()
     assert "stopped reading a refused body (more than 256 KB after the answer)" in caplog.text
     await eventually(lambda: app(parley).drains.in_use == 0, what="the drain given back")
+
+
+async def test_a_chunked_body_over_the_widget_apis_limit_is_read_then_refused_like_a_declared_one(parley):
+    """The widget API streams its bodies: it reads such a body to its end, keeping none of it past
+    the limit, and answers the same 413 JSON as for a declared length."""
+    reader, writer = await send_head(parley, "POST", "/api/v1/chat/email", None,
+                                     headers="Content-Type: application/json\r\n",
+                                     body=chunked(b"x" * (3 * DEFAULT_BODY_LIMIT)))
+    try:
+        status, _, body = await read_answer(reader)
+    finally:
+        writer.close()
+    declared = await answer_before_body(parley, "POST", "/api/v1/chat/email", BIG)
+    assert status.startswith("HTTP/1.1 413") and declared[0].startswith("HTTP/1.1 413")
+    assert json.loads(body) == json.loads(declared[2])
+
+
+async def test_a_chunked_body_to_the_widget_api_past_the_drain_bound_is_refused_there(parley, caplog, monkeypatch):
+    """Tornado answered a bare 400 at once for a chunk that only says it is 1 GB: now the body is
+    read up to the bound past the limit, then the 413 JSON goes out and the connection closes."""
+    monkeypatch.setattr(handlers.base, "DRAIN_BYTES", 256 * 1024)
+    reader, writer = await send_head(parley, "POST", "/api/v1/chat/email", None,
+                                     headers="Content-Type: application/json\r\n",
+                                     body=f"{2 ** 30:x}\r\n".encode())
+    try:
+        with caplog.at_level(logging.INFO, logger="handlers.base"):
+            writer.write(b"x" * (DEFAULT_BODY_LIMIT + 256 * 1024 + 1))  # to the byte past the bound
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)  # to the end: closed after the answer
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and json.loads(body)["code"] == "too_large"
+    assert ("POST /api/v1/chat/email from 127.0.0.1: stopped reading a body sent without a length "
+            "256 KB past its limit") in caplog.text
 
 
 async def test_drains_from_one_address_are_bounded(parley):
