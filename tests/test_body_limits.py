@@ -271,6 +271,24 @@ async def test_a_chunked_body_to_the_widget_api_past_the_drain_bound_is_refused_
             "256 KB past its limit") in caplog.text
 
 
+@pytest.mark.parametrize("length", [1_000_000, None])
+async def test_a_refused_body_still_coming_after_the_drain_time_is_cut_off(parley, caplog, monkeypatch, length):
+    """The drain's time runs from the answer, for a declared body and a chunked one alike."""
+    monkeypatch.setattr(body_limit_module, "DRAIN_SECONDS", 0.5)
+    first = b"x" * 100 if length else f"{2 ** 30:x}\r\n".encode() + b"x" * (DEFAULT_BODY_LIMIT + 1)
+    reader, writer = await send_head(parley, "POST", "/healthz", length, body=first)
+    try:
+        status, _, _ = await read_answer(reader)
+        assert status.startswith("HTTP/1.1 413")
+        with caplog.at_level(logging.INFO, logger="handlers.body_limit"):
+            with contextlib.suppress(ConnectionError):  # the client sends nothing more: closed on it
+                assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    assert "stopped reading a refused body (still coming after 0.5 s)" in caplog.text
+    await eventually(lambda: app(parley).drains.in_use == 0, what="the drain given back")
+
+
 async def test_drains_from_one_address_are_bounded(parley):
     """Past its address's share, a refusal is answered and the connection closed at once, with the
     body unread; another address still has its drains."""
