@@ -739,15 +739,22 @@ class SQLiteStore(Store):
                                               operator_name=operator_name)
 
         def insert(db: sqlite3.Connection) -> Message:
-            conversation = self._conversation_row(db, site_id, session_id, {})
-            if following is not None:  # under the write lock: every smaller id is committed
-                previous = db.execute(
-                    "SELECT id FROM messages WHERE conversation_id = ? AND role = 'operator'"
-                    " ORDER BY id DESC LIMIT 1", (conversation["id"],)).fetchone()
-            message = insert_message(db, conversation["id"])
+            # One statement for the conversation and its latest operator message: each statement
+            # is a turn at the GIL for this thread, which waits for it while the event loop is busy.
+            # Under the write lock, so every smaller message id is committed.
+            row = db.execute(
+                "SELECT c.id, c.mode, (SELECT m.id FROM messages m WHERE m.conversation_id = c.id"
+                " AND m.role = 'operator' ORDER BY m.id DESC LIMIT 1) FROM conversations c"
+                " WHERE c.site_id = ? AND c.session_id = ?", (site_id, session_id)).fetchone()
+            if row is None:
+                made = self._conversation_row(db, site_id, session_id, {})
+                conversation_id, mode, previous = made["id"], made["mode"], None
+            else:
+                conversation_id, mode, previous = row
+            message = insert_message(db, conversation_id)
             self._insert_events(db, events(message), origin, time.time())
             if following is not None:
-                following(previous[0] if previous else 0, conversation["mode"])
+                following(previous or 0, mode)
             return message
 
         # Operators' messages come in bursts (one operator to many visitors, many operators): the
