@@ -61,6 +61,15 @@ T = TypeVar("T")
 # it is stuck on a slow read (a search), since readers side by side contend for the GIL
 # (server/store/threads.py). SQLite releases the GIL while it searches, so a few overlap well.
 READERS = 4
+# The write-ahead log is copied into the database in the background, from a connection of its own
+# (a PASSIVE checkpoint: writers go on appending meanwhile), this often while anything was written.
+# SQLite's own checkpoint runs inside the commit that crosses its threshold (1,000 pages by
+# default), which then takes ~5 ms instead of ~0.3: the slowest 1 % of writes, each a visitor's
+# question or an operator's message. Its threshold stays, far higher, in case the background one
+# cannot keep up or is not running (a command-line process).
+CHECKPOINT_INTERVAL = 0.1
+FALLBACK_CHECKPOINT_PAGES = 8000
+CHECKPOINT_TIMEOUT = 60.0
 # Rows per INSERT of events: 5 values each, under SQLite's oldest limit of 999 per statement.
 EVENTS_PER_INSERT = 100
 
@@ -322,10 +331,18 @@ class SQLiteStore(Store):
     # Ids come from AUTOINCREMENT inside write transactions, which the database lock serialises.
     event_ids_commit_in_order = True
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000, readers: int = READERS) -> None:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000, readers: int = READERS,
+                 checkpoint_interval: float = CHECKPOINT_INTERVAL) -> None:
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
         self._reader_count = readers
+        self._checkpoint_interval = checkpoint_interval
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoint_thread: StoreThreads | None = None
+        self._checkpoint_db: sqlite3.Connection | None = None
+        self._commits = 0  # write transactions so far, counted on the writer thread
+        # (frames in the log, frames copied) at the last background checkpoint, for tests and logs
+        self.last_checkpoint: tuple[int, int] | None = None
         self._executor: StoreThreads | None = None
         self._groups: GroupCommit | None = None
         self._db: sqlite3.Connection | None = None
@@ -341,6 +358,8 @@ class SQLiteStore(Store):
         await self._run(self._connect)
         self._groups = GroupCommit(self._executor, self._tx)
         self._readers = StoreThreads("sqlite-read", self._reader_count)
+        self._checkpoint_thread = StoreThreads("sqlite-checkpoint", 1)
+        self._checkpointer = asyncio.create_task(self._checkpoint_in_background())
 
     def _open_connection(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -363,6 +382,7 @@ class SQLiteStore(Store):
         db = self._open_connection()
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_CHECKPOINT_PAGES}")
         db.execute("PRAGMA foreign_keys = ON")
         # Deleted rows are overwritten with zeros, not left in free pages: an erased visitor's words
         # must not be readable in the file afterwards.
@@ -409,9 +429,44 @@ class SQLiteStore(Store):
                            f" WHERE conversation_id = conversations.id AND role = ?)", (role,))
             db.execute("UPDATE conversations SET handoff_at = updated_at WHERE handoff = 1")
 
+    async def _checkpoint_in_background(self) -> None:
+        """Every CHECKPOINT_INTERVAL while anything was written, until the store closes; a failure
+        is logged and tried again next time."""
+        checkpointed_at = 0
+        while True:
+            await asyncio.sleep(self._checkpoint_interval)
+            commits = self._commits
+            if commits == checkpointed_at:
+                continue
+            try:
+                self.last_checkpoint = await asyncio.wait_for(
+                    self._on(self._checkpoint_thread, self._checkpoint_passive), CHECKPOINT_TIMEOUT)
+                checkpointed_at = commits
+            except (sqlite3.Error, StoreUnavailable, TimeoutError) as exc:
+                log.warning("background checkpoint of %s failed: %s", self.path, exc)
+
+    def _checkpoint_passive(self) -> tuple[int, int]:
+        """On the checkpoint thread: (frames in the log, frames copied into the database)."""
+        if self._checkpoint_db is None:
+            self._checkpoint_db = self._open_connection()
+        # fetchall: a statement left unfinished would hold a read of the log, which would then
+        # never start over from its beginning
+        [(_, log_frames, copied)] = self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return log_frames, copied
+
     async def close(self) -> None:
         if self._executor is None:
             return
+        if self._checkpointer is not None:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            checkpointer.cancel()
+            await asyncio.gather(checkpointer, return_exceptions=True)
+        if self._checkpoint_thread is not None:
+            thread, self._checkpoint_thread = self._checkpoint_thread, None
+            await asyncio.to_thread(thread.shutdown)  # a checkpoint under way finishes first
+            if self._checkpoint_db is not None:
+                self._checkpoint_db.close()
+                self._checkpoint_db = None
         if self._readers is not None:
             readers, self._readers = self._readers, None
             await asyncio.to_thread(readers.shutdown)
@@ -468,6 +523,7 @@ class SQLiteStore(Store):
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self._commits += 1
         return result
 
     def _select(self, sql: str, params: tuple[Any, ...], many: bool) -> Any:
