@@ -17,7 +17,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from handlers.body_limit import (
-    DEFAULT_BODY_LIMIT, DRAIN_BYTES, UNCOUNTED, is_chunked, readable_bytes, too_large_message)
+    DEFAULT_BODY_LIMIT, DRAIN_BYTES, readable_bytes, too_large_message)
 from server import validation
 from server.chat import ChatService
 from server.errors import InvalidRequest, ParleyError, TooLarge
@@ -187,15 +187,13 @@ class ApiHandler(JsonHandler):
         self._cors_origin = self.request.headers.get("Origin")
         self.set_default_headers()
 
-    def prepare(self) -> None:
-        # A body declared over max_body_bytes never reaches us (the application answers it 413, see
-        # handlers/body_limit.py). One without a length is counted as it streams in (data_received
-        # keeps nothing past the limit) and refused with 413 once complete, so the client reads the
-        # JSON: up to DRAIN_BYTES more is read for that. Tornado's own limit is lifted for it (it
-        # would answer a bare 400 and close, even for one chunk that only says it is large); past
-        # DRAIN_BYTES, the 413 goes out at once and the connection closes.
-        if is_chunked(self.request):
-            self.request.connection.set_max_body_size(UNCOUNTED)  # type: ignore[union-attr]
+    # A body declared over max_body_bytes never reaches us (the application answers it 413, see
+    # handlers/body_limit.py). One without a length is counted as it streams in (data_received
+    # keeps nothing past the limit) and refused with 413 once complete, so the client reads the
+    # JSON: up to DRAIN_BYTES more is read for that (the application lifts Tornado's own limit,
+    # which would answer a bare 400 and close, even for one chunk that only says it is large);
+    # past DRAIN_BYTES, the 413 goes out at once and the connection closes.
+    counts_its_body = True
 
     def data_received(self, chunk: bytes) -> None:
         self._body_size += len(chunk)

@@ -19,9 +19,9 @@ HTTPInputError("chunked body too large") from its own read loop, which no delega
 and a closed connection. So for a route that takes its body whole, the application lifts the
 connection's limit for such a body and counts it with `ChunkedBodyLimit`: past the route's limit the
 route's delegate is dropped and `BodyTooLarge` answers the same 413 as for a declared length, then
-reads and drops the rest within the same bounds. Routes that stream their bodies count them
-themselves (handlers/base.py ApiHandler, handlers/upload.py's spool); the knowledge page's form
-(5 MB) is still stopped by Tornado at its limit.
+reads and drops the rest within the same bounds. A route that streams its body counts it itself
+(`counts_its_body`: AnswersBeforeBody here, ApiHandler in handlers/base.py), and the application
+lifts the connection's limit for it too.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ import tornado.httputil
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 from tornado.ioloop import IOLoop
+
+from server.errors import ParleyError, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +123,13 @@ class AnswersBeforeBody(tornado.web.RequestHandler):
     closed. Without this, Tornado closes the connection as soon as the answer is out, on a client
     still sending: a browser or curl then shows a reset, not the answer.
 
-    Handlers take their body's chunks in `take_chunk`. Tornado still calls a handler's method once
-    a body that was being dropped has all come in, unless prepare() raised: a method that can be
-    reached after an answer in prepare() or in take_chunk returns at once when `answered`."""
+    Handlers take their body's chunks in `take_chunk`, up to their route's limit (`max_body_bytes`):
+    a body without a length that passes it is refused 413 here. Tornado still calls a handler's
+    method once a body that was being dropped has all come in, unless prepare() raised: a method
+    that can be reached after an answer in prepare() or in take_chunk returns at once when
+    `answered`."""
 
+    counts_its_body = True  # the application lifts Tornado's limit for a chunked body (see above)
     _draining = False
     _received = 0
     _declared: int | None = None
@@ -141,9 +146,17 @@ class AnswersBeforeBody(tornado.web.RequestHandler):
         """Whether the answer has gone out (and the rest of the body, if any, is being dropped)."""
         return self._draining or self._finished
 
+    def refuse(self, error: ParleyError) -> None:
+        """Answer `error` while the body is coming in (the rest is then dropped)."""
+        self.log_exception(type(error), error, None)
+        self.send_error(error.status, exc_info=(type(error), error, None))
+
     def data_received(self, chunk: bytes) -> None:
         self._received += len(chunk)
-        if not self.answered:
+        limit = body_limit(type(self), self.request.method)
+        if not self.answered and self._received > limit:  # (only a body without a length gets here)
+            self.refuse(TooLarge(too_large_message(limit)))
+        elif not self.answered:
             self.take_chunk(chunk)
         elif self._draining and self._declared is not None:
             if self._received >= self._declared:

@@ -342,7 +342,7 @@ class KnowledgeHandler(AnswersBeforeBody, SiteAdminHandler):
 
     def initialize(self, **kwargs: Any) -> None:  # type: ignore[override]
         super().initialize(**kwargs)
-        self._body = bytearray()  # Tornado stops a body at max_body_bytes (set as its headers came)
+        self._body = bytearray()  # up to max_body_bytes (413 past it: a declared length before the body)
         self._form_read = False
 
     def check_xsrf_cookie(self) -> None:

@@ -37,9 +37,7 @@ class UploadImageHandler(AnswersBeforeBody, PublicUrlMixin, ApiHandler):
         self._holds_slot = False
 
     async def prepare(self) -> None:
-        # Not ApiHandler's prepare: no body is kept in memory here, and a chunked one stays within
-        # the route's limit (the spool refuses an image over the site's first). A declared length
-        # over what any site allows never gets here: 413.
+        super().prepare()  # (a declared length over what any site allows never gets here: 413)
         content_type = self.request.headers.get("Content-Type", "")
         query = self.query()
         limit = MAX_UPLOAD_SETTING
@@ -61,8 +59,7 @@ class UploadImageHandler(AnswersBeforeBody, PublicUrlMixin, ApiHandler):
             self._spool.feed(chunk)  # the spool deletes its file when it refuses
         except ParleyError as refusal:
             self._release()  # the slot is for uploads being taken, not for bodies being dropped
-            self.log_exception(type(refusal), refusal, None)
-            self.send_error(refusal.status, exc_info=(type(refusal), refusal, None))
+            self.refuse(refusal)
 
     async def post(self) -> None:
         if self.answered or self._spool is None:  # refused while the body came in

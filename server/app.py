@@ -292,7 +292,8 @@ class ParleyApplication(ProxyAwareApplication):
         body limit applies from here on (handlers/body_limit.py), and a body declared larger is
         answered 413 by BodyTooLarge in place of the route's handler. A body without a length, to
         a route that takes its body whole, is counted by ChunkedBodyLimit, which hands it to
-        BodyTooLarge once it passes the limit."""
+        BodyTooLarge once it passes the limit; one to a route that streams it is counted by its
+        handler (`counts_its_body`). Tornado's own limit would answer either with a bare 400."""
         self._in_flight.add(request)
         self._idle.clear()
         limit = body_limit(target_class, request.method)
@@ -304,10 +305,14 @@ class ParleyApplication(ProxyAwareApplication):
         if declared is not None and declared > limit:
             target_class, target_kwargs = BodyTooLarge, refusal
         delegate = super().get_handler_delegate(request, target_class, target_kwargs, *args, **kwargs)
-        if set_limit is not None and is_chunked(request) and not target_class._stream_request_body:
-            set_limit(UNCOUNTED)  # counted by ChunkedBodyLimit, which keeps no more than `limit`
-            refuse = functools.partial(super().get_handler_delegate, request, BodyTooLarge)
-            delegate = ChunkedBodyLimit(delegate, limit, lambda received: refuse({**refusal, "received": received}))
+        if set_limit is not None and is_chunked(request):
+            if not target_class._stream_request_body:  # counted by ChunkedBodyLimit, kept up to `limit`
+                set_limit(UNCOUNTED)
+                refuse = functools.partial(super().get_handler_delegate, request, BodyTooLarge)
+                delegate = ChunkedBodyLimit(delegate, limit,
+                                            lambda received: refuse({**refusal, "received": received}))
+            elif getattr(target_class, "counts_its_body", False):  # counted by the handler itself
+                set_limit(UNCOUNTED)
         return InFlight(delegate, lambda: self._ended(request))
 
     def request_delegate(self, server_conn: object,

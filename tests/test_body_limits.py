@@ -14,6 +14,7 @@ import pytest
 import handlers.base
 import handlers.body_limit as body_limit_module
 from handlers.body_limit import DEFAULT_BODY_LIMIT, DRAIN_BYTES, MAX_DRAINING
+from handlers.dashboard_admin import KnowledgeHandler
 from server.app import ParleyApplication
 from server.knowledge import MAX_DOCUMENT_BYTES
 from server.sites import MAX_UPLOAD_SETTING
@@ -286,6 +287,28 @@ async def test_a_refused_body_still_coming_after_the_drain_time_is_cut_off(parle
     finally:
         writer.close()
     assert "stopped reading a refused body (still coming after 0.5 s)" in caplog.text
+    await eventually(lambda: app(parley).drains.in_use == 0, what="the drain given back")
+
+
+async def test_a_chunked_body_over_a_streaming_pages_limit_is_a_413_page_then_dropped(
+        parley: Parley, admin: Operator, monkeypatch):
+    """The knowledge page streams its body (an admin's is kept): one without a length that passes
+    the page's limit is answered 413 there, like a declared one, not Tornado's bare 400."""
+    monkeypatch.setattr(KnowledgeHandler, "max_body_bytes", 100_000)
+    cookies = "; ".join(f"{name}={value}" for name, value in admin.client.cookies.items())
+    reader, writer = await send_head(parley, "POST", knowledge_url(parley), None,
+                                     headers="Content-Type: multipart/form-data; boundary=b0undary\r\n"
+                                             f"Cookie: {cookies}\r\n",
+                                     body=f"{300_001:x}\r\n".encode() + b"x" * 100_001)
+    try:
+        status, headers, body = await read_answer(reader)
+        assert status.startswith("HTTP/1.1 413") and headers["connection"] == "close"
+        assert b"larger than 100000 bytes" in body
+        writer.write(b"x" * 200_000 + b"\r\n0\r\n\r\n")  # the rest, read and dropped
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # then closed
+    finally:
+        writer.close()
     await eventually(lambda: app(parley).drains.in_use == 0, what="the drain given back")
 
 

@@ -12,6 +12,7 @@ import zlib
 import pytest
 from PIL import Image
 
+from handlers.upload import UploadImageHandler
 from server.uploads import FairTurns, open_spool_file
 from tests.harness import session
 from tests.waiting import eventually
@@ -182,6 +183,24 @@ async def test_a_chunked_body_over_the_sites_limit_is_a_413_in_json(parley):
         UPLOAD, params=parley.ids(SID), content=body(),
         headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
     assert response.status_code == 413 and response.json()["code"] == "too_large"
+    assert spooled(parley) == []
+
+
+async def test_a_chunked_body_over_the_routes_limit_is_a_413_in_json_not_a_bare_400(parley, monkeypatch):
+    """Bytes the form's parser lets by (after its last boundary) still count against the route's
+    limit: past it, the same 413 JSON as for a declared length, where Tornado answered a bare 400."""
+    monkeypatch.setattr(UploadImageHandler, "max_body_bytes", 200_000)
+
+    async def body():
+        yield multipart_head() + jpeg_bytes() + b"\r\n--b0undary--\r\n"
+        for _ in range(30):  # 300 KB after the form's end, sent without a length
+            yield b"\0" * 10_000
+
+    response = await parley.client.post(
+        UPLOAD, params=parley.ids(SID), content=body(),
+        headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+    assert response.status_code == 413 and response.json()["code"] == "too_large"
+    assert "200000 bytes" in response.json()["error"]
     assert spooled(parley) == []
 
 
