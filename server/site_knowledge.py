@@ -71,8 +71,11 @@ class RunningFetch:
     async def keep_writing(self) -> None:
         """Until cancelled: the progress when it changes (throttled), else the heartbeat."""
         while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for swallows the cancel that ends this
+            # loop when the progress changes at that moment
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), JOB_HEARTBEAT_SECONDS)
+                async with asyncio.timeout(JOB_HEARTBEAT_SECONDS):
+                    await self._changed.wait()
             self._changed.clear()
             try:
                 await self.write({})

@@ -439,8 +439,10 @@ class SQLiteStore(Store):
             if commits == checkpointed_at:
                 continue
             try:
-                self.last_checkpoint = await asyncio.wait_for(
-                    self._on(self._checkpoint_thread, self._checkpoint_passive), CHECKPOINT_TIMEOUT)
+                # asyncio.timeout, not wait_for: closing cancels this task, and 3.11's wait_for
+                # returns the result instead when the call ends at that moment, so it ran on.
+                async with asyncio.timeout(CHECKPOINT_TIMEOUT):
+                    self.last_checkpoint = await self._on(self._checkpoint_thread, self._checkpoint_passive)
                 checkpointed_at = commits
             except (sqlite3.Error, StoreUnavailable, TimeoutError) as exc:
                 log.warning("background checkpoint of %s failed: %s", self.path, exc)
