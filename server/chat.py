@@ -24,7 +24,7 @@ from server.errors import (
     Unavailable,
     UnknownConversation,
 )
-from server.hub import AS_WRITTEN, Hub, site_topic
+from server.hub import AS_WRITTEN, Hub, Resume, site_topic
 from server.images import clean_image
 from server.proactive import site_rules
 from server.ratelimit import Rate, RateLimiter
@@ -235,11 +235,20 @@ class ChatService:
             cursor = after or 0
             return ([message], mode) if previous <= cursor < message.id else None
 
+        def after_answer(answer: tuple[list[Message], str]) -> tuple[int, tuple[list[Message], str]] | None:
+            # The widget asks again at once with the newest id it got: nothing new yet is what a
+            # read would find then. Not after a full page: there may be more to read.
+            messages, mode = answer
+            if len(messages) >= HISTORY_LIMIT_MAX:
+                return None
+            return (messages[-1].id if messages else after or 0), ([], mode)
+
         await self._ready_to_hold(visitor, wait)
         # A mode event ends the wait too: the first read may already see the new mode (reads
         # and writes run side by side), and then no later read would look different.
         return await self.hub.hold(visitor.topic, wait, fetch, is_news, address=visitor.ip,
-                                   wake_on=WAKE_ON_MODE, settle=settle)
+                                   wake_on=WAKE_ON_MODE, settle=settle,
+                                   resume=Resume("operator-messages", after or 0, after_answer))
 
     async def pending_proactive(self, visitor: Visitor, *, after: int | None, wait: float,
                                 page_url: str | None = None) -> list[ProactiveMessage]:

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Generic, TypeVar
 
 from server.admission import pass_turn
 from server.errors import RateLimited
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SUBSCRIPTION_BUFFER = 256
+# A held read's subscription stays listening this long after its answer, for the client's next
+# request with the cursor that answer gave it (Resume): that request then needs no store read.
+PARK_SECONDS = 2.0
 # A widget holds two requests; a few tabs more are fine, a loop opening hundreds is not, nor one
 # address inventing sessions (an office behind one NAT still fits).
 MAX_HELD_PER_TOPIC = 12
@@ -63,12 +66,13 @@ class Subscription:
     a timeout context an object and a handle, for the whole hold).
     """
 
-    __slots__ = ("topics", "buffer", "overflowed", "_events", "_ready", "_waiter", "_timer")
+    __slots__ = ("topics", "buffer", "overflowed", "parked", "_events", "_ready", "_waiter", "_timer")
 
     def __init__(self, topics: tuple[str, ...], *, buffer: int = SUBSCRIPTION_BUFFER) -> None:
         self.topics = topics
         self.buffer = buffer
         self.overflowed = False
+        self.parked = False  # listening between a held read's answer and its next request (Resume)
         self._events: list[dict[str, Any]] | None = None
         self._ready = False
         self._waiter: asyncio.Future[bool] | None = None
@@ -133,6 +137,32 @@ def _wake(waiter: asyncio.Future[bool] | None, result: bool) -> None:
 
 
 @dataclass(frozen=True)
+class Resume(Generic[T]):
+    """How a held read's next request can carry on from its answer (Hub.hold): the subscription
+    that has listened since the answer's read is parked under (topic, `kind`), and a request of
+    that kind with the cursor `after(answer)` gave takes it over, starting from the result `after`
+    said a read would find if nothing happened since. Anything that did happen is in the
+    subscription's buffer, as for any wait."""
+
+    kind: str
+    cursor: Any
+    # (cursor, quiet result) the answer leaves its client at; None when it may not be the whole
+    # story (a page of a longer list), and the next request must read.
+    after: Callable[[T], tuple[Any, T] | None]
+
+
+class _Parked:
+    __slots__ = ("subscription", "cursor", "quiet", "timer")
+
+    def __init__(self, subscription: Subscription, cursor: Any, quiet: Any,
+                 timer: asyncio.TimerHandle) -> None:
+        self.subscription = subscription
+        self.cursor = cursor
+        self.quiet = quiet
+        self.timer = timer
+
+
+@dataclass(frozen=True)
 class HoldLimits:
     per_topic: int = MAX_HELD_PER_TOPIC
     per_address: int = MAX_HELD_PER_ADDRESS
@@ -140,9 +170,11 @@ class HoldLimits:
 
 class Hub:
     def __init__(self, store: Store, *, origin: str | None = None,
-                 hold_limits: HoldLimits | None = None) -> None:
+                 hold_limits: HoldLimits | None = None, park_seconds: float = PARK_SECONDS) -> None:
         self.store = store
         self.hold_limits = hold_limits or HoldLimits()
+        self.park_seconds = park_seconds
+        self._parked: dict[tuple[str, str], _Parked] = {}
         self.origin = origin or uuid.uuid4().hex
         # Lists, not sets: most topics have one subscriber (a visitor's held read), and a list of
         # one is 64 bytes where a set is 216, for each of thousands held at once.
@@ -155,10 +187,11 @@ class Hub:
 
     @property
     def subscriber_count(self) -> int:
-        return sum(len(subs) for subs in self._subscribers.values())
+        """Listeners waiting now (held requests, dashboard feeds); parked ones are not."""
+        return sum(len(subs) for subs in self._subscribers.values()) - len(self._parked)
 
     def waiting_on(self, topic: str) -> int:
-        return len(self._subscribers.get(topic, ()))
+        return sum(not subscription.parked for subscription in self._subscribers.get(topic, ()))
 
     @contextlib.asynccontextmanager
     async def subscribe(self, *topics: str, buffer: int = SUBSCRIPTION_BUFFER
@@ -218,11 +251,13 @@ class Hub:
     async def hold(self, topic: str, wait: float, fetch: Callable[[], Awaitable[T]],
                    is_news: Callable[[T], bool], *, address: str | None,
                    wake_on: frozenset[str] = frozenset(), limits: HoldLimits | None = None,
-                   settle: Callable[[list[dict[str, Any]]], T | None] | None = None) -> T:
+                   settle: Callable[[list[dict[str, Any]]], T | None] | None = None,
+                   resume: Resume[T] | None = None) -> T:
         """Answer now, or hold up to `wait` seconds until `fetch` finds something new, or until an
         event of a kind in `wake_on` happens (news the response cannot show by itself).
         `settle(events)`: the answer the events that woke the wait prove without a read, or None
-        to read."""
+        to read. `resume`: carry on from the previous request's answer without reading (see
+        Resume)."""
         if wait <= 0 or self.closing:
             return await fetch()
         # Plain try/finally rather than context managers: thousands of these are held at once,
@@ -230,31 +265,78 @@ class Hub:
         slot = self._take_slot(topic, address, limits)
         try:
             deadline = time.monotonic() + wait
-            subscription = await self._subscribe(Subscription((topic,)))
+            parked = self._take_parked(topic, resume) if resume is not None else None
+            subscription = parked.subscription if parked else await self._subscribe(Subscription((topic,)))
+            answer: T | None = None  # what the request answers, once it does
             try:
+                result = parked.quiet if parked else await fetch()
+                del parked
                 while True:
-                    result = await fetch()
                     remaining = deadline - time.monotonic()
                     if is_news(result) or remaining <= 0:
-                        return result
+                        answer = result
+                        return answer
                     # subscription.wait(remaining), awaited here rather than in a coroutine of its own
                     woke = subscription.ready or await subscription.arm(remaining)
                     subscription.disarm()
                     if not woke or self.closing:
-                        return await fetch()  # as of the end of the wait (a rule may have fallen due)
+                        answer = await fetch()  # as of the end of the wait (a rule may have fallen due)
+                        return answer
                     missed = subscription.overflowed
                     events = subscription.drain()
                     if missed or any(event.get("kind") in wake_on for event in events):
-                        return await fetch()
+                        answer = await fetch()
+                        return answer
                     settled = settle(events) if settle is not None else None
                     if settled is not None:
-                        return settled
+                        answer = settled
+                        return answer
                     del events
+                    result = await fetch()
             finally:
                 subscription.disarm()
-                self._unsubscribe(subscription)
+                # The subscription has listened since the answer's read (or its own start): parked,
+                # it keeps listening for the client's next request.
+                if answer is None or resume is None or self.closing or not self._park(
+                        topic, resume, subscription, answer):
+                    self._unsubscribe(subscription)
         finally:
             self._give_slot(slot)
+
+    def _take_parked(self, topic: str, resume: Resume[Any]) -> _Parked | None:
+        """The subscription parked for this request, if its cursor is the one it was parked for."""
+        parked = self._parked.pop((topic, resume.kind), None)
+        if parked is None:
+            return None
+        parked.timer.cancel()
+        parked.subscription.parked = False
+        if parked.cursor != resume.cursor or self.closing:
+            self._unsubscribe(parked.subscription)
+            return None
+        return parked
+
+    def _park(self, topic: str, resume: Resume[T], subscription: Subscription, answer: T) -> bool:
+        following = resume.after(answer)
+        if following is None:
+            return False
+        key = (topic, resume.kind)
+        earlier = self._parked.pop(key, None)
+        if earlier is not None:  # one parked per topic and kind: the latest answer's
+            earlier.timer.cancel()
+            self._unsubscribe(earlier.subscription)
+        cursor, quiet = following
+        subscription.parked = True
+        timer = asyncio.get_running_loop().call_later(self.park_seconds, self._unpark, key)
+        self._parked[key] = _Parked(subscription, cursor, quiet, timer)
+        return True
+
+    def _unpark(self, key: tuple[str, str]) -> None:
+        """Nobody came for it in time (the client went, or asked with another cursor), or the
+        server is shutting down."""
+        parked = self._parked.pop(key, None)
+        if parked is not None:
+            parked.timer.cancel()
+            self._unsubscribe(parked.subscription)
 
     def add_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
         """Call `listener(topic, event)` for every event this process hears, its own and other
@@ -266,6 +348,8 @@ class Hub:
         """Shutting down: every held read answers now, as if its wait had ended, and new ones do
         at once; returns when none is held (or after `timeout`)."""
         self.closing = True
+        for key in list(self._parked):
+            self._unpark(key)
         for subscriptions in list(self._subscribers.values()):
             for subscription in subscriptions:
                 subscription.deliver({"kind": "closing"})

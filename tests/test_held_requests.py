@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from server.hub import session_topic
 from tests.harness import session
 from tests.waiting import eventually
 
@@ -245,3 +246,93 @@ async def test_a_waiter_is_not_answered_past_a_message_it_has_not_heard_of(parle
     await parley.services.operators.say(parley.site, SID, "From here", operator_name="Ana")
     body = (await asyncio.wait_for(request, 20)).json()
     assert [m["content"] for m in body["messages"]] == ["From elsewhere", "From here"]
+
+
+def counting_reads(store, monkeypatch) -> list[int]:
+    reads: list[int] = []
+    read = store.conversation_messages
+
+    async def counted(*args, **kwargs):
+        reads.append(1)
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(store, "conversation_messages", counted)
+    return reads
+
+
+async def held_operator_messages(parley, after: int = 0) -> asyncio.Task:
+    """A widget's held request, once the server holds it."""
+    hub = parley.services.hub
+    waiting = hub.subscriber_count
+    request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=10,
+                                             **({"after": after} if after else {})))
+    await wait_until(lambda: hub.subscriber_count > waiting)
+    return request
+
+
+async def test_the_request_after_an_answer_carries_on_without_reading(parley, monkeypatch):
+    """The widget asks again at once with the newest id it got: the server still listens for it
+    (the request before never stopped), so there is nothing to read before waiting."""
+    reads = counting_reads(parley.services.store, monkeypatch)
+    request = await held_operator_messages(parley)
+    await parley.services.operators.say(parley.site, SID, "One", operator_name="Ana")
+    first = (await asyncio.wait_for(request, 20)).json()["messages"]
+    request = await held_operator_messages(parley, after=first[-1]["id"])
+    await parley.services.operators.say(parley.site, SID, "Two", operator_name="Ana")
+    second = (await asyncio.wait_for(request, 20)).json()["messages"]
+    assert [m["content"] for m in first + second] == ["One", "Two"]
+    if parley.services.store.event_ids_commit_in_order:  # SQLite answers from the write itself
+        assert len(reads) == 1  # the first request's read, before its wait
+
+
+async def test_messages_between_an_answer_and_the_next_request_are_not_lost(parley):
+    request = await held_operator_messages(parley)
+    await parley.services.operators.say(parley.site, SID, "One", operator_name="Ana")
+    first = (await asyncio.wait_for(request, 20)).json()["messages"]
+    # Nobody is waiting now: one written here, one by another process (its event heard here).
+    await parley.services.operators.say(parley.site, SID, "Two", operator_name="Ana")
+    stored = await parley.services.store.add_operator_message(
+        parley.site.id, SID, "Three", operator_name="Bo", events=lambda message: [], origin="elsewhere")
+    parley.services.hub.deliver_local(session_topic(parley.site.id, SID),
+                                      {"kind": "message", "message_id": stored.id, "role": "operator"})
+    body = (await asyncio.wait_for(parley.get(
+        "operator-messages", **parley.ids(SID), wait=10, after=first[-1]["id"]), 20)).json()
+    assert [m["content"] for m in body["messages"]] == ["Two", "Three"]
+
+
+async def test_news_from_elsewhere_while_nobody_waits_is_read(parley):
+    """Another process's message, heard of (through the events feed) between an answer and the
+    next request, wakes that request at once and is read from the store."""
+    hub = parley.services.hub
+    request = await held_operator_messages(parley)
+    await parley.services.operators.say(parley.site, SID, "One", operator_name="Ana")
+    first = (await asyncio.wait_for(request, 20)).json()["messages"]
+    stored = await parley.services.store.add_operator_message(
+        parley.site.id, SID, "From elsewhere", operator_name="Bo", events=lambda message: [],
+        origin="elsewhere")
+    hub.deliver_local(session_topic(parley.site.id, SID),
+                      {"kind": "message", "message_id": stored.id, "role": "operator"})
+    body = (await asyncio.wait_for(parley.get(
+        "operator-messages", **parley.ids(SID), wait=10, after=first[-1]["id"]), 20)).json()
+    assert [m["content"] for m in body["messages"]] == ["From elsewhere"]
+
+
+async def test_a_request_with_another_cursor_reads_the_store(parley, monkeypatch):
+    request = await held_operator_messages(parley)
+    await parley.services.operators.say(parley.site, SID, "One", operator_name="Ana")
+    await asyncio.wait_for(request, 20)
+    reads = counting_reads(parley.services.store, monkeypatch)
+    body = (await asyncio.wait_for(parley.get("operator-messages", **parley.ids(SID)), 20)).json()
+    assert [m["content"] for m in body["messages"]] == ["One"]  # from the start: all of it
+    assert len(reads) == 1
+
+
+async def test_nothing_is_kept_for_a_widget_that_does_not_ask_again(parley):
+    hub = parley.services.hub
+    hub.park_seconds = 0.05
+    request = await held_operator_messages(parley)
+    await parley.services.operators.say(parley.site, SID, "One", operator_name="Ana")
+    await asyncio.wait_for(request, 20)
+    topic = session_topic(parley.site.id, SID)
+    await wait_until(lambda: topic not in hub._subscribers)  # nothing left listening
+    assert hub.subscriber_count == 0
