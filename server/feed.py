@@ -39,7 +39,7 @@ class Deliverer(Protocol):
     bridge: Any
 
     @property
-    def subscriber_count(self) -> int: ...
+    def listening(self) -> bool: ...
 
     def deliver_local(self, topic: str, event: dict[str, Any]) -> int: ...
 
@@ -118,7 +118,7 @@ class PollingFeed(EventFeed):
             self._task = asyncio.create_task(self._tail(), name="events-poll")
 
     async def _tail(self) -> None:
-        while self.hub.subscriber_count:
+        while self.hub.listening:
             started = time.monotonic()
             try:
                 events = await self._read()

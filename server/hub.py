@@ -190,6 +190,12 @@ class Hub:
         """Listeners waiting now (held requests, dashboard feeds); parked ones are not."""
         return sum(len(subs) for subs in self._subscribers.values()) - len(self._parked)
 
+    @property
+    def listening(self) -> bool:
+        """Whether anything here listens for events, parked subscriptions included: while it does,
+        the feed must bring other processes' events (a parked one restarted later would miss them)."""
+        return bool(self._subscribers)
+
     def waiting_on(self, topic: str) -> int:
         return sum(not subscription.parked for subscription in self._subscribers.get(topic, ()))
 

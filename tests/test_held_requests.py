@@ -336,3 +336,30 @@ async def test_nothing_is_kept_for_a_widget_that_does_not_ask_again(parley):
     topic = session_topic(parley.site.id, SID)
     await wait_until(lambda: topic not in hub._subscribers)  # nothing left listening
     assert hub.subscriber_count == 0
+
+
+async def test_another_process_message_after_an_answer_reaches_the_next_request(parley):
+    """Through the real events feed: after an answer nobody is held for a moment, but the
+    subscription kept for the next request still hears other processes' events."""
+    hub = parley.services.hub
+    request = await held_operator_messages(parley)
+    await parley.services.operators.say(parley.site, SID, "One", operator_name="Ana")
+    first = (await asyncio.wait_for(request, 20)).json()["messages"]
+    assert hub.subscriber_count == 0  # nobody held now, but the feed goes on for the next request
+    feed = parley.services.bridge
+    polls = []
+    read = feed._read
+
+    async def counted():
+        polls.append(1)
+        return await read()
+
+    feed._read = counted
+    await wait_until(lambda: len(polls) >= 2)
+    await parley.services.store.add_operator_message(
+        parley.site.id, SID, "From the other process", operator_name="Bo", origin="other-process",
+        events=lambda message: hub.session_events(parley.site.id, SID, "message",
+                                                  {"message_id": message.id, "role": "operator"}))
+    body = (await asyncio.wait_for(parley.get(
+        "operator-messages", **parley.ids(SID), wait=10, after=first[-1]["id"]), 20)).json()
+    assert [m["content"] for m in body["messages"]] == ["From the other process"]
