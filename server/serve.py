@@ -20,6 +20,7 @@ from server.audit import CLI
 from server.backends import describe
 from server.config import Config, browser_host
 from server.demo import ensure_demo_site
+from server.errors import Unavailable
 from server.listener import HTTPServer, raise_open_file_limit
 from server.proxies import TrustedProxies
 
@@ -69,7 +70,12 @@ async def serve(config: Config) -> None:
         demo, created = await ensure_demo_site(services.sites, services.store)
         if created:
             log.info("created the demo site %s", demo.site_key)
-    server, port = start_http_server(services)
+    try:
+        server, port = start_http_server(services)
+    except OSError as exc:  # the port is taken (another server, or one still shutting down)
+        await services.close()
+        raise Unavailable(f"cannot listen on {config.host}:{config.port}: {exc.strerror}. Stop what "
+                          "uses it, or choose another port with --port.") from None
     freeze_startup_objects()
     base = f"http://{browser_host(config.host)}:{port}"
     lines = [f"Parley is serving on {base}  ({describe(config)})"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,17 @@ def test_a_wrong_option_is_reported_by_the_command_that_was_typed():
     result = cli("proactive", "rule", "add", "--site", "sk_x", "--path", "/p", "--delay", "3", "hi")
     assert result.returncode == 2
     assert "python -m server proactive rule add: error: unrecognized arguments: --delay" in result.stderr
+
+
+def test_a_port_in_use_is_one_clear_line_not_a_traceback(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        result = cli("--port", str(taken.getsockname()[1]), "--host", "127.0.0.1",
+                     "--data-dir", str(tmp_path))
+    finally:
+        taken.close()
+    assert result.returncode == 2
+    assert "error: cannot listen on 127.0.0.1:" in result.stderr and "--port" in result.stderr
+    assert "Traceback" not in result.stderr
