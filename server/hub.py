@@ -326,10 +326,7 @@ class Hub:
         if following is None:
             return False
         key = (topic, resume.kind)
-        earlier = self._parked.pop(key, None)
-        if earlier is not None:  # one parked per topic and kind: the latest answer's
-            earlier.timer.cancel()
-            self._unsubscribe(earlier.subscription)
+        self._unpark(key)  # one parked per topic and kind: the latest answer's
         cursor, quiet = following
         subscription.parked = True
         timer = asyncio.get_running_loop().call_later(self.park_seconds, self._unpark, key)
@@ -337,8 +334,8 @@ class Hub:
         return True
 
     def _unpark(self, key: tuple[str, str]) -> None:
-        """Nobody came for it in time (the client went, or asked with another cursor), or the
-        server is shutting down."""
+        """Nobody came for it in time (the client went, or asked with another cursor), a later
+        answer parks its own in its place, or the server is shutting down."""
         parked = self._parked.pop(key, None)
         if parked is not None:
             parked.timer.cancel()

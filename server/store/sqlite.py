@@ -341,7 +341,7 @@ class SQLiteStore(Store):
         self._checkpoint_thread: StoreThreads | None = None
         self._checkpoint_db: sqlite3.Connection | None = None
         self._commits = 0  # write transactions so far, counted on the writer thread
-        # (frames in the log, frames copied) at the last background checkpoint, for tests and logs
+        # (frames in the log, frames copied) at the last background checkpoint: how far it got
         self.last_checkpoint: tuple[int, int] | None = None
         self._executor: StoreThreads | None = None
         self._groups: GroupCommit | None = None
