@@ -139,3 +139,64 @@ async def test_questions_queued_together_share_a_group_and_a_blocked_one_writes_
     for n in (0, 1, 3, 4):
         assert not taken[n].blocked and taken[n].claimed and taken[n].message.content == f"question {n}"
     assert len(await store.events_since(0, exclude_origin="", limit=100)) == 4
+
+
+async def test_writes_of_one_kind_queued_together_share_one_call_and_a_failing_one_fails_alone():
+    threads = StoreThreads("test", 1)
+    calls: list[list[int]] = []
+
+    def write_many(db, items):
+        calls.append(list(items))
+        if 3 in items:
+            raise ValueError("not three")
+        return [item * 10 for item in items]
+
+    def transaction(body):
+        return body(None)
+
+    groups = GroupCommit(threads, transaction)
+    busy = Blocker()
+    holding = threads.submit(busy)
+    await busy.running()
+    writes = [groups.submit_batched(write_many, n) for n in range(3)]
+    plain = groups.submit(lambda db: "plain")
+    writes += [groups.submit_batched(write_many, n) for n in range(3, 6)]
+    busy.release.set()
+    await holding
+    outcomes = await asyncio.wait_for(asyncio.gather(*writes, plain, return_exceptions=True), 30)
+
+    assert outcomes[:3] == [0, 10, 20] and outcomes[6] == "plain"
+    assert isinstance(outcomes[3], ValueError) and outcomes[4:6] == [40, 50]
+    # One call for each side of the plain write. The group is rolled back when one fails and runs
+    # again: the failing batch split, each of its items alone, then without the one that failed.
+    assert calls == [[0, 1, 2], [3, 4, 5], [0, 1, 2], [3], [0, 1, 2], [4], [5]]
+    await asyncio.to_thread(threads.shutdown)
+
+
+async def test_operator_messages_written_together_each_know_the_one_before_them(store):
+    site = await store.create_site("sk_group_commit_test_key_000004", "Shop", [], {"lang": "en"})
+    earlier = await store.add_operator_message(site.id, "sess_00000000000000000000", "before",
+                                               operator_name="Ann", events=lambda m: [], origin="here")
+    release, holding = await hold_the_writer(store)
+    followed: dict[int, tuple[int, str]] = {}
+
+    def write(n: int):
+        return asyncio.ensure_future(store.add_operator_message(
+            site.id, f"sess_{n % 2:020d}", f"text {n}", operator_name="Ann",
+            events=lambda message: [("t", "message", {"id": message.id})], origin="here",
+            following=lambda previous, mode: followed.__setitem__(n, (previous, mode))))
+
+    writes = [write(n) for n in range(4)]
+    await queued_for_the_writer(store, 4)
+    release.set()
+    await holding
+    stored = await asyncio.wait_for(asyncio.gather(*writes), 30)
+
+    assert [m.id for m in stored] == sorted(m.id for m in stored)
+    assert followed == {0: (earlier.id, "ai"), 1: (0, "ai"), 2: (stored[0].id, "ai"), 3: (stored[1].id, "ai")}
+    for session in (0, 1):
+        conversation, messages = await store.conversation_messages(site.id, f"sess_{session:020d}")
+        assert messages[-2:] == [stored[session], stored[session + 2]]
+        assert conversation.first_operator_at == messages[0].created_at
+    recorded = await store.events_since(0, exclude_origin="", limit=100)
+    assert [e.payload["id"] for e in recorded] == [m.id for m in stored]  # "before" had none

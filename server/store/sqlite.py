@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 import sqlite3
@@ -56,6 +57,11 @@ from server.store.threads import StoreThreads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+W = TypeVar("W")
+
+# Prepared statements kept per connection (Python's default is 128). Batched writes have a shape
+# for each count of rows (up to GROUP_MAX), and preparing one anew costs CPU and a turn at the GIL.
+CACHED_STATEMENTS = 512
 
 # Reader threads (and connections), at most. One reads while it keeps up; more start only while
 # it is stuck on a slow read (a search), since readers side by side contend for the GIL
@@ -323,6 +329,49 @@ def _fetch_job(row: sqlite3.Row) -> FetchJob:
     return FetchJob(**data)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _OperatorMessage:
+    """An operator's message waiting for the writer (SQLiteStore.add_operator_message's arguments)."""
+
+    site_id: int
+    session_id: str
+    content: str
+    operator_name: str
+    events: Callable[[Message], Events]
+    origin: str
+    following: Callable[[int, str], None] | None
+
+
+def _operator_conversations(db: sqlite3.Connection, sessions: list[tuple[int, str]]
+                            ) -> dict[tuple[int, str], list[Any]]:
+    """The sessions' conversations that exist, as [id, mode, id of its latest operator message]."""
+    # As one row of JSON: each row read is one more turn at the GIL for the writer thread.
+    (found,) = db.execute(
+        f"WITH wanted(site_id, session_id) AS (VALUES {', '.join(['(?, ?)'] * len(sessions))})"
+        " SELECT json_group_array(json_array(c.site_id, c.session_id, c.id, c.mode,"
+        " (SELECT m.id FROM messages m WHERE m.conversation_id = c.id AND m.role = 'operator'"
+        " ORDER BY m.id DESC LIMIT 1)))"
+        " FROM wanted w CROSS JOIN conversations c"  # CROSS: w first, then c by its unique index
+        " ON c.site_id = w.site_id AND c.session_id = w.session_id",
+        [value for session in sessions for value in session]).fetchone()
+    return {(site_id, session_id): [conversation_id, mode, previous]
+            for site_id, session_id, conversation_id, mode, previous in json.loads(found)}
+
+
+def _touch_conversations(db: sqlite3.Connection, role: str, now: str, conversation_ids: list[int]) -> None:
+    """The conversations' times after a message from `role` written at `now`."""
+    first = FIRST_MESSAGE_FIELD.get(role)
+    marks = ", ".join("?" * len(conversation_ids))
+    if first is None:
+        db.execute(f"UPDATE conversations SET updated_at = ? WHERE id IN ({marks})", (now, *conversation_ids))
+        return
+    wait = (", first_reply_wait = CASE WHEN first_reply_wait IS NULL AND handoff_at IS NOT NULL"
+            " THEN ROUND((julianday(?) - julianday(handoff_at)) * 86400) ELSE first_reply_wait END"
+            if role == "operator" else "")
+    db.execute(f"UPDATE conversations SET updated_at = ?, {first} = COALESCE({first}, ?){wait}"
+               f" WHERE id IN ({marks})", (now, now, *((now,) if wait else ()), *conversation_ids))
+
+
 class _Refused(Exception):
     """Ends a transaction that must write nothing (a blocked visitor's question)."""
 
@@ -362,7 +411,8 @@ class SQLiteStore(Store):
         self._checkpointer = asyncio.create_task(self._checkpoint_in_background())
 
     def _open_connection(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             cached_statements=CACHED_STATEMENTS)
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         return db
@@ -498,6 +548,12 @@ class SQLiteStore(Store):
         if self._groups is None:
             raise StoreUnavailable("The store is not open.")
         return await self._outcome(self._groups.submit(fn))
+
+    async def _batched(self, write_many: Callable[[sqlite3.Connection, list[W]], list[T]], item: W) -> T:
+        """`item`, written by `write_many` with the items queued next to it (see `_grouped`)."""
+        if self._groups is None:
+            raise StoreUnavailable("The store is not open.")
+        return await self._outcome(self._groups.submit_batched(write_many, item))
 
     @staticmethod
     async def _outcome(call: Awaitable[T]) -> T:
@@ -716,15 +772,7 @@ class SQLiteStore(Store):
                 (conversation_id, role, content, message_id, reply_to, image_key, operator_name,
                  sources_json, status, now, usage_json, relevance),
             )
-            first = FIRST_MESSAGE_FIELD.get(role)
-            if first is None:
-                db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
-            else:
-                wait = (", first_reply_wait = CASE WHEN first_reply_wait IS NULL AND handoff_at IS NOT NULL"
-                        " THEN ROUND((julianday(?) - julianday(handoff_at)) * 86400) ELSE first_reply_wait END"
-                        if role == "operator" else "")
-                db.execute(f"UPDATE conversations SET updated_at = ?, {first} = COALESCE({first}, ?){wait}"
-                           " WHERE id = ?", (now, now, *((now,) if wait else ()), conversation_id))
+            _touch_conversations(db, role, now, [conversation_id])
             return Message(id=int(cur.lastrowid or 0), conversation_id=conversation_id, role=role,  # type: ignore[arg-type]
                            content=content, created_at=now, message_id=message_id, reply_to=reply_to,
                            image_key=image_key, operator_name=operator_name, sources=list(sources),
@@ -793,31 +841,45 @@ class SQLiteStore(Store):
         events: Callable[[Message], Events], origin: str,
         following: Callable[[int, str], None] | None = None,
     ) -> Message:
-        insert_message = self._message_insert("operator", content, message_id=None,
-                                              operator_name=operator_name)
-
-        def insert(db: sqlite3.Connection) -> Message:
-            # One statement for the conversation and its latest operator message: each statement
-            # is a turn at the GIL for this thread, which waits for it while the event loop is busy.
-            # Under the write lock, so every smaller message id is committed.
-            row = db.execute(
-                "SELECT c.id, c.mode, (SELECT m.id FROM messages m WHERE m.conversation_id = c.id"
-                " AND m.role = 'operator' ORDER BY m.id DESC LIMIT 1) FROM conversations c"
-                " WHERE c.site_id = ? AND c.session_id = ?", (site_id, session_id)).fetchone()
-            if row is None:
-                made = self._conversation_row(db, site_id, session_id, {})
-                conversation_id, mode, previous = made["id"], made["mode"], None
-            else:
-                conversation_id, mode, previous = row
-            message = insert_message(db, conversation_id)
-            self._insert_events(db, events(message), origin, time.time())
-            if following is not None:
-                following(previous or 0, mode)
-            return message
-
         # Operators' messages come in bursts (one operator to many visitors, many operators): the
-        # ones queued behind each other share a transaction.
-        return await self._grouped(insert)
+        # ones queued behind each other share a transaction and its statements.
+        return await self._batched(self._insert_operator_messages, _OperatorMessage(
+            site_id, session_id, content, operator_name, events, origin, following))
+
+    @staticmethod
+    def _insert_operator_messages(db: sqlite3.Connection, writes: list[_OperatorMessage]
+                                  ) -> list[Message]:
+        """On the writer, in a write transaction: four statements for any number of messages
+        (their conversations with each one's latest operator message, the messages, the
+        conversations' times, the events). Under the write lock, so every smaller message id is
+        committed, and the messages' ids come one apart."""
+        sessions = list(dict.fromkeys((w.site_id, w.session_id) for w in writes))
+        found = _operator_conversations(db, sessions)
+        for site_id, session_id in sessions:
+            if (site_id, session_id) not in found:
+                made = SQLiteStore._conversation_row(db, site_id, session_id, {})
+                found[site_id, session_id] = [made["id"], made["mode"], None]
+        conversations = [found[w.site_id, w.session_id] for w in writes]
+        now = utc_now_iso()
+        last = int(db.execute(
+            "INSERT INTO messages (conversation_id, role, content, operator_name, created_at) VALUES "
+            + ", ".join(["(?, 'operator', ?, ?, ?)"] * len(writes)),
+            [value for w, (conversation_id, _, _) in zip(writes, conversations)
+             for value in (conversation_id, w.content, w.operator_name, now)]).lastrowid or 0)
+        _touch_conversations(db, "operator", now, [found[session][0] for session in sessions])
+        messages = []
+        for message_id, w, conversation in zip(range(last - len(writes) + 1, last + 1), writes,
+                                                conversations):
+            messages.append(Message(id=message_id, conversation_id=conversation[0], role="operator",
+                                    content=w.content, created_at=now, operator_name=w.operator_name))
+            if w.following is not None:
+                w.following(conversation[2] or 0, conversation[1])
+            conversation[2] = message_id  # the previous one of the next message here
+        written = time.time()
+        for origin, same_origin in itertools.groupby(zip(writes, messages), lambda pair: pair[0].origin):
+            SQLiteStore._insert_events(db, [event for w, message in same_origin
+                                            for event in w.events(message)], origin, written)
+        return messages
 
     async def get_visitor_message(self, conversation_id: int, message_id: str) -> Message | None:
         row = await self._read_one(
