@@ -21,7 +21,7 @@ from bench.common import GcPauses
 from bench.pushing import push_at_rate
 from server.app import Services, build_services
 from server.config import Config
-from server.serve import freeze_startup_objects, start_http_server
+from server.serve import tune_garbage_collection, start_http_server
 from server.store.models import Site
 
 
@@ -56,7 +56,7 @@ async def main() -> None:
     _, port = start_http_server(services)
     control = listen(tornado.web.Application([(r"/bench/(\w+)", Control, {
         "services": services, "site": site, "gc_pauses": gc_pauses})]))
-    freeze_startup_objects()  # as `python -m server` does once it listens
+    tune_garbage_collection()  # as `python -m server` does once it listens
     print(json.dumps({"port": port, "control": control, "site_key": site.site_key}), flush=True)
     await asyncio.Event().wait()
 
