@@ -221,6 +221,13 @@ class Answerer:
         async with self.hub.subscribe(visitor.topic) as subscription:
             while True:
                 if await self._claim(conversation.id, message_id):
+                    # The other answer may have ended since the last look (its reply stored, its
+                    # claim let go, both after that read): relay it rather than answer twice.
+                    reply = await self.store.get_reply(conversation.id, message_id)
+                    if reply is not None and reply.id > newer_than and reply.status == "complete":
+                        await self.store.release_answer(conversation.id, message_id, self.hub.origin)
+                        self._relay(turn, conversation, message_id, reply)
+                        return True
                     self._hold_claim((conversation.id, message_id))
                     if waiting_logged:
                         log.info("took over the answer to %s %s", message.id, visitor.log_ref)
@@ -239,13 +246,17 @@ class Answerer:
                 reply = await self.store.get_reply(conversation.id, message_id)
                 if reply is not None and reply.id > newer_than:
                     if reply.status == "complete":
-                        turn.append(reply.content)
-                        turn.finish(self._meta(conversation, message_id, reply, "ai"))
+                        self._relay(turn, conversation, message_id, reply)
                         return True
                     newer_than = reply.id  # cut off there: its process let the claim go
         turn.fail(Unavailable("The answer is taking too long; please try again."))
         turn.finish(self._meta(conversation, message_id, None, "ai"))
         return True
+
+    def _relay(self, turn: Turn, conversation: Conversation, message_id: str, reply: Message) -> None:
+        """Another process's finished answer, as this visitor's stream."""
+        turn.append(reply.content)
+        turn.finish(self._meta(conversation, message_id, reply, "ai"))
 
     def _hold_claim(self, key: tuple[int, str]) -> None:
         self._claims.add(key)

@@ -126,3 +126,33 @@ async def test_a_slow_answer_keeps_its_claim_while_its_process_lives(parley, oth
     assert await asyncio.wait_for(relayed, 10) == "Slow but mine."
     assert idle.requests == []
     await asyncio.wait_for(first, 10)
+
+
+async def test_an_answer_that_ends_between_a_look_and_a_claim_is_relayed_not_made_twice(
+        parley, other, monkeypatch):
+    """The retry looks for the first answer's reply, finds none, and claims: if that answer ended
+    in between (its reply stored and its claim let go just after the look), the claim succeeds,
+    and the retry must still relay the stored reply rather than answer a second time."""
+    parley.services.ai.default_provider = answering = GatedProvider(["Made ", "once."])
+    other.ai.default_provider = idle = GatedProvider(["a second answer"])
+    read_reply = other.store.get_reply
+    ended = []
+
+    async def look_just_before_the_answer_ends(conversation_id: int, message_id: str):
+        if ended or other.hub.subscriber_count == 0:  # not yet waiting, or after the claim
+            return await read_reply(conversation_id, message_id)
+        # The first look while waiting reads nothing, then the answer ends.
+        ended.append(message_id)
+        answering.release(2)
+        # Stored in the transaction that lets its claim go (SQLite's finish_answer).
+        await eventually(lambda: read_reply(conversation_id, message_id),
+                         what="the first process's reply stored")
+        return None
+
+    monkeypatch.setattr(other.store, "get_reply", look_just_before_the_answer_ends)
+    first, relayed = await first_then_retry_elsewhere(parley, other, answering, "m_between")
+    assert await asyncio.wait_for(relayed, 10) == "Made once."
+    assert idle.requests == []
+    await asyncio.wait_for(first, 10)
+    history = (await parley.get("history", **parley.ids(SID))).json()["messages"]
+    assert [m["role"] for m in history] == ["visitor", "ai"]
