@@ -33,10 +33,10 @@ SHUTDOWN_GRACE_SECONDS = 5
 # Container objects allocated, less those freed, before the youngest generation is collected
 # (Python's default is 700). Under load that count swings past 700 within a turn of the loop,
 # though nearly all of it is freed soon after: at 1,000 operator messages a second to 1,000 held
-# requests the default ran 30-90 young collections a second and, through them, a full one every 1.5-5 s that paused the
-# loop for 100-180 ms; at 7,000 none ran in 10 s of it, and the store-to-visitor p99 fell from
-# 126-171 ms to 26-86 in turns (docs/performance.md, change 43). Up to 7,000 more objects wait
-# for a collection.
+# requests the default ran 30-90 young collections a second and, through them, a full one every
+# 1.5-5 s that paused the loop for 100-180 ms; at 7,000 none ran in 10 s of it, and the
+# store-to-visitor p99 fell from 126-171 ms to 26-86 in turns (docs/performance.md, change 43).
+# Up to 7,000 more objects wait for a collection.
 YOUNG_COLLECTION_THRESHOLD = 7000
 
 

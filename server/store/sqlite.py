@@ -358,12 +358,14 @@ def _operator_conversations(db: sqlite3.Connection, sessions: list[tuple[int, st
             for site_id, session_id, conversation_id, mode, previous in json.loads(found)}
 
 
-def _touch_conversations(db: sqlite3.Connection, role: str, now: str, conversation_ids: list[int]) -> None:
+def _touch_conversations(db: sqlite3.Connection, role: str, now: str,
+                         conversation_ids: list[int]) -> None:
     """The conversations' times after a message from `role` written at `now`."""
     first = FIRST_MESSAGE_FIELD.get(role)
     marks = ", ".join("?" * len(conversation_ids))
     if first is None:
-        db.execute(f"UPDATE conversations SET updated_at = ? WHERE id IN ({marks})", (now, *conversation_ids))
+        db.execute(f"UPDATE conversations SET updated_at = ? WHERE id IN ({marks})",
+                   (now, *conversation_ids))
         return
     wait = (", first_reply_wait = CASE WHEN first_reply_wait IS NULL AND handoff_at IS NOT NULL"
             " THEN ROUND((julianday(?) - julianday(handoff_at)) * 86400) ELSE first_reply_wait END"
