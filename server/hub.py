@@ -311,14 +311,16 @@ class Hub:
 
     def _take_parked(self, topic: str, resume: Resume[Any]) -> _Parked | None:
         """The subscription parked for this request, if its cursor is the one it was parked for."""
-        parked = self._parked.pop((topic, resume.kind), None)
+        key = (topic, resume.kind)
+        parked = self._parked.get(key)
         if parked is None:
             return None
+        if parked.cursor != resume.cursor or self.closing:
+            self._unpark(key)
+            return None
+        del self._parked[key]
         parked.timer.cancel()
         parked.subscription.parked = False
-        if parked.cursor != resume.cursor or self.closing:
-            self._unsubscribe(parked.subscription)
-            return None
         return parked
 
     def _park(self, topic: str, resume: Resume[T], subscription: Subscription, answer: T) -> bool:
