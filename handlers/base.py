@@ -57,6 +57,11 @@ class JsonHandler(tornado.web.RequestHandler):
     def write_json(self, payload: dict[str, Any]) -> None:
         self.finish(dumps(payload))
 
+    def compute_etag(self) -> None:
+        # Every JSON response here is `no-store`, so no client holds a copy to revalidate: an
+        # ETag would only cost a SHA-1 of each body (a held read's answer is one per message).
+        return None
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, ParleyError):

@@ -108,6 +108,7 @@ from server.uploads import Uploads
 from server.store.base import Store
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("tornado.access")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,7 +198,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
-    logging.getLogger("tornado.access").log(
+    access_log.log(
         level, "%d %s %s (%s) %.1fms", status, request.method, request.path, request.remote_ip,
         1000.0 * request.request_time())
 
