@@ -197,7 +197,10 @@ class Hub:
         return bool(self._subscribers)
 
     def waiting_on(self, topic: str) -> int:
-        return sum(not subscription.parked for subscription in self._subscribers.get(topic, ()))
+        subscribers = self._subscribers.get(topic)
+        if not subscribers:  # asked for every chunk of every answer; mostly nobody watches
+            return 0
+        return sum(not subscription.parked for subscription in subscribers)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, *topics: str, buffer: int = SUBSCRIPTION_BUFFER

@@ -115,6 +115,22 @@ async def test_chunks_made_while_the_writer_was_busy_come_as_one_batch():
     await batches.aclose()
 
 
+async def test_a_stream_waiting_for_the_next_chunk_is_woken_by_it():
+    turn = Turn()
+    batches = turn.follow_batches()
+    waiting = asyncio.ensure_future(anext(batches))
+    for _ in range(5):  # lets it reach its wait: a few turns of the loop, no time
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    turn.append("a")
+    assert [e.content for e in await asyncio.wait_for(waiting, 10)] == ["a"]
+    waiting = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0)
+    turn.finish({"mode": "ai"})
+    assert [e.type for e in await asyncio.wait_for(waiting, 10)] == ["done"]
+    await batches.aclose()
+
+
 async def test_the_same_message_id_replays_the_finished_answer(parley):
     body = parley.ids(session(4), message="Do you ship to Canada?", message_id="m_retry")
     first = await parley.stream_events(body)
