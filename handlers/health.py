@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import tornado.web
 
-from server.feed import EventFeed
 from server.hub import Hub
-from server.store.base import Store, StoreUnavailable
-from server.uploads import Uploads
+from server.readiness import Readiness
 
 
 class HealthHandler(tornado.web.RequestHandler):
@@ -24,23 +21,11 @@ class HealthHandler(tornado.web.RequestHandler):
 
 
 class ReadyHandler(tornado.web.RequestHandler):
-    def initialize(self, store: Store, feed: EventFeed, uploads: Uploads) -> None:
-        self.store = store
-        self.feed = feed
-        self.uploads = uploads
+    def initialize(self, readiness: Readiness) -> None:
+        self.readiness = readiness
 
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        try:
-            await self.store.ping()
-            store = "ok"
-        except StoreUnavailable:
-            store = "unreachable"
-        # A process that cannot hear the others would leave its held visitors waiting.
-        feed = "ok" if self.feed.healthy else "down"
-        # Uploads are spooled under the data directory: a full or read-only disk fails them all.
-        disk = "ok" if await asyncio.to_thread(self.uploads.can_write) else "not writable"
-        ready = store == "ok" and feed == "ok" and disk == "ok"
-        self.set_status(200 if ready else 503)
-        self.write({"status": "ok" if ready else "unavailable", "store": store, "events": feed,
-                    "disk": disk})
+        report = await self.readiness.report()
+        self.set_status(200 if report["status"] == "ok" else 503)
+        self.write(report)

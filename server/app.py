@@ -100,6 +100,7 @@ from server.operators import OperatorService
 from server.privacy import PrivacyService
 from server.proactive import ProactiveRules
 from server.proxies import ProxyAwareApplication, TrustedProxies
+from server.readiness import Readiness
 from server.site_admin import SiteAdmin
 from server.site_ai import SiteAI
 from server.site_knowledge import SiteKnowledge
@@ -137,6 +138,7 @@ class Services:
     site_knowledge: SiteKnowledge
     insights: Insights
     hours: OpeningHoursService
+    readiness: Readiness
 
     async def close(self) -> None:
         await self.chat.shutdown()
@@ -189,6 +191,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
                                      origin=hub.origin),
         insights=Insights(store),
         hours=hours,
+        readiness=Readiness(store, bridge, uploads),
     )
 
 
@@ -352,8 +355,7 @@ def make_app(services: Services, **overrides: Any) -> ParleyApplication:
         (r"/api/v1/openapi\.json", OpenApiHandler, {"document": OPENAPI_PATH.read_bytes()}),
         (r"/api/.*", ApiNotFoundHandler, api),
         (r"/healthz", HealthHandler, {"hub": services.hub}),
-        (r"/readyz", ReadyHandler, {"store": services.store, "feed": services.bridge,
-                                     "uploads": services.chat.uploads}),
+        (r"/readyz", ReadyHandler, {"readiness": services.readiness}),
         (r"/uploads/(.+)", UploadedFileHandler, {"blobs": services.blobs}),
         (r"/widget/widget\.js", WidgetScriptHandler, {"script": widget_script(ROOT / "static" / "widget")}),
         (r"/widget/(.+)", WidgetFileHandler, {"path": str(ROOT / "static" / "widget")}),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 
 import pytest
 from PIL import Image
@@ -242,6 +244,22 @@ async def test_cors_preflight(parley):
     assert response.headers["access-control-allow-headers"] == "Content-Type"
     assert int(response.headers["access-control-max-age"]) > 0
     assert "set-cookie" not in response.headers
+
+
+async def test_readiness_answers_503_in_time_when_the_store_hangs(parley, monkeypatch):
+    never = asyncio.Event()
+
+    async def hung_ping() -> None:  # a database that takes connections but never answers
+        await never.wait()
+
+    monkeypatch.setattr(parley.services.store, "ping", hung_ping)
+    parley.services.readiness.timeout = 0.2
+    started = time.monotonic()
+    response = await parley.client.get("/readyz", timeout=10)
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "store": "unreachable", "events": "ok",
+                               "disk": "ok"}
+    assert time.monotonic() - started < 5  # the check's 0.2 s, not the client's 10
 
 
 async def test_unknown_api_paths_and_methods_answer_json(parley):

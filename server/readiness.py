@@ -1,0 +1,54 @@
+"""What GET /readyz reports: whether this process can serve now. A load balancer or supervisor
+takes a process that is not ready out of rotation, so the answer must come even when what it
+checks hangs (a stuck disk, a database that accepts connections but never answers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable
+
+from server.feed import EventFeed
+from server.store.base import Store, StoreUnavailable
+from server.uploads import Uploads
+
+log = logging.getLogger(__name__)
+
+CHECK_SECONDS = 5.0  # each check's answer, or "not ready"
+
+
+class Readiness:
+    def __init__(self, store: Store, feed: EventFeed, uploads: Uploads, *,
+                 timeout: float = CHECK_SECONDS) -> None:
+        self.store = store
+        self.feed = feed
+        self.uploads = uploads
+        self.timeout = timeout
+
+    async def report(self) -> dict[str, str]:
+        """{"status": "ok" | "unavailable", and each check's finding}."""
+        store, disk = await asyncio.gather(
+            self._within("the store", self._store_answers()),
+            # Uploads are spooled under the data directory: a full or read-only disk fails them all.
+            self._within("the data directory", asyncio.to_thread(self.uploads.can_write)))
+        # A process that cannot hear the others would leave its held visitors waiting.
+        feed = self.feed.healthy
+        return {"status": "ok" if store and feed and disk else "unavailable",
+                "store": "ok" if store else "unreachable",
+                "events": "ok" if feed else "down",
+                "disk": "ok" if disk else "not writable"}
+
+    async def _store_answers(self) -> bool:
+        try:
+            await self.store.ping()
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def _within(self, what: str, check: Awaitable[bool]) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await check
+        except TimeoutError:
+            log.warning("readiness: %s did not answer within %g s", what, self.timeout)
+            return False
