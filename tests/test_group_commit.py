@@ -200,3 +200,24 @@ async def test_operator_messages_written_together_each_know_the_one_before_them(
         assert conversation.first_operator_at == messages[0].created_at
     recorded = await store.events_since(0, exclude_origin="", limit=100)
     assert [e.payload["id"] for e in recorded] == [m.id for m in stored]  # "before" had none
+
+
+async def test_answers_ending_together_share_a_group_and_each_is_stored(store):
+    site = await store.create_site("sk_group_commit_test_key_000005", "Shop", [], {"lang": "en"})
+    conversations = [await store.ensure_conversation(site.id, f"sess_{n:020d}", {}) for n in range(3)]
+    release, holding = await hold_the_writer(store)
+    finishing = [asyncio.ensure_future(store.finish_answer(
+        conversation.id, f"m_q{n}", "here", role="ai", content=f"answer {n}", handoff=n == 1,
+        events=lambda reply: [("topic", "message", {"message_id": reply.id if reply else 0})]))
+        for n, conversation in enumerate(conversations)]
+    await queued_for_the_writer(store, 3)
+    release.set()
+    await holding
+    replies = await asyncio.wait_for(asyncio.gather(*finishing), 30)
+
+    assert [reply.content for reply in replies] == ["answer 0", "answer 1", "answer 2"]
+    for conversation, reply in zip(conversations, replies):
+        assert await store.get_reply(conversation.id, reply.reply_to) == reply
+    assert [c.handoff for c in [await store.get_conversation(site.id, f"sess_{n:020d}") for n in range(3)]] \
+        == [False, True, False]
+    assert len(await store.events_since(0, exclude_origin="", limit=100)) == 3

@@ -544,18 +544,20 @@ class SQLiteStore(Store):
             raise StoreUnavailable("The store is not open.")
         return await self._outcome(threads.submit(fn, *args))
 
+    @property
+    def _group_commit(self) -> GroupCommit:
+        if self._groups is None:
+            raise StoreUnavailable("The store is not open.")
+        return self._groups
+
     async def _grouped(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn` in a write transaction, shared with the writes queued with it (group commit: see
         server/store/groups.py). `fn` may run more than once, so it changes nothing but `db`."""
-        if self._groups is None:
-            raise StoreUnavailable("The store is not open.")
-        return await self._outcome(self._groups.submit(fn))
+        return await self._outcome(self._group_commit.submit(fn))
 
     async def _batched(self, write_many: Callable[[sqlite3.Connection, list[W]], list[T]], item: W) -> T:
         """`item`, written by `write_many` with the items queued next to it (see `_grouped`)."""
-        if self._groups is None:
-            raise StoreUnavailable("The store is not open.")
-        return await self._outcome(self._groups.submit_batched(write_many, item))
+        return await self._outcome(self._group_commit.submit_batched(write_many, item))
 
     @staticmethod
     async def _outcome(call: Awaitable[T]) -> T:
@@ -1315,7 +1317,7 @@ class SQLiteStore(Store):
             self._release(db, conversation_id, reply_to, origin)
             return reply
 
-        return await self._run(self._tx, finish)
+        return await self._grouped(finish)  # answers ending together share one transaction
 
     # -- events -------------------------------------------------------------------------------
     async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int:
