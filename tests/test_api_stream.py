@@ -119,13 +119,13 @@ async def test_a_stream_waiting_for_the_next_chunk_is_woken_by_it():
     turn = Turn()
     batches = turn.follow_batches()
     waiting = asyncio.ensure_future(anext(batches))
-    for _ in range(5):  # lets it reach its wait: a few turns of the loop, no time
-        await asyncio.sleep(0)
+    # The stream makes its change event just before it waits on it, in the same step.
+    await eventually(lambda: turn._changed is not None, what="the stream waiting for a change")
     assert not waiting.done()
     turn.append("a")
     assert [e.content for e in await asyncio.wait_for(waiting, 10)] == ["a"]
     waiting = asyncio.ensure_future(anext(batches))
-    await asyncio.sleep(0)
+    await eventually(lambda: turn._changed is not None, what="the stream waiting again")
     turn.finish({"mode": "ai"})
     assert [e.type for e in await asyncio.wait_for(waiting, 10)] == ["done"]
     await batches.aclose()
