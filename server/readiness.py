@@ -24,13 +24,14 @@ class Readiness:
         self.feed = feed
         self.uploads = uploads
         self.timeout = timeout
+        self._disk_check: asyncio.Future[bool] | None = None
 
     async def report(self) -> dict[str, str]:
         """{"status": "ok" | "unavailable", and each check's finding}."""
         store, disk = await asyncio.gather(
             self._within("the store", self._store_answers()),
             # Uploads are spooled under the data directory: a full or read-only disk fails them all.
-            self._within("the data directory", asyncio.to_thread(self.uploads.can_write)))
+            self._within("the data directory", asyncio.shield(self._disk_writable())))
         # A process that cannot hear the others would leave its held visitors waiting.
         feed = self.feed.healthy
         return {"status": "ok" if store and feed and disk else "unavailable",
@@ -44,6 +45,14 @@ class Readiness:
         except StoreUnavailable:
             return False
         return True
+
+    def _disk_writable(self) -> asyncio.Future[bool]:
+        """The disk check under way, or a new one. A check stuck on the disk keeps its thread, one
+        of the few that sign-ins (argon2), image checks and knowledge indexing run on, so probes
+        arriving meanwhile wait on it rather than each taking another."""
+        if self._disk_check is None or self._disk_check.done():
+            self._disk_check = asyncio.ensure_future(asyncio.to_thread(self.uploads.can_write))
+        return self._disk_check
 
     async def _within(self, what: str, check: Awaitable[bool]) -> bool:
         try:

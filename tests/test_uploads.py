@@ -7,6 +7,7 @@ import asyncio
 import errno
 import io
 import struct
+import threading
 import zlib
 
 import pytest
@@ -267,6 +268,35 @@ async def test_readiness_says_so_when_the_data_directory_cannot_be_written(parle
     directory.write_text("not a directory")  # as good as a read-only or full disk
     ready = await parley.client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["disk"] == "not writable"
+
+
+async def test_probes_share_one_disk_check_while_the_disk_hangs(parley, monkeypatch):
+    # Each probe taking a thread of its own would fill the thread pool that sign-ins (argon2),
+    # image checks and knowledge indexing need, one stuck thread every few seconds.
+    readiness = parley.services.readiness
+    readiness.timeout = 0.2
+    disk_answers = threading.Event()
+    checks: list[int] = []
+
+    def stuck_write() -> bool:
+        checks.append(1)
+        disk_answers.wait(timeout=30)
+        return len(checks) > 1  # the stuck write fails in the end; the disk is back for the next
+
+    monkeypatch.setattr(readiness.uploads, "can_write", stuck_write)
+    try:
+        for _ in range(3):
+            probe = await parley.client.get("/readyz", timeout=10)
+            assert probe.status_code == 503 and probe.json()["disk"] == "not writable"
+        assert len(checks) == 1
+    finally:
+        disk_answers.set()
+
+    async def ready() -> bool:
+        return (await parley.client.get("/readyz", timeout=10)).status_code == 200
+
+    await eventually(ready, what="a new disk check once the stuck one ended")
+    assert len(checks) == 2
 
 
 async def test_a_phone_photo_with_several_pictures_is_accepted_as_jpeg(parley):
