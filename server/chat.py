@@ -175,6 +175,9 @@ class ChatService:
                 conversation = await self.store.get_conversation(visitor.site.id, visitor.session_id)
             if conversation is None:
                 if not page_url:
+                    # Nothing written: the slot stays free for the request that can write it (the
+                    # widget's first question or its page, right after this first read).
+                    self._seen.pop((visitor.site.id, visitor.session_id), None)
                     return
                 if visitor.ip:  # a new row is a write: invented sessions count against the address
                     self._write_limiter.hit(f"{visitor.site.id}:{visitor.ip}")

@@ -221,6 +221,14 @@ async def test_visitors_online_and_a_proactive_message(parley: Parley, ana: Oper
     assert [m["content"] for m in pending] == ["Need a hand?"]
 
 
+async def test_a_new_visitor_is_online_from_the_first_question(parley: Parley, ana: Operator):
+    # The widget reads the history first (no conversation yet, no page), then asks.
+    assert (await parley.get("history", **parley.ids(SID))).json()["messages"] == []
+    await parley.ask(SID, "Do you ship to Canada?")
+    [row] = (await ana.api("inbox")).json()["conversations"]
+    assert row["online"] is True
+
+
 async def test_unread_counts_and_marking_read(parley: Parley, ana: Operator):
     await parley.ask(SID, "one")
     await parley.ask(SID, "two")
