@@ -15,6 +15,7 @@
   var STORE_KEY = "parley:" + SITE_KEY;
   var HOLD = 25; // seconds a held request waits; below the server's 30 s maximum
   var MAX_TRIES = 5;
+  var END_WAIT_MS = 2000; // for the end of an answer's response after its `done` event
 
   // ---------------------------------------------------------------- words (en, fr, de, es)
   var WORDS = {
@@ -511,6 +512,14 @@
     ui.away.hidden = !away;
   }
 
+  // The header says who answers next. Live, a person who has just written counts until the
+  // conversation is handed back to the AI; a page opened later goes by the mode alone.
+  function setMode(mode, opening) {
+    if (!mode) return;
+    if (mode === "ai" && (opening || state.mode !== "ai")) state.lastSpeaker = null;
+    state.mode = mode;
+  }
+
   function updateMode() {
     var human = state.mode === "operator" || state.lastSpeaker === "operator";
     ui.mode.textContent = !human ? t("ai") : state.operatorName ? t("withOp", { name: state.operatorName }) : t("withTeam");
@@ -629,7 +638,7 @@
   };
 
   var historyLoop = new Poller("history", function () { return { after: state.lastId || null, limit: 200 }; }, function (data, heldMs) {
-    state.mode = data.mode || state.mode;
+    setMode(data.mode);
     showMessages(data.messages, true);
     // Back early with nothing new: the server woke us for a takeover or a block.
     if (!(data.messages || []).length && heldMs < HOLD * 1000 - 1000) checkBlocked();
@@ -749,10 +758,19 @@
             var cut;
             while ((cut = buffer.indexOf("\n\n")) >= 0) { parse(buffer.slice(0, cut)); buffer = buffer.slice(cut + 2); }
             if (!finished) return pump();
-            return reader.cancel().then(function () {
+            return readToEnd().then(function () {
               if (restarting) throw new ApiError(503, { code: "restarting" }, null);
             });
           });
+        }
+        // After `done` the server ends the response: read it to its end rather than cancel it,
+        // which browsers show as a failed request. Cancelled only if it does not end soon.
+        function readToEnd() {
+          var timer;
+          var late = new Promise(function (resolve) { timer = setTimeout(resolve, END_WAIT_MS); });
+          function rest() { return reader.read().then(function (step) { if (!step.done) return rest(); }); }
+          var ended = function () { clearTimeout(timer); };
+          return Promise.race([rest(), late.then(function () { return reader.cancel(); })]).then(ended, ended);
         }
         return pump();
       })
@@ -800,7 +818,7 @@
     state.busy = false;
     clearNotice();
     if (typeof meta.reply_id === "number") { state.seen[meta.reply_id] = true; }
-    if (meta.mode) state.mode = meta.mode;
+    setMode(meta.mode);
     state.hasConversation = true;
     var el = turn.el;
     el.classList.remove("streaming");
@@ -1034,8 +1052,9 @@
         build(state.config);
         if (storageGet("sessionStorage", STORE_KEY + ":open")) openPanel();
         return request("GET", "history", { limit: 200 }).then(function (data) {
-          state.mode = data.mode || "ai";
           showMessages(data.messages, false);
+          setMode(data.mode || "ai", true);
+          updateMode();
         }, function () { /* the live loop catches up */ });
       })
       .then(function () {

@@ -37,6 +37,7 @@ class Visit:
     page: Page
     errors: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
+    failed_requests: list[str] = field(default_factory=list)  # as devtools lists them, in red
 
     def widget(self, selector: str = "") -> Locator:
         # Playwright's CSS engine pierces open shadow roots, so this reaches inside the widget.
@@ -79,6 +80,8 @@ async def visit(browser: Browser, url: str, **context: Any) -> Visit:
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: seen.errors.append(f"page error: {error}"))
+    page.on("requestfailed", lambda request: seen.failed_requests.append(
+        f"{request.method} {request.url}: {request.failure}"))
     page.on("dialog", on_dialog)
     await page.goto(url)
     return seen

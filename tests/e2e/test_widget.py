@@ -39,10 +39,14 @@ async def test_answer_streams_in_steps_and_survives_a_reload(parley: Parley, dem
     await expect(v.widget("header")).to_contain_text("Northwind help")
     await expect(v.widget(".log")).to_contain_text("Northwind's assistant")  # the site's greeting
     await v.page.evaluate(RECORD_STREAM)
-    await v.ask("Do you ship to Canada?")
-    answer = v.widget(".msg.bot").last
-    await expect(answer.locator(".src a").first).to_be_visible(timeout=10_000)  # sources come with `done`
-    await expect(answer).to_contain_text("Canada")
+    # The answer's response is read to its end, not cancelled: devtools would list it as failed.
+    async with v.page.expect_event("requestfinished", lambda request: "/chat/stream" in request.url,
+                                   timeout=10_000):
+        await v.ask("Do you ship to Canada?")
+        answer = v.widget(".msg.bot").last
+        await expect(answer.locator(".src a").first).to_be_visible(timeout=10_000)  # sources come with `done`
+        await expect(answer).to_contain_text("Canada")
+    assert [failed for failed in v.failed_requests if "/chat/stream" in failed] == []
 
     snapshots = [s for s in await v.page.evaluate("window.__snapshots") if s]
     final = await answer.text_content() or ""
@@ -94,6 +98,20 @@ async def test_operator_reply_shows_live_with_name_and_html_stays_text(
     await expect(v.widget(".msg img")).to_have_count(0)  # no element, so no onerror can ever fire
     assert v.dialogs == []
     await v.screenshot("operator")
+
+    await parley.services.operators.set_mode(demo, session_id, "operator")  # taken over
+    await parley.services.operators.say(demo, session_id, "I'll stay with you.", operator_name="Ana")
+    await expect(v.widget(".msg.operator").last).to_contain_text("I'll stay with you.", timeout=3_000)
+    await expect(v.widget(".mode")).to_have_text("You are chatting with Ana")
+    await until_held(parley.services, demo.id, session_id, 2)
+    await parley.services.operators.set_mode(demo, session_id, "ai")  # handed back
+    await expect(v.widget(".mode")).to_have_text("AI assistant", timeout=3_000)
+    await v.page.reload()
+    await v.widget(".launcher").wait_for()
+    if not await v.widget(".panel").is_visible():
+        await v.open_chat()
+    await expect(v.widget(".msg.operator")).to_have_count(3)
+    await expect(v.widget(".mode")).to_have_text("AI assistant")  # the mode says it, not the last speaker
     assert v.unexpected_errors() == []
 
 
