@@ -109,7 +109,15 @@ class SetupHandler(OperatorPageHandler):
         valid = await self.services.accounts.setup_token_valid(token)
         if not valid:
             self.set_status(404)
-        self.render_page("setup.html", token=token, valid=valid, error=None, email="", name="")
+        await self._show(token, valid=valid)
+
+    async def _show(self, token: str, *, valid: bool, error: str | None = None, email: str = "",
+                    name: str = "") -> None:
+        # A link that no longer works was used (an admin exists: sign in) or expired (a restart
+        # prints a new one while there is no operator).
+        admin_exists = not valid and await self.services.accounts.has_operators()
+        self.render_page("setup.html", token=token, valid=valid, error=error, email=email, name=name,
+                         admin_exists=admin_exists)
 
     async def post(self) -> None:
         token = self.get_body_argument("token", "")[:200]
@@ -118,8 +126,7 @@ class SetupHandler(OperatorPageHandler):
         password = self.get_body_argument("password", "")[:2000]
         if password != self.get_body_argument("password_again", "")[:2000]:
             self.set_status(400)
-            self.render_page("setup.html", token=token, valid=True, error="The passwords differ.",
-                             email=email, name=name)
+            await self._show(token, valid=True, error="The passwords differ.", email=email, name=name)
             return
         accounts = self.services.accounts
         try:
@@ -129,8 +136,7 @@ class SetupHandler(OperatorPageHandler):
                 user_agent=self.request.headers.get("User-Agent"))
         except ParleyError as exc:
             self.set_status(400)
-            still_valid = await accounts.setup_token_valid(token)
-            self.render_page("setup.html", token=token, valid=still_valid, error=exc.message,
+            await self._show(token, valid=await accounts.setup_token_valid(token), error=exc.message,
                              email=email, name=name)
             return
         await self.services.audit.record(Actor(signed_in.operator, self.request.remote_ip),

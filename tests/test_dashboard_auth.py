@@ -47,7 +47,15 @@ async def test_the_setup_link_creates_the_first_admin_once(parley: Parley):
     assert [(o.email, o.role) for o in admins] == [("ana@example.com", "admin")]
     assert await parley.services.accounts.setup_token() is None  # no new link once someone exists
     async with browser(parley) as client:
-        assert (await client.get("/dashboard/setup", params={"token": token})).status_code == 404
+        used = await client.get("/dashboard/setup", params={"token": token})
+        assert used.status_code == 404
+        assert 'href="/dashboard/login"' in used.text and "Restart the server" not in used.text
+
+
+async def test_an_expired_setup_link_says_a_restart_makes_a_new_one(parley: Parley):
+    async with browser(parley) as client:
+        page = await client.get("/dashboard/setup", params={"token": "no-such-token"})
+    assert page.status_code == 404 and "Restart the server for a new link" in page.text
 
 
 async def test_wrong_credentials_get_one_generic_answer(parley: Parley):
