@@ -23,6 +23,15 @@
     clearTimeout(state.listTimer);
     state.listTimer = setTimeout(loadList, 150);
   }
+  // A preview is one line of plain text: Markdown's marks (links, emphasis, headings, lists) would
+  // only be noise in it.
+  function plainText(markdown) {
+    return markdown
+      .replace(/!?\[([^\]]*)\]\([^)]*\)/g, "$1")
+      .replace(/^\s{0,3}(#{1,6}\s+|>\s?|[-*+]\s+|\d+[.)]\s+)/gm, "")
+      .replace(/\*\*|__|`+/g, "")
+      .replace(/\s+/g, " ").trim();
+  }
   function renderList() {
     var list = $("conversation-list");
     list.textContent = "";
@@ -36,7 +45,7 @@
         c.assignee_id ? el("span", {className: "tag", text: c.assignee_id === me.id ? "mine" : "assigned"}) : null,
         state.list.length && c.site_name && root.querySelector("#site-filter") ? el("span", {className: "tag", text: c.site_name}) : null,
       ]);
-      var last = c.last_message ? (c.last_message.role === "visitor" ? "" : c.last_message.role + ": ") + c.last_message.content : "";
+      var last = c.last_message ? (c.last_message.role === "visitor" ? "" : c.last_message.role + ": ") + plainText(c.last_message.content) : "";
       var link = el("a", {href: "/dashboard/c/" + c.id, "data-id": c.id,
                           "aria-current": state.opened === c.id ? "true" : "false"}, [
         el("span", {className: "name"}, [el("span", {className: "dot" + (c.online ? " online" : ""),

@@ -78,6 +78,9 @@ async def test_ai_and_operator_markdown_is_drawn_and_visitor_text_is_not(server:
 
     await services.operators.say(site, "sess_e2emarkdown0000001", MARKDOWN, operator_name="Ana")
     await expect_rendered(ops.page.locator(".msg.operator .text"))
+    # The inbox's one-line preview is plain text, without Markdown's marks.
+    await expect(ops.page.locator(".conversation-list a .last").first).to_have_text(
+        "operator: We ship fast: to Canada see the policy " + XSS, timeout=5_000)
     await ops.screenshot("dashboard-markdown")
     assert "pwned" not in await ops.page.title()
     assert await ops.page.locator("#messages img").count() == 0
