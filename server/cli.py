@@ -58,8 +58,8 @@ async def site_create(services: Services, args: argparse.Namespace) -> int:
         config = services.config
         print(f"Embed: {embed_snippet(site, _base_url(config))}")
         if not config.public_url:
-            print("(that is this machine's address: use the URL browsers reach Parley at, or set "
-                  "--public-url / PARLEY_PUBLIC_URL)")
+            print(f"(that assumes Parley on this machine at port {config.port}: give --port, or "
+                  "--public-url / PARLEY_PUBLIC_URL with the URL browsers reach it at)")
     return 0
 
 
@@ -460,11 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the widget API, widget and demo page (the default)")
     add_config_arguments(serve)
 
-    site = commands.add_parser("site", help="create and list sites").add_subparsers(
+    site = commands.add_parser("site", help="create and list sites; their settings, hours and AI").add_subparsers(
         dest="site_command", metavar="ACTION", required=True)
     create = command(site, "create", "create a site and print its site_key", site_create)
     create.set_defaults(creates_data=True)  # the first command on a fresh install
-    add_config_arguments(create, ("public_url",))  # for the embed line it prints
+    add_config_arguments(create, ("public_url", "port"))  # for the embed line it prints
     create.add_argument("--name", required=True, help="a name for operators, e.g. the shop's name")
     create.add_argument("--origin", action="append", default=[], metavar="URL",
                         help="an origin allowed to embed the widget (repeat; none means any)")

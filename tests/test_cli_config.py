@@ -35,6 +35,15 @@ def test_site_create_and_list_as_json(tmp_path):
     assert site["site_key"] in plain.stdout and "Acme" in plain.stdout
 
 
+def test_site_create_prints_the_embed_line_for_the_port_given(tmp_path):
+    created = cli("site", "create", "--name", "Acme", "--port", "8811", "--data-dir", str(tmp_path))
+    assert created.returncode == 0, created.stderr
+    assert 'src="http://127.0.0.1:8811/widget/widget.js"' in created.stdout
+    public = cli("site", "create", "--name", "Acme", "--public-url", "https://chat.acme.example/",
+                 "--data-dir", str(tmp_path))
+    assert 'src="https://chat.acme.example/widget/widget.js"' in public.stdout
+
+
 def test_cli_errors_are_one_clear_line(tmp_path):
     bad_origin = cli("site", "create", "--name", "X", "--origin", "javascript:alert(1)", "--data-dir", str(tmp_path))
     assert bad_origin.returncode == 2 and "http(s) origin" in bad_origin.stderr
