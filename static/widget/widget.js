@@ -15,6 +15,7 @@
   var STORE_KEY = "parley:" + SITE_KEY;
   var HOLD = 25; // seconds a held request waits; below the server's 30 s maximum
   var MAX_TRIES = 5;
+  var PHONE = /^\+[0-9]{7,15}$/; // as the API takes it, once spaces and dashes are dropped
   var END_WAIT_MS = 2000; // for the end of an answer's response after its `done` event
 
   // ---------------------------------------------------------------- words (en, fr, de, es)
@@ -30,6 +31,8 @@
       email: "Email", save: "Save", emailSaved: "Thanks! We will reply to {email}.",
       contact: "Contact details", name: "Name", phone: "Phone", cancel: "Cancel",
       contactSaved: "Thanks, we will be in touch.", needOne: "Please give an email or a phone number.",
+      badEmail: "Please check the email address.",
+      badPhone: "Please give the phone number with its country code, like +1 555 123 4567.",
       end: "End chat", rateAsk: "How was this chat?", star: "{n} out of 5",
       comment: "Comment (optional)", submit: "Send feedback", skip: "Skip",
       thanks: "Thank you for your feedback!", newChat: "Start a new chat",
@@ -56,6 +59,8 @@
       email: "E-mail", save: "Enregistrer", emailSaved: "Merci ! Nous répondrons à {email}.",
       contact: "Coordonnées", name: "Nom", phone: "Téléphone", cancel: "Annuler",
       contactSaved: "Merci, nous vous recontacterons.", needOne: "Indiquez un e-mail ou un téléphone.",
+      badEmail: "Vérifiez l’adresse e-mail.",
+      badPhone: "Indiquez le numéro avec l’indicatif du pays, par exemple +33 6 12 34 56 78.",
       end: "Terminer", rateAsk: "Comment s'est passée cette discussion ?", star: "{n} sur 5",
       comment: "Commentaire (facultatif)", submit: "Envoyer l'avis", skip: "Passer",
       thanks: "Merci pour votre avis !", newChat: "Nouvelle discussion",
@@ -82,6 +87,8 @@
       email: "E-Mail", save: "Speichern", emailSaved: "Danke! Wir antworten an {email}.",
       contact: "Kontaktdaten", name: "Name", phone: "Telefon", cancel: "Abbrechen",
       contactSaved: "Danke, wir melden uns.", needOne: "Bitte geben Sie eine E-Mail oder Telefonnummer an.",
+      badEmail: "Bitte prüfen Sie die E-Mail-Adresse.",
+      badPhone: "Bitte die Nummer mit Ländervorwahl angeben, zum Beispiel +49 30 1234567.",
       end: "Chat beenden", rateAsk: "Wie war dieser Chat?", star: "{n} von 5",
       comment: "Kommentar (optional)", submit: "Feedback senden", skip: "Überspringen",
       thanks: "Danke für Ihr Feedback!", newChat: "Neuen Chat beginnen",
@@ -109,6 +116,8 @@
       email: "Correo", save: "Guardar", emailSaved: "¡Gracias! Responderemos a {email}.",
       contact: "Datos de contacto", name: "Nombre", phone: "Teléfono", cancel: "Cancelar",
       contactSaved: "Gracias, nos pondremos en contacto.", needOne: "Indique un correo o un teléfono.",
+      badEmail: "Revise la dirección de correo.",
+      badPhone: "Indique el número con el prefijo del país, por ejemplo +34 612 345 678.",
       end: "Terminar chat", rateAsk: "¿Qué tal fue este chat?", star: "{n} de 5",
       comment: "Comentario (opcional)", submit: "Enviar opinión", skip: "Omitir",
       thanks: "¡Gracias por su opinión!", newChat: "Empezar un chat nuevo",
@@ -891,12 +900,16 @@
     var card = h("form", { class: "card contact", onsubmit: function (e) {
       e.preventDefault();
       var body = { name: name.input.value.trim(), email: email.input.value.trim(), phone: phone.input.value.trim() };
-      if (!body.email && !body.phone) return errorLine(card)({ message: t("needOne") });
+      var complain = errorLine(card);
+      // Checked here too, to say what is wrong in the visitor's words (the API names its fields).
+      if (!body.email && !body.phone) return complain({ message: t("needOne") });
+      if (body.email && !email.input.checkValidity()) return complain({ message: t("badEmail") });
+      if (body.phone && !PHONE.test(body.phone.replace(/[\s-]/g, ""))) return complain({ message: t("badPhone") });
       post("contact", body).then(function () {
         card.textContent = t("contactSaved");
         state.hasConversation = true;
         updateMode();
-      }, errorLine(card));
+      }, complain);
     } }, [h("h3", { text: t("contact") }), name.el, email.el, phone.el, h("div", { class: "row" }, [
       h("button", { type: "submit", class: "btn", text: t("save") }),
       h("button", { type: "button", class: "btn ghost", text: t("cancel"), onclick: function () { card.remove(); ui.input.focus(); } })

@@ -253,6 +253,10 @@ async def test_handoff_asks_for_email_and_the_contact_form_saves(parley: Parley,
     await v.widget("header button[aria-label='Contact details']").click()
     form = v.widget(".card.contact")
     await form.get_by_label("Name").fill("Jane")
+    await form.get_by_label("Phone").fill("12")
+    await form.locator("button[type=submit]").click()
+    await expect(form.locator(".err")).to_have_text(
+        "Please give the phone number with its country code, like +1 555 123 4567.")
     await form.get_by_label("Phone").fill("+1 555 123 4567")
     await v.screenshot("contact")
     await form.locator("button[type=submit]").click()
