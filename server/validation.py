@@ -11,6 +11,14 @@ SITE_KEY_RE = re.compile(r"^sk_[A-Za-z0-9_-]{24,128}$")
 SESSION_ID_RE = re.compile(r"^sess_[A-Za-z0-9_-]{16,64}$")
 MESSAGE_ID_RE = re.compile(r"^m_[A-Za-z0-9_-]{1,64}$")
 LANG_RE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,4}$")
+# What a value of each format looks like, for the error that refuses one.
+_ID_CHARS = "letters, digits, '-' or '_'"
+FORMATS = {
+    SITE_KEY_RE: f"'sk_' then 24 to 128 {_ID_CHARS}",
+    SESSION_ID_RE: f"'sess_' then 16 to 64 {_ID_CHARS}",
+    MESSAGE_ID_RE: f"'m_' then 1 to 64 {_ID_CHARS}",
+    LANG_RE: "a language tag such as 'en' or 'pt-BR'",
+}
 # No spaces, control or invisible characters (bidi overrides, zero-width), nor those that end an
 # address in mail headers and HTML (<>"(),;:[] and backslash): operators see what is stored.
 _EMAIL_CHAR = r"[^@\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff<>\"(),;:\[\]\\]"
@@ -46,7 +54,9 @@ def string_field(
     if len(value) > max_length:
         raise InvalidRequest(f"'{name}' is longer than {max_length} characters.")
     if pattern is not None and value and not pattern.match(value):
-        raise InvalidRequest(f"'{name}' is not in the expected format.")
+        looks_like = FORMATS.get(pattern)
+        raise InvalidRequest(f"'{name}' is not in the expected format"
+                             + (f": {looks_like}." if looks_like else "."))
     return value or None
 
 

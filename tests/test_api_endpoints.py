@@ -63,6 +63,13 @@ async def test_bad_emails_are_400(parley, email):
     assert response.json()["code"] == "invalid_request"
 
 
+async def test_a_malformed_session_id_is_refused_with_what_one_looks_like(parley):
+    response = await parley.get("history", **parley.ids("session-42"))
+    assert response.status_code == 400
+    assert response.json()["error"] == ("'session_id' is not in the expected format: 'sess_' then 16 to 64 "
+                                        "letters, digits, '-' or '_'.")
+
+
 async def test_contact_saves_name_email_and_a_normalised_phone(parley):
     response = await parley.post("contact", parley.ids(SID, email="jane@example.com",
                                                        phone="+1 555-123-4567", name="Jane"))
