@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, NotFound
 from server.inbox import FeedEvent
 from server.opening_hours import PRESENCE_HEARTBEAT
 from server.store.models import Conversation, Site
@@ -224,3 +224,12 @@ class FeedHandler(EventStreamMixin, OperatorApiHandler):
     def _frame(self, event: FeedEvent) -> None:
         self.write_event({"kind": event.kind, **event.data}, event_id=event.id)
 
+
+class DashboardApiNotFoundHandler(OperatorApiHandler):
+    """Any other address under /dashboard/api/: a JSON 404, as the page's scripts expect."""
+
+    allow_signed_out = True
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        raise NotFound("No such dashboard API endpoint.")

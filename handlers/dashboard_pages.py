@@ -6,7 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from server.audit import Actor
-from server.errors import InvalidRequest, ParleyError, RateLimited
+from server.errors import InvalidRequest, NotFound, ParleyError, RateLimited
 
 from handlers.operator_base import OperatorPageHandler
 
@@ -221,3 +221,13 @@ class AccountPageHandler(OperatorPageHandler):
             values.update(error=exc.message)
         self.signed_in = await accounts.session(self.session_token)
         self.render_page("account.html", **values)
+
+
+class PageNotFoundHandler(OperatorPageHandler):
+    """Any other address under /dashboard/: the dashboard's own 404 page, signed in or not."""
+
+    allow_signed_out = True
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        raise NotFound("There is no such page in the dashboard.")

@@ -35,6 +35,7 @@ from handlers.dashboard_admin import (
 )
 from handlers.dashboard_api import (
     ConversationActionHandler,
+    DashboardApiNotFoundHandler,
     ConversationApiHandler,
     FeedHandler,
     InboxApiHandler,
@@ -48,6 +49,7 @@ from handlers.dashboard_pages import (
     InboxPageHandler,
     LoginHandler,
     LogoutHandler,
+    PageNotFoundHandler,
     SecondFactorHandler,
     SetupHandler,
     VisitorsPageHandler,
@@ -240,6 +242,8 @@ def dashboard_routes(services: Services) -> list[Any]:
         (rf"/dashboard/sites/{SITE_KEY_PATTERN}/rules", ProactiveRulesHandler, dash),
         (r"/dashboard/numbers", NumbersHandler, dash),
         (r"/dashboard/static/(.+)", DashboardFileHandler, {"path": str(ROOT / "static" / "dashboard")}),
+        (r"/dashboard/api/.*", DashboardApiNotFoundHandler, dash),
+        (r"/dashboard/.*", PageNotFoundHandler, dash),
     ]
 
 

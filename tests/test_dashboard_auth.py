@@ -58,6 +58,15 @@ async def test_an_expired_setup_link_says_a_restart_makes_a_new_one(parley: Parl
     assert page.status_code == 404 and "Restart the server for a new link" in page.text
 
 
+async def test_unknown_dashboard_addresses_get_the_dashboards_own_404(parley: Parley):
+    async with browser(parley) as client:
+        page = await client.get("/dashboard/nope")
+        api = await client.get("/dashboard/api/nope")
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "There is no such page in the dashboard." in page.text and "/dashboard/static/" in page.text
+    assert api.status_code == 404 and api.json()["code"] == "not_found"
+
+
 async def test_wrong_credentials_get_one_generic_answer(parley: Parley):
     await add_operator(parley, "ana@example.com")
     async with browser(parley) as client:
