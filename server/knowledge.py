@@ -112,11 +112,17 @@ def kind_of_response(content_type: str, url: str, data: bytes) -> str:
 
 
 # -- fetching -------------------------------------------------------------------------------------
-async def check_public_url(url: str, *, allow_private: bool = False) -> None:
-    """Refuse anything but http(s) to public addresses (every address the host resolves to)."""
+def check_http_url(url: str) -> None:
+    """Refuse anything but an absolute http(s) URL with a host."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise IngestError(f"'{url}' is not an http(s) URL.")
+        raise IngestError(f"'{url}' is not an http(s) URL, such as https://example.com/help.")
+
+
+async def check_public_url(url: str, *, allow_private: bool = False) -> None:
+    """Refuse anything but http(s) to public addresses (every address the host resolves to)."""
+    check_http_url(url)
+    parts = urlsplit(url)
     if allow_private:
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -20,7 +20,7 @@ from server.ai.knowledge import RELEVANCE_FLOOR, KnowledgeBase
 from server.ai.passages import split_sections
 from server.audit import Actor, AuditLog
 from server.errors import ParleyError
-from server.knowledge import KnowledgeService
+from server.knowledge import KnowledgeService, check_http_url
 from server.store.base import Store, StoreUnavailable
 from server.sites import DEFAULT_SETTINGS
 from server.store.models import FetchJob, KnowledgeDocument, KnowledgeGap, Site
@@ -173,8 +173,11 @@ class SiteKnowledge:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def fetch_in_background(self, site: Site, url: str, actor: Actor) -> FetchJob:
-        """Record the fetch in the store (so any process shows it), then run it here."""
-        job = await self.store.add_fetch_job(site.id, url.strip()[:2000], self.origin, now=time.time(),
+        """Record the fetch in the store (so any process shows it), then run it here. A URL that
+        is not one is refused at once; whether it can be fetched, the job finds out."""
+        url = url.strip()[:2000]
+        check_http_url(url)
+        job = await self.store.add_fetch_job(site.id, url, self.origin, now=time.time(),
                                              keep=MAX_JOBS_SHOWN)
         task = asyncio.create_task(self._fetch(site, RunningFetch(self.store, job), actor))
         self._tasks.add(task)

@@ -54,6 +54,10 @@ async def test_documents_try_and_gaps(parley: Parley, admin: Operator):
     zeppelin = next(d for d in documents if "zeppelin" in d.content)
     assert (await post_form(admin, url, action="remove", document_id=str(zeppelin.id))).status_code == 302
     assert (await post_form(admin, url, action="reindex")).status_code == 302
+    # Not a URL at all: refused on the spot, no job.
+    refused = await post_form(admin, url, action="add_url", url="not a url")
+    assert refused.status_code == 400 and "is not an http(s) URL" in refused.text
+    assert await parley.services.store.list_fetch_jobs(parley.site.id) == []
     # A fetch that fails says so on the page, in the background.
     await post_form(admin, url, action="add_url", url="http://127.0.0.1:9/nothing")
     async def ended() -> list:
