@@ -87,7 +87,7 @@ def readable_bytes(size: int) -> str:
 
 
 def too_large_message(limit: int) -> str:
-    return f"The request body is larger than {readable_bytes(limit)}, the most this address takes."
+    return f"The request body is larger than {readable_bytes(limit)}, the most this endpoint takes."
 
 
 class Drains:

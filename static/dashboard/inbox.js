@@ -240,7 +240,13 @@
     if (!value) return;
     act("assign", {operator_id: value === "me" ? me.id : value === "none" ? null : Number(value)});
   });
-  $("act-block").addEventListener("click", function () { $("block-dialog").showModal(); });
+  $("act-block").addEventListener("click", function () {
+    // Only what is known of this visitor can be blocked.
+    var byEmail = $("block-dialog").querySelector('input[name="kinds"][value="email"]');
+    byEmail.checked = byEmail.checked && !!state.conversation.email;
+    byEmail.closest("label").hidden = !state.conversation.email;
+    $("block-dialog").showModal();
+  });
   $("block-dialog").addEventListener("close", function () {
     if ($("block-dialog").returnValue !== "block") return;
     var form = $("block-form");

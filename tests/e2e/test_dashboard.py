@@ -126,6 +126,15 @@ async def test_an_operator_watches_takes_over_and_replies(server: Server, browse
         await expect(ops.page.locator(".msg.streaming")).to_have_count(0)
         await ask
 
+        # Blocking offers only what is known of this visitor: no email yet, so not by email.
+        await ops.page.locator("#act-block").click()
+        dialog = ops.page.locator("#block-dialog")
+        await expect(dialog.get_by_label("This session")).to_be_visible()
+        await expect(dialog.get_by_label("Their email")).to_be_hidden()
+        await expect(dialog.locator("#block-minutes option").last).to_have_text("Until unblocked")
+        await dialog.get_by_role("button", name="Cancel").click()
+        await expect(dialog).to_be_hidden()
+
         # Take over, then reply; the visitor's held request hears it at once.
         await ops.page.get_by_role("button", name="Take over").click()
         await expect(ops.page.get_by_role("button", name="Hand back to AI")).to_be_visible()
