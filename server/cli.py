@@ -103,8 +103,11 @@ async def site_hours(services: Services, args: argparse.Namespace) -> int:
         return 0
     print(f"available when: {hours.available_when} ({AVAILABLE_WHEN_LABELS[hours.available_when]})")
     print(f"time zone:      {hours.time_zone}")
+    uses_hours = hours.available_when in ("hours", "both")
+    if not uses_hours:
+        print("weekly hours:   not in use (they count with --available-when hours or both)")
     for name, ranges in zip(WEEKDAY_NAMES, hours.weekly):
-        print(f"{name + ':':<15} {', '.join(str(r) for r in ranges) or 'closed'}")
+        print(f"{name + ':':<15} {', '.join(str(r) for r in ranges) or ('closed' if uses_hours else '-')}")
     print(f"closed dates:   {', '.join(hours.closed_dates) or 'none'}")
     print(f"away message:   {hours.away_message or '(the widget default)'}")
     print(availability.describe())

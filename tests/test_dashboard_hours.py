@@ -62,6 +62,11 @@ async def test_agents_get_403_on_opening_hours(parley: Parley, agent: Operator):
 
 async def test_the_command_line_shows_and_changes_the_same_hours(parley: Parley):
     data_dir = parley.services.config.data_dir
+    code, out, err = await cli(data_dir, "site", "hours", "--site", parley.site_key)
+    assert code == 0, err
+    # Always available (the default): no day reads "closed" just above "Open now".
+    assert "weekly hours:   not in use" in out and "Monday:         -" in out
+    assert not any(line.endswith(" closed") for line in out.splitlines())
     code, out, err = await cli(data_dir, "site", "hours", "--site", parley.site_key, "--available-when", "hours",
                                "--time-zone", "Europe/Paris", "--mon", "09:00-17:00", "--closed", "2026-12-25")
     assert code == 0, err
