@@ -27,6 +27,7 @@ from server.opening_hours import FORM_FIELDS as HOURS_FORM_FIELDS
 from server.opening_hours import site_hours as site_hours_of
 from server.privacy import VisitorNotFound
 from server.proactive import site_rules
+from server.site_knowledge import without_small_talk
 from server.sites import embed_snippet, keeps_full_page_urls
 from server.validation import SESSION_ID_RE
 
@@ -157,7 +158,8 @@ async def kb_list(services: Services, args: argparse.Namespace) -> int:
 
 async def kb_gaps(services: Services, args: argparse.Namespace) -> int:
     site = await services.sites.get(args.site)
-    gaps = await services.store.knowledge_gaps(site.id, below=RELEVANCE_FLOOR, limit=args.limit)
+    gaps = without_small_talk(await services.store.knowledge_gaps(site.id, below=RELEVANCE_FLOOR,
+                                                                  limit=args.limit))
     if args.json:
         _print_json([dataclasses.asdict(g) for g in gaps])
     else:

@@ -18,6 +18,7 @@ from server.ai.base import Passage
 from server.ai.engine import AIEngine
 from server.ai.knowledge import RELEVANCE_FLOOR, KnowledgeBase
 from server.ai.passages import split_sections
+from server.ai.phrases import small_talk
 from server.audit import Actor, AuditLog
 from server.errors import ParleyError
 from server.knowledge import KnowledgeService, check_http_url
@@ -128,6 +129,11 @@ class GapGroup:
 def gap_key(question: str) -> frozenset[str]:
     words = {w for w in WORD.findall(question.lower()) if w not in FILLER}
     return frozenset(w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words)
+
+
+def without_small_talk(gaps: list[KnowledgeGap]) -> list[KnowledgeGap]:
+    """The questions among them: "hi" or "thanks!" is no gap in the knowledge."""
+    return [gap for gap in gaps if small_talk(gap.question) is None]
 
 
 def group_gaps(gaps: list[KnowledgeGap]) -> list[GapGroup]:
@@ -276,7 +282,7 @@ class SiteKnowledge:
         """Questions the pages did not cover, and those that ended in a handoff, grouped."""
         rows = await self.store.knowledge_gaps(site.id, below=RELEVANCE_FLOOR, limit=GAPS_READ)
         rows += await self.store.handoff_questions(site.id, limit=HANDOFFS_READ)
-        return group_gaps(sorted(rows, key=lambda g: g.asked_at, reverse=True))
+        return group_gaps(sorted(without_small_talk(rows), key=lambda g: g.asked_at, reverse=True))
 
     async def close(self) -> None:
         """Stop the fetches under way, each marked interrupted in the store (within a few seconds)."""

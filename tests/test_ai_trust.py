@@ -49,14 +49,15 @@ async def test_a_refused_model_hands_the_visitor_to_a_person(ai_parley: Parley, 
 
 
 async def test_each_answer_stores_its_relevance_and_the_gaps_are_listed(parley: Parley):
+    await parley.ask(session(4), "Hello there!")  # asks nothing, so no gap
     await parley.ask(session(4), "Do you ship to Canada?")
     await parley.ask(session(4), "Do you sell gift cards for birthdays?")
     store = parley.services.store
     conversation = await store.get_conversation(parley.site.id, session(4))
-    answers = [m for m in await store.list_messages(conversation.id) if m.role == "ai"]
+    answers = [m for m in await store.list_messages(conversation.id) if m.role == "ai"][1:]
     assert answers[0].relevance is not None and answers[0].relevance >= RELEVANCE_FLOOR
     assert answers[1].relevance is not None and answers[1].relevance < RELEVANCE_FLOOR
-    gaps = await store.knowledge_gaps(parley.site.id, below=RELEVANCE_FLOOR)
+    gaps = await parley.services.site_knowledge.gaps(parley.site)
     assert [g.question for g in gaps] == ["Do you sell gift cards for birthdays?"]
     # The site owner reads them from the command line (in its own process, as a person would).
     process = await asyncio.create_subprocess_exec(
@@ -68,3 +69,17 @@ async def test_each_answer_stores_its_relevance_and_the_gaps_are_listed(parley: 
     listed = json.loads(output)
     assert [g["question"] for g in listed] == ["Do you sell gift cards for birthdays?"]
     assert listed[0]["session_id"] == session(4) and listed[0]["relevance"] < RELEVANCE_FLOOR
+
+
+async def test_a_greeting_or_thanks_gets_a_reply_not_i_dont_know_nor_a_person(parley: Parley):
+    site = parley.site
+    await parley.services.sites.update_settings(site.id, {**site.settings, "ai": {"handoff_when_unsure": True}})
+    for question, lang, reply in (("Hello there!", "en", "Hello! What can I help you with?"),
+                                  ("thanks a lot", "en", "You're welcome! Ask me anything else."),
+                                  ("Bonjour", "fr", "Bonjour ! Comment puis-je vous aider ?")):
+        events = await parley.ask(session(5), question, lang=lang)
+        assert "".join(e["content"] for e in events if e["type"] == "chunk") == reply
+        assert events[-1]["meta"]["handoff"] is False
+    # A real question the pages do not cover is still handed over, as the site asks.
+    events = await parley.ask(session(5), "Do you sell gift cards for birthdays?")
+    assert events[-1]["meta"]["handoff"] is True

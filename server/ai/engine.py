@@ -21,7 +21,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from server.ai.base import Answer, AnswerRequest, Provider, Usage
 from server.ai.caps import CapChecker, CapNotice
 from server.ai.knowledge import KnowledgeBase, Retrieval
-from server.ai.phrases import AWAY_HANDOFF, HANDING_OVER, asks_for_human, pick
+from server.ai.phrases import AWAY_HANDOFF, HANDING_OVER, asks_for_human, pick, small_talk
 from server.ai.prompt import HANDOFF_MARKER, fit_passages
 from server.ai.redact import redact
 from server.ai.settings import ai_setting
@@ -160,7 +160,9 @@ class AIEngine:
         if ai_setting(site, "redact_pii", False):
             request = _redacted(request)
         sources = list(dict.fromkeys(p.source for p in passages))
-        handoff = not passages and bool(ai_setting(site, "handoff_when_unsure", False))
+        # A greeting or thanks has nothing to be unsure about.
+        handoff = (not passages and bool(ai_setting(site, "handoff_when_unsure", False))
+                   and small_talk(question) is None)
         chunks = relay(lambda: answer, self.provider(site).stream(request))
         answer = Answer(chunks=chunks, sources=sources, handoff=handoff, relevance=retrieval.relevance)
         return answer

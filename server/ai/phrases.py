@@ -25,6 +25,62 @@ DONT_KNOW = {
           "Déjenos su correo y alguien del equipo le responderá.",
 }
 
+# A message that only greets, thanks or says goodbye ("hi", "hello there", "thanks!", "merci
+# beaucoup"): nothing to look up, nothing to hand over, no gap in the knowledge. Filler words
+# ("there", "so much") may come with those, never alone.
+_GREETINGS = frozenset("""
+    hi hello hey hiya howdy morning afternoon evening
+    bonjour salut bonsoir coucou
+    hallo guten servus moin
+    hola buenos buenas
+""".split())
+_THANKS = frozenset("thanks thank thx ty cheers merci danke dank gracias".split())
+_GOODBYES = frozenset("bye goodbye revoir wiedersehen tschüss adiós adios luego".split())
+_SMALL_TALK_FILLER = frozenset("""
+    there good day you a lot very much so all
+    beaucoup bien au tout
+    tag morgen abend schön schon vielen auf
+    dias días tardes noches muchas muchísimas hasta
+""".split())
+SMALL_TALK_MAX_WORDS = 6
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+GREETING_REPLY = {
+    "en": "Hello! What can I help you with?",
+    "fr": "Bonjour ! Comment puis-je vous aider ?",
+    "de": "Hallo! Wobei kann ich Ihnen helfen?",
+    "es": "¡Hola! ¿En qué puedo ayudarle?",
+}
+
+THANKS_REPLY = {
+    "en": "You're welcome! Ask me anything else.",
+    "fr": "Avec plaisir ! N'hésitez pas si vous avez une autre question.",
+    "de": "Gern geschehen! Fragen Sie mich gern noch etwas.",
+    "es": "¡De nada! Pregúnteme lo que necesite.",
+}
+
+GOODBYE_REPLY = {
+    "en": "Goodbye! Come back any time.",
+    "fr": "Au revoir ! Revenez quand vous voulez.",
+    "de": "Auf Wiedersehen! Kommen Sie jederzeit wieder.",
+    "es": "¡Adiós! Vuelva cuando quiera.",
+}
+
+
+def small_talk(text: str) -> dict[str, str] | None:
+    """The reply to a message that is only a greeting, thanks or goodbye; None for anything else."""
+    words = _LETTERS.findall(text.lower())
+    if not words or len(words) > SMALL_TALK_MAX_WORDS:
+        return None
+    if not all(w in _GREETINGS or w in _THANKS or w in _GOODBYES or w in _SMALL_TALK_FILLER
+               for w in words):
+        return None
+    for kind, reply in ((_THANKS, THANKS_REPLY), (_GOODBYES, GOODBYE_REPLY), (_GREETINGS, GREETING_REPLY)):
+        if any(w in kind for w in words):
+            return reply
+    return None  # filler words alone ("you", "so") are not small talk
+
+
 HANDING_OVER = {
     "en": "I'm passing you to a person from the team; they will reply here.",
     "fr": "Je vous mets en relation avec une personne de l'équipe ; elle vous répondra ici.",
