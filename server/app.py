@@ -193,7 +193,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
                                      origin=hub.origin),
         insights=Insights(store),
         hours=hours,
-        readiness=Readiness(store, bridge, uploads),
+        readiness=Readiness(store, bridge, uploads, blobs),
     )
 
 

@@ -60,6 +60,10 @@ class BlobStore(abc.ABC):
         with the bytes from `open`."""
         return None
 
+    async def check(self) -> None:  # noqa: B027 - optional hook
+        """Raise Unavailable when images cannot be stored now (a missing bucket, bad credentials).
+        Files on the local disk are the readiness's disk check."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         return None
 

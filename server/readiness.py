@@ -8,8 +8,10 @@ import asyncio
 import logging
 from typing import Awaitable
 
+from server.blobs import BlobStore
+from server.errors import Unavailable
 from server.feed import EventFeed
-from server.store.base import Store, StoreUnavailable
+from server.store.base import Store
 from server.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -18,33 +20,30 @@ CHECK_SECONDS = 5.0  # each check's answer, or "not ready"
 
 
 class Readiness:
-    def __init__(self, store: Store, feed: EventFeed, uploads: Uploads, *,
+    def __init__(self, store: Store, feed: EventFeed, uploads: Uploads, blobs: BlobStore, *,
                  timeout: float = CHECK_SECONDS) -> None:
         self.store = store
         self.feed = feed
         self.uploads = uploads
+        self.blobs = blobs
         self.timeout = timeout
         self._disk_check: asyncio.Future[bool] | None = None
 
     async def report(self) -> dict[str, str]:
         """{"status": "ok" | "unavailable", and each check's finding}."""
-        store, disk = await asyncio.gather(
-            self._within("the store", self._store_answers()),
+        store, disk, images = await asyncio.gather(
+            self._within("the store", _works(self.store.ping())),
             # Uploads are spooled under the data directory: a full or read-only disk fails them all.
-            self._within("the data directory", asyncio.shield(self._disk_writable())))
+            self._within("the data directory", asyncio.shield(self._disk_writable())),
+            # A bucket that is missing or refuses the credentials fails every image upload.
+            self._within("the image store", _works(self.blobs.check())))
         # A process that cannot hear the others would leave its held visitors waiting.
         feed = self.feed.healthy
-        return {"status": "ok" if store and feed and disk else "unavailable",
+        return {"status": "ok" if store and feed and disk and images else "unavailable",
                 "store": "ok" if store else "unreachable",
                 "events": "ok" if feed else "down",
-                "disk": "ok" if disk else "not writable"}
-
-    async def _store_answers(self) -> bool:
-        try:
-            await self.store.ping()
-        except StoreUnavailable:
-            return False
-        return True
+                "disk": "ok" if disk else "not writable",
+                "images": "ok" if images else "unreachable"}
 
     def _disk_writable(self) -> asyncio.Future[bool]:
         """The disk check under way, or a new one. A check stuck on the disk keeps its thread, one
@@ -61,3 +60,11 @@ class Readiness:
         except TimeoutError:
             log.warning("readiness: %s did not answer within %g s", what, self.timeout)
             return False
+
+
+async def _works(check: Awaitable[None]) -> bool:
+    try:
+        await check
+    except Unavailable:
+        return False
+    return True

@@ -49,11 +49,17 @@ class S3BlobStore(BlobStore):
     async def start(self) -> None:
         session = get_session()
         self._client = await self._exit_stack.enter_async_context(session.create_client(
-            "s3", endpoint_url=self.endpoint_url, config=AioConfig(**TIMEOUTS)))
+            # Signature version 4 for the presigned links too: botocore would sign them with the
+            # old version 2 in us-east-1 (or with no region), which newer AWS buckets and R2 refuse.
+            "s3", endpoint_url=self.endpoint_url, config=AioConfig(signature_version="s3v4", **TIMEOUTS)))
 
     async def close(self) -> None:
         await self._exit_stack.aclose()
         self._client = None
+
+    async def check(self) -> None:
+        async with self._call("check"):
+            await self._client.head_bucket(Bucket=self.bucket)
 
     def _object(self, key: str) -> str:
         if not is_blob_key(key):

@@ -21,6 +21,7 @@ from server.backends import describe
 from server.config import Config, browser_host
 from server.demo import ensure_demo_site
 from server.errors import Unavailable
+from server.readiness import CHECK_SECONDS
 from server.listener import HTTPServer, raise_open_file_limit
 from server.proxies import TrustedProxies
 
@@ -101,6 +102,7 @@ async def serve(config: Config) -> None:
     print("\n".join(lines), flush=True)
     # Checked once, without holding up the start: a wrong key or model is said at once.
     checking = asyncio.create_task(announce_check(model)) if model is not None else None
+    images = asyncio.create_task(announce_image_store(services, config.blobs))
 
     async def prune() -> None:
         await services.store.prune_events(time.time() - EVENT_RETENTION_SECONDS)
@@ -118,7 +120,20 @@ async def serve(config: Config) -> None:
     housekeeping.stop()
     if checking is not None:
         checking.cancel()
+    images.cancel()
     await services.close()
+
+
+async def announce_image_store(services: Services, where: str) -> None:
+    """A bucket that is missing or refuses the credentials is said at start, not at the first
+    visitor's upload."""
+    try:
+        async with asyncio.timeout(CHECK_SECONDS):
+            await services.blobs.check()
+    except (Unavailable, TimeoutError):
+        print(f"WARNING: images cannot be stored in {where}: uploads will fail until it works "
+              "(the log says why; /readyz reports it too).", flush=True)
+        log.warning("image store check failed for %s", where)
 
 
 async def drain(server: HTTPServer, services: Services, grace: float) -> None:

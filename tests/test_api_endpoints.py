@@ -265,7 +265,7 @@ async def test_readiness_answers_503_in_time_when_the_store_hangs(parley, monkey
     response = await parley.client.get("/readyz", timeout=10)
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "store": "unreachable", "events": "ok",
-                               "disk": "ok"}
+                               "disk": "ok", "images": "ok"}
     assert time.monotonic() - started < 5  # the check's 0.2 s, not the client's 10
 
 
@@ -279,7 +279,7 @@ async def test_unknown_api_paths_and_methods_answer_json(parley):
 async def test_health_and_readiness(parley):
     assert (await parley.client.get("/healthz")).json()["status"] == "ok"
     assert (await parley.client.get("/readyz")).json() == {"status": "ok", "store": "ok", "events": "ok",
-                                                            "disk": "ok"}
+                                                            "disk": "ok", "images": "ok"}
     await parley.services.store.close()
     assert (await parley.client.get("/readyz")).status_code == 503
     down = await parley.post("email", parley.ids(SID, email="a@b.co"))

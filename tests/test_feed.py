@@ -119,7 +119,7 @@ async def test_readyz_fails_while_the_feed_is_down(parley):
         response = await parley.client.get("/readyz")
         assert response.status_code == 503
         assert response.json() == {"status": "unavailable", "store": "ok", "events": "down",
-                                   "disk": "ok"}
+                                   "disk": "ok", "images": "ok"}
     finally:
         feed._recovered()
     assert (await parley.client.get("/readyz")).status_code == 200

@@ -70,7 +70,7 @@ async def test_an_operator_reply_in_one_process_wakes_a_visitor_held_by_another(
     assert [m["content"] for m in response.json()["messages"]] == ["Ana here, how can I help?"]
     assert woken_after < 1.0, f"woken after {woken_after:.2f} s"
     ready = (await parley_mongo.client.get("/readyz")).json()
-    assert ready == {"status": "ok", "store": "ok", "events": "ok", "disk": "ok"}
+    assert ready == {"status": "ok", "store": "ok", "events": "ok", "disk": "ok", "images": "ok"}
 
 
 async def test_images_on_mongodb_with_local_blobs(parley_mongo):

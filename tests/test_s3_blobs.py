@@ -60,7 +60,9 @@ async def test_put_open_delete(blobs, s3_endpoint):
         head = await client.head_object(Bucket=BUCKET, Key=f"chat/images/{key}")
         assert head["ContentType"] == "image/png"
     signed = await blobs.redirect_for(key)
-    assert signed.startswith(f"{s3_endpoint}/{BUCKET}/chat/images/{key}?") and "Signature" in signed
+    assert signed.startswith(f"{s3_endpoint}/{BUCKET}/chat/images/{key}?")
+    # Signature version 4 even in us-east-1: newer AWS buckets and R2 refuse version 2's links.
+    assert "X-Amz-Signature=" in signed and "AWSAccessKeyId" not in signed
     assert httpx.get(signed).content == b"\x89PNG fake"
     await blobs.delete(key)
     assert await blobs.open(key) is None
@@ -74,6 +76,7 @@ async def parley_s3(tmp_path, bucket, s3_endpoint) -> AsyncIterator[Parley]:
 
 
 async def test_an_uploaded_image_lives_in_the_bucket_behind_a_stable_url(parley_s3, s3_endpoint):
+    assert (await parley_s3.client.get("/readyz")).json()["images"] == "ok"
     jpeg = png_bytes((40, 30), fmt="JPEG")
     response = await parley_s3.client.post("/api/v1/chat/upload-image", data=parley_s3.ids(SID),
                                            files={"image": ("photo.jpg", jpeg, "image/jpeg")})
@@ -104,8 +107,11 @@ async def test_a_cdn_in_front_of_the_bucket(bucket, s3_endpoint):
         await store.close()
 
 
-async def test_an_unreachable_bucket_is_a_503(tmp_path, bucket, s3_endpoint):
+async def test_a_missing_bucket_is_a_503_and_not_ready(tmp_path, bucket, s3_endpoint):
     async for parley in start_parley(tmp_path, blobs="s3://no-such-bucket", s3_endpoint_url=s3_endpoint):
         response = await parley.client.post("/api/v1/chat/upload-image", data=parley.ids(SID),
                                             files={"image": ("a.png", png_bytes(), "image/png")})
         assert response.status_code == 503 and response.json()["code"] == "unavailable"
+        # Said before any upload fails: the process is not ready.
+        ready = await parley.client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["images"] == "unreachable"
