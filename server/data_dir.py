@@ -22,7 +22,8 @@ def check_data_dir(data_dir: Path, *, create: bool) -> None:
     database = where / DATABASE_NAME
     if not create and not database.exists():
         raise DataDirProblem(f"there is no Parley database in {where} ({DATABASE_NAME} is missing); "
-                             f"{HOW_TO_POINT}")
+                             f"{HOW_TO_POINT}, or, for servers on MongoDB, set PARLEY_STORE (or "
+                             "--store) as they have it")
     try:
         where.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

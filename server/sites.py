@@ -155,6 +155,9 @@ class SiteService:
     async def resolve(self, site_key: str, origin: str | None) -> Site:
         site = await self.get(site_key)
         if not self.origin_allowed(site, origin):
+            if not origin:  # curl, a server-side script: no browser said where it runs
+                raise OriginNotAllowed("This site allows chat only from its own origins, and the "
+                                       "request sent no Origin header.")
             raise OriginNotAllowed("This site does not allow chat from this origin.")
         return site
 

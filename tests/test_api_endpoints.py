@@ -239,6 +239,8 @@ async def test_restricted_origins_are_refused(parley):
     refused = await parley.client.get("/api/v1/chat/history", params=parley.ids(SID, site=site),
                                       headers={"Origin": "https://evil.example"})
     assert refused.status_code == 403 and refused.json()["code"] == "origin_not_allowed"
+    unnamed = await parley.client.get("/api/v1/chat/history", params=parley.ids(SID, site=site))
+    assert unnamed.status_code == 403 and "sent no Origin header" in unnamed.json()["error"]
 
 
 async def test_cors_preflight(parley):
