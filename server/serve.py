@@ -21,9 +21,9 @@ from server.backends import describe
 from server.config import Config, browser_host
 from server.demo import ensure_demo_site
 from server.errors import Unavailable
-from server.readiness import CHECK_SECONDS
 from server.listener import HTTPServer, raise_open_file_limit
 from server.proxies import TrustedProxies
+from server.readiness import CHECK_SECONDS
 
 log = logging.getLogger(__name__)
 
