@@ -616,10 +616,13 @@
     this.wanted = true;
     if (!this.ctrl && !this.timer) this.run();
   };
-  Poller.prototype.stop = function () {
+  // `letFinish`: the held request is left to end by itself, its answer ignored (a request that is
+  // about to be answered need not show as a failed one in devtools).
+  Poller.prototype.stop = function (letFinish) {
     this.wanted = false;
     clearTimeout(this.timer); this.timer = null;
-    if (this.ctrl) { this.ctrl.abort(); this.ctrl = null; }
+    if (this.ctrl && !letFinish) this.ctrl.abort();
+    this.ctrl = null;
   };
   Poller.prototype.later = function (ms) {
     var self = this;
@@ -715,7 +718,9 @@
 
   function ask(turn) {
     state.busy = true;
-    historyLoop.stop(); // the stream brings this answer; the history loop resumes after it, deduplicated
+    // The stream brings this answer; the history loop resumes after it, deduplicated. Its held
+    // request ends by itself as the question is stored.
+    historyLoop.stop(true);
     clearNotice();
     turn.tries = 0;
     turn.el = ui.log.appendChild(typingBubble());
