@@ -668,6 +668,8 @@ def setup_logging(level: str) -> None:
     logging.getLogger("bm25s").setLevel(max(logging.WARNING, logging.getLogger().level))
     # httpx logs every request at INFO; our own lines say what matters about the model's calls.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # aiobotocore says where it found S3 credentials at INFO, on every command run with S3.
+    logging.getLogger("aiobotocore.credentials").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 async def ai_check(config: Config, site_key: str | None) -> int:
