@@ -209,10 +209,13 @@ class FeedHandler(EventStreamMixin, OperatorApiHandler):
                 after = max(0, int(raw))
             except ValueError:
                 raise InvalidRequest("Last-Event-ID is an event id.") from None
-        events = self.services.inbox.feed(self.operator, after)
+        token = self.session_token
+        accounts, operator = self.services.accounts, self.operator
+        # Ends (the page reconnects, or goes to sign-in) once the session no longer gives these rights.
+        events = self.services.inbox.feed(operator, after, allowed=(
+            lambda: accounts.still_signed_in(token, operator)) if token else None)
         self.start_event_stream()
         # While the feed is open, the operator counts as online for the opening hours' rule.
-        token = self.session_token
         presence = asyncio.ensure_future(self.services.accounts.stay_present(token, PRESENCE_HEARTBEAT)) \
             if token else None
         try:

@@ -188,8 +188,10 @@ class AccountService:
         log.info("operator %s signed in", operator.id)
         return token, SignedIn(operator, session)
 
-    async def session(self, token: str | None) -> SignedIn | None:
-        """Who holds this session token, if it is still good (not idle too long, not disabled)."""
+    async def session(self, token: str | None, *, touch: bool = True) -> SignedIn | None:
+        """Who holds this session token, if it is still good (not idle too long, not disabled).
+        `touch`: this is the operator's own request, so the session is not idle (a check made on
+        their behalf, such as the live feed's, is not)."""
         if not token:
             return None
         hashed = token_hash(token)
@@ -203,9 +205,18 @@ class AccountService:
         operator = await self.store.get_operator(session.operator_id)
         if operator is None or operator.disabled:
             return None
-        if now - session.last_seen > TOUCH_EVERY_SECONDS:
+        if touch and now - session.last_seen > TOUCH_EVERY_SECONDS:
             await self.store.touch_operator_session(hashed, now)
         return SignedIn(operator, session)
+
+    async def still_signed_in(self, token: str, operator: Operator) -> bool:
+        """Whether the session still holds, with the rights `operator` had: signed out, disabled,
+        password changed, role or sites changed all say no (an open live feed then ends)."""
+        signed_in = await self.session(token, touch=False)
+        if signed_in is None or signed_in.needs_second_factor:
+            return False
+        now = signed_in.operator
+        return (now.id, now.role, now.site_ids) == (operator.id, operator.role, operator.site_ids)
 
     async def mark_present(self, token: str) -> None:
         """A dashboard tab of this session is open: its operator counts as online (opening hours)."""

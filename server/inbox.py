@@ -10,7 +10,7 @@ import asyncio
 import collections
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from server.errors import NotFound
 from server.hub import Hub, site_topic
@@ -22,6 +22,9 @@ INBOX_PAGE = 50
 FEED_BATCH = 200
 FEED_BUFFER = 1024
 FEED_WAIT_SECONDS = 300.0
+# How often an open feed asks whether its operator may still read it: the most a revoked operator
+# (signed out, disabled, a site taken away) goes on hearing.
+ALLOWED_CHECK_SECONDS = 10.0
 # Ids handed out by a counter (MongoDB) can commit a little out of order: each read looks this far
 # back below the cursor for one that arrived late, and skips what it already sent.
 FEED_LOOKBACK = 64
@@ -146,12 +149,17 @@ class InboxService:
         # One tab leaving (cancelled) must not cancel the read the others wait on.
         return await asyncio.shield(shared[1])
 
-    async def feed(self, operator: Operator, after: int | None) -> AsyncIterator[list[FeedEvent]]:
+    async def feed(self, operator: Operator, after: int | None,
+                   allowed: Callable[[], Awaitable[bool]] | None = None,
+                   ) -> AsyncIterator[list[FeedEvent]]:
         """Everything stored on the operator's sites since `after` (an event id), then live, in
         batches: what one read of the store or one wake-up brought, written and flushed at once.
 
         When `after` is older than the events still kept, one `refetch` event says so first:
         the page reloads its lists rather than trust a feed with a hole in it.
+
+        `allowed`, asked every ALLOWED_CHECK_SECONDS: once it says no (the operator signed out,
+        was disabled, or lost a site), the feed ends, whatever it was waiting for.
         """
         topics = tuple(site_topic(site.id) for site in await self.sites_of(operator))
         # Ids that can commit out of order (MongoDB's counter) need a look back below the cursor.
@@ -171,9 +179,15 @@ class InboxService:
             sent: collections.deque[int] = collections.deque(maxlen=4 * FEED_LOOKBACK)
             floor = cursor  # never look below where this tab started
             read = True
+            checked = read_at = time.monotonic()
             while True:
+                if allowed is not None and time.monotonic() - checked >= ALLOWED_CHECK_SECONDS:
+                    if not await allowed():
+                        return
+                    checked = time.monotonic()
                 batch: list[FeedEvent] = []
                 if read:
+                    read_at = time.monotonic()
                     events = await self._events_for(max(floor, cursor - lookback), topics,
                                                     FEED_BATCH + lookback)
                     fresh = [e for e in events if e.id not in sent]
@@ -186,13 +200,16 @@ class InboxService:
                         yield batch
                     if len(fresh) >= FEED_BATCH:
                         continue
-                woke = await subscription.wait(FEED_WAIT_SECONDS)
+                until = read_at + FEED_WAIT_SECONDS
+                if allowed is not None:
+                    until = min(until, checked + ALLOWED_CHECK_SECONDS)
+                woke = await subscription.wait(max(0.0, until - time.monotonic()))
                 if self.hub.closing:  # shutting down: the page's EventSource reconnects elsewhere
                     return
                 missed_live = subscription.overflowed
                 # Every stored event reaches the hub too (this process's at once, others' through
                 # the events feed): woken only by live chunks, there is nothing new to read.
-                read = not woke or missed_live
+                read = missed_live or (not woke and time.monotonic() - read_at >= FEED_WAIT_SECONDS)
                 live = []
                 for event in subscription.drain():
                     if event.get("kind") == "chunk":

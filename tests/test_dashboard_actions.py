@@ -229,6 +229,27 @@ async def test_a_new_visitor_is_online_from_the_first_question(parley: Parley, a
     assert row["online"] is True
 
 
+@pytest.mark.parametrize("revoke", ["disabled", "site taken away"])
+async def test_a_revoked_operators_live_feed_ends(parley: Parley, monkeypatch, revoke: str):
+    import server.inbox
+    monkeypatch.setattr(server.inbox, "ALLOWED_CHECK_SECONDS", 0.2)
+    agent = await sign_in(parley, "bo@example.com", "agent", (parley.site.id,))
+    try:
+        started = asyncio.Event()
+        feed = asyncio.create_task(read_feed(agent, lambda events: False, started=started))
+        await asyncio.wait_for(started.wait(), 10)
+        store = parley.services.store
+        if revoke == "disabled":
+            await store.update_operator(agent.id, {"disabled": True})
+        else:
+            await store.set_operator_sites(agent.id, [])
+        # The open stream ends by itself (read_feed returns when it does; a timeout otherwise).
+        events = await asyncio.wait_for(feed, 10)
+        assert [e["kind"] for e in events] == ["ready"]
+    finally:
+        await agent.client.aclose()
+
+
 async def test_unread_counts_and_marking_read(parley: Parley, ana: Operator):
     await parley.ask(SID, "one")
     await parley.ask(SID, "two")
