@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.dashboard import Operator, sign_in
 from tests.fake_openai import FakeOpenAI, Plan
-from tests.harness import Parley
+from tests.harness import Parley, session
 from tests.test_dashboard_sites import admin, post_form  # noqa: F401 - admin is a fixture
 
 KEY = "sk-test-secret-key-0123456789abcd"
@@ -57,3 +57,25 @@ async def test_offline_sites_say_so_and_agents_are_refused(parley: Parley, admin
         assert (await post_form(agent, path, action="test")).status_code == 403
     finally:
         await agent.client.aclose()
+
+
+async def test_the_servers_key_and_a_stored_key_go_only_where_they_were_given_for(
+        ai_parley: Parley, fake_openai: FakeOpenAI):
+    from server.ai.settings import updated_ai_settings
+    from tests.fake_openai import API_KEY
+
+    site = ai_parley.site
+    # The same fake under another name: an address the server's key was not given for.
+    elsewhere = fake_openai.base_url.replace("127.0.0.1", "localhost")
+    await ai_parley.services.sites.update_settings(site.id, {**site.settings, "ai": {"base_url": elsewhere}})
+    await ai_parley.ask(session("elsewhere"), "Do you ship to Canada?")
+    assert "authorization" not in {k.lower() for k in fake_openai.calls[-1].headers}
+    # A key stored for one address is forgotten when the address changes without a new key.
+    stored = updated_ai_settings({}, {"base_url": fake_openai.base_url, "api_key": "sk-site-key-1234567"})
+    assert stored["api_key"] == "sk-site-key-1234567"
+    assert "api_key" not in updated_ai_settings(stored, {"base_url": elsewhere})
+    assert updated_ai_settings(stored, {"base_url": fake_openai.base_url})["api_key"] == "sk-site-key-1234567"
+    # The server's own address keeps the server's key.
+    await ai_parley.services.sites.update_settings(site.id, {**site.settings, "ai": {"model": "fake-model"}})
+    await ai_parley.ask(session("home"), "Do you ship to Canada?")
+    assert fake_openai.calls[-1].headers.get("Authorization") == f"Bearer {API_KEY}"

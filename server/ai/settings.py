@@ -58,6 +58,9 @@ def site_model_config(site: Site, default: ModelConfig | None) -> ModelConfig | 
         if "base_url" not in overrides or "model" not in overrides:
             return None
         return ModelConfig(**overrides)
+    if overrides.get("base_url", default.base_url) != default.base_url and "api_key" not in overrides:
+        # The server's key goes to the server's model only: a site pointed elsewhere brings its own.
+        return replace(default, **overrides, api_key=None)
     return replace(default, **overrides)
 
 
@@ -125,6 +128,9 @@ def updated_ai_settings(current: dict[str, Any], changes: dict[str, Any]) -> dic
             continue
         if name == "base_url":
             value = check_base_url(value)
+            if value != current.get("base_url") and not changes.get("api_key"):
+                # The stored key was given for the old address: it is not sent to a new one.
+                result.pop("api_key", None)
         elif name == "temperature" and not 0 <= float(value) <= 2:
             raise InvalidRequest("The temperature is between 0 and 2.")
         elif name == "max_tokens" and int(value) < 1:
