@@ -18,6 +18,8 @@ def safe_next(raw: str | None) -> str:
     parts = urlsplit(raw)
     if parts.scheme or parts.netloc or not parts.path.startswith("/dashboard/") or "\\" in raw:
         return "/dashboard/"
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in raw):  # a Location header cannot carry them
+        return "/dashboard/"
     return raw
 
 

@@ -117,6 +117,15 @@ async def test_signed_out_pages_redirect_and_the_api_and_feed_answer_401(parley:
             assert response.json()["code"] == "unauthorized"
 
 
+async def test_after_sign_in_only_dashboard_paths_are_followed(parley: Parley, signed_in: SignIn):
+    ana = await signed_in("ana@example.com")
+    for asked, followed in (("/dashboard/c/7", "/dashboard/c/7"), ("//evil.example/x", "/dashboard/"),
+                            ("https://evil.example/dashboard/", "/dashboard/"), ("/dashboard\\..", "/dashboard/"),
+                            ("/dashboard/\r\nX-Injected: 1", "/dashboard/")):
+        response = await ana.client.get("/dashboard/login", params={"next": asked})
+        assert (response.status_code, response.headers.get("location")) == (302, followed), asked
+
+
 async def test_a_post_without_the_xsrf_token_fails(parley: Parley, signed_in: SignIn):
     ana = await signed_in("ana@example.com")
     conversation = await parley.services.store.ensure_conversation(parley.site.id, SID, {})
