@@ -25,6 +25,9 @@ from server.sites import DEFAULT_SETTINGS, embed_snippet
 from server.store.models import Site
 from server.validation import SESSION_ID_RE
 
+NOTICE = "notice"  # the knowledge page's "what just happened", signed into its redirect
+NOTICE_MAX_AGE_DAYS = 1 / 24
+
 from handlers.body_limit import ADMIN_FORM_BODY_LIMIT, AnswersBeforeBody
 from handlers.operator_base import OperatorApiHandler, OperatorPageHandler
 
@@ -389,7 +392,7 @@ class KnowledgeHandler(AnswersBeforeBody, SiteAdminHandler):
             tried = await self.services.site_knowledge.try_question(site, question)
             await self.show(site, tried=tried, question=question)
             return
-        await self.show(site, notice=self.get_query_argument("notice", "")[:200] or None)
+        await self.show(site, notice=self._notice(self.get_query_argument("notice", "")))
 
     async def post(self, site_key: str) -> None:
         if self.answered:  # in prepare(), and the body that came with it read and dropped since
@@ -428,7 +431,16 @@ class KnowledgeHandler(AnswersBeforeBody, SiteAdminHandler):
             self.set_status(exc.status)
             await self.show(site, error=exc.message)
             return
-        self.redirect(f"/dashboard/sites/{site.site_key}/knowledge?{urlencode({'notice': notice})}")
+        # Signed: the page shows only notices this server wrote, never text put in a link.
+        signed = self.create_signed_value(NOTICE, notice[:200]).decode()
+        self.redirect(f"/dashboard/sites/{site.site_key}/knowledge?{urlencode({'notice': signed})}")
+
+    def _notice(self, signed: str) -> str | None:
+        if not signed:
+            return None
+        text = tornado.web.decode_signed_value(self.settings["cookie_secret"], NOTICE, signed,
+                                               max_age_days=NOTICE_MAX_AGE_DAYS)
+        return text.decode() if text else None
 
 
 class KnowledgeJobsHandler(OperatorApiHandler):

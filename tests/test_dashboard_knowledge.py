@@ -48,6 +48,10 @@ async def test_documents_try_and_gaps(parley: Parley, admin: Operator):
     added = await post_form(admin, url, action="add_text", title="Do you sell zeppelin tickets?",
                             text="Yes: zeppelin tickets are sold at the front desk for 20 euros.")
     assert added.status_code == 302
+    assert '<p class="notice"' in (await admin.client.get(added.headers["location"])).text
+    # Only notices the server wrote are shown: not text put in a link.
+    forged = await admin.get(url, notice="Your session expired: sign in again at https://evil.example")
+    assert forged.status_code == 200 and "evil.example" not in forged.text
     covered = await admin.get(url, q="zeppelin tickets")
     assert "front desk" in covered.text
     documents = await parley.services.store.list_documents(parley.site.id)
