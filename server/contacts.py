@@ -53,7 +53,9 @@ class Contacts:
     async def csv(self, site: Site, *, rated: bool, search: str | None, actor: Actor) -> str:
         rows = await self.rows(site, rated=rated, search=search, limit=MAX_ROWS)
         out = io.StringIO()
-        writer = csv.writer(out)
+        # Every field quoted: a spreadsheet that splits on ";" (many locales) must not turn the
+        # rest of "hi;=cmd|..." into a cell of its own, where the first-character guard cannot see it.
+        writer = csv.writer(out, quoting=csv.QUOTE_ALL)
         if rated:
             writer.writerow(["date", "rating", "comment", "email", "name", "session_id"])
             for r in rows:

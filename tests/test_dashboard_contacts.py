@@ -42,6 +42,8 @@ async def test_contacts_and_ratings_with_search_and_csv(parley: Parley):
         assert by_email["evil@example.org"][2] == "'=cmd|' /C calc'!A0"
         assert by_email["evil@example.org"][4].startswith("'=HYPERLINK")
         assert by_email["ana@example.org"][3].startswith("'+351")
+        # Quoted, so a spreadsheet splitting on ";" keeps "hi;=..." in one cell.
+        assert all(line.startswith('"') for line in exported.text.splitlines())
         ratings = list(csv.reader(io.StringIO((await admin.get(url, view="ratings", format="csv")).text)))
         assert ratings[1][1:4] == ["5", "'-great, thanks", "ana@example.org"]
         assert "-great, thanks" in (await admin.get(url, view="ratings")).text
