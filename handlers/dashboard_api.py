@@ -39,7 +39,9 @@ class DashboardApiHandler(OperatorApiHandler):
 class MeHandler(DashboardApiHandler):
     async def get(self) -> None:
         sites = await self.services.inbox.sites_of(self.operator)
-        operators = [operator_json(o) for o in await self.services.inbox.active_operators()]
+        # Whom a conversation can be assigned to: names only (an agent has no business with the
+        # others' emails, roles or second factors; admins see those on the Operators page).
+        operators = [{"id": o.id, "name": o.name} for o in await self.services.inbox.active_operators()]
         canned = {site_id: [{"shortcut": c.shortcut, "content": c.content} for c in replies]
                   for site_id, replies in (await self.services.inbox.canned_replies(sites)).items()}
         self.write_json({"success": True, "operator": operator_json(self.operator),

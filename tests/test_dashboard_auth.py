@@ -257,3 +257,11 @@ async def test_the_account_page_changes_the_password_and_turns_two_factor_on(par
     assert (await ana.api("inbox")).status_code == 401  # every session ended, this one too
     actions = [e.action for e in await parley.services.audit.entries()]
     assert "two_factor_on" in actions and "password_change" in actions
+
+
+async def test_an_agent_sees_colleagues_by_name_only(parley: Parley, signed_in: SignIn):
+    await signed_in("ana@example.com")
+    bo = await signed_in("bo@example.com", "agent", (parley.site.id,))
+    me = (await bo.client.get("/dashboard/api/me")).json()
+    assert me["operator"]["email"] == "bo@example.com"
+    assert len(me["operators"]) == 2 and all(set(o) == {"id", "name"} for o in me["operators"])
