@@ -175,11 +175,12 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
                   caps=CapChecker(store), on_close=providers.close,
                   someone_can_answer=hours.someone_can_answer)
     accounts = AccountService(store, idle_timeout=config.session_idle_minutes * 60)
+    operators = OperatorService(store, hub, audit)
     return Services(
         config=config, store=store, hub=hub, bridge=bridge, knowledge=knowledge, ai=ai, blobs=blobs,
         sites=sites,
         chat=ChatService(store, hub, ai, blobs, limits, uploads=uploads),
-        operators=OperatorService(store, hub, audit),
+        operators=operators,
         rules=ProactiveRules(sites),
         accounts=accounts,
         inbox=InboxService(store, hub),
@@ -187,7 +188,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
         privacy=PrivacyService(store, blobs, audit),
         site_admin=SiteAdmin(sites, audit),
         site_ai=SiteAI(sites, config, audit),
-        operator_admin=OperatorAdmin(store, accounts, audit),
+        operator_admin=OperatorAdmin(store, accounts, operators, audit),
         contacts=Contacts(store, audit),
         site_knowledge=SiteKnowledge(store, knowledge, audit, ai, allow_private=config.kb_allow_private,
                                      origin=hub.origin),

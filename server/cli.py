@@ -278,9 +278,8 @@ async def operator_passwd(services: Services, args: argparse.Namespace) -> int:
 def _set_disabled(disabled: bool) -> Command:
     async def run(services: Services, args: argparse.Namespace) -> int:
         operator = await services.accounts.get_by_email(args.email)
-        await services.accounts.set_disabled(operator, disabled)
-        await services.audit.record(CLI, "operator_disable" if disabled else "operator_enable",
-                                    target=operator.email)
+        # As in the dashboard: never the last admin; their conversations go back to the team.
+        await services.operator_admin.set_disabled(operator, disabled, CLI)
         print(f"{operator.email} is now {'disabled; their open sessions have ended' if disabled else 'enabled'}")
         return 0
 
@@ -290,8 +289,7 @@ def _set_disabled(disabled: bool) -> Command:
 async def operator_sites(services: Services, args: argparse.Namespace) -> int:
     operator = await services.accounts.get_by_email(args.email)
     site_ids = [(await services.sites.get(key)).id for key in args.site]
-    await services.store.set_operator_sites(operator.id, site_ids)
-    await services.audit.record(CLI, "operator_sites", target=operator.email, sites=args.site)
+    await services.operator_admin.set_sites(operator, site_ids, CLI)
     print(f"{operator.email} now sees {len(site_ids)} site(s)"
           + (" (admins see every site anyway)" if operator.is_admin else ""))
     return 0

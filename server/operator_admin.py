@@ -8,14 +8,20 @@ from typing import Iterable
 from server.accounts import AccountService
 from server.audit import Actor, AuditLog
 from server.errors import Conflict, InvalidRequest
+from server.operators import OperatorService
 from server.store.base import Store
 from server.store.models import Operator
 
+RELEASE_PAGE = 50
+RELEASE_PAGES = 20  # conversations released at once, at most: RELEASE_PAGE * RELEASE_PAGES
+
 
 class OperatorAdmin:
-    def __init__(self, store: Store, accounts: AccountService, audit: AuditLog) -> None:
+    def __init__(self, store: Store, accounts: AccountService, operators: OperatorService,
+                 audit: AuditLog) -> None:
         self.store = store
         self.accounts = accounts
+        self.operators = operators
         self.audit = audit
 
     async def list(self) -> list[Operator]:
@@ -47,6 +53,8 @@ class OperatorAdmin:
         await self.accounts.set_disabled(operator, disabled)
         await self.audit.record(actor, "operator.disable" if disabled else "operator.enable",
                                 target=operator.email)
+        if disabled:
+            await self._release(operator, await self._sites_of(operator), actor)
 
     async def reset_password(self, operator: Operator, password: str, actor: Actor) -> None:
         self.accounts.check_password_rules(password)
@@ -62,6 +70,9 @@ class OperatorAdmin:
             await self._keep_an_admin(operator)
         await self.store.update_operator(operator.id, {"role": role})
         await self.audit.record(actor, "operator.role", target=operator.email, role=role)
+        if role == "agent":
+            kept = set(operator.site_ids)
+            await self._release(operator, [i for i in await self._sites_of(operator) if i not in kept], actor)
 
     async def set_sites(self, operator: Operator, site_ids: list[int], actor: Actor) -> None:
         known = {site.id for site in await self.store.list_sites()}
@@ -70,3 +81,29 @@ class OperatorAdmin:
         await self.store.set_operator_sites(operator.id, site_ids)
         await self.audit.record(actor, "operator.sites", target=operator.email,
                                 sites=",".join(str(i) for i in sorted(site_ids)))
+        if not operator.is_admin:
+            await self._release(operator, [i for i in operator.site_ids if i not in site_ids], actor)
+
+    async def _sites_of(self, operator: Operator) -> list[int]:
+        if operator.is_admin:
+            return [site.id for site in await self.store.list_sites()]
+        return list(operator.site_ids)
+
+    async def _release(self, operator: Operator, site_ids: list[int], actor: Actor) -> None:
+        """The operator's open conversations on sites they can no longer answer: unassigned, and
+        those they had taken over handed back to the AI and marked as needing a person (otherwise
+        nobody would answer the visitor)."""
+        if not site_ids:
+            return
+        sites = {site.id: site for site in await self.store.list_sites() if site.id in site_ids}
+        for _ in range(RELEASE_PAGES):
+            entries = await self.store.list_inbox(list(sites), status="mine", operator_id=operator.id,
+                                                  limit=RELEASE_PAGE)
+            for entry in entries:
+                conversation, site = entry.conversation, sites[entry.conversation.site_id]
+                if conversation.mode == "operator":
+                    await self.operators.set_mode(site, conversation.session_id, "ai", actor=actor)
+                    await self.store.update_conversation(conversation.id, {"handoff": True})
+                await self.operators.assign(site, conversation, None, actor=actor)
+            if len(entries) < RELEASE_PAGE:
+                return

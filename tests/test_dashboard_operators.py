@@ -3,9 +3,13 @@ without an admin; agents get 403."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.dashboard import Operator, browser, login_form, sign_in
-from tests.harness import Parley
+from tests.harness import Parley, session
 from tests.test_dashboard_sites import admin, post_form  # noqa: F401 - admin is a fixture
+
+SID = session("leaving")
 
 
 
@@ -57,3 +61,23 @@ async def test_agents_get_403_on_operators(parley: Parley, admin: Operator):
         assert (await parley.services.store.get_operator(agent.id)).role == "agent"
     finally:
         await agent.client.aclose()
+
+
+@pytest.mark.parametrize("action", ["disable", "sites"])
+async def test_an_agents_taken_over_chats_go_back_to_the_team_when_they_leave(
+        parley: Parley, admin: Operator, action: str):
+    bo = await sign_in(parley, "bo@example.com", "agent", (parley.site.id,))
+    try:
+        await parley.ask(SID, "Can a person help me?")
+        conversation = await parley.services.store.get_conversation(parley.site.id, SID)
+        assert (await bo.act(conversation.id, "takeover")).status_code == 200
+        # Disabled, or no longer on this site (the sites form sent with none ticked).
+        left = await post_form(admin, "/dashboard/operators", action=action, operator_id=str(bo.id))
+        assert left.status_code == 302
+        after = await parley.services.store.get_conversation(parley.site.id, SID)
+        assert (after.mode, after.assignee_id, after.handoff) == ("ai", None, True)
+        # So the visitor's next message is answered again.
+        events = await parley.ask(SID, "Do you ship to Canada?")
+        assert events[-1]["meta"]["mode"] == "ai" and events[-1]["meta"]["reply_id"] is not None
+    finally:
+        await bo.client.aclose()

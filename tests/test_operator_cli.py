@@ -58,4 +58,4 @@ async def test_operator_accounts_from_the_command_line(parley: Parley):
     assert [(c.shortcut, c.content) for c in await parley.services.store.list_canned_replies(
         parley.site.id)] == [("refund", "Refunds take 5 days.")]
     actions = [e.action for e in await parley.services.audit.entries()]
-    assert {"operator_add", "password_change", "operator_disable"} <= set(actions)
+    assert {"operator_add", "password_change", "operator.disable"} <= set(actions)
