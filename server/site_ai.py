@@ -83,8 +83,10 @@ def parse_ai_form(form: Mapping[str, str]) -> dict[str, Any]:
                             if p.strip()] or None,
         "handoff_when_unsure": form.get("handoff_when_unsure") == "on",
         "redact_pii": form.get("redact_pii") == "on",
-        "caps": {cap: _number(form.get(cap, ""), cap.replace("_", " "), int)
-                 for cap in ("replies_per_session_hour", "replies_per_site_day", "max_input_chars")},
+        # An empty cap field is the server's default ("", which updated_ai_settings removes), never
+        # "no limit" (None): saving the page must not lift a cap nobody touched.
+        "caps": {cap: _number(form.get(cap, ""), cap.replace("_", " "), int) if form.get(cap, "").strip()
+                 else "" for cap in ("replies_per_session_hour", "replies_per_site_day", "max_input_chars")},
     }
     key = form.get("api_key", "").strip()
     if form.get("remove_key") == "on":

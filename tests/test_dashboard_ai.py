@@ -3,8 +3,10 @@ real streaming server (the fake OpenAI-compatible one) and its errors; agents ge
 
 from __future__ import annotations
 
+from server.ai.caps import DEFAULT_REPLIES_PER_SESSION_HOUR, Caps
+from server.ai.settings import updated_ai_settings
 from tests.dashboard import Operator, sign_in
-from tests.fake_openai import FakeOpenAI, Plan
+from tests.fake_openai import API_KEY, FakeOpenAI, Plan
 from tests.harness import Parley, session
 from tests.test_dashboard_sites import admin, post_form  # noqa: F401 - admin is a fixture
 
@@ -27,6 +29,11 @@ async def test_the_key_is_write_only_and_the_connection_is_tested(parley: Parley
     ai = site.settings["ai"]
     assert ai["api_key"] == KEY and ai["model"] == "fake-model" and ai["redact_pii"] is True
     assert ai["handoff_phrases"] == ["human please", "real person"] and ai["caps"]["replies_per_session_hour"] == 10
+    # The caps left empty are the defaults, not "no limit".
+    assert ai["caps"] == {"replies_per_session_hour": 10}
+    await post_form(admin, path, **ai_form(fake_openai, api_key="", replies_per_session_hour=""))
+    site = await parley.services.sites.get(parley.site_key)
+    assert Caps.for_site(site).replies_per_session_hour == DEFAULT_REPLIES_PER_SESSION_HOUR
     # Saving again with the key field empty keeps the key.
     await post_form(admin, path, **ai_form(fake_openai, api_key="", temperature="0.5"))
     assert (await parley.services.sites.get(parley.site_key)).settings["ai"]["api_key"] == KEY
@@ -61,9 +68,6 @@ async def test_offline_sites_say_so_and_agents_are_refused(parley: Parley, admin
 
 async def test_the_servers_key_and_a_stored_key_go_only_where_they_were_given_for(
         ai_parley: Parley, fake_openai: FakeOpenAI):
-    from server.ai.settings import updated_ai_settings
-    from tests.fake_openai import API_KEY
-
     site = ai_parley.site
     # The same fake under another name: an address the server's key was not given for.
     elsewhere = fake_openai.base_url.replace("127.0.0.1", "localhost")

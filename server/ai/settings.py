@@ -115,7 +115,8 @@ def updated_ai_settings(current: dict[str, Any], changes: dict[str, Any]) -> dic
         if name not in SITE_KEYS:
             raise InvalidRequest(f"Unknown AI setting '{name}'.")
         if name == "caps":
-            caps = {**(result.get("caps") or {}), **value}
+            caps = {cap: limit for cap, limit in {**(result.get("caps") or {}), **value}.items()
+                    if limit != ""}  # "": back to the default
             for cap, limit in caps.items():
                 if cap not in CAP_KEYS:
                     raise InvalidRequest(f"Unknown cap '{cap}'.")
