@@ -380,7 +380,7 @@ class KnowledgeHandler(AnswersBeforeBody, SiteAdminHandler):
         jobs = await knowledge.fetch_jobs(site)
         self.render_page("site_knowledge.html", site=site, documents=await knowledge.documents(site),
                          jobs=jobs, fetching=still_fetching(jobs),
-                         gaps=(await knowledge.gaps(site))[:50], max_upload=MAX_DOCUMENT_BYTES,
+                         gaps=await knowledge.gaps(site), max_upload=MAX_DOCUMENT_BYTES,
                          **{"error": None, "notice": None, "tried": None, "question": "", **values})
 
     async def get(self, site_key: str) -> None:

@@ -40,6 +40,7 @@ MAX_SITES_COUNTED = 256
 TRY_SECONDS = 60  # Try the assistant waits this long for the whole answer
 TRY_MAX_CHARS = 20_000
 GAPS_READ = 500
+GAPS_SHOWN = 50  # each one asked of the knowledge again, to leave out those answered since
 HANDOFFS_READ = 200
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 # Words that do not change what a question asks about.
@@ -278,11 +279,21 @@ class SiteKnowledge:
         return Tried(question, retrieval.relevance, [p for p in retrieval.passages if p.source in sources],
                      "".join(parts)[:TRY_MAX_CHARS], bool(answer and answer.handoff), error)
 
-    async def gaps(self, site: Site) -> list[GapGroup]:
-        """Questions the pages did not cover, and those that ended in a handoff, grouped."""
+    async def gaps(self, site: Site, *, shown: int = GAPS_SHOWN) -> list[GapGroup]:
+        """Questions the pages did not cover, and those that ended in a handoff, grouped, the
+        `shown` most frequent. Not listed: greetings, and uncovered questions the knowledge covers
+        now (an answer was added since)."""
         rows = await self.store.knowledge_gaps(site.id, below=RELEVANCE_FLOOR, limit=GAPS_READ)
         rows += await self.store.handoff_questions(site.id, limit=HANDOFFS_READ)
-        return group_gaps(sorted(without_small_talk(rows), key=lambda g: g.asked_at, reverse=True))
+        listed: list[GapGroup] = []
+        for group in group_gaps(sorted(without_small_talk(rows), key=lambda g: g.asked_at, reverse=True)):
+            if len(listed) >= shown:
+                break
+            if not group.handoffs and (await self.knowledge.retrieve(site.id, group.question)
+                                       ).relevance >= RELEVANCE_FLOOR:
+                continue
+            listed.append(group)
+        return listed
 
     async def close(self) -> None:
         """Stop the fetches under way, each marked interrupted in the store (within a few seconds)."""

@@ -54,6 +54,8 @@ async def test_documents_try_and_gaps(parley: Parley, admin: Operator):
     assert forged.status_code == 200 and "evil.example" not in forged.text
     covered = await admin.get(url, q="zeppelin tickets")
     assert "front desk" in covered.text
+    # Answered now, so no longer a gap.
+    assert [g.question for g in await parley.services.site_knowledge.gaps(parley.site)] == []
     documents = await parley.services.store.list_documents(parley.site.id)
     zeppelin = next(d for d in documents if "zeppelin" in d.content)
     assert (await post_form(admin, url, action="remove", document_id=str(zeppelin.id))).status_code == 302
