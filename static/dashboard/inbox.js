@@ -78,6 +78,7 @@
     state.opened = null;
     state.conversation = null;
     root.classList.remove("open");
+    showDetails(false);
     $("conversation").hidden = true;
     $("details").hidden = true;
     renderList();
@@ -256,6 +257,13 @@
     act("block", {kinds: kinds, minutes: minutes, reason: form.reason.value || null});
   });
   $("back").addEventListener("click", function () { close(); history.pushState({}, "", "/dashboard/"); });
+  // Narrow screens have no room beside the conversation: the details open over it.
+  function showDetails(open) {
+    root.classList.toggle("details-open", open);
+    $("show-details").setAttribute("aria-expanded", String(open));
+  }
+  $("show-details").addEventListener("click", function () { showDetails(!root.classList.contains("details-open")); });
+  $("hide-details").addEventListener("click", function () { showDetails(false); $("show-details").focus(); });
 
   // -- the reply box ---------------------------------------------------------------------------
   var reply = $("reply");

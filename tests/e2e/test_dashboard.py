@@ -208,3 +208,26 @@ async def test_a_restart_while_the_inbox_is_open_loses_nothing(server: Server, b
     await shot(ops, "after-restart")
     unexpected = ops.unexpected_errors(allowed=r"ERR_CONNECTION_REFUSED|net::|EventSource|Failed to load")
     assert unexpected == []
+
+
+async def test_on_a_phone_the_visitors_details_open_over_the_conversation(server: Server, browser: Browser):
+    services = server.services
+    assert services is not None
+    site, _ = await ensure_demo_site(services.sites, services.store)
+    await services.accounts.create("ana@example.com", "Ana", "admin", PASSWORD)
+    session_id = "sess_e2ephone0000000001"
+    await services.operators.say(site, session_id, "Hello from the team", operator_name="Ana")
+    ops = await visit(browser, f"{server.base_url}/dashboard/login", viewport={"width": 390, "height": 800})
+    await ops.page.get_by_label("Email").fill("ana@example.com")
+    await ops.page.get_by_label("Password").fill(PASSWORD)
+    await ops.page.get_by_role("button", name="Sign in").click()
+    await ops.page.locator(".conversation-list a").first.click()
+    details, toggle = ops.page.locator("#details"), ops.page.locator("#show-details")
+    await expect(details).to_be_hidden()
+    await toggle.click()
+    await expect(details).to_be_visible()
+    await expect(details).to_contain_text(session_id)
+    await shot(ops, "phone-details")
+    await ops.page.get_by_role("button", name="Close the visitor's details").click()
+    await expect(details).to_be_hidden()
+    assert ops.unexpected_errors() == []
