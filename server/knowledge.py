@@ -136,7 +136,8 @@ async def check_public_url(url: str, *, allow_private: bool = False) -> None:
             address = address.ipv4_mapped
         if not address.is_global or address.is_multicast:
             raise IngestError(f"{url} points to a private or local address ({address}); "
-                              "allow private addresses to fetch it.")
+                              "allow private addresses to fetch it (the server: --kb-allow-private or "
+                              "PARLEY_KB_ALLOW_PRIVATE=1; `kb add`: --allow-private).")
 
 
 class KnowledgeService:

@@ -513,9 +513,9 @@
   }
 
   function showAvailability() {
-    var config = state.config;
+    var config = state.config || {};
     if (!ui.away) return;
-    var away = config.open_now === false;
+    var away = config.open_now === false && state.mode !== "operator"; // a person is here after all
     var when = away && whenBack(config.next_opening);
     ui.away.textContent = !away ? "" : config.away_message || (when ? t("away", { when: when }) : t("awayNoTime"));
     ui.away.hidden = !away;
@@ -530,6 +530,7 @@
   }
 
   function updateMode() {
+    showAvailability();
     var human = state.mode === "operator" || state.lastSpeaker === "operator";
     ui.mode.textContent = !human ? t("ai") : state.operatorName ? t("withOp", { name: state.operatorName }) : t("withTeam");
     ui.end.hidden = !state.hasConversation;

@@ -14,6 +14,7 @@ from server.store.models import Site
 from tests.dashboard import PASSWORD, add_operator
 from tests.e2e.browser import Visit, visit
 from tests.harness import Parley
+from tests.waiting import until_held
 
 PARIS = ZoneInfo("Europe/Paris")
 SATURDAY_NOON = datetime(2026, 12, 5, 12, 0, tzinfo=PARIS)
@@ -58,6 +59,10 @@ async def test_away_the_widget_says_so_keeps_answering_and_collects_an_email(
     await expect(card).to_have_text("Thanks! We'll write back to jane@example.com.")
     conversation = await parley.services.store.get_conversation(demo.id, await shop.session_id())
     assert conversation is not None and conversation.email == "jane@example.com" and conversation.handoff
+    # Someone takes the chat over after all: the widget no longer says the team is away.
+    await until_held(parley.services, demo.id, await shop.session_id(), 2)  # history and proactive
+    await parley.services.operators.set_mode(demo, await shop.session_id(), "operator")
+    await expect(away).to_be_hidden(timeout=5_000)
     assert shop.unexpected_errors() == []
 
 
