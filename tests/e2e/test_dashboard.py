@@ -23,6 +23,7 @@ from server.accounts import AccountService
 from server.app import Services, build_services, make_app
 from server.config import Config
 from server.demo import ensure_demo_site
+from server.store.models import Site
 from tests.e2e.browser import ROOT, Visit, visit
 from tests.providers import GatedProvider
 from tests.waiting import until_held
@@ -174,13 +175,19 @@ async def test_an_operator_watches_takes_over_and_replies(server: Server, browse
     assert ops.dialogs == []
 
 
-async def test_a_restart_while_the_inbox_is_open_loses_nothing(server: Server, browser: Browser):
+async def one_conversation(server: Server, session_id: str, text: str) -> Site:
+    """The demo site, the admin Ana, and one conversation in which Ana wrote `text`."""
     services = server.services
     assert services is not None
     site, _ = await ensure_demo_site(services.sites, services.store)
     await services.accounts.create("ana@example.com", "Ana", "admin", PASSWORD)
+    await services.operators.say(site, session_id, text, operator_name="Ana")
+    return site
+
+
+async def test_a_restart_while_the_inbox_is_open_loses_nothing(server: Server, browser: Browser):
     session_id = "sess_e2erestart00000001"
-    await services.operators.say(site, session_id, "Hello from before", operator_name="Ana")
+    site = await one_conversation(server, session_id, "Hello from before")
 
     ops = await visit(browser, f"{server.base_url}/dashboard/login")
     await ops.page.get_by_label("Email").fill("ana@example.com")
@@ -211,12 +218,8 @@ async def test_a_restart_while_the_inbox_is_open_loses_nothing(server: Server, b
 
 
 async def test_on_a_phone_the_visitors_details_open_over_the_conversation(server: Server, browser: Browser):
-    services = server.services
-    assert services is not None
-    site, _ = await ensure_demo_site(services.sites, services.store)
-    await services.accounts.create("ana@example.com", "Ana", "admin", PASSWORD)
     session_id = "sess_e2ephone0000000001"
-    await services.operators.say(site, session_id, "Hello from the team", operator_name="Ana")
+    await one_conversation(server, session_id, "Hello from the team")
     ops = await visit(browser, f"{server.base_url}/dashboard/login", viewport={"width": 390, "height": 800})
     await ops.page.get_by_label("Email").fill("ana@example.com")
     await ops.page.get_by_label("Password").fill(PASSWORD)
