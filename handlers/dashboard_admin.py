@@ -251,7 +251,7 @@ class ProactiveRulesHandler(SiteAdminHandler):
 
     async def get(self, site_key: str) -> None:
         site = await self.site(site_key)
-        self.render_page("site_rules.html", site=site, rules=site_rules(site), error=None,
+        self.render_page("site_rules.html", site=site, rules=site_rules(site), error=None, typed=None,
                          notice="Saved." if self.get_query_argument("saved", "") else None)
 
     async def post(self, site_key: str) -> None:
@@ -280,7 +280,11 @@ class ProactiveRulesHandler(SiteAdminHandler):
         except ParleyError as exc:
             self.set_status(exc.status)
             site = await self.site(site_key)
-            self.render_page("site_rules.html", site=site, rules=site_rules(site), error=exc.message, notice=None)
+            # A refused new rule keeps what was typed, to correct rather than type again.
+            typed = {name: self.get_body_argument(name, "")[:1200] for name in ("path", "delay", "text")} \
+                if action == "add" else None
+            self.render_page("site_rules.html", site=site, rules=site_rules(site), error=exc.message,
+                             notice=None, typed=typed)
             return
         await self.services.audit.record(self.actor, f"proactive_rule.{action}", site_id=site.id, target=rule_id)
         self.redirect(f"/dashboard/sites/{site.site_key}/rules?saved=1")

@@ -34,7 +34,9 @@ class LoginHandler(OperatorPageHandler):
             self.render_page("login.html", error=None, email="", no_operators=True, next="")
             return
         self.render_page("login.html", error=None, email="", no_operators=False,
-                         next=safe_next(self.get_query_argument("next", None)))
+                         next=safe_next(self.get_query_argument("next", None)),
+                         notice="Your password is changed: sign in with the new one."
+                         if self.get_query_argument("password_changed", "") else None)
 
     async def post(self) -> None:
         email = self.get_body_argument("email", "")[:300]
@@ -198,7 +200,7 @@ class AccountPageHandler(OperatorPageHandler):
                 await self.services.audit.record(self.actor, "password_change")
                 # Every session ended, this one too: sign in again with the new password.
                 self.end_session_cookie()
-                self.redirect("/dashboard/login")
+                self.redirect("/dashboard/login?password_changed=1")
                 return
             if action == "totp_start":
                 secret = accounts.new_totp_secret()

@@ -23,8 +23,9 @@ async def test_rules_are_added_edited_and_removed(parley: Parley):
         assert edited.status_code == 302
         [after] = site_rules(await parley.services.sites.get(parley.site_key))
         assert (after.id, after.text) == (rule.id, "Need help choosing a plan?")
-        bad = await post_form(admin, rules_url, action="add", path="pricing", delay="0", text="x")
+        bad = await post_form(admin, rules_url, action="add", path="pricing", delay="0", text="Questions?")
         assert bad.status_code == 400 and "starts with" in bad.text
+        assert 'value="pricing"' in bad.text and ">Questions?</textarea>" in bad.text  # kept to correct
         assert (await post_form(admin, rules_url, action="remove", rule_id=rule.id)).status_code == 302
         assert site_rules(await parley.services.sites.get(parley.site_key)) == []
         assert (await post_form(admin, rules_url, action="remove", rule_id=rule.id)).status_code == 400
