@@ -25,11 +25,11 @@ from server.sites import DEFAULT_SETTINGS, embed_snippet
 from server.store.models import Site
 from server.validation import SESSION_ID_RE
 
-NOTICE = "notice"  # the knowledge page's "what just happened", signed into its redirect
-NOTICE_MAX_AGE_DAYS = 1 / 24
-
 from handlers.body_limit import ADMIN_FORM_BODY_LIMIT, AnswersBeforeBody
 from handlers.operator_base import OperatorApiHandler, OperatorPageHandler
+
+NOTICE = "notice"  # the knowledge page's "what just happened", signed into its redirect
+NOTICE_MAX_AGE_DAYS = 1 / 24
 
 SITE_KEY_PATTERN = r"(?P<site_key>sk_[A-Za-z0-9_-]{8,64})"
 # A knowledge document and the rest of its form (the multipart framing, the token, the action).

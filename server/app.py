@@ -35,8 +35,8 @@ from handlers.dashboard_admin import (
 )
 from handlers.dashboard_api import (
     ConversationActionHandler,
-    DashboardApiNotFoundHandler,
     ConversationApiHandler,
+    DashboardApiNotFoundHandler,
     FeedHandler,
     InboxApiHandler,
     MeHandler,

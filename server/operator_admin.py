@@ -54,7 +54,7 @@ class OperatorAdmin:
         await self.audit.record(actor, "operator.disable" if disabled else "operator.enable",
                                 target=operator.email)
         if disabled:
-            await self._release(operator, await self._sites_of(operator), actor)
+            await self._release(operator, actor)
 
     async def reset_password(self, operator: Operator, password: str, actor: Actor) -> None:
         self.accounts.check_password_rules(password)
@@ -71,8 +71,7 @@ class OperatorAdmin:
         await self.store.update_operator(operator.id, {"role": role})
         await self.audit.record(actor, "operator.role", target=operator.email, role=role)
         if role == "agent":
-            kept = set(operator.site_ids)
-            await self._release(operator, [i for i in await self._sites_of(operator) if i not in kept], actor)
+            await self._release(operator, actor, keep=operator.site_ids)
 
     async def set_sites(self, operator: Operator, site_ids: list[int], actor: Actor) -> None:
         known = {site.id for site in await self.store.list_sites()}
@@ -82,20 +81,16 @@ class OperatorAdmin:
         await self.audit.record(actor, "operator.sites", target=operator.email,
                                 sites=",".join(str(i) for i in sorted(site_ids)))
         if not operator.is_admin:
-            await self._release(operator, [i for i in operator.site_ids if i not in site_ids], actor)
+            await self._release(operator, actor, keep=site_ids)
 
-    async def _sites_of(self, operator: Operator) -> list[int]:
-        if operator.is_admin:
-            return [site.id for site in await self.store.list_sites()]
-        return list(operator.site_ids)
-
-    async def _release(self, operator: Operator, site_ids: list[int], actor: Actor) -> None:
-        """The operator's open conversations on sites they can no longer answer: unassigned, and
-        those they had taken over handed back to the AI and marked as needing a person (otherwise
-        nobody would answer the visitor)."""
-        if not site_ids:
+    async def _release(self, operator: Operator, actor: Actor, *, keep: Iterable[int] = ()) -> None:
+        """The operator's open conversations on every site but `keep` (those they can still
+        answer): unassigned, and those they had taken over handed back to the AI and marked as
+        needing a person (otherwise nobody would answer the visitor)."""
+        kept = set(keep)
+        sites = {site.id: site for site in await self.store.list_sites() if site.id not in kept}
+        if not sites:
             return
-        sites = {site.id: site for site in await self.store.list_sites() if site.id in site_ids}
         for _ in range(RELEASE_PAGES):
             entries = await self.store.list_inbox(list(sites), status="mine", operator_id=operator.id,
                                                   limit=RELEASE_PAGE)

@@ -35,8 +35,7 @@ class Readiness:
             self._within("the store", _works(self.store.ping())),
             # Uploads are spooled under the data directory: a full or read-only disk fails them all.
             self._within("the data directory", asyncio.shield(self._disk_writable())),
-            # A bucket that is missing or refuses the credentials fails every image upload.
-            self._within("the image store", _works(self.blobs.check())))
+            self.images_ok())
         # A process that cannot hear the others would leave its held visitors waiting.
         feed = self.feed.healthy
         return {"status": "ok" if store and feed and disk and images else "unavailable",
@@ -44,6 +43,11 @@ class Readiness:
                 "events": "ok" if feed else "down",
                 "disk": "ok" if disk else "not writable",
                 "images": "ok" if images else "unreachable"}
+
+    async def images_ok(self) -> bool:
+        """Whether images can be stored: a bucket that is missing or refuses the credentials fails
+        every image upload (a local image store is the disk check's)."""
+        return await self._within("the image store", _works(self.blobs.check()))
 
     def _disk_writable(self) -> asyncio.Future[bool]:
         """The disk check under way, or a new one. A check stuck on the disk keeps its thread, one

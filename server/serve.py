@@ -23,7 +23,7 @@ from server.demo import ensure_demo_site
 from server.errors import Unavailable
 from server.listener import HTTPServer, raise_open_file_limit
 from server.proxies import TrustedProxies
-from server.readiness import CHECK_SECONDS
+from server.readiness import Readiness
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ async def serve(config: Config) -> None:
     print("\n".join(lines), flush=True)
     # Checked once, without holding up the start: a wrong key or model is said at once.
     checking = asyncio.create_task(announce_check(model)) if model is not None else None
-    images = asyncio.create_task(announce_image_store(services, config.blobs))
+    images = asyncio.create_task(announce_image_store(services.readiness, config.blobs))
 
     async def prune() -> None:
         await services.store.prune_events(time.time() - EVENT_RETENTION_SECONDS)
@@ -124,13 +124,10 @@ async def serve(config: Config) -> None:
     await services.close()
 
 
-async def announce_image_store(services: Services, where: str) -> None:
+async def announce_image_store(readiness: Readiness, where: str) -> None:
     """A bucket that is missing or refuses the credentials is said at start, not at the first
     visitor's upload."""
-    try:
-        async with asyncio.timeout(CHECK_SECONDS):
-            await services.blobs.check()
-    except (Unavailable, TimeoutError):
+    if not await readiness.images_ok():
         print(f"WARNING: images cannot be stored in {where}: uploads will fail until it works "
               "(the log says why; /readyz reports it too).", flush=True)
         log.warning("image store check failed for %s", where)
