@@ -305,12 +305,12 @@
     "button{cursor:pointer;border-radius:10px}",
     "button:disabled{cursor:not-allowed;opacity:.55}",
     ":focus-visible{outline:3px solid #111827;outline-offset:2px}",
-    ".launcher{position:fixed;bottom:20px;width:60px;height:60px;border-radius:50%;background:var(--pc);color:var(--pt);display:grid;place-items:center;box-shadow:0 6px 20px rgba(0,0,0,.25);z-index:2147483000;transition:transform .15s}",
+    ".launcher{position:fixed;bottom:20px;width:60px;height:60px;border-radius:50%;background:var(--pc);color:var(--pt);display:grid;place-items:center;box-shadow:0 6px 20px rgba(0,0,0,.25);z-index:2147483647;transition:transform .15s}",
     ".launcher:hover{transform:scale(1.06)}.launcher svg{width:28px;height:28px}",
     ".launcher:focus-visible{outline-color:var(--pc);outline-offset:3px}",
     ".badge{position:absolute;top:2px;right:2px;width:14px;height:14px;border-radius:50%;background:#d92d20;border:2px solid #fff}",
     ".right .launcher,.right .panel,.right .nudge{right:20px}.left .launcher,.left .panel,.left .nudge{left:20px}",
-    ".panel{position:fixed;bottom:92px;width:380px;height:min(600px,calc(100vh - 112px));background:#fff;border-radius:16px;box-shadow:0 12px 40px rgba(16,24,40,.28);display:flex;flex-direction:column;overflow:hidden;z-index:2147483001}",
+    ".panel{position:fixed;bottom:92px;width:380px;height:min(600px,calc(100vh - 112px));background:#fff;border-radius:16px;box-shadow:0 12px 40px rgba(16,24,40,.28);display:flex;flex-direction:column;overflow:hidden;z-index:2147483647}",
     "header{background:var(--pc);color:var(--pt);padding:14px 12px 14px 18px;display:flex;align-items:center;gap:6px}",
     "header .who{flex:1;min-width:0}",
     "header h2{font-size:16.5px;font-weight:650;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}",
@@ -365,23 +365,38 @@
     ".composer .icon:hover{background:#eef0f3}",
     ".composer .send{background:var(--pc);color:var(--pt)}.composer .send:hover{background:var(--pc)}",
     ".drop{outline:3px dashed var(--pc);outline-offset:-6px}",
-    ".nudge{position:fixed;bottom:92px;max-width:280px;background:#fff;color:#1d2430;border-radius:14px;box-shadow:0 8px 28px rgba(16,24,40,.22);padding:12px 36px 12px 14px;z-index:2147483000;border:1px solid #e1e4e8}",
+    ".nudge{position:fixed;bottom:92px;max-width:280px;background:#fff;color:#1d2430;border-radius:14px;box-shadow:0 8px 28px rgba(16,24,40,.22);padding:12px 36px 12px 14px;z-index:2147483647;border:1px solid #e1e4e8}",
     ".nudge .text{display:block;width:100%;font-size:14.5px;text-align:start;border-radius:6px}",
     ".nudge .by{margin-bottom:3px}",
     ".nudge .x{position:absolute;top:6px;right:6px;padding:4px;color:#4b5563}.nudge .x svg{width:16px;height:16px}",
     ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}",
+    // High-contrast modes drop backgrounds and shadows: borders keep the panel and controls visible.
+    "@media (forced-colors:active){.launcher,.panel,.nudge,.msg:not(.system),.card,.btn,.composer .icon,header button{border:1px solid CanvasText}}",
     "@media (max-width:480px){.panel{inset:0!important;width:100%;height:100%;border-radius:0}.open .launcher{display:none}.nudge{left:16px;right:16px;max-width:none}}"
   ].join("\n");
 
   // ---------------------------------------------------------------- the UI
   var ui = {};
 
+  // A constructed style sheet applies under a host page's Content-Security-Policy without
+  // 'unsafe-inline' for styles, which blocks a <style> element even inside a shadow root.
+  function adoptStyles(shadow) {
+    try {
+      var sheet = new CSSStyleSheet();
+      sheet.replaceSync(CSS);
+      shadow.adoptedStyleSheets = [sheet];
+    } catch (e) { // browsers before constructed style sheets (Safari < 16.4)
+      shadow.appendChild(h("style", { text: CSS }));
+    }
+  }
+
   function build(config) {
     var host = document.createElement("parley-chat"); // not a div: host rules like div{display:none} miss it
     var shadow = host.attachShadow({ mode: "open" });
     var colours = palette(config.color);
-    shadow.appendChild(h("style", { text: CSS }));
-    var root = shadow.appendChild(h("div", { class: "root " + (config.position === "left" ? "left" : "right"), lang: lang }));
+    adoptStyles(shadow);
+    // dir: every language the widget speaks is left-to-right, whatever the host page's direction.
+    var root = shadow.appendChild(h("div", { class: "root " + (config.position === "left" ? "left" : "right"), lang: lang, dir: "ltr" }));
     root.style.setProperty("--pc", colours.bg);
     root.style.setProperty("--pt", colours.fg);
     root.style.setProperty("--pl", colours.link);
@@ -549,6 +564,14 @@
     var el = h("div", { class: "msg " + kind });
     if (kind === "visitor" || kind === "system") el.textContent = text;
     else el.appendChild(markdown(text));
+    return spokenBy(el, kind);
+  }
+
+  // Who said it, for screen readers: on screen the bubbles differ only in colour and side. An
+  // operator's bubble names them on screen already.
+  function spokenBy(el, kind) {
+    var who = kind === "visitor" ? t("you") : kind === "bot" ? t("ai") : null;
+    if (who) el.insertBefore(h("span", { class: "sr", text: who + ": " }), el.firstChild);
     return el;
   }
 
@@ -567,7 +590,7 @@
     if (!href) return null;
     var a = link(href, "");
     a.appendChild(h("img", { src: href, alt: t("imageAlt") }));
-    return h("div", { class: "msg visitor image" }, [a]);
+    return spokenBy(h("div", { class: "msg visitor image" }, [a]), "visitor");
   }
 
   // A message from the server (history or a live update); false when it was already on screen.
@@ -713,9 +736,13 @@
     ask({ mid: mid, text: text, mine: mine });
   }
 
-  function typingBubble() {
-    return h("div", { class: "msg bot", "aria-label": t("typing") }, [h("span", { class: "dots" }, [h("i"), h("i"), h("i")])]);
+  // Announced by the log as it is added; the dots are only for the eye.
+  function typing() {
+    return [h("span", { class: "sr", text: t("typing") }),
+      h("span", { class: "dots", "aria-hidden": "true" }, [h("i"), h("i"), h("i")])];
   }
+
+  function typingBubble() { return h("div", { class: "msg bot" }, typing()); }
 
   function ask(turn) {
     state.busy = true;
@@ -739,10 +766,10 @@
         var reader = res.body.getReader(), decoder = new TextDecoder(), buffer = "", finished = false, restarting = false;
         function onEvent(ev) {
           if (ev.type === "chunk" && typeof ev.content === "string") {
-            if (!started) { started = true; turn.el.textContent = ""; turn.el.classList.add("streaming"); turn.el.setAttribute("aria-busy", "true"); turn.el.removeAttribute("aria-label"); }
+            if (!started) { started = true; turn.el.classList.add("streaming"); turn.el.setAttribute("aria-busy", "true"); }
             text += ev.content;
             turn.el.textContent = "";
-            turn.el.appendChild(markdown(text));
+            spokenBy(turn.el, "bot").appendChild(markdown(text));
             scrollDown();
           } else if (ev.type === "error") {
             turn.error = ev.error || t("failed");
@@ -799,7 +826,7 @@
       turn.tries++;
       showNotice(t("offline"));
       turn.el.textContent = "";
-      turn.el.appendChild(typingBubble().firstChild);
+      typing().forEach(function (node) { turn.el.appendChild(node); });
       setTimeout(function () { attempt(turn); }, backoff(turn.tries - 1));
       return;
     }
@@ -840,7 +867,7 @@
     el.removeAttribute("aria-busy");
     if (!text && !turn.error) el.remove(); // operator mode: no AI answer, a person replies
     else {
-      if (!text) el.textContent = "";
+      if (!text) { el.textContent = ""; spokenBy(el, "bot"); }
       var src = sourcesBlock(meta.sources);
       if (src) el.appendChild(src);
       state.lastSpeaker = "ai";
@@ -954,7 +981,7 @@
     } }, [h("h3", { text: t("rateAsk") }), h("div", { class: "stars", role: "group", "aria-label": t("rateAsk") }, stars), comment.el,
       h("div", { class: "row" }, [
         h("button", { type: "submit", class: "btn", text: t("submit") }),
-        h("button", { type: "button", class: "btn ghost", text: t("skip"), onclick: function () { card.remove(); } })
+        h("button", { type: "button", class: "btn ghost", text: t("skip"), onclick: function () { card.remove(); ui.input.focus(); } })
       ])]);
     ui.log.appendChild(card);
     scrollDown();

@@ -41,20 +41,31 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
+HOSTILE_CSS = """* { all: unset } div { display: none } button { color: red; font-size: 40px }
+section, p { display: none !important }
+footer { display: block; position: fixed; left: 0; right: 0; bottom: 0; height: 120px; z-index: 2147483647 }"""
+
+
 class HostPage(tornado.web.RequestHandler):
-    """A customer's page on another origin, with CSS that is hostile to anything it can reach."""
+    """A customer's page on another origin that makes everything hard for an embedded widget: CSS
+    hostile to anything it can reach, a fixed footer at the top z-index, right-to-left, and a
+    Content-Security-Policy with no inline styles."""
 
     def initialize(self, parley_url: str, site_key: str) -> None:
         self.parley_url = parley_url
         self.site_key = site_key
 
-    def get(self) -> None:
+    def get(self, path: str) -> None:
+        if path == "hostile.css":
+            self.set_header("Content-Type", "text/css")
+            self.finish(HOSTILE_CSS)
+            return
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<link rel="icon" href="data:,"><title>A hostile shop</title>
-<style>* {{ all: unset }} div {{ display: none }} button {{ color: red; font-size: 40px }}
-section, p {{ display: none !important }}</style></head>
-<body><div>Host content</div><h1>Shop</h1>
+        self.set_header("Content-Security-Policy", f"default-src 'self'; script-src {self.parley_url}; "
+                        f"connect-src {self.parley_url}; img-src * data:; style-src 'self'")
+        self.finish(f"""<!doctype html><html lang="ar" dir="rtl"><head><meta charset="utf-8">
+<link rel="icon" href="data:,"><title>A hostile shop</title><link rel="stylesheet" href="/hostile.css">
+</head><body><div>Host content</div><h1>Shop</h1><footer>Footer</footer>
 <script src="{self.parley_url}/widget/widget.js" data-site-key="{self.site_key}" async></script>
 </body></html>""")
 
@@ -62,7 +73,7 @@ section, p {{ display: none !important }}</style></head>
 @pytest.fixture
 async def host_page(parley: Parley, demo: Site) -> AsyncIterator[str]:
     """The URL of a page on a second port: another origin than the chat server."""
-    app = tornado.web.Application([(r"/", HostPage, {"parley_url": parley.base_url,
+    app = tornado.web.Application([(r"/(.*)", HostPage, {"parley_url": parley.base_url,
                                                      "site_key": demo.site_key})])
     server = tornado.httpserver.HTTPServer(app)
     sock, port = tornado.testing.bind_unused_port()

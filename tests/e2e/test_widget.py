@@ -65,7 +65,8 @@ async def test_answer_streams_in_steps_and_survives_a_reload(parley: Parley, dem
     await v.widget(".launcher").wait_for()
     if not await v.widget(".panel").is_visible():
         await v.open_chat()
-    await expect(v.widget(".msg.visitor")).to_have_text(["Do you ship to Canada?"])
+    # "You: " is for screen readers (visually hidden): the bubbles differ on screen only by colour.
+    await expect(v.widget(".msg.visitor")).to_have_text(["You: Do you ship to Canada?"])
     await expect(v.widget(".msg.bot").last).to_contain_text("Canada")
     await expect(v.widget(".src")).to_have_count(1)  # restored once, not doubled by the live loop
     assert await v.session_id() == session_id
@@ -221,7 +222,7 @@ async def test_blocked_visitor_sees_why_and_cannot_type(parley: Parley, demo: Si
     assert v.unexpected_errors(allowed=r"status of 403") == []
 
 
-async def test_hostile_host_css_on_another_origin_does_not_break_it(
+async def test_a_hostile_host_page_on_another_origin_does_not_break_it(
         parley: Parley, browser: Browser, host_page: str) -> None:
     v = await visit(browser, host_page)
     launcher = v.widget(".launcher")
@@ -233,8 +234,10 @@ async def test_hostile_host_css_on_another_origin_does_not_break_it(
     assert panel is not None and panel["width"] >= 300 and panel["height"] >= 400
     await v.ask("Do you ship to Canada?")  # cross-origin: CORS lets the stream through
     await expect(v.widget(".msg.bot .src").last).to_be_visible(timeout=10_000)
+    # Styled although the page's CSP refuses inline styles, and left-to-right on a right-to-left page.
     font = await v.widget(".msg.bot").last.evaluate("el => getComputedStyle(el).fontSize")
     assert font == "15px"
+    assert await v.widget(".root").evaluate("el => getComputedStyle(el).direction") == "ltr"
     await v.screenshot("hostile-host")
     assert v.unexpected_errors() == []
 
