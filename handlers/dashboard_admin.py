@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import tornado.web
 from tornado.httputil import HTTPInputError, parse_body_arguments
 
+from server.accounts import MIN_PASSWORD
 from server.errors import Forbidden, InvalidRequest, ParleyError
 from server.privacy import VisitorNotFound
 from server.insights import parse_range
@@ -203,9 +204,12 @@ class OperatorsPageHandler(OperatorPageHandler):
 
     admin_only = True
 
-    async def show(self, error: str | None = None, notice: str | None = None) -> None:
+    async def show(self, error: str | None = None, notice: str | None = None,
+                   adding: dict[str, Any] | None = None) -> None:
+        """`adding`: what was typed into a refused Add form, to fill it again (never the password)."""
         self.render_page("operators.html", operators=await self.services.operator_admin.list(),
-                         sites=await self.services.sites.list(), error=error, notice=notice)
+                         sites=await self.services.sites.list(), error=error, notice=notice,
+                         adding=adding or {}, min_password=MIN_PASSWORD)
 
     async def get(self) -> None:
         await self.show(notice="Saved." if self.get_query_argument("saved", "") else None)
@@ -235,7 +239,13 @@ class OperatorsPageHandler(OperatorPageHandler):
                     raise InvalidRequest("Unknown action.")
         except ParleyError as exc:
             self.set_status(exc.status)
-            await self.show(error=exc.message)
+            adding = None
+            if action == "add":
+                adding = {"email": self.get_body_argument("email", "")[:300],
+                          "name": self.get_body_argument("name", "")[:200],
+                          "role": self.get_body_argument("role", ""),
+                          "sites": set(self.get_body_arguments("site")[:1000])}
+            await self.show(error=exc.message, adding=adding)
             return
         self.redirect("/dashboard/operators?saved=1")
 

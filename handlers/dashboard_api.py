@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from server.errors import InvalidRequest, NotFound
-from server.inbox import FeedEvent
+from server.inbox import INBOX_MAX_PAGE, INBOX_PAGE, FeedEvent, inbox_cursor
 from server.opening_hours import PRESENCE_HEARTBEAT
 from server.store.models import Conversation, Site
 from server.validation import SESSION_ID_RE, int_field, query_int, string_field
@@ -55,12 +55,15 @@ class InboxApiHandler(DashboardApiHandler):
         query = self.query()
         inbox = self.services.inbox
         site_id = query_int(query.get("site"), "site", minimum=1, maximum=MAX_CURSOR)
+        limit = query_int(query.get("limit"), "limit", minimum=1, maximum=INBOX_MAX_PAGE) or INBOX_PAGE
         entries = await inbox.inbox(self.operator, status=query.get("status", "all"),
                                     search=string_field(query, "q", required=False, max_length=200),
-                                    site_id=site_id,
-                                    before=string_field(query, "before", required=False, max_length=40))
+                                    site_id=site_id, limit=limit,
+                                    before=string_field(query, "before", required=False, max_length=80))
         sites = {s.id: s for s in await inbox.sites_of(self.operator)}
-        self.write_json({"success": True, "conversations": inbox_json(entries, sites, inbox.is_online)})
+        # A full page may have more behind it; `next` is where they start.
+        self.write_json({"success": True, "conversations": inbox_json(entries, sites, inbox.is_online),
+                         "next": inbox_cursor(entries[-1]) if len(entries) == limit else None})
 
 
 class ConversationApiHandler(DashboardApiHandler):

@@ -12,13 +12,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from server.errors import NotFound
+from server.errors import InvalidRequest, NotFound
 from server.hub import Hub, site_topic
 from server.store.base import Store
 from server.store.models import CannedReply, Conversation, Event, InboxEntry, Message, Note, Operator, Site
 
 INBOX_FILTERS = ("all", "handoff", "mine", "unassigned", "operator", "ai", "closed")
 INBOX_PAGE = 50
+INBOX_MAX_PAGE = 500  # a refresh of every page a tab has loaded (it asks for as many as it shows)
 FEED_BATCH = 200
 FEED_BUFFER = 1024
 FEED_WAIT_SECONDS = 300.0
@@ -39,6 +40,19 @@ class FeedEvent:
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
+
+
+def inbox_cursor(entry: InboxEntry) -> str:
+    """Where the next page of the inbox starts: after this entry, by activity then id (many
+    conversations can share a time)."""
+    return f"{entry.conversation.updated_at}~{entry.conversation.id}"
+
+
+def parse_inbox_cursor(cursor: str) -> tuple[str, int]:
+    updated_at, _, conversation_id = cursor.rpartition("~")
+    if not updated_at or not conversation_id.isascii() or not conversation_id.isdigit():
+        raise InvalidRequest("'before' must be the 'next' of an inbox page.")
+    return updated_at, int(conversation_id)
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,8 @@ class InboxService:
             site_ids = [s for s in site_ids if s == site_id]
         return await self.store.list_inbox(
             site_ids, status=status if status in INBOX_FILTERS else "all", operator_id=operator.id,
-            search=(search or "").strip()[:200] or None, limit=limit, before=before)
+            search=(search or "").strip()[:200] or None, limit=limit,
+            before=parse_inbox_cursor(before) if before else None)
 
     def is_online(self, conversation: Conversation, now: float | None = None) -> bool:
         seen = conversation.last_seen_at

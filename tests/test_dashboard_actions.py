@@ -288,3 +288,16 @@ async def test_an_answer_made_by_another_process_is_watched_live(parley: Parley,
         assert [e.type async for e in turn.follow()][-1] == "done"
     finally:
         await other.close()
+
+
+async def test_the_inbox_pages_by_its_next_cursor(parley: Parley, ana: Operator):
+    for n in range(3):
+        await parley.ask(session(f"paging-{n}"), "Do you ship to Canada?")
+    first = (await ana.api("inbox", limit="2")).json()
+    assert len(first["conversations"]) == 2 and first["next"]
+    rest = (await ana.api("inbox", limit="2", before=first["next"])).json()
+    assert len(rest["conversations"]) == 1 and rest["next"] is None
+    assert {c["id"] for c in first["conversations"] + rest["conversations"]} == \
+        {await conversation_of(parley, session(f"paging-{n}")) for n in range(3)}
+    refused = await ana.api("inbox", before="2026-01-01")
+    assert refused.status_code == 400 and "'before'" in refused.json()["error"]

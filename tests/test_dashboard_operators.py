@@ -42,6 +42,16 @@ async def test_admins_manage_operators(parley: Parley, admin: Operator):
             "operator.disable"} <= actions
 
 
+async def test_a_refused_new_operator_keeps_what_was_typed_but_the_password(parley: Parley, admin: Operator):
+    refused = await post_form(admin, "/dashboard/operators", action="add", email="cy@example.com",
+                              name="Cy Typed", role="admin", password="short", site=str(parley.site.id))
+    assert refused.status_code == 400 and "at least 10 characters" in refused.text
+    assert 'value="cy@example.com"' in refused.text and 'value="Cy Typed"' in refused.text
+    assert '<option value="admin" selected>' in refused.text
+    assert f'value="{parley.site.id}" checked' in refused.text
+    assert "short" not in refused.text.split("Add an operator")[1]
+
+
 async def test_the_last_admin_stays_an_admin(parley: Parley, admin: Operator):
     ids = {"operator_id": str(admin.id)}
     demoted = await post_form(admin, "/dashboard/operators", action="role", role="agent", **ids)

@@ -808,6 +808,24 @@ async def test_a_feed_stops_at_once_even_right_after_it_started(store):
     await asyncio.wait_for(feed.stop(), 5)  # a driver that swallows the cancel must not hang it
 
 
+async def test_inbox_pages_reach_every_conversation_when_many_share_a_time(store, other, store_clock):
+    site_id = await new_site(store)
+    conversations = []
+    for n in range(7):  # one second, seven conversations: the time alone cannot say where a page ends
+        conversation = await conversation_id(store, site_id, f"sess_paging{n:014d}")
+        await other.add_message(conversation, "visitor", f"Question {n}")
+        conversations.append(conversation)
+    seen: list[int] = []
+    before = None
+    for _ in range(10):
+        page = await other.list_inbox([site_id], limit=3, before=before)
+        if not page:
+            break
+        seen += [e.conversation.id for e in page]
+        before = (page[-1].conversation.updated_at, page[-1].conversation.id)
+    assert seen == sorted(conversations, reverse=True)
+
+
 async def test_inbox_search_ignores_case_and_accents_and_matches_word_starts(store, other):
     site_id = await new_site(store)
     conv = await conversation_id(store, site_id)

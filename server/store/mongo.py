@@ -1066,7 +1066,7 @@ class MongoStore(Store):
     @_guarded
     async def list_inbox(self, site_ids: Iterable[int], *, status: str = "all",
                          operator_id: int | None = None, search: str | None = None,
-                         limit: int = 50, before: str | None = None) -> list[InboxEntry]:
+                         limit: int = 50, before: tuple[str, int] | None = None) -> list[InboxEntry]:
         sites = sorted({_int(i) for i in site_ids})
         if not sites:
             return []
@@ -1083,7 +1083,9 @@ class MongoStore(Store):
         elif status in ("operator", "ai"):
             query["mode"] = status
         if before:
-            query["updated_at"] = {"$lt": _str(before)}
+            before_at, before_id = _str(before[0]), _int(before[1])
+            query["$or"] = [{"updated_at": {"$lt": before_at}},
+                            {"updated_at": before_at, "_id": {"$lt": before_id}}]
         words = re.findall(r"\w+", _folded(_str(search or "")))[:10]
         if words:
             # As SQLite's full-text search matches: every word the start of a word of one message,

@@ -1630,15 +1630,17 @@ class SQLiteStore(Store):
 
     async def list_inbox(self, site_ids: Iterable[int], *, status: str = "all",
                          operator_id: int | None = None, search: str | None = None,
-                         limit: int = 50, before: str | None = None) -> list[InboxEntry]:
+                         limit: int = 50, before: tuple[str, int] | None = None) -> list[InboxEntry]:
         sites = sorted(set(site_ids))
         if not sites:
             return []
+        before_at, before_id = before or ("9999", 0)
         params: dict[str, Any] = {"operator_id": operator_id, "limit": limit,
-                                  "before": before or "9999"}
+                                  "before_at": before_at, "before_id": before_id}
         params.update({f"s{n}": site for n, site in enumerate(sites)})
         where = [f"c.site_id IN ({', '.join(f':s{n}' for n in range(len(sites)))})",
-                 self.INBOX_FILTERS.get(status, self.INBOX_FILTERS["all"]), "c.updated_at < :before",
+                 self.INBOX_FILTERS.get(status, self.INBOX_FILTERS["all"]),
+                 "(c.updated_at < :before_at OR (c.updated_at = :before_at AND c.id < :before_id))",
                  # a visitor who only browsed has a row (for "visitors online") but no chat
                  "EXISTS (SELECT 1 FROM messages e WHERE e.conversation_id = c.id)"]
         if search:

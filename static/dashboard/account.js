@@ -1,4 +1,4 @@
-// The operator's notification choices (kept in this browser).
+// The operator's notification and keyboard choices (kept in this browser).
 (function () {
   "use strict";
   function load() {
@@ -7,11 +7,14 @@
   var prefs = load();
   var sound = document.getElementById("pref-sound");
   var notify = document.getElementById("pref-notify");
-  if (!sound || !notify) return;
+  var shortcuts = document.getElementById("pref-shortcuts");
+  if (!sound || !notify || !shortcuts) return;
   sound.checked = !!prefs.sound;
   notify.checked = !!prefs.notify;
+  shortcuts.checked = !prefs.noShortcuts;
   function save() { localStorage.setItem("parley.prefs", JSON.stringify(prefs)); }
   sound.addEventListener("change", function () { prefs.sound = sound.checked; save(); });
+  shortcuts.addEventListener("change", function () { prefs.noShortcuts = !shortcuts.checked; save(); });
   notify.addEventListener("change", function () {
     prefs.notify = notify.checked;
     save();

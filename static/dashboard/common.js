@@ -80,7 +80,6 @@
     };
   };
 
-  var prefsKey = "parley.prefs." + ((document.getElementById("app") || {dataset: {}}).dataset.operatorId || "");
   function prefs() {
     try { return JSON.parse(localStorage.getItem("parley.prefs") || "{}"); } catch (e) { return {}; }
   }
@@ -109,5 +108,5 @@
   }
 
   window.Parley = {el: el, api: api, when: when, Feed: Feed, prefs: prefs, savePrefs: savePrefs,
-                   notify: notify, prefsKey: prefsKey};
+                   notify: notify};
 })();

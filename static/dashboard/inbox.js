@@ -6,18 +6,39 @@
   var $ = function (id) { return document.getElementById(id); };
   var me = {id: Number(root.dataset.operatorId), name: root.dataset.operatorName};
   var state = {
-    status: "all", q: "", site: "", list: [], opened: null, conversation: null,
+    status: "all", q: "", site: "", list: [], next: null, opened: null, conversation: null,
     lastMessageId: 0, answered: {}, viewers: {}, canned: {}, noteMode: false, listTimer: null,
   };
 
   // -- the list --------------------------------------------------------------------------------
-  function loadList() {
-    var query = "?status=" + encodeURIComponent(state.status) + "&q=" + encodeURIComponent(state.q) +
+  function listUrl() {
+    return "/dashboard/api/inbox?status=" + encodeURIComponent(state.status) + "&q=" + encodeURIComponent(state.q) +
       (state.site ? "&site=" + encodeURIComponent(state.site) : "");
-    return P.api("GET", "/dashboard/api/inbox" + query).then(function (data) {
+  }
+  // The newest conversations, as many as the tab shows: older pages loaded by hand stay through
+  // the live refreshes.
+  function loadList() {
+    var limit = Math.min(500, Math.max(50, state.list.length));
+    return P.api("GET", listUrl() + "&limit=" + limit).then(function (data) {
       state.list = data.conversations;
+      state.next = data.next;
       renderList();
     }).catch(function () {});
+  }
+  function newList() { state.list = []; state.next = null; return loadList(); }
+  function loadOlder() {
+    if (!state.next) return;
+    P.api("GET", listUrl() + "&before=" + encodeURIComponent(state.next)).then(function (data) {
+      var shown = {};
+      state.list.forEach(function (c) { shown[c.id] = true; });
+      var older = data.conversations.filter(function (c) { return !shown[c.id]; });
+      state.list = state.list.concat(older);
+      state.next = data.next;
+      renderList();
+      // The keyboard goes on where the reading does: at the first of the older ones.
+      var first = older.length && $("conversation-list").querySelector('a[data-id="' + older[0].id + '"]');
+      if (first) first.focus();
+    }).catch(function (error) { alert(error.message); });
   }
   function scheduleList() {
     clearTimeout(state.listTimer);
@@ -34,6 +55,8 @@
   }
   function renderList() {
     var list = $("conversation-list");
+    // Redrawn on every live event: the link that had the keyboard gets it back.
+    var focused = list.contains(document.activeElement) ? document.activeElement.getAttribute("data-id") : null;
     list.textContent = "";
     var unread = 0;
     state.list.forEach(function (c) {
@@ -58,12 +81,19 @@
       ]);
       list.appendChild(el("li", null, [link]));
     });
+    if (focused) {
+      var again = list.querySelector('a[data-id="' + focused + '"]');
+      if (again) again.focus({preventScroll: true});
+    }
     $("list-empty").hidden = state.list.length > 0;
+    $("list-more").hidden = !state.next;
     document.title = (unread ? "(" + unread + ") " : "") + "Inbox · Parley";
   }
 
   // -- one conversation ------------------------------------------------------------------------
-  function open(id, push) {
+  // `fromList`: the operator picked it (click, Enter, j/k); the keyboard moves to its heading,
+  // from where Tab reaches its actions.
+  function open(id, push, fromList) {
     state.opened = id;
     state.lastMessageId = 0;
     if (push) history.pushState({id: id}, "", "/dashboard/c/" + id);
@@ -72,6 +102,7 @@
     $("details").hidden = false;
     $("messages").textContent = "";
     renderList();
+    if (fromList) $("c-title").focus();
     return loadConversation(true).then(function () { sendViewing(); });
   }
   function close() {
@@ -100,6 +131,11 @@
         data.conversation.blocked = state.conversation ? state.conversation.blocked : false;
         state.conversation = data.conversation;
       }
+      if (!full) {
+        data.messages.forEach(function (m) {
+          if (m.role === "visitor" && m.id > state.lastMessageId) announce(data.conversation.visitor + ": " + (m.content || "an image"));
+        });
+      }
       data.messages.forEach(addMessage);
       var last = data.messages[data.messages.length - 1];
       if (!last || last.role !== "ai") streaming.forEach(function (bubble) { $("messages").appendChild(bubble); });
@@ -116,6 +152,9 @@
       }
     });
   }
+  // What a screen reader says of live changes: the message list itself is redrawn too often
+  // (actions, streamed answers) to be a live region.
+  function announce(text) { $("announcer").textContent = text.length > 300 ? text.slice(0, 297) + "…" : text; }
   function addMessage(m) {
     if (m.id <= state.lastMessageId) return;
     state.lastMessageId = m.id;
@@ -174,8 +213,12 @@
     bubble.querySelector(".text").replaceChildren(parleyMarkdown.markdown(next));
     scrollDown();
   }
+  // An action's button gives way to its opposite (Take over, Hand back...): the keyboard goes with it.
+  var OPPOSITES = {"act-takeover": "act-handback", "act-handback": "act-takeover", "act-close": "act-reopen",
+                   "act-reopen": "act-close", "act-block": "act-unblock", "act-unblock": "act-block"};
   function renderHeader() {
     var c = state.conversation;
+    var focused = document.activeElement;
     $("c-title").textContent = c.visitor;
     $("c-sub").textContent = [c.site_name, c.mode === "operator" ? "an operator is answering" : "the AI is answering",
       c.closed ? "closed" : null, c.online ? "online" : "offline"].filter(Boolean).join(" · ");
@@ -185,6 +228,7 @@
     $("act-reopen").hidden = !c.closed;
     $("act-block").hidden = !!c.blocked;
     $("act-unblock").hidden = !c.blocked;
+    if (focused && focused.hidden && OPPOSITES[focused.id]) $(OPPOSITES[focused.id]).focus();
     var rows = [["Email", c.email], ["Phone", c.phone], ["Name", c.contact_name], ["Page", c.page_url],
       ["Page title", c.page_title], ["Language", c.lang], ["Browser", c.user_agent], ["IP", c.ip],
       ["First seen", c.created_at], ["Rating", c.rating ? c.rating + " / 5" : null],
@@ -300,6 +344,7 @@
           if (index >= 0) items[index].setAttribute("aria-selected", "false");
           index = (index + (event.key === "ArrowDown" ? 1 : items.length - 1)) % items.length;
           items[index].setAttribute("aria-selected", "true");
+          reply.setAttribute("aria-activedescendant", items[index].id);
         }
         return;
       }
@@ -320,15 +365,20 @@
     var list = $("canned");
     list.textContent = "";
     replies.forEach(function (c, i) {
-      var item = el("li", {role: "option", "aria-selected": i === 0 ? "true" : "false", "data-content": c.content}, [
+      var item = el("li", {role: "option", id: "canned-" + i, "aria-selected": i === 0 ? "true" : "false", "data-content": c.content}, [
         el("strong", {text: "/" + c.shortcut + " "}), c.content]);
       item.addEventListener("mousedown", function (event) { event.preventDefault(); insertCanned(c.content); });
       list.appendChild(item);
     });
     if (!replies.length) list.appendChild(el("li", {className: "muted", text: "No canned replies for this site yet."}));
     list.hidden = false;
+    if (replies.length) reply.setAttribute("aria-activedescendant", "canned-0");
+    else reply.removeAttribute("aria-activedescendant");
   }
-  function hideCanned() { $("canned").hidden = true; }
+  function hideCanned() {
+    $("canned").hidden = true;
+    reply.removeAttribute("aria-activedescendant");
+  }
   function insertCanned(text) { reply.value = text; hideCanned(); reply.focus(); }
 
   // -- filters, search, navigation -------------------------------------------------------------
@@ -338,22 +388,23 @@
       Array.prototype.forEach.call(document.querySelectorAll(".filters button"), function (b) {
         b.setAttribute("aria-selected", String(b === button));
       });
-      loadList();
+      newList();
     });
   });
   var searchTimer = null;
   $("search").addEventListener("input", function () {
     clearTimeout(searchTimer);
-    searchTimer = setTimeout(function () { state.q = $("search").value; loadList(); }, 250);
+    searchTimer = setTimeout(function () { state.q = $("search").value; newList(); }, 250);
   });
-  $("search-form").addEventListener("submit", function (event) { event.preventDefault(); state.q = $("search").value; loadList(); });
-  if ($("site-filter")) $("site-filter").addEventListener("change", function (event) { state.site = event.target.value; loadList(); });
+  $("search-form").addEventListener("submit", function (event) { event.preventDefault(); state.q = $("search").value; newList(); });
+  if ($("site-filter")) $("site-filter").addEventListener("change", function (event) { state.site = event.target.value; newList(); });
   $("conversation-list").addEventListener("click", function (event) {
     var link = event.target.closest("a[data-id]");
     if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
     event.preventDefault();
-    open(Number(link.dataset.id), true);
+    open(Number(link.dataset.id), true, true);
   });
+  $("list-more").addEventListener("click", loadOlder);
   window.addEventListener("popstate", function () {
     var match = /\/dashboard\/c\/(\d+)/.exec(location.pathname);
     if (match) open(Number(match[1]), false); else close();
@@ -362,11 +413,12 @@
     if (!state.list.length) return;
     var index = state.list.findIndex(function (c) { return c.id === state.opened; });
     index = Math.max(0, Math.min(state.list.length - 1, index + delta));
-    open(state.list[index].id, true);
+    open(state.list[index].id, true, true);
   }
   document.addEventListener("keydown", function (event) {
     var typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName);
     if (typing || event.ctrlKey || event.metaKey || event.altKey || document.querySelector("dialog[open]")) return;
+    if (P.prefs().noShortcuts) return;  // turned off on the Account page (speech input types letters)
     if (event.key === "j") step(1);
     else if (event.key === "k") step(-1);
     else if (event.key === "r" && state.opened) { event.preventDefault(); setNoteMode(false); }
@@ -405,10 +457,12 @@
         scheduleList();
         if (here) loadConversation(false);
         if (event.role === "visitor" && !(here && !document.hidden)) P.notify("New message", "A visitor wrote.");
+        if (event.role === "visitor" && !here) announce("A visitor wrote in another conversation.");
         return;
       case "handoff":
         scheduleList();
         P.notify("A visitor asks for a person", "Open the inbox to take over.");
+        announce("A visitor asks for a person.");
         if (here) loadConversation(true);
         return;
       case "seen": case "read":
