@@ -370,7 +370,7 @@
       item.addEventListener("mousedown", function (event) { event.preventDefault(); insertCanned(c.content); });
       list.appendChild(item);
     });
-    if (!replies.length) list.appendChild(el("li", {className: "muted", text: "No canned replies for this site yet."}));
+    if (!replies.length) list.appendChild(el("li", {className: "muted", role: "option", "aria-disabled": "true", text: "No canned replies for this site yet."}));
     list.hidden = false;
     if (replies.length) reply.setAttribute("aria-activedescendant", "canned-0");
     else reply.removeAttribute("aria-activedescendant");
