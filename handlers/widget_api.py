@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
 import tornado.web
 
@@ -17,6 +17,7 @@ from server.validation import MAX_URL_LENGTH, int_field, query_int, query_second
 from handlers.base import ApiHandler
 from handlers.serializers import message_json, proactive_json
 
+T = TypeVar("T")
 MAX_WAIT_SECONDS = 30.0
 MAX_MESSAGE_CURSOR = 2**62
 
@@ -36,6 +37,15 @@ class HeldReadHandler(PublicUrlMixin):
 
     Thousands are held at once, each keeping its handler's frame: they keep the visitor and the
     two numbers, not the query they came from."""
+
+    async def hold(self, awaitable: Awaitable[T]) -> T | None:
+        """As JsonHandler.hold; while the server shuts down, the answer (at once, with what there
+        is) also closes the connection: a widget's next request must go to a new connection,
+        which another process takes, not come straight back to this one for another quick answer."""
+        result = await super().hold(awaitable)
+        if self.chat.hub.closing:
+            self.set_header("Connection", "close")
+        return result
 
     async def held_read(self) -> tuple[Visitor, int | None, float]:
         """The visitor, the `after` cursor and the `wait`, validated."""

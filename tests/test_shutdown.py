@@ -97,6 +97,9 @@ async def test_sigterm_answers_held_reads_cuts_streams_with_an_error_and_exits_0
             response = await asyncio.wait_for(held, 15)
         assert response.status_code == 200
         assert response.json() == {"success": True, "messages": [], "mode": "ai"}
+        # ... and closes the connection: the client's next request goes to a new one (another
+        # process), not straight back here for another answer at once.
+        assert response.headers["connection"] == "close"
         assert asyncio.get_running_loop().time() - started < 10  # not the 25 s wait
 
         events = await asyncio.wait_for(stream, 15)

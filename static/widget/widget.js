@@ -634,7 +634,7 @@
   // A loop that keeps one held GET open, backs off on errors and sleeps while the tab is hidden.
   function Poller(path, params, onData) {
     this.path = path; this.params = params; this.onData = onData;
-    this.ctrl = null; this.timer = null; this.attempt = 0; this.wanted = false;
+    this.ctrl = null; this.timer = null; this.attempt = 0; this.quick = 0; this.wanted = false;
   }
   Poller.prototype.start = function () {
     this.wanted = true;
@@ -662,8 +662,12 @@
       if (self.ctrl !== ctrl) return; // stopped meanwhile: a fresher loop owns the cursor
       self.ctrl = null;
       self.attempt = 0;
+      var quiet = !(data && data.messages && data.messages.length);
       self.onData(data, Date.now() - started);
-      self.run();
+      // Back at once with nothing new: once is news (a takeover, a block), again and again is a
+      // server answering without holding (shutting down): back off as after an error.
+      self.quick = quiet && Date.now() - started < 1000 ? self.quick + 1 : 0;
+      if (self.quick > 2) self.later(backoff(self.quick - 3)); else self.run();
     }, function (err) {
       if (self.ctrl !== ctrl) return;
       self.ctrl = null;

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +139,25 @@ async def test_an_answer_cut_by_a_restart_is_asked_again_by_itself(
     assert await visitor_messages(parley, demo, await v.session_id()) == ["Do you ship to Canada?"]
     assert len(working.requests) == 1
     assert v.unexpected_errors() == []
+
+
+async def test_a_server_that_answers_held_reads_at_once_is_not_hammered(
+        parley: Parley, demo: Site, browser: Browser) -> None:
+    """A draining server answers every held read at once, with nothing: the widget backs off as it
+    would after an error, rather than asking again and again (hundreds a second, seen)."""
+    v = await visit(browser, f"{parley.base_url}/demo")
+    asked: list[float] = []
+    enough = asyncio.Event()
+
+    async def at_once_with_nothing(route: Route) -> None:
+        asked.append(time.monotonic())
+        if len(asked) >= 6:
+            enough.set()
+        await route.fulfill(status=200, content_type="application/json",
+                            body=json.dumps({"success": True, "messages": [], "mode": "ai"}))
+
+    await v.page.route("**/api/v1/chat/history?*wait=*", at_once_with_nothing)
+    await v.open_chat()
+    await asyncio.wait_for(enough.wait(), 30)
+    # Three at once (each could be news: a takeover, a block), then 0.5-1 s, 1-2 s and 2-4 s apart.
+    assert asked[5] - asked[0] >= 3.0, [round(t - asked[0], 2) for t in asked]
