@@ -43,6 +43,7 @@ class Config:
     ai_attempts: int = 3
     ai_backoff: float = 0.5
     ai_deadline: float = 20.0
+    ai_max_answer_seconds: float = 120.0
     kb_allow_private: bool = False
     # Backends. The store URI may carry a password: never in a repr, so never in a log.
     store: str = field(default="sqlite", repr=False)
@@ -68,6 +69,8 @@ class Config:
             problems.append("event_poll_interval is at least 0.01 s")
         if self.ai_deadline <= 0:
             problems.append("ai_deadline is a positive number of seconds")
+        if self.ai_max_answer_seconds <= 0:
+            problems.append("ai_max_answer_seconds is a positive number of seconds")
         if self.session_idle_minutes <= 0:
             problems.append("session_idle_minutes is a positive number")
         if self.shutdown_grace < 0:
@@ -143,6 +146,8 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "ai_backoff": (float, "first retry delay in seconds; doubles with jitter (default 0.5)"),
     "ai_deadline": (float, "seconds a visitor waits at most for the first token, across all tries; "
                            "then an error and an offer of a person (default 20)"),
+    "ai_max_answer_seconds": (float, "seconds one answer may stream at most; a model that goes on "
+                                     "longer is cut, and the visitor offered a person (default 120)"),
     "kb_allow_private": (bool, "let knowledge URLs point at loopback or private addresses"),
     "store": (str, "where conversations live: 'sqlite' (a file in the data directory, the default) "
                    "or a MongoDB URI, mongodb://host/dbname (database 'parley' when the path is empty)"),

@@ -10,6 +10,7 @@ import httpx_sse
 
 import pytest
 
+from server.ai import openai_compat
 from server.ai.openai_compat import IdleDeadline, OpenAICompatible
 from tests.fake_openai import API_KEY, FakeOpenAI, Plan
 from tests.harness import Parley, session, start_parley
@@ -240,3 +241,26 @@ async def test_the_api_key_is_never_logged(ai_parley: Parley, fake_openai: FakeO
     assert "HTTP 401" in caplog.text
     assert API_KEY not in caplog.text
     assert API_KEY not in repr(ai_parley.services.config)
+
+
+async def test_a_model_that_never_stops_is_cut_and_its_text_kept(tmp_path, fake_openai: FakeOpenAI):
+    # A token every 0.05 s for ever (as far as this test goes); answers may stream 0.5 s.
+    fake_openai.default = Plan(tokens=[f"t{n} " for n in range(2000)], delay=0.05)
+    async for parley in start_parley(tmp_path, ai_base_url=fake_openai.base_url, ai_model="m",
+                                     ai_max_answer_seconds=0.5, ai_backoff=0.01):
+        events = await asyncio.wait_for(parley.ask(session(17), "Do you ship to Canada?"), 20)
+        assert types(events)[-2:] == ["error", "done"] and "chunk" in types(events)
+        assert len(text_of(events).split()) < 100  # cut near 0.5 s (about 10 tokens), not at 2,000
+        await asyncio.wait_for(fake_openai.hung_up.wait(), 5)
+        reply = await stored_reply(parley, session(17))
+        assert reply["status"] == "interrupted" and reply["content"] == text_of(events)
+
+
+async def test_an_answer_past_the_length_cap_is_cut(tmp_path, fake_openai: FakeOpenAI, monkeypatch):
+    monkeypatch.setattr(openai_compat, "MAX_ANSWER_CHARS", 50)
+    fake_openai.default = Plan(tokens=["0123456789"] * 20)
+    async for parley in start_parley(tmp_path, ai_base_url=fake_openai.base_url, ai_model="m",
+                                     ai_backoff=0.01):
+        events = await asyncio.wait_for(parley.ask(session(18), "Do you ship to Canada?"), 20)
+        assert types(events)[-2:] == ["error", "done"]
+        assert len(text_of(events)) <= 50

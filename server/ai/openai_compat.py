@@ -44,6 +44,10 @@ ERROR_BODY_CHARS = 300
 # talking after `[DONE]` is cut.
 DRAIN_SECONDS = 0.5
 DRAIN_EVENTS = 16
+# Past this an answer is cut like one that stalls (kept, marked interrupted, a person offered): an
+# upstream that never stops must not fill the database. About 5,000 tokens; max_tokens bounds a
+# well-behaved model long before.
+MAX_ANSWER_CHARS = 20_000
 
 
 class _Transient(AIUnavailable):
@@ -151,10 +155,20 @@ class OpenAICompatible(Provider):
         async with contextlib.AsyncExitStack() as stack:
             items, first = await self._start(payload, stack)
             yield first
+            loop = asyncio.get_running_loop()
+            cut_at = loop.time() + self.config.max_answer_seconds
+            length = len(first)
             try:
                 async with IdleDeadline(self.config.idle_timeout) as idle:
                     async for item in items:
                         idle.touch()
+                        if isinstance(item, str):
+                            length += len(item)
+                            if length > MAX_ANSWER_CHARS or loop.time() > cut_at:
+                                self._log_failure(f"answer cut after {length} characters: it did not end "
+                                                  f"within {MAX_ANSWER_CHARS} or "
+                                                  f"{self.config.max_answer_seconds:g} s")
+                                raise AIUnavailable(INTERRUPTED)
                         idle.paused = True  # the consumer's time between chunks is not silence
                         yield item
                         idle.paused = False

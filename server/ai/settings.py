@@ -36,6 +36,8 @@ class ModelConfig:
     backoff: float = 0.5
     # The first token, across every attempt and backoff, arrives within this or not at all.
     deadline: float = 20.0
+    # A model that never stops (a loop, a broken server) is cut after this long.
+    max_answer_seconds: float = 120.0
 
 
 def ai_settings(site: Site) -> dict[str, Any]:
@@ -104,6 +106,7 @@ def global_model_config(config: Any) -> ModelConfig | None:
         attempts=config.ai_attempts,
         backoff=config.ai_backoff,
         deadline=config.ai_deadline,
+        max_answer_seconds=config.ai_max_answer_seconds,
     )
 
 
