@@ -28,6 +28,10 @@ INTEGER_RE = re.compile(r"^-?[0-9]{1,30}$")
 NUMBER_RE = re.compile(r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?$")
 
 MAX_URL_LENGTH = 2048
+# Text that shows nothing: spaces, controls, and the zero-width and direction marks (Unicode Cf)
+# that a paste or a bot can send alone. Such a message is empty to whoever reads it.
+INVISIBLE_RE = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e"
+                          r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]*")
 
 
 def string_field(
@@ -49,8 +53,12 @@ def string_field(
         raise InvalidRequest(f"'{name}' must be a string.")
     if strip:
         value = value.strip()
+        if required and INVISIBLE_RE.fullmatch(value):
+            raise InvalidRequest(f"'{name}' must not be empty: it has no visible characters.")
     if required and not value:
         raise InvalidRequest(f"'{name}' must not be empty.")
+    if "\x00" in value:
+        raise InvalidRequest(f"'{name}' must not contain NUL characters.")
     if len(value) > max_length:
         raise InvalidRequest(f"'{name}' is longer than {max_length} characters.")
     if pattern is not None and value and not pattern.match(value):

@@ -233,6 +233,10 @@ async def test_stream_refusals_are_json_before_any_event(parley):
         (b"[1, 2]", 400, "invalid_request"),
         (json.dumps(parley.ids(session(13))).encode(), 400, "invalid_request"),
         (json.dumps(parley.ids(session(13), message="   ")).encode(), 400, "invalid_request"),
+        # Nothing anyone could read: zero-width spaces and joiners, a direction mark, a BOM.
+        (json.dumps(parley.ids(session(13), message="\u200b\u200d\u200e\ufeff")).encode(), 400,
+         "invalid_request"),
+        (json.dumps(parley.ids(session(13), message="hi\u0000there")).encode(), 400, "invalid_request"),
         (json.dumps(parley.ids(session(13), message="x" * 4001)).encode(), 400, "invalid_request"),
         (json.dumps(parley.ids(session(13), message={"$gt": ""})).encode(), 400, "invalid_request"),
         (json.dumps(parley.ids(session(13), message="hi", message_id="bad id")).encode(), 400,
@@ -246,6 +250,9 @@ async def test_stream_refusals_are_json_before_any_event(parley):
         assert response.headers["content-type"].startswith("application/json")
         assert response.json()["code"] == code
         assert response.json()["success"] is False
+    # Visible text with such marks inside is a message like any other (emoji sequences use them).
+    answer = await parley.ask(session(13), "Do you ship to Canada? \U0001F468\u200d\U0001F469")
+    assert answer[-1]["type"] == "done"
 
 
 async def test_stream_rate_limit_answers_429_with_retry_after(parley):
