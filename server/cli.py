@@ -29,6 +29,7 @@ from server.privacy import VisitorNotFound
 from server.proactive import site_rules
 from server.site_knowledge import without_small_talk
 from server.sites import embed_snippet, keeps_full_page_urls
+from server.store.models import Site
 from server.validation import SESSION_ID_RE
 
 Command = Callable[[Services, argparse.Namespace], Awaitable[int]]
@@ -355,8 +356,18 @@ async def visitor_erase(services: Services, args: argparse.Namespace) -> int:
 
 
 # -- operators ------------------------------------------------------------------------------------
-async def operator_say(services: Services, args: argparse.Namespace) -> int:
+async def _visitor_site(services: Services, args: argparse.Namespace) -> Site:
+    """The site, once it has seen this session: a mistyped id must not start a conversation
+    nobody is in (it would wait in the inbox for ever)."""
     site = await services.sites.get(args.site)
+    if not await services.operators.knows(site, args.session):
+        raise ParleyError("This site has no visitor with that session id. The widget keeps it in the "
+                          f"browser's localStorage, under the key parley:{site.site_key}.")
+    return site
+
+
+async def operator_say(services: Services, args: argparse.Namespace) -> int:
+    site = await _visitor_site(services, args)
     message = await services.operators.say(site, args.session, " ".join(args.text),
                                            operator_name=args.name)
     print(f"sent message {message.id}")
@@ -365,7 +376,7 @@ async def operator_say(services: Services, args: argparse.Namespace) -> int:
 
 def _set_mode(mode: str) -> Command:
     async def run(services: Services, args: argparse.Namespace) -> int:
-        site = await services.sites.get(args.site)
+        site = await _visitor_site(services, args)
         await services.operators.set_mode(site, args.session, mode)
         print(f"conversation is now in {mode} mode")
         return 0
@@ -374,7 +385,7 @@ def _set_mode(mode: str) -> Command:
 
 
 async def proactive_send(services: Services, args: argparse.Namespace) -> int:
-    site = await services.sites.get(args.site)
+    site = await _visitor_site(services, args)
     message = await services.operators.send_proactive(site, args.session, " ".join(args.text))
     print(f"queued proactive message {message.id}")
     return 0

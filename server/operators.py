@@ -33,6 +33,10 @@ class OperatorService:
         """News only operators hear (never the visitor's topic): assignments, notes, closing."""
         await self.hub.publish(site_topic(site.id), kind, payload)
 
+    async def knows(self, site: Site, session_id: str) -> bool:
+        """Whether this site has seen the session: its widget reported a page, or it chatted."""
+        return await self.store.get_conversation(site.id, session_id) is not None
+
     async def say(self, site: Site, session_id: str, text: str, *, operator_name: str) -> Message:
         text = text.strip()
         if not text or len(text) > 4000:

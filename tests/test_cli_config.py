@@ -52,6 +52,12 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert unknown.returncode == 2 and "No site has this site_key" in unknown.stderr
     bad_session = cli("operator", "takeover", "--site", "sk_x", "--session", "nope")
     assert bad_session.returncode == 2 and "sess_" in bad_session.stderr
+    # A mistyped session is refused, not made into a conversation nobody is in.
+    site = json.loads(cli("site", "create", "--name", "Y", "--json", "--data-dir", str(tmp_path)).stdout)
+    for command in (["operator", "say", "hi"], ["operator", "takeover"], ["proactive", "send", "hi"]):
+        typo = cli(*command[:2], "--site", site["site_key"], "--session", "sess_" + "b" * 20, *command[2:],
+                   "--data-dir", str(tmp_path))
+        assert typo.returncode == 2 and "no visitor with that session id" in typo.stderr, command
 
 
 def test_kb_add_and_list(tmp_path):

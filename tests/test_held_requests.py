@@ -139,8 +139,15 @@ async def run_cli(data_dir: Path, *args: str) -> str:
     return out.decode()
 
 
+async def widget_loaded(parley) -> None:
+    """As the widget does on a page: says where it is, which makes the site know the session."""
+    response = await parley.get("pending-proactive", **parley.ids(SID), page_url="https://shop.example/")
+    assert response.status_code == 200
+
+
 async def test_an_operator_message_from_another_process_wakes_a_held_visitor(parley, tmp_path):
     data_dir = parley.services.config.data_dir
+    await widget_loaded(parley)
     request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=20))
     await wait_until(lambda: parley.services.hub.subscriber_count == 1)
     process = await asyncio.create_subprocess_exec(
@@ -159,6 +166,7 @@ async def test_an_operator_message_from_another_process_wakes_a_held_visitor(par
 async def test_cli_takeover_proactive_and_block_reach_the_running_server(parley):
     data_dir = parley.services.config.data_dir
     common = ["--site", parley.site_key, "--session", SID]
+    await widget_loaded(parley)
     request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=20))
     await wait_until(lambda: parley.services.hub.subscriber_count == 1)
     await run_cli(data_dir, "operator", "takeover", *common)
