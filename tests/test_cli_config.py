@@ -143,3 +143,15 @@ def test_a_port_in_use_is_one_clear_line_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "error: cannot listen on 127.0.0.1:" in result.stderr and "--port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_retention_is_set_from_the_cli(tmp_path):
+    site = json.loads(cli("site", "create", "--name", "R", "--json", "--data-dir", str(tmp_path)).stdout)
+    common = ("site", "settings", "--site", site["site_key"], "--data-dir", str(tmp_path))
+    assert "retention_days: null" in cli(*common).stdout
+    kept = cli(*common, "--retention-days", "30")
+    assert kept.returncode == 0 and "retention_days: 30" in kept.stdout and "for 30 days" in kept.stdout
+    assert "retention_days: 30" in cli(*common).stdout
+    assert "retention_days: null" in cli(*common, "--retention-days", "0").stdout
+    refused = cli(*common, "--retention-days", "-1")
+    assert refused.returncode == 2 and "--retention-days is 0 (keep) to 36500" in refused.stderr
