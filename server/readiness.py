@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable
+from typing import Awaitable, Callable
 
 from server.blobs import BlobStore
 from server.errors import Unavailable
@@ -27,14 +27,15 @@ class Readiness:
         self.uploads = uploads
         self.blobs = blobs
         self.timeout = timeout
-        self._disk_check: asyncio.Future[bool] | None = None
+        self._checks: dict[str, asyncio.Future[bool]] = {}
 
     async def report(self) -> dict[str, str]:
         """{"status": "ok" | "unavailable", and each check's finding}."""
         store, disk, images = await asyncio.gather(
-            self._within("the store", _works(self.store.ping())),
+            self._within("the store", self._shared("store", lambda: _works(self.store.ping()))),
             # Uploads are spooled under the data directory: a full or read-only disk fails them all.
-            self._within("the data directory", asyncio.shield(self._disk_writable())),
+            self._within("the data directory",
+                         self._shared("disk", lambda: asyncio.to_thread(self.uploads.can_write))),
             self.images_ok())
         # A process that cannot hear the others would leave its held visitors waiting.
         feed = self.feed.healthy
@@ -49,13 +50,15 @@ class Readiness:
         every image upload (a local image store is the disk check's)."""
         return await self._within("the image store", _works(self.blobs.check()))
 
-    def _disk_writable(self) -> asyncio.Future[bool]:
-        """The disk check under way, or a new one. A check stuck on the disk keeps its thread, one
-        of the few that sign-ins (argon2), image checks and knowledge indexing run on, so probes
-        arriving meanwhile wait on it rather than each taking another."""
-        if self._disk_check is None or self._disk_check.done():
-            self._disk_check = asyncio.ensure_future(asyncio.to_thread(self.uploads.can_write))
-        return self._disk_check
+    def _shared(self, what: str, start: Callable[[], Awaitable[bool]]) -> Awaitable[bool]:
+        """The check of `what` under way, or a new one. A stuck check keeps what it runs on (the
+        disk's: a thread of the few that sign-ins, image checks and indexing use; the store's: its
+        one writer thread, waiting on a lock), so probes arriving meanwhile wait on it rather than
+        each starting another. Shielded: a probe that gives up does not cancel it for the others."""
+        check = self._checks.get(what)
+        if check is None or check.done():
+            check = self._checks[what] = asyncio.ensure_future(start())
+        return asyncio.shield(check)
 
     async def _within(self, what: str, check: Awaitable[bool]) -> bool:
         try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import signal
 import time
+from typing import Awaitable, Callable
 
 import tornado.netutil
 from tornado.ioloop import PeriodicCallback
@@ -104,12 +106,15 @@ async def serve(config: Config) -> None:
     checking = asyncio.create_task(announce_check(model)) if model is not None else None
     images = asyncio.create_task(announce_image_store(services.readiness, config.blobs))
 
-    async def prune() -> None:
+    async def prune_events() -> None:
         await services.store.prune_events(time.time() - EVENT_RETENTION_SECONDS)
-        await services.accounts.forget_stale()
+
+    async def apply_retention() -> None:
         await services.privacy.apply_retention(await services.sites.list(), actor=CLI)
 
-    housekeeping = PeriodicCallback(prune, 60_000)
+    housekeeping = PeriodicCallback(functools.partial(
+        housekeep, {"pruning old events": prune_events, "forgetting stale sign-in counts":
+                    services.accounts.forget_stale, "retention": apply_retention}), 60_000)
     housekeeping.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -122,6 +127,18 @@ async def serve(config: Config) -> None:
         checking.cancel()
     images.cancel()
     await services.close()
+
+
+async def housekeep(jobs: dict[str, Callable[[], Awaitable[None]]]) -> None:
+    """Each job on its own: one that fails (a database locked by another process) is a line in
+    the log, not a traceback, and does not keep the others from running."""
+    for what, job in jobs.items():
+        try:
+            await job()
+        except Unavailable as exc:
+            log.warning("housekeeping: %s failed, tried again in a minute: %s", what, exc)
+        except Exception:
+            log.exception("housekeeping: %s failed, tried again in a minute", what)
 
 
 async def announce_image_store(readiness: Readiness, where: str) -> None:

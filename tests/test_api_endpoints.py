@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sqlite3
 import time
 
 import pytest
 from PIL import Image
 
+from server.store.sqlite import SQLiteStore
 from tests.harness import session
 from tests.waiting import eventually
 
@@ -269,6 +271,27 @@ async def test_readiness_answers_503_in_time_when_the_store_hangs(parley, monkey
     assert response.json() == {"status": "unavailable", "store": "unreachable", "events": "ok",
                                "disk": "ok", "images": "ok"}
     assert time.monotonic() - started < 5  # the check's 0.2 s, not the client's 10
+
+
+async def test_readiness_says_the_store_is_unreachable_while_another_process_holds_its_lock(parley):
+    """Reads go on, but every write fails: a load balancer must stop sending visitors here."""
+    store = parley.services.store
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("an SQLite lock")
+    parley.services.readiness.timeout = 0.2
+    shell = sqlite3.connect(store.path, isolation_level=None)  # as a `sqlite3` shell would
+    try:
+        shell.execute("BEGIN EXCLUSIVE")
+        locked = await parley.client.get("/readyz", timeout=10)
+        assert locked.status_code == 503 and locked.json()["store"] == "unreachable"
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
+
+    async def ready() -> bool:
+        return (await parley.client.get("/readyz", timeout=10)).status_code == 200
+
+    await eventually(ready, what="ready once the lock is let go")
 
 
 async def test_unknown_api_paths_and_methods_answer_json(parley):

@@ -11,6 +11,8 @@ import time
 import httpx_sse
 
 from handlers.upload import UploadImageHandler
+from server.serve import housekeep
+from server.store.base import StoreUnavailable
 from tests.harness import session
 from tests.waiting import eventually
 from tests.providers import GatedProvider
@@ -131,3 +133,23 @@ async def test_one_address_cannot_hold_unbounded_requests(parley, monkeypatch):
         await parley.services.operators.say(parley.site, session(f"ip{n}"), "hi", operator_name="Ana")
     assert all(r.status_code == 200 for r in await asyncio.gather(*held))
     assert (await parley.get("history", **parley.ids(session("ip-more")), wait=0.1)).status_code == 200
+
+
+async def test_a_failing_housekeeping_job_is_a_line_in_the_log_and_the_others_still_run(caplog):
+    ran: list[str] = []
+
+    async def locked() -> None:
+        raise StoreUnavailable("The database is unavailable; please try again.")
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    async def fine() -> None:
+        ran.append("fine")
+
+    with caplog.at_level(logging.WARNING):
+        await housekeep({"pruning old events": locked, "retention": broken, "the last one": fine})
+    assert ran == ["fine"]
+    lines = [r for r in caplog.records if r.getMessage().startswith("housekeeping:")]
+    assert [(r.levelname, r.exc_info is not None) for r in lines] == [("WARNING", False), ("ERROR", True)]
+    assert "pruning old events failed, tried again in a minute: The database is unavailable" in lines[0].getMessage()

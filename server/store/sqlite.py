@@ -615,9 +615,17 @@ class SQLiteStore(Store):
         return self._db.execute(sql, params).fetchall()
 
     async def ping(self) -> None:
-        # Both sides: the writer thread answers and a reader can open the file.
-        await self._run(lambda: self._db.execute("SELECT 1").fetchone() if self._db else None)
+        # Both sides: the writer can take the write lock, and a reader can open the file. Another
+        # process holding the lock (a `BEGIN EXCLUSIVE` left open in a shell) fails every write
+        # while reads go on.
+        await self._run(self._can_write)
         await self._read_one("SELECT 1")
+
+    def _can_write(self) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
 
     # -- sites --------------------------------------------------------------------------------
     async def create_site(
