@@ -5,8 +5,9 @@ A stream either pulls (`follow_batches`: woken after each change, it takes what 
 pushed to (`push_to`: each event is handed to it at once, in the producing task). Pushing costs no
 wake-up of the stream's task per chunk, which is most of what a chunk costs when many answers stream.
 
-When the last follower leaves before the end, the producing task is cancelled, which cancels the
-upstream call; the partial text is then stored as `interrupted` by the producer.
+When the last follower leaves before the end and none comes back within ABANDONED_AFTER_SECONDS,
+the producing task is cancelled, which cancels the upstream call; the partial text is then stored
+as `interrupted` by the producer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from typing import Any, AsyncIterator, Callable, Literal
 from server.errors import ParleyError
 
 EventType = Literal["chunk", "error", "done"]
+# A stream that drops mid-answer is most often a network blip: the widget asks again with the same
+# message_id within seconds, and follows the answer where it is. Only an answer nobody came back to
+# in this long is cut, to spare the model's time (one cut-off answer and a new one per blip, before).
+ABANDONED_AFTER_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -46,6 +51,7 @@ class Turn:
         self._changed: asyncio.Event | None = None
         self._listeners: list[Callable[[list[TurnEvent]], None]] = []
         self._ended: asyncio.Future[None] | None = None
+        self._abandoning: asyncio.TimerHandle | None = None
 
     @classmethod
     def finished(cls, meta: dict[str, Any], text: str = "") -> Turn:
@@ -92,6 +98,9 @@ class Turn:
 
     def finish(self, meta: dict[str, Any]) -> None:
         self.meta = meta
+        if self._abandoning is not None:
+            self._abandoning.cancel()
+            self._abandoning = None
         self._notify()
         if self._listeners:
             self._push(self._ending())
@@ -122,13 +131,25 @@ class Turn:
     def _follow(self) -> None:
         self._followers += 1
         self._unfollowed.clear()
+        if self._abandoning is not None:  # back in time: the answer goes on
+            self._abandoning.cancel()
+            self._abandoning = None
 
     def _unfollow(self) -> None:
         self._followers -= 1
         if self._followers == 0:
             self._unfollowed.set()
             if not self.done and self.producer is not None:
-                self.producer.cancel()
+                if ABANDONED_AFTER_SECONDS > 0:
+                    self._abandoning = asyncio.get_running_loop().call_later(
+                        ABANDONED_AFTER_SECONDS, self._abandon)
+                else:
+                    self.producer.cancel()
+
+    def _abandon(self) -> None:
+        self._abandoning = None
+        if self._followers == 0 and not self.done and self.producer is not None:
+            self.producer.cancel()
 
     async def follow(self) -> AsyncIterator[TurnEvent]:
         """Every chunk from the first, then `error` (if any) and `done`. Quiet while nothing

@@ -5,6 +5,8 @@ from typing import AsyncIterator
 
 import pytest
 
+import server.turns
+
 from tests.harness import Parley, start_parley
 
 # The fake OpenAI-compatible upstream and a Parley wired to it, for the AI tests.
@@ -21,3 +23,9 @@ async def parley(request, tmp_path, monkeypatch) -> AsyncIterator[Parley]:
         monkeypatch.setenv("PARLEY_STORE", backend["store"])
     async for harness in start_parley(tmp_path, **backend):
         yield harness
+
+
+@pytest.fixture
+def leaving_cuts_at_once(monkeypatch) -> None:
+    """A stream's client leaving cuts its answer at once, not after the grace a retry gets."""
+    monkeypatch.setattr(server.turns, "ABANDONED_AFTER_SECONDS", 0)

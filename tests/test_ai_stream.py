@@ -144,7 +144,8 @@ async def test_answers_one_after_another_share_one_upstream_connection(ai_parley
     assert len(fake_openai.calls) == 3 and fake_openai.connections == 1
 
 
-async def test_visitor_disconnect_closes_the_upstream_request(ai_parley: Parley, fake_openai: FakeOpenAI):
+async def test_visitor_disconnect_closes_the_upstream_request(ai_parley: Parley, fake_openai: FakeOpenAI,
+                                                              leaving_cuts_at_once):
     fake_openai.script(Plan(tokens=["One ", "two ", "three"], hold_after=1))
     body = ai_parley.ids(session(11), message="Do you ship to Canada?")
     async with httpx_sse.aconnect_sse(ai_parley.client, "POST", "/api/v1/chat/stream", json=body) as source:

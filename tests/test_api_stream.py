@@ -167,7 +167,7 @@ async def test_reusing_a_message_id_for_other_text_is_a_conflict(parley):
                                "error": "This message_id was already used for a different message."}
 
 
-async def test_a_visitor_leaving_mid_answer_cancels_it_and_keeps_the_partial_text(parley):
+async def test_a_visitor_leaving_mid_answer_cancels_it_and_keeps_the_partial_text(parley, leaving_cuts_at_once):
     provider = GatedProvider(["Partial ", "never sent"])
     parley.services.ai.default_provider = provider
     body = parley.ids(session(7), message="Tell me everything", message_id="m_gone")

@@ -66,7 +66,7 @@ async def test_a_retry_on_another_process_relays_the_answer_in_progress(parley, 
     assert [m["role"] for m in history] == ["visitor", "ai"]
 
 
-async def test_after_the_first_process_is_cut_off_another_answers_in_full(parley, other):
+async def test_after_the_first_process_is_cut_off_another_answers_in_full(parley, other, leaving_cuts_at_once):
     parley.services.ai.default_provider = cut = GatedProvider(["Partial ", "never"])
     other.ai.default_provider = whole = GatedProvider(["The whole answer."])
     whole.release()

@@ -20,7 +20,28 @@ from tests.providers import GatedProvider
 SID = session("hardening")
 
 
-async def test_a_retry_after_a_dropped_stream_gets_a_whole_answer(parley):
+async def test_a_retry_after_a_dropped_connection_follows_the_same_answer(parley):
+    """A network blip mid-answer: the answer goes on without anyone following, and the widget's
+    retry (the same message_id, within seconds) picks it up where it is. One model call and one
+    stored answer, not a cut-off answer beside a second one per blip."""
+    parley.services.ai.default_provider = provider = GatedProvider(["Partial ", "and the rest."])
+    body = parley.ids(SID, message="Do you ship to Canada?", message_id="m_blip")
+    async with httpx_sse.aconnect_sse(parley.client, "POST", "/api/v1/chat/stream", json=body) as source:
+        provider.release()
+        async for _ in source.aiter_sse():
+            break  # the connection drops after the first chunk
+    [answer] = parley.services.chat.answers._live_turns.values()
+    await asyncio.wait_for(answer.unfollowed(), 10)  # the server has seen the visitor go
+    retry = asyncio.create_task(parley.stream_events(body))
+    provider.release()
+    events = await asyncio.wait_for(retry, 20)
+    assert "".join(e["content"] for e in events if e["type"] == "chunk") == "Partial and the rest."
+    assert len(provider.requests) == 1 and not provider.cancelled.is_set()
+    history = (await parley.get("history", **parley.ids(SID))).json()["messages"]
+    assert [(m["role"], m["status"]) for m in history] == [("visitor", "complete"), ("ai", "complete")]
+
+
+async def test_a_retry_after_a_cut_off_answer_gets_a_whole_answer(parley, leaving_cuts_at_once):
     parley.services.ai.default_provider = first = GatedProvider(["Partial ", "rest"])
     body = parley.ids(SID, message="Do you ship to Canada?", message_id="m_dropped")
     async with httpx_sse.aconnect_sse(parley.client, "POST", "/api/v1/chat/stream", json=body) as source:
