@@ -25,7 +25,7 @@
       attach: "Attach an image", ai: "AI assistant", withOp: "You are chatting with {name}",
       withTeam: "You are chatting with our team", typing: "Typing…", sources: "Sources",
       retry: "Retry", failed: "Sorry, the answer failed.", notSent: "Not sent.",
-      offline: "Connection lost. Trying again…", wait: "You are sending messages quickly. Please wait {s} s.",
+      offline: "Connection lost. Trying again…", unreachable: "The chat cannot be reached; it will go as soon as it can.", wait: "You are sending messages quickly. Please wait {s} s.",
       blocked: "You can no longer send messages in this chat.",
       emailAsk: "Leave your email so the team can reply even if you leave this page:",
       email: "Email", save: "Save", emailSaved: "Thanks! We will reply to {email}.",
@@ -53,6 +53,7 @@
       withOp: "Vous discutez avec {name}", withTeam: "Vous discutez avec notre équipe",
       typing: "Écrit…", sources: "Sources", retry: "Réessayer", failed: "Désolé, la réponse a échoué.",
       notSent: "Non envoyé.", offline: "Connexion perdue. Nouvel essai…",
+      unreachable: "La discussion est injoignable ; le message partira dès que possible.",
       wait: "Vous envoyez des messages très vite. Merci d'attendre {s} s.",
       blocked: "Vous ne pouvez plus envoyer de messages dans cette discussion.",
       emailAsk: "Laissez votre e-mail pour que l'équipe puisse vous répondre même si vous quittez la page :",
@@ -81,6 +82,7 @@
       withTeam: "Sie chatten mit unserem Team", typing: "Schreibt…", sources: "Quellen",
       retry: "Erneut versuchen", failed: "Die Antwort ist leider fehlgeschlagen.", notSent: "Nicht gesendet.",
       offline: "Verbindung verloren. Neuer Versuch…",
+      unreachable: "Der Chat ist nicht erreichbar; die Nachricht wird gesendet, sobald es geht.",
       wait: "Sie senden sehr schnell. Bitte warten Sie {s} s.",
       blocked: "Sie können in diesem Chat keine Nachrichten mehr senden.",
       emailAsk: "Hinterlassen Sie Ihre E-Mail-Adresse, damit das Team Ihnen auch später antworten kann:",
@@ -110,6 +112,7 @@
       withTeam: "Está hablando con nuestro equipo", typing: "Escribiendo…", sources: "Fuentes",
       retry: "Reintentar", failed: "Lo siento, la respuesta falló.", notSent: "No enviado.",
       offline: "Conexión perdida. Reintentando…",
+      unreachable: "No se puede conectar con el chat; el mensaje saldrá en cuanto se pueda.",
       wait: "Está enviando mensajes muy rápido. Espere {s} s.",
       blocked: "Ya no puede enviar mensajes en este chat.",
       emailAsk: "Déjenos su correo para que el equipo pueda responderle aunque salga de la página:",
@@ -218,6 +221,7 @@
     lastId: 0, // the history cursor: the highest server message id shown
     seen: {}, // server message ids already shown
     sentMids: {}, // message_ids of visitor messages this page already shows
+    unsent: [], // turns that could not reach the server: sent again once it answers
     sentImages: {}, // image URLs this page already shows
     proactiveAfter: 0,
     proactiveSeen: {},
@@ -658,7 +662,10 @@
     if (!this.wanted || document.hidden) return; // resumed by visibilitychange, with the same cursor
     var ctrl = this.ctrl = new AbortController();
     var started = Date.now();
-    request("GET", this.path, Object.assign({ wait: HOLD }, this.params()), ctrl.signal).then(function (data) {
+    // After a failure, one quick look first: the server being back is news (a message waiting to
+    // go, see historyLoop), and a held request would only say so when its wait ends.
+    var wait = this.attempt ? 0 : HOLD;
+    request("GET", this.path, Object.assign({ wait: wait }, this.params()), ctrl.signal).then(function (data) {
       if (self.ctrl !== ctrl) return; // stopped meanwhile: a fresher loop owns the cursor
       self.ctrl = null;
       self.attempt = 0;
@@ -666,7 +673,7 @@
       self.onData(data, Date.now() - started);
       // Back at once with nothing new: once is news (a takeover, a block), again and again is a
       // server answering without holding (shutting down): back off as after an error.
-      self.quick = quiet && Date.now() - started < 1000 ? self.quick + 1 : 0;
+      self.quick = quiet && wait && Date.now() - started < 1000 ? self.quick + 1 : 0;
       if (self.quick > 2) self.later(backoff(self.quick - 3)); else self.run();
     }, function (err) {
       if (self.ctrl !== ctrl) return;
@@ -678,6 +685,8 @@
   };
 
   var historyLoop = new Poller("history", function () { return { after: state.lastId || null, limit: 200 }; }, function (data, heldMs) {
+    // The server answers again: what could not reach it goes now, one message at a time.
+    if (state.unsent.length && !state.busy && !state.blocked) resend(state.unsent[0]);
     setMode(data.mode);
     showMessages(data.messages, true);
     // Back early with nothing new: the server woke us for a takeover or a block.
@@ -843,7 +852,8 @@
     turn.el.remove();
     state.busy = false;
     if (err.code === "blocked") { setBlocked(true); markFailed(turn, null); }
-    else markFailed(turn, err.status === 0 || err.status >= 500 ? t("failed") : err.message || t("failed"));
+    else if (err.status === 0) { markFailed(turn, t("unreachable")); state.unsent.push(turn); }
+    else markFailed(turn, err.status >= 500 ? t("failed") : err.message || t("failed"));
     clearNotice();
     historyLoop.start();
   }
@@ -851,13 +861,19 @@
   function markFailed(turn, sentence) {
     var note = h("span", { class: "note", text: t("notSent") + (sentence ? " " + sentence : "") });
     turn.mine.appendChild(note);
+    turn.note = note;
     if (!state.blocked) {
       note.appendChild(document.createTextNode(" "));
       note.appendChild(h("button", { type: "button", class: "btn ghost", text: t("retry"), onclick: function () {
-        note.remove();
-        ask(turn); // the same message_id: if it did reach the server, it is not stored twice
+        resend(turn);
       } }));
     }
+  }
+
+  function resend(turn) {
+    state.unsent = state.unsent.filter(function (other) { return other !== turn; });
+    turn.note.remove();
+    ask(turn); // the same message_id: if it did reach the server, it is not stored twice
   }
 
   function finishTurn(turn, text, meta) {
@@ -997,7 +1013,7 @@
     state.session = "sess_" + randomId(32);
     storageSet("localStorage", STORE_KEY, state.session);
     Object.assign(state, { lastId: 0, seen: {}, sentMids: {}, sentImages: {}, proactiveAfter: 0, proactiveSeen: {},
-      mode: "ai", operatorName: null, lastSpeaker: null, hasConversation: false });
+      mode: "ai", operatorName: null, lastSpeaker: null, hasConversation: false, unsent: [] });
     ui.log.textContent = "";
     ui.log.appendChild(ui.greeting);
     ui.form.hidden = false;

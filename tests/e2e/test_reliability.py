@@ -161,3 +161,36 @@ async def test_a_server_that_answers_held_reads_at_once_is_not_hammered(
     await asyncio.wait_for(enough.wait(), 30)
     # Three at once (each could be news: a takeover, a block), then 0.5-1 s, 1-2 s and 2-4 s apart.
     assert asked[5] - asked[0] >= 3.0, [round(t - asked[0], 2) for t in asked]
+
+
+async def test_a_message_typed_while_the_server_is_unreachable_goes_once_it_is_back(
+        parley: Parley, demo: Site, browser: Browser) -> None:
+    """After its tries the message says the chat cannot be reached (not that the answer failed),
+    and goes by itself when the server answers again: the visitor need not notice the outage."""
+    v = await visit(browser, "about:blank")
+    await v.page.clock.install()  # the widget's backoff timers run when the test says
+    await v.page.goto(f"{parley.base_url}/demo")
+    down = True
+
+    async def unreachable(route: Route) -> None:
+        await (route.abort("connectionrefused") if down else route.continue_())
+
+    await v.open_chat()
+    await v.page.route("**/api/v1/chat/*", unreachable)
+    await v.ask("Do you ship to Canada?")
+    note = v.widget(".msg.visitor .note")
+    for _ in range(100):  # five tries, 0.5 s to 16 s apart
+        if await note.count():
+            break
+        await v.page.clock.run_for(1_000)
+    await expect(note).to_contain_text("The chat cannot be reached; it will go as soon as it can.")
+    down = False
+    answer = v.widget(".msg.bot .src")
+    for _ in range(100):  # the history loop's next try, at most 30 s on
+        if await answer.count():
+            break
+        await v.page.clock.run_for(1_000)
+    await expect(answer).to_have_count(1, timeout=10_000)
+    await expect(note).to_have_count(0)
+    assert await visitor_messages(parley, demo, await v.session_id()) == ["Do you ship to Canada?"]
+    assert v.unexpected_errors(allowed=r"ERR_CONNECTION_REFUSED") == []
