@@ -11,6 +11,7 @@ import tornado.web
 from tornado.httputil import HTTPInputError, parse_body_arguments
 
 from server.accounts import MIN_PASSWORD
+from server import contacts as contact_lists
 from server.errors import Forbidden, InvalidRequest, ParleyError
 from server.privacy import VisitorNotFound
 from server.insights import parse_range
@@ -316,7 +317,8 @@ class ContactsHandler(SiteAdminHandler):
             self.finish(body)
             return
         self.render_page("site_contacts.html", site=site, rated=rated, search=search,
-                         rows=await contacts.rows(site, rated=rated, search=search))
+                         rows=await contacts.rows(site, rated=rated, search=search),
+                         page_rows=contact_lists.PAGE_ROWS, csv_rows=contact_lists.MAX_ROWS)
 
 
 class NumbersHandler(OperatorPageHandler):

@@ -77,17 +77,19 @@ class ConversationApiHandler(DashboardApiHandler):
                 self.operator, int(conversation_id), after)
             site, _ = await inbox.conversation(self.operator, conversation.id)
             blocked = None
+            earlier = False
         else:
             view = await inbox.view(self.operator, int(conversation_id))
             site, conversation, messages, notes = view.site, view.conversation, view.messages, view.notes
-            blocked = view.blocked
+            blocked, earlier = view.blocked, view.earlier
         detail = conversation_detail_json(conversation, site, online=inbox.is_online(conversation),
                                           blocked=bool(blocked))
         if blocked is None:
             detail.pop("blocked")
         self.write_json({"success": True, "conversation": detail,
                          "messages": self.messages_json(messages),
-                         "notes": [note_json(n) for n in notes]})
+                         "notes": [note_json(n) for n in notes],
+                         "earlier": earlier})  # older messages exist than the view holds
 
 
 class ConversationActionHandler(DashboardApiHandler):

@@ -12,7 +12,8 @@ from server.store.base import Store
 from server.store.models import Site
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-MAX_ROWS = 5000
+MAX_ROWS = 5000  # in one CSV; the page shows PAGE_ROWS
+PAGE_ROWS = 500
 
 
 def neutralised(cell: object) -> str:
@@ -39,9 +40,10 @@ class Contacts:
         self.audit = audit
 
     async def rows(self, site: Site, *, rated: bool = False, search: str | None = None,
-                   limit: int = 500) -> list[ContactRow]:
+                   limit: int | None = None) -> list[ContactRow]:
+        """The newest contacts (PAGE_ROWS unless `limit` says otherwise, at most MAX_ROWS)."""
         conversations = await self.store.list_contacts(site.id, rated=rated, search=search or None,
-                                                       limit=min(limit, MAX_ROWS))
+                                                       limit=min(limit or PAGE_ROWS, MAX_ROWS))
         rows = []
         for c in conversations:
             first = await self.store.list_messages(c.id, limit=1, roles=("visitor",))

@@ -63,6 +63,7 @@ class ConversationView:
     notes: list[Note]
     blocked: bool
     online: bool
+    earlier: bool  # older messages than `messages` exist (the view holds CONVERSATION_MESSAGES)
 
 
 class InboxService:
@@ -118,13 +119,15 @@ class InboxService:
 
     async def view(self, operator: Operator, conversation_id: int) -> ConversationView:
         site, conversation = await self.conversation(operator, conversation_id)
-        messages = await self.store.recent_messages(conversation.id, CONVERSATION_MESSAGES)
+        messages = await self.store.recent_messages(conversation.id, CONVERSATION_MESSAGES + 1)
+        earlier = len(messages) > CONVERSATION_MESSAGES
+        messages = messages[len(messages) - CONVERSATION_MESSAGES:] if earlier else messages
         notes = await self.store.list_notes(conversation.id)
         blocked = await self.store.is_blocked(site.id, session_id=conversation.session_id,
                                               ip=conversation.ip, email=conversation.email,
                                               now=time.time())
         return ConversationView(site, conversation, messages, notes, blocked,
-                                self.is_online(conversation))
+                                self.is_online(conversation), earlier)
 
     async def messages_after(self, operator: Operator, conversation_id: int,
                              after: int) -> tuple[Conversation, list[Message], list[Note]]:

@@ -11,6 +11,8 @@ import httpx
 import httpx_sse
 import pytest
 
+import server.inbox
+
 from tests.dashboard import Operator, sign_in
 from tests.harness import Parley, session
 from tests.providers import GatedProvider
@@ -301,3 +303,18 @@ async def test_the_inbox_pages_by_its_next_cursor(parley: Parley, ana: Operator)
         {await conversation_of(parley, session(f"paging-{n}")) for n in range(3)}
     refused = await ana.api("inbox", before="2026-01-01")
     assert refused.status_code == 400 and "'before'" in refused.json()["error"]
+
+
+async def test_a_conversation_longer_than_the_view_says_earlier_messages_exist(parley: Parley, ana: Operator,
+                                                                                monkeypatch):
+    monkeypatch.setattr(server.inbox, "CONVERSATION_MESSAGES", 3)
+    for n in range(3):
+        await parley.services.operators.say(parley.site, SID, f"Message {n}", operator_name="Ana")
+    cid = await conversation_of(parley)
+    shown = (await ana.api(f"conversations/{cid}")).json()
+    assert [m["content"] for m in shown["messages"]] == ["Message 0", "Message 1", "Message 2"]
+    assert shown["earlier"] is False  # all of it
+    await parley.services.operators.say(parley.site, SID, "Message 3", operator_name="Ana")
+    newest = (await ana.api(f"conversations/{cid}")).json()
+    assert [m["content"] for m in newest["messages"]] == ["Message 1", "Message 2", "Message 3"]
+    assert newest["earlier"] is True

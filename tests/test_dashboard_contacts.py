@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
+import server.contacts
 from server.contacts import neutralised
 from tests.dashboard import sign_in
 from tests.harness import Parley, session
@@ -57,3 +58,18 @@ async def test_contacts_and_ratings_with_search_and_csv(parley: Parley):
         assert (await agent.get(url, format="csv")).status_code == 403
     finally:
         await agent.client.aclose()
+
+
+async def test_a_cut_list_of_contacts_says_so(parley: Parley, monkeypatch):
+    monkeypatch.setattr(server.contacts, "PAGE_ROWS", 2)
+    for name in ("a", "b", "c"):
+        await parley.ask(session(f"contact-{name}"), "Call me back?")
+        await parley.post("contact", parley.ids(session(f"contact-{name}"), email=f"{name}@example.org"))
+    admin = await sign_in(parley, "admin@example.com")
+    url = f"/dashboard/sites/{parley.site_key}/contacts"
+    try:
+        page = (await admin.get(url)).text
+        assert page.count("@example.org</td>") == 2 and "Showing the newest 2: search to find older ones" in page
+        assert "Showing the newest" not in (await admin.get(url, q="b@example.org")).text
+    finally:
+        await admin.client.aclose()

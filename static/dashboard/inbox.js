@@ -136,6 +136,10 @@
           if (m.role === "visitor" && m.id > state.lastMessageId) announce(data.conversation.visitor + ": " + (m.content || "an image"));
         });
       }
+      if (full && data.earlier) {
+        $("messages").appendChild(el("li", {className: "muted earlier", text: "Only the last " + data.messages.length +
+          " messages are shown here. Export the visitor's data (the site's page, A visitor's data) for all of them."}));
+      }
       data.messages.forEach(addMessage);
       var last = data.messages[data.messages.length - 1];
       if (!last || last.role !== "ai") streaming.forEach(function (bubble) { $("messages").appendChild(bubble); });
@@ -221,7 +225,8 @@
     var focused = document.activeElement;
     $("c-title").textContent = c.visitor;
     $("c-sub").textContent = [c.site_name, c.mode === "operator" ? "an operator is answering" : "the AI is answering",
-      c.closed ? "closed" : null, c.online ? "online" : "offline"].filter(Boolean).join(" · ");
+      c.handoff ? "needs a person" : null, c.closed ? "closed" : null, c.online ? "online" : "offline"]
+      .filter(Boolean).join(" · ");
     $("act-takeover").hidden = c.mode === "operator";
     $("act-handback").hidden = c.mode !== "operator";
     $("act-close").hidden = c.closed;
