@@ -16,6 +16,7 @@ from server.errors import InvalidRequest, NotFound
 from server.hub import Hub, site_topic
 from server.store.base import Store
 from server.store.models import CannedReply, Conversation, Event, InboxEntry, Message, Note, Operator, Site
+from server.validation import EMAIL_RE, SESSION_ID_RE
 
 INBOX_FILTERS = ("all", "handoff", "mine", "unassigned", "operator", "ai", "closed")
 INBOX_PAGE = 50
@@ -108,9 +109,14 @@ class InboxService:
         site_ids = [s.id for s in await self.sites_of(operator)]
         if site_id is not None:
             site_ids = [s for s in site_ids if s == site_id]
+        search = (search or "").strip()[:200] or None
+        # An email or a session id is what support staff paste to find one visitor.
+        visitor = None
+        if search and (EMAIL_RE.match(search) or SESSION_ID_RE.match(search)):
+            visitor, search = (search.lower() if "@" in search else search), None
         return await self.store.list_inbox(
             site_ids, status=status if status in INBOX_FILTERS else "all", operator_id=operator.id,
-            search=(search or "").strip()[:200] or None, limit=limit,
+            search=search, visitor=visitor, limit=limit,
             before=parse_inbox_cursor(before) if before else None)
 
     def is_online(self, conversation: Conversation, now: float | None = None) -> bool:

@@ -318,3 +318,13 @@ async def test_a_conversation_longer_than_the_view_says_earlier_messages_exist(p
     newest = (await ana.api(f"conversations/{cid}")).json()
     assert [m["content"] for m in newest["messages"]] == ["Message 1", "Message 2", "Message 3"]
     assert newest["earlier"] is True
+
+
+async def test_the_inbox_search_finds_a_visitor_by_email_or_session_id(parley: Parley, ana: Operator):
+    await parley.ask(SID, "Do you ship to Canada?")
+    await parley.post("email", parley.ids(SID, email="Jane@Example.com"))
+    await parley.ask(session("someone-else"), "Do you ship to Canada?")
+    cid = await conversation_of(parley)
+    for query in ("jane@example.COM", SID):
+        found = (await ana.api("inbox", q=query)).json()["conversations"]
+        assert [c["id"] for c in found] == [cid], query

@@ -826,6 +826,18 @@ async def test_inbox_pages_reach_every_conversation_when_many_share_a_time(store
     assert seen == sorted(conversations, reverse=True)
 
 
+async def test_inbox_finds_one_visitor_by_email_or_session_id(store, other):
+    site_id = await new_site(store)
+    jane = await conversation_id(store, site_id, "sess_jane000000000000001")
+    bob = await conversation_id(store, site_id, "sess_bob0000000000000001")
+    for conversation in (jane, bob):
+        await other.add_message(conversation, "visitor", "Hello")
+    await store.update_conversation(jane, {"email": "Jane@example.com"})  # as typed, domain lower-cased
+    for visitor in ("jane@example.com", "sess_jane000000000000001"):
+        assert [e.conversation.id for e in await other.list_inbox([site_id], visitor=visitor)] == [jane]
+    assert await other.list_inbox([site_id], visitor="nobody@example.com") == []
+
+
 async def test_inbox_search_ignores_case_and_accents_and_matches_word_starts(store, other):
     site_id = await new_site(store)
     conv = await conversation_id(store, site_id)

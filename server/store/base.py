@@ -526,11 +526,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_inbox(self, site_ids: Iterable[int], *, status: str = "all",
                          operator_id: int | None = None, search: str | None = None,
-                         limit: int = 50, before: tuple[str, int] | None = None) -> list[InboxEntry]:
+                         limit: int = 50, before: tuple[str, int] | None = None,
+                         visitor: str | None = None) -> list[InboxEntry]:
         """Conversations of these sites, newest activity first (ties: highest id first). `status`:
         all, handoff, mine, unassigned, operator, ai, closed (all and the others leave closed ones
         out). `search`: words that must all appear in one of the conversation's messages
-        (full-text). `before`: (updated_at, id) of the last one of the page before."""
+        (full-text). `before`: (updated_at, id) of the last one of the page before. `visitor`:
+        only the conversation whose email (in any case; given in lower case) or session id this is."""
 
     @abc.abstractmethod
     async def visitors_online(self, site_ids: Iterable[int], *, since: float,

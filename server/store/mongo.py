@@ -1066,7 +1066,8 @@ class MongoStore(Store):
     @_guarded
     async def list_inbox(self, site_ids: Iterable[int], *, status: str = "all",
                          operator_id: int | None = None, search: str | None = None,
-                         limit: int = 50, before: tuple[str, int] | None = None) -> list[InboxEntry]:
+                         limit: int = 50, before: tuple[str, int] | None = None,
+                         visitor: str | None = None) -> list[InboxEntry]:
         sites = sorted({_int(i) for i in site_ids})
         if not sites:
             return []
@@ -1082,10 +1083,16 @@ class MongoStore(Store):
             query["assignee_id"] = None
         elif status in ("operator", "ai"):
             query["mode"] = status
+        alternatives = []  # each a list of conditions one of which must hold
         if before:
             before_at, before_id = _str(before[0]), _int(before[1])
-            query["$or"] = [{"updated_at": {"$lt": before_at}},
-                            {"updated_at": before_at, "_id": {"$lt": before_id}}]
+            alternatives.append([{"updated_at": {"$lt": before_at}},
+                                 {"updated_at": before_at, "_id": {"$lt": before_id}}])
+        if visitor:
+            alternatives.append([{"email": {"$regex": f"^{re.escape(_str(visitor))}$", "$options": "i"}},
+                                 {"session_id": _str(visitor)}])
+        if alternatives:
+            query["$and"] = [{"$or": conditions} for conditions in alternatives]
         words = re.findall(r"\w+", _folded(_str(search or "")))[:10]
         if words:
             # As SQLite's full-text search matches: every word the start of a word of one message,

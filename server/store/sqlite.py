@@ -1638,7 +1638,8 @@ class SQLiteStore(Store):
 
     async def list_inbox(self, site_ids: Iterable[int], *, status: str = "all",
                          operator_id: int | None = None, search: str | None = None,
-                         limit: int = 50, before: tuple[str, int] | None = None) -> list[InboxEntry]:
+                         limit: int = 50, before: tuple[str, int] | None = None,
+                         visitor: str | None = None) -> list[InboxEntry]:
         sites = sorted(set(site_ids))
         if not sites:
             return []
@@ -1661,6 +1662,9 @@ class SQLiteStore(Store):
                          "SELECT rowid FROM messages_fts WHERE messages_fts MATCH :match"
                          " ORDER BY rowid DESC LIMIT :search_hits))")
             params["search_hits"] = self.SEARCH_HITS
+        if visitor:
+            where.append("(lower(c.email) = :visitor OR c.session_id = :visitor)")
+            params["visitor"] = visitor
         sql = (f"SELECT c.* FROM conversations c WHERE {' AND '.join(where)}"
                " ORDER BY c.updated_at DESC, c.id DESC LIMIT :limit")
 

@@ -86,6 +86,8 @@
       if (again) again.focus({preventScroll: true});
     }
     $("list-empty").hidden = state.list.length > 0;
+    $("list-empty").textContent = state.q && state.status !== "closed" ?
+      "Nothing here matches. Closed conversations are under Closed." : "No conversations here.";
     $("list-more").hidden = !state.next;
     document.title = (unread ? "(" + unread + ") " : "") + "Inbox · Parley";
   }
