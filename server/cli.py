@@ -144,6 +144,8 @@ async def kb_add(services: Services, args: argparse.Namespace) -> int:
             if source.startswith(("http://", "https://")):
                 documents = await knowledge.add_url(site, source, sitemap_limit=args.sitemap_limit,
                                                     title=args.title)
+            elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", source):
+                raise IngestError("only http(s) addresses and files on this machine can be added")
             else:
                 documents = [await knowledge.add_file(site, Path(source), url=args.url, title=args.title)]
         except (IngestError, OSError) as exc:

@@ -68,6 +68,9 @@ def test_kb_add_and_list(tmp_path):
     assert added.returncode == 0, added.stderr
     listed = json.loads(cli("kb", "list", "--site", site["site_key"], "--json", "--data-dir", str(tmp_path)).stdout)
     assert [d["title"] for d in listed] == ["Opening hours"]
+    ftp = cli("kb", "add", "--site", site["site_key"], "ftp://example.com/faq.txt", "--data-dir", str(tmp_path))
+    assert ftp.returncode == 1
+    assert "skipped ftp://example.com/faq.txt: only http(s) addresses and files on this machine" in ftp.stderr
 
 
 def all_parsers(parser):
