@@ -113,15 +113,22 @@ async def test_a_lost_database_answers_503_and_recovers_by_itself(tmp_path, rest
 
 
 def test_the_cli_reaches_a_server_on_mongodb(tmp_path, mongo_uri):
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PARLEY_STORE": mongo_uri,
+                                                          "PARLEY_DATA_DIR": str(tmp_path)})
+
     def cli(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, capture_output=True,
-                                text=True, timeout=60, env={**os.environ, "PARLEY_STORE": mongo_uri,
-                                                            "PARLEY_DATA_DIR": str(tmp_path)})
+        result = run(*args)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
     site = json.loads(cli("site", "create", "--name", "On Mongo", "--json"))
-    cli("operator", "say", "--site", site["site_key"], "--session", SID, "Hello from the CLI")
+    cli("canned", "add", "--site", site["site_key"], "--shortcut", "hi", "Hello from the CLI")
+    assert "/hi" in cli("canned", "list", "--site", site["site_key"])
+    # It reads the conversations there too: a session the site never saw is refused.
+    unseen = run("operator", "say", "--site", site["site_key"], "--session", SID, "Hello from the CLI")
+    assert unseen.returncode == 2 and "no visitor with that session id" in unseen.stderr
     missing = subprocess.run([sys.executable, "-m", "server", "operator", "say", "--site", "sk_" + "x" * 30,
                               "--session", SID, "hi", "--store", mongo_uri], cwd=ROOT, capture_output=True,
                              text=True, timeout=60)
