@@ -20,16 +20,23 @@ from tests.providers import GatedProvider
 SID = session("hardening")
 
 
+async def drop_after_the_first_chunk(parley, provider: GatedProvider, message_id: str) -> dict:
+    """A visitor's question whose connection drops after the first chunk; its body, for a retry."""
+    parley.services.ai.default_provider = provider
+    body = parley.ids(SID, message="Do you ship to Canada?", message_id=message_id)
+    async with httpx_sse.aconnect_sse(parley.client, "POST", "/api/v1/chat/stream", json=body) as source:
+        provider.release()
+        async for _ in source.aiter_sse():
+            break
+    return body
+
+
 async def test_a_retry_after_a_dropped_connection_follows_the_same_answer(parley):
     """A network blip mid-answer: the answer goes on without anyone following, and the widget's
     retry (the same message_id, within seconds) picks it up where it is. One model call and one
     stored answer, not a cut-off answer beside a second one per blip."""
-    parley.services.ai.default_provider = provider = GatedProvider(["Partial ", "and the rest."])
-    body = parley.ids(SID, message="Do you ship to Canada?", message_id="m_blip")
-    async with httpx_sse.aconnect_sse(parley.client, "POST", "/api/v1/chat/stream", json=body) as source:
-        provider.release()
-        async for _ in source.aiter_sse():
-            break  # the connection drops after the first chunk
+    provider = GatedProvider(["Partial ", "and the rest."])
+    body = await drop_after_the_first_chunk(parley, provider, "m_blip")
     [answer] = parley.services.chat.answers._live_turns.values()
     await asyncio.wait_for(answer.unfollowed(), 10)  # the server has seen the visitor go
     retry = asyncio.create_task(parley.stream_events(body))
@@ -42,12 +49,8 @@ async def test_a_retry_after_a_dropped_connection_follows_the_same_answer(parley
 
 
 async def test_a_retry_after_a_cut_off_answer_gets_a_whole_answer(parley, leaving_cuts_at_once):
-    parley.services.ai.default_provider = first = GatedProvider(["Partial ", "rest"])
-    body = parley.ids(SID, message="Do you ship to Canada?", message_id="m_dropped")
-    async with httpx_sse.aconnect_sse(parley.client, "POST", "/api/v1/chat/stream", json=body) as source:
-        first.release()
-        async for _ in source.aiter_sse():
-            break  # the connection drops after the first chunk
+    first = GatedProvider(["Partial ", "rest"])
+    body = await drop_after_the_first_chunk(parley, first, "m_dropped")
     await asyncio.wait_for(first.cancelled.wait(), 20)
     parley.services.ai.default_provider = second = GatedProvider(["Yes, ", "we do."])
     second.release(2)
