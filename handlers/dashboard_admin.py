@@ -316,9 +316,9 @@ class ContactsHandler(SiteAdminHandler):
             self.set_header("Content-Disposition", f'attachment; filename="parley-{name}.csv"')
             self.finish(body)
             return
-        self.render_page("site_contacts.html", site=site, rated=rated, search=search,
-                         rows=await contacts.rows(site, rated=rated, search=search),
-                         page_rows=contact_lists.PAGE_ROWS, csv_rows=contact_lists.MAX_ROWS)
+        rows, more = await contacts.page(site, rated=rated, search=search)
+        self.render_page("site_contacts.html", site=site, rated=rated, search=search, rows=rows,
+                         more=more, csv_rows=contact_lists.MAX_ROWS)
 
 
 class NumbersHandler(OperatorPageHandler):

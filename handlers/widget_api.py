@@ -40,8 +40,9 @@ class HeldReadHandler(PublicUrlMixin):
 
     async def hold(self, awaitable: Awaitable[T]) -> T | None:
         """As JsonHandler.hold; while the server shuts down, the answer (at once, with what there
-        is) also closes the connection: a widget's next request must go to a new connection,
-        which another process takes, not come straight back to this one for another quick answer."""
+        is) also tells the client to close the connection (browsers and HTTP libraries do): its
+        next request goes on a new connection, which another process takes, not straight back to
+        this one for another quick answer."""
         result = await super().hold(awaitable)
         if self.chat.hub.closing:
             self.set_header("Connection", "close")

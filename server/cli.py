@@ -20,12 +20,12 @@ from server.audit import CLI
 from server.config import Config, add_config_arguments, browser_host, load_config
 from server.backends import store_name
 from server.data_dir import HOW_TO_POINT, DataDirProblem, check_data_dir
-from server.errors import InvalidRequest, ParleyError, Unavailable, UnknownSite
+from server.errors import ParleyError, Unavailable, UnknownSite
 from server.knowledge import DEFAULT_SITEMAP_LIMIT, IngestError, KnowledgeService
 from server.opening_hours import AVAILABLE_WHEN, AVAILABLE_WHEN_LABELS, WEEKDAY_NAMES, WEEKDAYS, form_values
 from server.opening_hours import FORM_FIELDS as HOURS_FORM_FIELDS
 from server.opening_hours import site_hours as site_hours_of
-from server.privacy import MAX_RETENTION_DAYS, VisitorNotFound, retention_days
+from server.privacy import VisitorNotFound, retention_days
 from server.proactive import site_rules
 from server.site_knowledge import without_small_talk
 from server.sites import embed_snippet, keeps_full_page_urls
@@ -79,18 +79,9 @@ async def site_list(services: Services, args: argparse.Namespace) -> int:
 
 
 async def site_settings(services: Services, args: argparse.Namespace) -> int:
-    site = await services.sites.get(args.site)
-    changes: dict[str, object] = {}
-    if args.full_page_urls is not None:
-        changes["full_page_urls"] = args.full_page_urls
-    if args.retention_days is not None:
-        if not 0 <= args.retention_days <= MAX_RETENTION_DAYS:
-            raise InvalidRequest(f"--retention-days is 0 (keep) to {MAX_RETENTION_DAYS}.")
-        changes["retention_days"] = args.retention_days or None
-    if changes:
-        site = await services.sites.update_settings(site.id, changes)
-        await services.audit.record(CLI, "site.settings", site_id=site.id, target=site.name,
-                                    changed=",".join(sorted(changes)))
+    site = await services.site_admin.set_privacy(await services.sites.get(args.site), CLI,
+                                                 full_page_urls=args.full_page_urls,
+                                                 retention_days=args.retention_days)
     full = keeps_full_page_urls(site)
     print(f"full_page_urls: {json.dumps(full)}  (" + (
         "page URLs are kept whole, query and fragment included)" if full else

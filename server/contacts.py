@@ -39,21 +39,25 @@ class Contacts:
         self.store = store
         self.audit = audit
 
-    async def rows(self, site: Site, *, rated: bool = False, search: str | None = None,
-                   limit: int | None = None) -> list[ContactRow]:
-        """The newest contacts (PAGE_ROWS unless `limit` says otherwise, at most MAX_ROWS)."""
+    async def page(self, site: Site, *, rated: bool = False, search: str | None = None,
+                   limit: int | None = None) -> tuple[list[ContactRow], bool]:
+        """The newest contacts (PAGE_ROWS unless `limit` says otherwise, at most MAX_ROWS), and
+        whether older ones exist beyond them."""
+        limit = min(limit or PAGE_ROWS, MAX_ROWS)
         conversations = await self.store.list_contacts(site.id, rated=rated, search=search or None,
-                                                       limit=min(limit or PAGE_ROWS, MAX_ROWS))
+                                                       limit=limit + 1)
+        more = len(conversations) > limit
+        conversations = conversations[:limit]
         rows = []
         for c in conversations:
             first = await self.store.list_messages(c.id, limit=1, roles=("visitor",))
             rows.append(ContactRow(c.session_id, c.email, c.contact_name, c.phone,
                                    first[0].content[:1000] if first else None, c.page_url, c.created_at,
                                    c.rating, c.rating_comment))
-        return rows
+        return rows, more
 
     async def csv(self, site: Site, *, rated: bool, search: str | None, actor: Actor) -> str:
-        rows = await self.rows(site, rated=rated, search=search, limit=MAX_ROWS)
+        rows, _ = await self.page(site, rated=rated, search=search, limit=MAX_ROWS)
         out = io.StringIO()
         # Every field quoted: a spreadsheet that splits on ";" (many locales) must not turn the
         # rest of "hi;=cmd|..." into a cell of its own, where the first-character guard cannot see it.

@@ -110,14 +110,18 @@ class InboxService:
         if site_id is not None:
             site_ids = [s for s in site_ids if s == site_id]
         search = (search or "").strip()[:200] or None
-        # An email or a session id is what support staff paste to find one visitor.
-        visitor = None
+        status = status if status in INBOX_FILTERS else "all"
+        cursor = parse_inbox_cursor(before) if before else None
+        # An email or a session id is what support staff paste to find one visitor; an email only
+        # ever typed into a message is still found by the full-text search.
         if search and (EMAIL_RE.match(search) or SESSION_ID_RE.match(search)):
-            visitor, search = (search.lower() if "@" in search else search), None
-        return await self.store.list_inbox(
-            site_ids, status=status if status in INBOX_FILTERS else "all", operator_id=operator.id,
-            search=search, visitor=visitor, limit=limit,
-            before=parse_inbox_cursor(before) if before else None)
+            visitor = search.lower() if "@" in search else search
+            found = await self.store.list_inbox(site_ids, status=status, operator_id=operator.id,
+                                                visitor=visitor, limit=limit, before=cursor)
+            if found:
+                return found
+        return await self.store.list_inbox(site_ids, status=status, operator_id=operator.id,
+                                           search=search, limit=limit, before=cursor)
 
     def is_online(self, conversation: Conversation, now: float | None = None) -> bool:
         seen = conversation.last_seen_at

@@ -79,10 +79,30 @@ class SiteAdmin:
             changed.append("allowed_origins")
         await self.sites.update(site.id, name=name, allowed_origins=origins)
         updated = await self.sites.update_settings(site.id, settings)
-        if changed:
-            await self.audit.record(actor, "site.settings", site_id=site.id, target=name,
-                                    changed=",".join(changed))
+        await self._audit_settings(updated, changed, actor)
         return updated
+
+    async def set_privacy(self, site: Site, actor: Actor, *, full_page_urls: bool | None = None,
+                          retention_days: int | None = None) -> Site:
+        """What the command line changes; None leaves a setting as it is, 0 days keeps conversations."""
+        settings: dict[str, Any] = {}
+        if full_page_urls is not None:
+            settings["full_page_urls"] = full_page_urls
+        if retention_days is not None:
+            if not 0 <= retention_days <= MAX_RETENTION_DAYS:
+                raise InvalidRequest(f"Retention (days) is between 0 (keep) and {MAX_RETENTION_DAYS}.")
+            settings["retention_days"] = retention_days or None
+        changed = sorted(k for k, v in settings.items() if site.settings.get(k) != v)
+        if not changed:
+            return site
+        updated = await self.sites.update_settings(site.id, settings)
+        await self._audit_settings(updated, changed, actor)
+        return updated
+
+    async def _audit_settings(self, site: Site, changed: list[str], actor: Actor) -> None:
+        if changed:
+            await self.audit.record(actor, "site.settings", site_id=site.id, target=site.name,
+                                    changed=",".join(changed))
 
     async def rotate_key(self, site: Site, actor: Actor) -> Site:
         updated = await self.sites.update(site.id, site_key=new_site_key())

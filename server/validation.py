@@ -19,19 +19,21 @@ FORMATS = {
     MESSAGE_ID_RE: f"'m_' then 1 to 64 {_ID_CHARS}",
     LANG_RE: "a language tag such as 'en' or 'pt-BR'",
 }
-# No spaces, control or invisible characters (bidi overrides, zero-width), nor those that end an
-# address in mail headers and HTML (<>"(),;:[] and backslash): operators see what is stored.
-_EMAIL_CHAR = r"[^@\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff<>\"(),;:\[\]\\]"
+# Characters that show nothing (besides spaces): controls, the soft hyphen, zero-width and
+# direction marks, invisible operators, variation selectors, the Hangul fillers, the blank braille
+# cell, tags. A message of only these is empty to whoever reads it.
+_INVISIBLE = (r"\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\u202a-\u202e"
+              r"\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000e0000-\U000e007f")
+# No spaces or invisible characters, nor those that end an address in mail headers and HTML
+# (<>"(),;:[] and backslash): operators see what is stored.
+_EMAIL_CHAR = rf"[^@\s{_INVISIBLE}<>\"(),;:\[\]\\]"
 EMAIL_RE = re.compile(rf"^{_EMAIL_CHAR}{{1,64}}@{_EMAIL_CHAR}+\.{_EMAIL_CHAR}{{2,}}$")
 
 INTEGER_RE = re.compile(r"^-?[0-9]{1,30}$")
 NUMBER_RE = re.compile(r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?$")
 
 MAX_URL_LENGTH = 2048
-# Text that shows nothing: spaces, controls, and the zero-width and direction marks (Unicode Cf)
-# that a paste or a bot can send alone. Such a message is empty to whoever reads it.
-INVISIBLE_RE = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e"
-                          r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]*")
+INVISIBLE_RE = re.compile(rf"[\s{_INVISIBLE}]*")
 
 
 def string_field(

@@ -157,4 +157,4 @@ def test_retention_is_set_from_the_cli(tmp_path):
     assert "retention_days: 30" in cli(*common).stdout
     assert "retention_days: null" in cli(*common, "--retention-days", "0").stdout
     refused = cli(*common, "--retention-days", "-1")
-    assert refused.returncode == 2 and "--retention-days is 0 (keep) to 36500" in refused.stderr
+    assert refused.returncode == 2 and "Retention (days) is between 0 (keep) and 36500" in refused.stderr

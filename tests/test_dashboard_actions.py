@@ -328,3 +328,7 @@ async def test_the_inbox_search_finds_a_visitor_by_email_or_session_id(parley: P
     for query in ("jane@example.COM", SID):
         found = (await ana.api("inbox", q=query)).json()["conversations"]
         assert [c["id"] for c in found] == [cid], query
+    # An email only ever typed into a message is found by the words of the messages.
+    await parley.ask(session("typed-it"), "Write to bob@example.org please")
+    typed = (await ana.api("inbox", q="bob@example.org")).json()["conversations"]
+    assert [c["id"] for c in typed] == [await conversation_of(parley, session("typed-it"))]

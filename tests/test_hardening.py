@@ -6,10 +6,10 @@ import asyncio
 import gc
 import json
 import logging
-import time
 
 import httpx_sse
 
+import server.turns
 from handlers.upload import UploadImageHandler
 from server.serve import housekeep
 from server.store.base import StoreUnavailable
@@ -48,16 +48,30 @@ async def test_a_retry_after_a_dropped_connection_follows_the_same_answer(parley
     assert [(m["role"], m["status"]) for m in history] == [("visitor", "complete"), ("ai", "complete")]
 
 
+async def test_an_answer_nobody_comes_back_for_is_cut_after_the_grace(parley, monkeypatch):
+    monkeypatch.setattr(server.turns, "ABANDONED_AFTER_SECONDS", 1.0)
+    provider = GatedProvider(["Partial ", "never sent"])
+    await drop_after_the_first_chunk(parley, provider, "m_gone")
+    [answer] = parley.services.chat.answers._live_turns.values()
+    await asyncio.wait_for(answer.unfollowed(), 10)
+    assert not provider.cancelled.is_set()  # not at once: a retry may be on its way
+    await asyncio.wait_for(provider.cancelled.wait(), 10)
+    history = await eventually(lambda: cut_off_stored(parley), what="the cut-off answer stored")
+    assert [(m["content"], m["status"]) for m in history][1:] == [("Partial ", "interrupted")]
+
+
+async def cut_off_stored(parley) -> list:
+    messages = (await parley.get("history", **parley.ids(SID))).json()["messages"]
+    return messages if len(messages) == 2 else []
+
+
 async def test_a_retry_after_a_cut_off_answer_gets_a_whole_answer(parley, leaving_cuts_at_once):
     first = GatedProvider(["Partial ", "rest"])
     body = await drop_after_the_first_chunk(parley, first, "m_dropped")
     await asyncio.wait_for(first.cancelled.wait(), 20)
     parley.services.ai.default_provider = second = GatedProvider(["Yes, ", "we do."])
     second.release(2)
-    async def cut_off_answer_stored() -> bool:  # once the producer has finished
-        return len((await parley.get("history", **parley.ids(SID))).json()["messages"]) == 2
-
-    await eventually(cut_off_answer_stored, what="the cut-off answer stored")
+    await eventually(lambda: cut_off_stored(parley), what="the cut-off answer stored")
     events = await parley.stream_events(body)
     assert "".join(e["content"] for e in events if e["type"] == "chunk") == "Yes, we do."
     history = (await parley.get("history", **parley.ids(SID))).json()["messages"]

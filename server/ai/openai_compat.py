@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 UNAVAILABLE = "The assistant is unavailable right now; please try again in a moment."
 INTERRUPTED = "The answer was interrupted; please try again."
 TOO_SLOW = "The assistant is taking too long to answer. Someone from the team can reply instead."
+TOO_LONG = "The assistant's answer ran too long and was cut. Someone from the team can reply instead."
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 ERROR_BODY_CHARS = 300
 # After `[DONE]`, what is left of the body (normally only its end) is read, so the connection goes
@@ -168,7 +169,7 @@ class OpenAICompatible(Provider):
                                 self._log_failure(f"answer cut after {length} characters: it did not end "
                                                   f"within {MAX_ANSWER_CHARS} or "
                                                   f"{self.config.max_answer_seconds:g} s")
-                                raise AIUnavailable(INTERRUPTED)
+                                raise AIUnavailable(TOO_LONG)
                         idle.paused = True  # the consumer's time between chunks is not silence
                         yield item
                         idle.paused = False

@@ -67,6 +67,8 @@ CACHED_STATEMENTS = 512
 # it is stuck on a slow read (a search), since readers side by side contend for the GIL
 # (server/store/threads.py). SQLite releases the GIL while it searches, so a few overlap well.
 READERS = 4
+# How long the readiness probe waits for the write lock (writes wait busy_timeout_ms).
+PROBE_BUSY_TIMEOUT_MS = 1000
 # The write-ahead log is copied into the database in the background, from a connection of its own
 # (a PASSIVE checkpoint: writers go on appending meanwhile), this often while anything was written.
 # SQLite's own checkpoint runs inside the commit that crosses its threshold (1,000 pages by
@@ -624,8 +626,14 @@ class SQLiteStore(Store):
     def _can_write(self) -> None:
         db = self._db
         assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("ROLLBACK")
+        # A short wait for the lock: the probe holds up the one writer thread while it waits, and
+        # a lock held this long is already a problem a load balancer should hear of.
+        db.execute(f"PRAGMA busy_timeout = {PROBE_BUSY_TIMEOUT_MS}")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
 
     # -- sites --------------------------------------------------------------------------------
     async def create_site(

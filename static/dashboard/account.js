@@ -1,10 +1,8 @@
 // The operator's notification and keyboard choices (kept in this browser).
 (function () {
   "use strict";
-  function load() {
-    try { return JSON.parse(localStorage.getItem("parley.prefs") || "{}"); } catch (e) { return {}; }
-  }
-  var prefs = load();
+  var P = window.Parley;
+  var prefs = P.prefs();
   var sound = document.getElementById("pref-sound");
   var notify = document.getElementById("pref-notify");
   var shortcuts = document.getElementById("pref-shortcuts");
@@ -12,7 +10,7 @@
   sound.checked = !!prefs.sound;
   notify.checked = !!prefs.notify;
   shortcuts.checked = !prefs.noShortcuts;
-  function save() { localStorage.setItem("parley.prefs", JSON.stringify(prefs)); }
+  function save() { P.savePrefs(prefs); }
   sound.addEventListener("change", function () { prefs.sound = sound.checked; save(); });
   shortcuts.addEventListener("change", function () { prefs.noShortcuts = !shortcuts.checked; save(); });
   notify.addEventListener("change", function () {

@@ -6,7 +6,7 @@
   var $ = function (id) { return document.getElementById(id); };
   var me = {id: Number(root.dataset.operatorId), name: root.dataset.operatorName};
   var state = {
-    status: "all", q: "", site: "", list: [], next: null, opened: null, conversation: null,
+    status: "all", q: "", site: "", list: [], next: null, listAsked: 0, opened: null, conversation: null,
     lastMessageId: 0, answered: {}, viewers: {}, canned: {}, noteMode: false, listTimer: null,
   };
 
@@ -17,9 +17,13 @@
   }
   // The newest conversations, as many as the tab shows: older pages loaded by hand stay through
   // the live refreshes.
+  // Only the answer to the latest request counts: an older one (a refresh that began before an
+  // older page arrived) would undo it.
   function loadList() {
     var limit = Math.min(500, Math.max(50, state.list.length));
+    var asked = ++state.listAsked;
     return P.api("GET", listUrl() + "&limit=" + limit).then(function (data) {
+      if (asked !== state.listAsked) return;
       state.list = data.conversations;
       state.next = data.next;
       renderList();
@@ -28,7 +32,9 @@
   function newList() { state.list = []; state.next = null; return loadList(); }
   function loadOlder() {
     if (!state.next) return;
+    var asked = ++state.listAsked;
     P.api("GET", listUrl() + "&before=" + encodeURIComponent(state.next)).then(function (data) {
+      if (asked !== state.listAsked) return;
       var shown = {};
       state.list.forEach(function (c) { shown[c.id] = true; });
       var older = data.conversations.filter(function (c) { return !shown[c.id]; });

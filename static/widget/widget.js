@@ -668,9 +668,10 @@
     request("GET", this.path, Object.assign({ wait: wait }, this.params()), ctrl.signal).then(function (data) {
       if (self.ctrl !== ctrl) return; // stopped meanwhile: a fresher loop owns the cursor
       self.ctrl = null;
+      var recovered = self.attempt > 0; // the requests before this one failed
       self.attempt = 0;
       var quiet = !(data && data.messages && data.messages.length);
-      self.onData(data, Date.now() - started);
+      self.onData(data, wait ? Date.now() - started : null, recovered);
       // Back at once with nothing new: once is news (a takeover, a block), again and again is a
       // server answering without holding (shutting down): back off as after an error.
       self.quick = quiet && wait && Date.now() - started < 1000 ? self.quick + 1 : 0;
@@ -684,14 +685,28 @@
     });
   };
 
-  var historyLoop = new Poller("history", function () { return { after: state.lastId || null, limit: 200 }; }, function (data, heldMs) {
-    // The server answers again: what could not reach it goes now, one message at a time.
-    if (state.unsent.length && !state.busy && !state.blocked) resend(state.unsent[0]);
+  // `heldMs`: how long a held read was held (null when it was not held); `recovered`: the reads
+  // before this one failed.
+  var historyLoop = new Poller("history", function () { return { after: state.lastId || null, limit: 200 }; }, function (data, heldMs, recovered) {
     setMode(data.mode);
     showMessages(data.messages, true);
+    if (recovered) resendUnsent(data.messages || []);
     // Back early with nothing new: the server woke us for a takeover or a block.
-    if (!(data.messages || []).length && heldMs < HOLD * 1000 - 1000) checkBlocked();
+    if (!(data.messages || []).length && heldMs !== null && heldMs < HOLD * 1000 - 1000) checkBlocked();
   });
+
+  // The server answers again after an outage: a message it already has (its stream broke after it
+  // was stored) is sent; one it never got goes now, once by itself (then the Retry button).
+  function resendUnsent(messages) {
+    var stored = {};
+    messages.forEach(function (m) { if (m.message_id) stored[m.message_id] = true; });
+    state.unsent = state.unsent.filter(function (turn) {
+      if (stored[turn.mid]) { turn.note.remove(); return false; }
+      return true;
+    });
+    var next = state.unsent[0];
+    if (next && !next.resent && !state.busy && !state.blocked) { next.resent = true; resend(next); }
+  }
 
   // Where the visitor is: origin and path only. Queries and fragments carry tokens and emails; a site
   // opts in to sending them whole (its full_page_urls setting).
