@@ -33,7 +33,7 @@ INTEGER_RE = re.compile(r"^-?[0-9]{1,30}$")
 NUMBER_RE = re.compile(r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?$")
 
 MAX_URL_LENGTH = 2048
-INVISIBLE_RE = re.compile(rf"[\s{_INVISIBLE}]*")
+INVISIBLE_RE = re.compile(rf"[\s{_INVISIBLE}]+")
 
 
 def string_field(
@@ -55,7 +55,7 @@ def string_field(
         raise InvalidRequest(f"'{name}' must be a string.")
     if strip:
         value = value.strip()
-        if required and INVISIBLE_RE.fullmatch(value):
+        if required and value and INVISIBLE_RE.fullmatch(value):
             raise InvalidRequest(f"'{name}' must not be empty: it has no visible characters.")
     if required and not value:
         raise InvalidRequest(f"'{name}' must not be empty.")
