@@ -126,8 +126,9 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "shutdown_grace": (float, "on SIGTERM, seconds answers in progress get to finish before they are "
                               "cut (the widget then asks another process) (default 10)"),
     "offline_chunk_delay": (float, "pause between chunks of the offline answerer, seconds (default 0.02)"),
-    "event_poll_interval": (float, "how often to read other processes' events while someone waits "
-                                   "(default 0.1 s)"),
+    "event_poll_interval": (float, "how often to read other processes' events while someone waits, "
+                                   "at the latest: on SQLite a writing process rings the others at "
+                                   "once (default 0.1 s)"),
     "demo": (bool, "create the demo site and its knowledge base on start if missing"),
     "log_level": (str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
     "ai_base_url": (str, "base URL of an OpenAI-compatible API, e.g. https://api.openai.com/v1; "

@@ -4,7 +4,8 @@ Every write publishes to this process's hub at once and records an event in the 
 brings the other processes' events to this hub. Two kinds:
 
 - PollingFeed reads the events table while someone here waits (SQLite; MongoDB without change
-  streams). An idle server costs nothing.
+  streams), every poll interval and, on SQLite, as soon as another process rings after a write
+  (server/store/doorbell.py). An idle server costs nothing.
 - ChangeStreamFeed is pushed each event by the database (a MongoDB change stream), keeps the resume
   token, and reopens with backoff after an error or a primary switch, so nothing falls in between.
 
@@ -28,6 +29,7 @@ from server.store.models import Event
 log = logging.getLogger(__name__)
 
 GAP_SECONDS = 5.0  # how long an id skipped by the polling feed may still turn up
+RUNG_GAP = 0.005  # between two reads of the events table when other processes ring
 MAX_GAPS = 1000
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 
@@ -130,8 +132,15 @@ class PollingFeed(EventFeed):
             for event in events:
                 self._deliver(event)
             if len(events) < self.batch:
-                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+                await self._pause(started)
         self._recovered()  # nobody listens: nothing to be unhealthy about
+
+    async def _pause(self, started: float) -> None:
+        """Until the next read: `interval` after this one began, or sooner when another process
+        rings (SQLite, see server/store/doorbell.py), but not sooner than RUNG_GAP: under a burst
+        of rings one read takes in the events of many."""
+        if await self.store.wait_for_news(max(0.0, self.interval - (time.monotonic() - started))):
+            await asyncio.sleep(max(0.0, RUNG_GAP - (time.monotonic() - started)))
 
     async def _read(self) -> list[Event]:
         if self.store.event_ids_commit_in_order:

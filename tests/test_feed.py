@@ -95,6 +95,10 @@ class OutOfOrderStore:
     async def record_event(self, *args: Any) -> int:
         return 0
 
+    async def wait_for_news(self, timeout: float) -> bool:
+        await asyncio.sleep(timeout)
+        return False
+
 
 async def test_the_polling_feed_finds_an_event_committed_out_of_order():
     store = OutOfOrderStore()
@@ -170,3 +174,45 @@ async def test_the_polling_feed_on_sqlite_hears_every_other_process_event_once_i
         await feed.stop()
         await store.close()
     assert heard == [*wanted, 99]  # our own events come through the hub, never back from the store
+
+
+async def test_on_sqlite_another_process_rings_so_its_events_come_before_the_next_poll(tmp_path):
+    from server.store.sqlite import SQLiteStore
+
+    here, there = SQLiteStore(tmp_path / "feed.db"), SQLiteStore(tmp_path / "feed.db")
+    await here.open()
+    await there.open()
+    hub = Hub(here, origin="here")
+    feed = PollingFeed(hub, here, interval=600)  # without a ring, nothing before the test times out
+    heard: list[int] = []
+    try:
+        async with hub.subscribe("t") as subscription:
+            doorbells = tmp_path / "feed.db-doorbells"
+            await eventually(lambda: doorbells.exists() and any(doorbells.iterdir()), timeout=10)
+            for n in range(3):
+                await there.record_events([("t", "message", {"n": n})], "there")
+                await eventually(lambda: bool(heard.extend(e["n"] for e in subscription.drain()))
+                                 or n in heard, timeout=10)
+    finally:
+        await feed.stop()
+        await there.close()
+        await here.close()
+    assert heard == [0, 1, 2]
+    assert not any(doorbells.iterdir())  # closing takes this process's name away
+
+
+async def test_a_ring_skips_the_ringer_and_tidies_away_a_process_that_died(tmp_path):
+    from server.store.doorbell import Doorbell
+
+    directory = tmp_path / "doorbells"
+    own, other = Doorbell(directory), Doorbell(directory)
+    try:
+        assert not await own.wait(0)  # starts listening
+        assert not await other.wait(0)
+        (directory / "0123456789abcdef").touch()  # a process killed before it could tidy
+        assert own.ring() == 1  # the other, not itself, and not the dead one
+        assert await other.wait(10) and not await own.wait(0)
+        assert sorted(p.name for p in directory.iterdir()) == sorted([own.name, other.name])
+    finally:
+        own.close()
+        other.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from server.feed import PollingFeed
 from server.hub import session_topic
 from tests.harness import session
 from tests.waiting import eventually
@@ -147,6 +148,8 @@ async def widget_loaded(parley) -> None:
 
 async def test_an_operator_message_from_another_process_wakes_a_held_visitor(parley, tmp_path):
     data_dir = parley.services.config.data_dir
+    if isinstance(parley.services.bridge, PollingFeed):  # SQLite: only the CLI's ring can wake it
+        parley.services.bridge.interval = 600
     await widget_loaded(parley)
     request = asyncio.create_task(parley.get("operator-messages", **parley.ids(SID), wait=20))
     await wait_until(lambda: parley.services.hub.subscriber_count == 1)

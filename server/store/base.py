@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from typing import Any, Callable, Iterable
 
@@ -412,6 +413,12 @@ class Store(abc.ABC):
         """Several (topic, kind, payload) events of one write, in order; one transaction where the
         store can (a visitor's news goes to its own topic and to the site's operators)."""
         return [await self.record_event(topic, kind, payload, origin) for topic, kind, payload in events]
+
+    async def wait_for_news(self, timeout: float) -> bool:
+        """Until another process may have recorded events, or `timeout` passes; True when told.
+        A store that cannot be told only waits."""
+        await asyncio.sleep(timeout)
+        return False
 
     @abc.abstractmethod
     async def latest_event_id(self) -> int: ...

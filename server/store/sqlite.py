@@ -52,6 +52,7 @@ from server.store.models import (
     FIRST_MESSAGE_FIELD,
     utc_now_iso,
 )
+from server.store.doorbell import Doorbell
 from server.store.groups import GroupCommit
 from server.store.threads import StoreThreads
 
@@ -380,6 +381,10 @@ class _Refused(Exception):
     """Ends a transaction that must write nothing (a blocked visitor's question)."""
 
 
+class _Connection(sqlite3.Connection):
+    wrote_events = False  # in the open transaction: ring the other processes once it commits
+
+
 class SQLiteStore(Store):
     # Ids come from AUTOINCREMENT inside write transactions, which the database lock serialises.
     event_ids_commit_in_order = True
@@ -403,6 +408,7 @@ class SQLiteStore(Store):
         self._reader_local = threading.local()
         self._reader_dbs: list[sqlite3.Connection] = []
         self._reader_dbs_lock = threading.Lock()
+        self._doorbell = Doorbell(path.with_name(path.name + "-doorbells"))
 
     # -- plumbing -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -416,7 +422,7 @@ class SQLiteStore(Store):
 
     def _open_connection(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                             cached_statements=CACHED_STATEMENTS)
+                             cached_statements=CACHED_STATEMENTS, factory=_Connection)
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         return db
@@ -536,6 +542,7 @@ class SQLiteStore(Store):
         self._executor.shutdown()
         self._executor = None
         self._groups = None
+        self._doorbell.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the writer thread (with the writing connection in self._db)."""
@@ -584,10 +591,14 @@ class SQLiteStore(Store):
         try:
             result = fn(db)
         except BaseException:
+            db.wrote_events = False
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         self._commits += 1
+        if db.wrote_events:
+            db.wrote_events = False
+            self._doorbell.ring()
         return result
 
     def _select(self, sql: str, params: tuple[Any, ...], many: bool) -> Any:
@@ -1337,14 +1348,7 @@ class SQLiteStore(Store):
 
     # -- events -------------------------------------------------------------------------------
     async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int:
-        def insert(db: sqlite3.Connection) -> int:
-            cur = db.execute(
-                "INSERT INTO events (topic, kind, payload, origin, created_at) VALUES (?, ?, ?, ?, ?)",
-                (topic, kind, json.dumps(payload), origin, time.time()),
-            )
-            return int(cur.lastrowid or 0)
-
-        return await self._run(self._tx, insert)
+        return (await self.record_events([(topic, kind, payload)], origin))[0]
 
     async def record_events(self, events: list[tuple[str, str, dict[str, Any]]], origin: str) -> list[int]:
         now = time.time()
@@ -1360,6 +1364,7 @@ class SQLiteStore(Store):
         """One statement per EVENTS_PER_INSERT events (a write has two or so). Their ids come in
         order, one apart: the transaction holds the write lock, so no other row can take one."""
         ids: list[int] = []
+        db.wrote_events = True  # type: ignore[attr-defined]  # a _Connection: rings at commit
         for start in range(0, len(events), EVENTS_PER_INSERT):
             batch = events[start:start + EVENTS_PER_INSERT]
             last = int(db.execute("INSERT INTO events (topic, kind, payload, origin, created_at) VALUES "
@@ -1369,6 +1374,9 @@ class SQLiteStore(Store):
                                   ).lastrowid or 0)
             ids.extend(range(last - len(batch) + 1, last + 1))
         return ids
+
+    async def wait_for_news(self, timeout: float) -> bool:
+        return await self._doorbell.wait(timeout)
 
     async def latest_event_id(self) -> int:
         row = await self._read_one("SELECT COALESCE(MAX(id), 0) AS id FROM events")
