@@ -172,9 +172,8 @@ class PollingFeed(EventFeed):
         read: this process's own (most of them, when its operators write) never leave the store.
         The latest id is read first: every id up to it is committed by then, so once the events
         after the cursor are all read, the cursor can move past our own events up to it."""
-        latest = await self.store.latest_event_id()
-        events = await self.store.events_since(self._cursor, exclude_origin=self.hub.origin,
-                                               limit=self.batch)
+        events, latest = await self.store.events_and_latest(self._cursor, exclude_origin=self.hub.origin,
+                                                            limit=self.batch)
         if events:
             self._cursor = events[-1].id
         if len(events) < self.batch:

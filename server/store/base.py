@@ -427,6 +427,13 @@ class Store(abc.ABC):
     async def events_since(self, after: int, *, exclude_origin: str, limit: int) -> list[Event]:
         """Events with ids above `after`, oldest first, leaving out those `exclude_origin` wrote."""
 
+    async def events_and_latest(self, after: int, *, exclude_origin: str, limit: int
+                                ) -> tuple[list[Event], int]:
+        """`events_since`, and the latest event id read just before them: where ids commit in
+        order, every id up to it was committed by then."""
+        latest = await self.latest_event_id()
+        return await self.events_since(after, exclude_origin=exclude_origin, limit=limit), latest
+
     @abc.abstractmethod
     async def events_by_id(self, ids: list[int]) -> list[Event]:
         """The events among `ids` that exist now, oldest first (a reader looking again at ids it

@@ -1378,18 +1378,25 @@ class SQLiteStore(Store):
     async def wait_for_news(self, timeout: float) -> bool:
         return await self._doorbell.wait(timeout)
 
+    LATEST_EVENT = "SELECT COALESCE(MAX(id), 0) AS id FROM events"
+    EVENTS_SINCE = "SELECT * FROM events WHERE id > ? AND origin != ? ORDER BY id LIMIT ?"
+
     async def latest_event_id(self) -> int:
-        row = await self._read_one("SELECT COALESCE(MAX(id), 0) AS id FROM events")
+        row = await self._read_one(self.LATEST_EVENT)
         return int(row["id"]) if row else 0
 
+    async def events_and_latest(self, after: int, *, exclude_origin: str, limit: int
+                                ) -> tuple[list[Event], int]:
+        # One trip to a reader thread, not two: with rings, the feed reads on every write.
+        def read() -> tuple[list[sqlite3.Row], int]:
+            latest = int(self._select(self.LATEST_EVENT, (), False)["id"])
+            return self._select(self.EVENTS_SINCE, (after, exclude_origin, limit), True), latest
+
+        rows, latest = await self._on(self._readers, read)
+        return [_event(r) for r in rows], latest
+
     async def events_since(self, after: int, *, exclude_origin: str, limit: int) -> list[Event]:
-        rows = await self._read_all(
-            "SELECT * FROM events WHERE id > ? AND origin != ? ORDER BY id LIMIT ?",
-            after,
-            exclude_origin,
-            limit,
-        )
-        return [_event(r) for r in rows]
+        return [_event(r) for r in await self._read_all(self.EVENTS_SINCE, after, exclude_origin, limit)]
 
     async def events_by_id(self, ids: list[int]) -> list[Event]:
         ids = [int(i) for i in ids[:1000]]
