@@ -184,27 +184,30 @@ def children() -> Iterator[list[Child]]:
 
 
 class Sampler:
-    """Samples a process tree's RSS while a measurement runs, to report its peak."""
+    """Samples the RSS of processes (their sum) while a measurement runs, to report its peak."""
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
-        self.pid, self.interval = pid, interval
+    def __init__(self, *pids: int, interval: float = 0.25) -> None:
+        self.pids, self.interval = pids, interval
         self.peak_kb = 0
         self._task: asyncio.Task[None] | None = None
 
+    def _sample(self) -> None:
+        self.peak_kb = max(self.peak_kb, sum(rss_kb(pid) for pid in self.pids))
+
     async def _run(self) -> None:
         while True:
-            self.peak_kb = max(self.peak_kb, rss_kb(self.pid))
+            self._sample()
             await asyncio.sleep(self.interval)
 
     def __enter__(self) -> Sampler:
-        self.peak_kb = rss_kb(self.pid)
+        self._sample()
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
     def __exit__(self, *exc: Any) -> None:
         assert self._task is not None
         self._task.cancel()
-        self.peak_kb = max(self.peak_kb, rss_kb(self.pid))
+        self._sample()
 
 
 async def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:

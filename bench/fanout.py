@@ -33,7 +33,8 @@ from bench.stream import start_http_child
 EMAIL = "fanout@bench.example"
 
 
-def start_parley(workdir: Path) -> tuple[Child, str]:
+def start_parley(workdir: Path, processes: int = 1) -> tuple[list[Child], str]:
+    """`processes` servers on one data directory (as under supervisord), each on its own port."""
     data = workdir / "parley-data"
 
     def cli(*args: Any, stdin: str | None = None) -> str:
@@ -43,31 +44,38 @@ def start_parley(workdir: Path) -> tuple[Child, str]:
     site_key = json.loads(cli("site", "create", "--name", "bench", "--json"))["site_key"]
     cli("operator", "add", "--email", EMAIL, "--name", "Bench", "--role", "admin", "--password-stdin",
         stdin=PASSWORD + "\n")
-    port = free_port()
-    child = start_http_child("parley", python_module(
-        "server", "--data-dir", data, "--port", port, "--log-level", "WARNING"),
-        f"http://127.0.0.1:{port}/healthz", port, workdir / "parley.log")
-    return child, site_key
+    servers = []
+    for n in range(processes):
+        port = free_port()
+        servers.append(start_http_child(f"parley-{n}", python_module(
+            "server", "--data-dir", data, "--port", port, "--log-level", "WARNING"),
+            f"http://127.0.0.1:{port}/healthz", port, workdir / f"parley-{n}.log"))
+    return servers, site_key
+
+
+# target: (server, processes); with two, the tabs watch one process and the visitors chat with the other
+TARGETS = {"ceiling": ("ceiling", 1), "parley": ("parley", 1), "parley, 2 processes": ("parley", 2)}
 
 
 async def cell(target: str, tabs: int, visitors: int, rate: float, seconds: float) -> dict[str, Any]:
+    server, processes = TARGETS[target]
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp, children() as procs:
-        if target == "parley":
-            server, site_key = await asyncio.to_thread(start_parley, Path(tmp))
+        if server == "parley":
+            servers, site_key = await asyncio.to_thread(start_parley, Path(tmp), processes)
         else:
-            server, site_key = start_child("ceiling", python_module("bench.ceiling_fanout")), "ceiling"
-        procs.append(server)
-        port = server.ready["port"]
+            servers, site_key = [start_child("ceiling", python_module("bench.ceiling_fanout"))], "ceiling"
+        procs.extend(servers)
+        ports = [child.ready["port"] for child in servers]
         load = await asyncio.to_thread(start_child, "clients", python_module(
-            "bench.load_fanout", "--port", port, "--site-key", site_key, "--email", EMAIL,
-            "--tabs", tabs, "--visitors", visitors, "--rate", rate, "--seconds", seconds,
-            *(["--ceiling"] if target == "ceiling" else
+            "bench.load_fanout", "--port", ports[0], "--visitor-port", ports[-1], "--site-key", site_key,
+            "--email", EMAIL, "--tabs", tabs, "--visitors", visitors, "--rate", rate, "--seconds", seconds,
+            *(["--ceiling"] if server == "ceiling" else
               ["--store-db", Path(tmp) / "parley-data" / "parley.sqlite3"])), ready_timeout=120)
         procs.append(load)
-        before = cpu_seconds(server.pid)
-        with Sampler(server.pid) as memory:
+        before = sum(cpu_seconds(child.pid) for child in servers)
+        with Sampler(*(child.pid for child in servers)) as memory:
             result = await asyncio.to_thread(load.read_json, seconds + 120)
-        used = cpu_seconds(server.pid) - before
+        used = sum(cpu_seconds(child.pid) for child in servers) - before
     result.update(target=target, tabs=tabs, visitors=visitors, rate=rate,
                   peak_rss_mb=round(memory.peak_kb / 1024, 1),
                   server_cpu_ms_per_message=round(used / max(1, result["stored"]) * 1000, 2))
@@ -78,7 +86,7 @@ async def run(quick: bool) -> dict[str, Any]:
     tabs = 50
     visitors, rate, seconds = (200, 20.0, 10.0) if quick else (1000, 50.0, 30.0)
     cells = []
-    for target in ("ceiling", "parley"):
+    for target in TARGETS:
         print(f"fanout: {target}, {tabs} tabs, {visitors} visitors, {rate:g} messages/s ...", flush=True)
         cells.append(await cell(target, tabs, visitors, rate, seconds))
     return {"tabs": tabs, "visitors": visitors, "rate": rate, "seconds": seconds, "cells": cells}

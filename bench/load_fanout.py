@@ -104,7 +104,8 @@ class Fanout:
     async def ask(self, n: int, seq: int) -> None:
         session_id = f"sess_fanout{n:016d}"
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", self.args.port, local_addr=(self.addresses[n], 0), limit=1 << 20)
+            "127.0.0.1", self.args.visitor_port or self.args.port, local_addr=(self.addresses[n], 0),
+            limit=1 << 20)
         try:
             writer.write(self.request(session_id, seq))
             self.sent += 1
@@ -156,6 +157,8 @@ class Fanout:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--visitor-port", type=int,
+                        help="visitors chat with the server on this port (another process); default --port")
     parser.add_argument("--site-key", required=True)
     parser.add_argument("--email", required=True, help="the operator the tabs sign in as")
     parser.add_argument("--tabs", type=int, required=True)
