@@ -26,6 +26,7 @@ from server.errors import (
 )
 from server.hub import AS_WRITTEN, Hub, Resume, site_topic
 from server.images import clean_image
+from server.presence import PresenceWriter
 from server.proactive import site_rules
 from server.ratelimit import Rate, RateLimiter
 from server.sites import upload_limit
@@ -67,6 +68,7 @@ class ChatService:
         self._upload_limiter = RateLimiter(limits.uploads_per_session)
         self.answers = Answerer(store, hub, ai)
         self.uploads = uploads
+        self.presence = PresenceWriter(store, hub)
         self._seen: collections.OrderedDict[tuple[int, str], float] = collections.OrderedDict()
 
     # -- guards -------------------------------------------------------------------------------
@@ -183,11 +185,10 @@ class ChatService:
                     self._write_limiter.hit(f"{visitor.site.id}:{visitor.ip}")
                 conversation = await self.store.ensure_conversation(
                     visitor.site.id, visitor.session_id, {"page_url": page_url, "ip": visitor.ip})
-            await self.store.update_conversation(
-                conversation.id, self._presence_changes(visitor, conversation, now, page_url))
-            if self._arrived(conversation, now):
-                await self.hub.publish(site_topic(visitor.site.id), "seen",
-                                       {"session_id": visitor.session_id})
+            arrived = [(site_topic(visitor.site.id), "seen", {"session_id": visitor.session_id})
+                       ] if self._arrived(conversation, now) else []
+            self.presence.note(conversation.id, self._presence_changes(visitor, conversation, now, page_url),
+                               arrived)
         except (RateLimited, Unavailable):
             return  # presence is a nicety: never fail a visitor's read for it
 
@@ -353,3 +354,4 @@ class ChatService:
 
     async def shutdown(self) -> None:
         await self.answers.shutdown()
+        await self.presence.close()

@@ -16,6 +16,7 @@ import server.inbox
 from tests.dashboard import Operator, sign_in
 from tests.harness import Parley, session
 from tests.providers import GatedProvider
+from tests.waiting import eventually
 
 SID = session("dash-actions")
 SignIn = Callable[..., Awaitable[Operator]]
@@ -213,8 +214,12 @@ async def test_an_agent_feed_carries_nothing_of_other_sites(parley: Parley):
 
 async def test_visitors_online_and_a_proactive_message(parley: Parley, ana: Operator):
     await parley.get("pending-proactive", **parley.ids(SID), page_url="https://shop.test/pricing")
-    visitors = (await ana.api("visitors")).json()["visitors"]
-    assert [(v["session_id"], v["page_url"]) for v in visitors] == [(SID, "https://shop.test/pricing")]
+
+    async def listed() -> bool:  # presence is written in batches, a second apart
+        visitors = (await ana.api("visitors")).json()["visitors"]
+        return [(v["session_id"], v["page_url"]) for v in visitors] == [(SID, "https://shop.test/pricing")]
+
+    await eventually(listed, timeout=10)
     assert (await ana.api("inbox")).json()["conversations"] == []  # browsing is not a chat
     sent = await ana.post_json("/dashboard/api/proactive",
                                {"site_id": parley.site.id, "session_id": SID, "text": "Need a hand?"})

@@ -119,6 +119,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def update_conversation(self, conversation_id: int, changes: dict[str, Any]) -> None: ...
 
+    async def write_presence(self, changes: dict[int, dict[str, Any]], *, events: Events,
+                             origin: str) -> None:
+        """Many conversations' presence (QUIET_CONVERSATION_FIELDS only: when last seen, page,
+        browser) and the events telling of arrivals; in one transaction where the store can."""
+        for conversation_id, change in changes.items():
+            await self.update_conversation(conversation_id, change)
+        if events:
+            await self.record_events(events, origin)
+
     # Messages
     @abc.abstractmethod
     async def add_message(

@@ -733,6 +733,27 @@ class SQLiteStore(Store):
         if changes:
             await self._run(self._tx, self._conversation_update(conversation_id, changes))
 
+    async def write_presence(self, changes: dict[int, dict[str, Any]], *, events: Events,
+                             origin: str) -> None:
+        # One statement per set of columns, run for every row in C (executemany): a batch of a
+        # thousand visitors must not hold the GIL for a thousand statements' worth of Python.
+        rows_by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for conversation_id, change in changes.items():
+            if set(change) - QUIET_CONVERSATION_FIELDS:
+                raise ValueError(f"not presence: {sorted(set(change) - QUIET_CONVERSATION_FIELDS)}")
+            if change:
+                rows_by_columns.setdefault(tuple(change), []).append((*change.values(), conversation_id))
+        statements = [(f"UPDATE conversations SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+                       rows) for columns, rows in rows_by_columns.items()]
+
+        def write(db: sqlite3.Connection) -> None:
+            for sql, rows in statements:
+                db.executemany(sql, rows)
+            if events:
+                self._insert_events(db, events, origin, time.time())
+
+        await self._grouped(write)
+
     @staticmethod
     def _conversation_update(conversation_id: int, changes: dict[str, Any]
                              ) -> Callable[[sqlite3.Connection], None]:
