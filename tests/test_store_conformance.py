@@ -85,6 +85,26 @@ async def test_a_conversation_is_made_once_and_changes_only_where_allowed(store,
     assert await store.get_conversation(site_id, "sess_nobody0000000000000") is None
 
 
+async def test_presence_of_many_conversations_is_written_with_its_events(store, other):
+    site_id = await new_site(store)
+    first = await conversation_id(store, site_id)
+    second = await conversation_id(store, site_id, "sess_conformance00000002")
+    before = (await store.get_conversation(site_id, SESSION)).updated_at
+    start = await other.latest_event_id()
+    await store.write_presence(
+        {first: {"last_seen_at": 100.0, "page_url": "https://shop.test/a"},
+         second: {"last_seen_at": 200.0}},
+        events=[(f"site:{site_id}", "seen", {"session_id": SESSION})], origin="A")
+    seen = await other.get_conversation(site_id, SESSION)
+    assert (seen.last_seen_at, seen.page_url) == (100.0, "https://shop.test/a")
+    assert seen.updated_at == before  # presence is not activity: the inbox order stays
+    assert (await other.get_conversation(site_id, "sess_conformance00000002")).last_seen_at == 200.0
+    [event] = await other.events_since(start, exclude_origin="B", limit=10)
+    assert (event.kind, event.payload) == ("seen", {"session_id": SESSION})
+    with pytest.raises(ValueError):
+        await store.write_presence({first: {"mode": "operator"}}, events=[], origin="A")
+
+
 # -- messages -------------------------------------------------------------------------------------
 async def test_messages_come_oldest_first_and_after_is_a_cursor(store):
     conv = await conversation_id(store, await new_site(store))

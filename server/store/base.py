@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 
 from server.errors import Unavailable
 from server.store.models import (
+    QUIET_CONVERSATION_FIELDS,
     AuditEntry,
     CannedReply,
     Conversation,
@@ -41,6 +42,13 @@ class DuplicateMessageId(Exception):
 
 
 Events = list[tuple[str, str, dict[str, Any]]]
+
+
+def check_presence(changes: dict[str, Any]) -> None:
+    """Raises unless `changes` are presence only (see Store.write_presence)."""
+    other = set(changes) - QUIET_CONVERSATION_FIELDS
+    if other:
+        raise ValueError(f"not presence: {sorted(other)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +132,7 @@ class Store(abc.ABC):
         """Many conversations' presence (QUIET_CONVERSATION_FIELDS only: when last seen, page,
         browser) and the events telling of arrivals; in one transaction where the store can."""
         for conversation_id, change in changes.items():
+            check_presence(change)
             await self.update_conversation(conversation_id, change)
         if events:
             await self.record_events(events, origin)

@@ -26,11 +26,18 @@ import unicodedata
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from server.store.base import DuplicateMessageId, DuplicateOperator, Store, StoreUnavailable
+from server.store.base import (
+    DuplicateMessageId,
+    DuplicateOperator,
+    Events,
+    Store,
+    StoreUnavailable,
+    check_presence,
+)
 from server.store.models import (
     CONVERSATION_UPDATABLE,
     FETCH_JOB_UPDATABLE,
@@ -123,6 +130,12 @@ def _guarded(method: F) -> F:
             raise StoreUnavailable("The database is unavailable; please try again.") from exc
 
     return guarded  # type: ignore[return-value]
+
+
+def _plain_values(changes: dict[str, Any]) -> None:
+    for name, value in changes.items():
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise TypeError(f"{name} is a plain value")
 
 
 def _site(doc: dict[str, Any]) -> Site:
@@ -419,15 +432,26 @@ class MongoStore(Store):
             raise ValueError(f"not updatable: {sorted(unknown)}")
         if not changes:
             return
-        for name, value in changes.items():
-            if value is not None and not isinstance(value, (str, int, float, bool)):
-                raise TypeError(f"{name} is a plain value")
+        _plain_values(changes)
         update: dict[str, Any] = {"$set": dict(changes)}
         if set(changes) - QUIET_CONVERSATION_FIELDS:
             update["$set"]["updated_at"] = utc_now_iso()
         if changes.get("handoff") is True:  # the first handoff is kept for the numbers (never null)
             update["$min"] = {"handoff_at": utc_now_iso()}
         await self._db.conversations.update_one({"_id": _int(conversation_id)}, update)
+
+    @_guarded
+    async def write_presence(self, changes: dict[int, dict[str, Any]], *, events: Events,
+                             origin: str) -> None:
+        for change in changes.values():
+            check_presence(change)
+            _plain_values(change)
+        updates = [UpdateOne({"_id": _int(conversation_id)}, {"$set": dict(change)})
+                   for conversation_id, change in changes.items() if change]
+        if updates:  # one round trip for the batch
+            await self._db.conversations.bulk_write(updates, ordered=False)
+        if events:
+            await self.record_events(events, origin)
 
     # -- messages -----------------------------------------------------------------------------
     @_guarded

@@ -27,6 +27,7 @@ from server.store.base import (
     Store,
     StoreUnavailable,
     TakenQuestion,
+    check_presence,
 )
 from server.store.models import (
     CONVERSATION_UPDATABLE,
@@ -739,8 +740,7 @@ class SQLiteStore(Store):
         # thousand visitors must not hold the GIL for a thousand statements' worth of Python.
         rows_by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for conversation_id, change in changes.items():
-            if set(change) - QUIET_CONVERSATION_FIELDS:
-                raise ValueError(f"not presence: {sorted(set(change) - QUIET_CONVERSATION_FIELDS)}")
+            check_presence(change)
             if change:
                 rows_by_columns.setdefault(tuple(change), []).append((*change.values(), conversation_id))
         statements = [(f"UPDATE conversations SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
