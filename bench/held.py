@@ -14,7 +14,6 @@ import json
 import math
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import tornado.httpclient
@@ -57,7 +56,8 @@ async def measure(kind: str, sessions: int, rates: list[int], seconds: float) ->
     result: dict[str, Any] = {"server": kind, "held": sessions}
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp, children() as procs:
         if kind == "parley":
-            server = start_child("parley", python_module("bench.parley_held", "--data-dir", tmp))
+            server = start_child("parley", python_module("bench.parley_held", "--data-dir", tmp,
+                                                         "--sessions", sessions), ready_timeout=300)
         else:
             server = start_child("ceiling", python_module("bench.ceiling_longpoll"))
         procs.append(server)

@@ -17,12 +17,16 @@ from pathlib import Path
 import tornado.web
 
 from bench.ceiling_longpoll import listen
-from bench.common import GcPauses
+from bench.common import GcPauses, bench_session
 from bench.pushing import push_at_rate
 from server.app import Services, build_services
 from server.config import Config
 from server.serve import tune_garbage_collection, start_http_server
 from server.store.models import Site
+
+
+PAGE = "https://bench.example/pricing"
+PAGES_AT_ONCE = 500
 
 
 class Control(tornado.web.RequestHandler):
@@ -47,12 +51,18 @@ class Control(tornado.web.RequestHandler):
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--sessions", type=int, default=0,
+                        help="visitors whose conversations exist before they connect, as the widget's "
+                             "page-load request makes them (it says which page it is on)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     gc_pauses = GcPauses()
     config = dataclasses.replace(Config(data_dir=args.data_dir, port=0), log_level="WARNING")
     services = await build_services(config)
     site = await services.sites.create("bench")
+    for start in range(0, args.sessions, PAGES_AT_ONCE):
+        await asyncio.gather(*(services.store.ensure_conversation(site.id, bench_session(n), {"page_url": PAGE})
+                               for n in range(start, min(args.sessions, start + PAGES_AT_ONCE))))
     _, port = start_http_server(services)
     control = listen(tornado.web.Application([(r"/bench/(\w+)", Control, {
         "services": services, "site": site, "gc_pauses": gc_pauses})]))

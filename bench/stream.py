@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    PYTHON,
     Child,
     Sampler,
     children,
