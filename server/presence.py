@@ -40,10 +40,11 @@ class PresenceWriter:
     def pending(self) -> int:
         return len(self._changes)
 
-    def note(self, conversation_id: int, changes: dict[str, Any], events: Events = ()) -> None:
+    def note(self, conversation_id: int, changes: dict[str, Any], events: Events | None = None) -> None:
         """Write `changes` to the conversation and record `events`, with the next batch."""
         self._changes.setdefault(conversation_id, {}).update(changes)
-        self._events.extend(events)
+        if events:
+            self._events.extend(events)
         if len(self._changes) >= MAX_PENDING:
             self._write_now()
         elif self._timer is None:
