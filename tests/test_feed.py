@@ -216,3 +216,21 @@ async def test_a_ring_skips_the_ringer_and_tidies_away_a_process_that_died(tmp_p
     finally:
         own.close()
         other.close()
+
+
+async def test_a_name_that_cannot_be_rung_does_not_stop_the_ring_for_the_others(tmp_path):
+    from server.store.doorbell import Doorbell
+
+    directory = tmp_path / "doorbells"
+    own, other = Doorbell(directory), Doorbell(directory)
+    try:
+        assert not await own.wait(0)
+        assert not await other.wait(0)
+        unusable = "x" * 200  # longer than any socket address: sending to it fails outright
+        (directory / unusable).touch()
+        own._names = lambda: [unusable, other.name]  # the bad name first, whatever the directory's order
+        assert own.ring() == 1
+        assert await other.wait(10)
+    finally:
+        own.close()
+        other.close()

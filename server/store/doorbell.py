@@ -94,6 +94,9 @@ class Doorbell:
                 (self.directory / name).unlink()
             self._peers_read_at = None
             return False
+        except OSError as exc:  # this name alone (say, not one of ours): ring the others still
+            log.debug("could not ring %r: %s", name[:64], exc)
+            return False
         return True
 
     # -- listening (the event loop) ---------------------------------------------------------------
