@@ -26,7 +26,7 @@ from server.errors import (
 )
 from server.hub import AS_WRITTEN, Hub, Resume, site_topic
 from server.images import clean_image
-from server.presence import PresenceWriter
+from server.presence import PresenceWriter, is_online
 from server.proactive import site_rules
 from server.ratelimit import Rate, RateLimiter
 from server.sites import upload_limit
@@ -42,7 +42,6 @@ MAX_PIXELS = 40_000_000
 HISTORY_LIMIT_MAX = 200
 SEEN_EVERY_SECONDS = 30  # how often a visitor's presence is written, at most
 SEEN_REMEMBERED = 50_000
-ONLINE_SECONDS = 120
 IMAGE_QUEUE_SECONDS = 20
 WAKE_ON_MODE = frozenset({"mode"})
 WAKE_ON_MODE_OR_BLOCK = frozenset({"mode", "block"})
@@ -161,7 +160,7 @@ class ChatService:
     @staticmethod
     def _arrived(conversation: Conversation, now: float) -> bool:
         """Not seen for a while: operators' "visitors online" hears of them."""
-        return conversation.last_seen_at is None or now - conversation.last_seen_at > ONLINE_SECONDS
+        return not is_online(conversation.last_seen_at, now)
 
     async def mark_seen(self, visitor: Visitor, page_url: str | None = None, *,
                         conversation: Conversation | None = None) -> None:

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from server.errors import InvalidRequest, NotFound
 from server.hub import Hub, site_topic
+from server.presence import ONLINE_SECONDS, is_online
 from server.store.base import Store
 from server.store.models import CannedReply, Conversation, Event, InboxEntry, Message, Note, Operator, Site
 from server.validation import EMAIL_RE, SESSION_ID_RE
@@ -31,7 +32,6 @@ ALLOWED_CHECK_SECONDS = 10.0
 # back below the cursor for one that arrived late, and skips what it already sent.
 FEED_LOOKBACK = 64
 CONVERSATION_MESSAGES = 500
-ONLINE_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,7 @@ class InboxService:
                                            search=search, limit=limit, before=cursor)
 
     def is_online(self, conversation: Conversation, now: float | None = None) -> bool:
-        seen = conversation.last_seen_at
-        return seen is not None and (now or time.time()) - seen <= ONLINE_SECONDS
+        return is_online(conversation.last_seen_at, now or time.time())
 
     async def view(self, operator: Operator, conversation_id: int) -> ConversationView:
         site, conversation = await self.conversation(operator, conversation_id)

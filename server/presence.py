@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 BATCH_SECONDS = 1.0
 MAX_PENDING = 5000  # conversations noted before a batch goes at once
+ONLINE_SECONDS = 120  # seen this recently: online (the widget writes presence every 30 s)
+
+
+def is_online(last_seen_at: float | None, now: float) -> bool:
+    return last_seen_at is not None and now - last_seen_at <= ONLINE_SECONDS
 
 
 class PresenceWriter:
