@@ -48,12 +48,10 @@ class Contacts:
                                                        limit=limit + 1)
         more = len(conversations) > limit
         conversations = conversations[:limit]
-        rows = []
-        for c in conversations:
-            first = await self.store.list_messages(c.id, limit=1, roles=("visitor",))
-            rows.append(ContactRow(c.session_id, c.email, c.contact_name, c.phone,
-                                   first[0].content[:1000] if first else None, c.page_url, c.created_at,
-                                   c.rating, c.rating_comment))
+        firsts = await self.store.first_visitor_messages([c.id for c in conversations])
+        rows = [ContactRow(c.session_id, c.email, c.contact_name, c.phone,
+                           firsts[c.id][:1000] if c.id in firsts else None, c.page_url, c.created_at,
+                           c.rating, c.rating_comment) for c in conversations]
         return rows, more
 
     async def csv(self, site: Site, *, rated: bool, search: str | None, actor: Actor) -> str:

@@ -425,6 +425,19 @@ async def test_contacts_and_ratings_are_listed_and_searched(store, other):
     assert [c.id for c in await other.list_contacts(site, rated=True)] == [bob]
 
 
+async def test_each_conversations_first_visitor_message_in_one_read(store, other):
+    site = await new_site(store)
+    talked = await conversation_id(store, site, "sess_conformance_first001")
+    greeted = await conversation_id(store, site, "sess_conformance_first002")
+    await store.add_message(talked, "ai", "Hello! How can I help?")
+    await store.add_message(talked, "visitor", "Where is my order?")
+    await store.add_message(talked, "visitor", "It is late")
+    await store.add_message(greeted, "operator", "Need a hand?")
+    assert await other.first_visitor_messages([talked, greeted, talked + 10_000]) == {
+        talked: "Where is my order?"}
+    assert await other.first_visitor_messages([]) == {}
+
+
 async def test_stale_sessions_are_those_idle_since_a_time(store):
     site = await new_site(store)
     await conversation_id(store, site, "sess_conformance_stale001")

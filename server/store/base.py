@@ -263,6 +263,11 @@ class Store(abc.ABC):
     ) -> list[Message]:
         """Oldest first, ids greater than `after`."""
 
+    @abc.abstractmethod
+    async def first_visitor_messages(self, conversation_ids: list[int]) -> dict[int, str]:
+        """Each conversation's first visitor message, by conversation id (those with none left
+        out): the contacts page's "message" column, in one read."""
+
     async def conversation_messages(
         self, site_id: int, session_id: str, *, after: int | None = None, limit: int = 50,
         roles: tuple[str, ...] | None = None,

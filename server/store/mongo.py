@@ -544,6 +544,14 @@ class MongoStore(Store):
         return [_message(d) async for d in cursor]
 
     @_guarded
+    async def first_visitor_messages(self, conversation_ids: list[int]) -> dict[int, str]:
+        cursor = await self._db.messages.aggregate([
+            {"$match": {"conversation_id": {"$in": [_int(i) for i in conversation_ids]}, "role": "visitor"}},
+            {"$sort": {"_id": ASCENDING}},
+            {"$group": {"_id": "$conversation_id", "content": {"$first": "$content"}}}])
+        return {doc["_id"]: doc["content"] async for doc in cursor}
+
+    @_guarded
     async def recent_messages(self, conversation_id: int, limit: int) -> list[Message]:
         cursor = self._db.messages.find({"conversation_id": _int(conversation_id)}).sort(
             "_id", DESCENDING).limit(_int(limit))

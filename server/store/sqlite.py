@@ -82,6 +82,7 @@ FALLBACK_CHECKPOINT_PAGES = 8000
 CHECKPOINT_TIMEOUT = 60.0
 # Rows per INSERT of events: 5 values each, under SQLite's oldest limit of 999 per statement.
 EVENTS_PER_INSERT = 100
+IDS_PER_QUERY = 500  # ids bound in one IN (...), under SQLite's oldest limit of 999 parameters
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -959,6 +960,17 @@ class SQLiteStore(Store):
     ) -> list[Message]:
         sql, params = self._messages_query(after, limit, roles)
         return [_message(r) for r in await self._read_all(sql, conversation_id, *params)]
+
+    async def first_visitor_messages(self, conversation_ids: list[int]) -> dict[int, str]:
+        firsts: dict[int, str] = {}
+        for start in range(0, len(conversation_ids), IDS_PER_QUERY):
+            some = conversation_ids[start:start + IDS_PER_QUERY]
+            rows = await self._read_all(
+                "SELECT conversation_id, content FROM messages WHERE id IN (SELECT min(id) FROM messages"
+                f" WHERE conversation_id IN ({', '.join('?' * len(some))}) AND role = 'visitor'"
+                " GROUP BY conversation_id)", *some)
+            firsts.update((r[0], r[1]) for r in rows)
+        return firsts
 
     @staticmethod
     def _messages_query(after: int | None, limit: int, roles: tuple[str, ...] | None
