@@ -29,4 +29,4 @@ class ChatStreamHandler(EventStreamMixin, ApiHandler):
         self.start_event_stream()
         # Headers go out at once, so the widget knows its message was accepted before any text.
         await self.hold(self.send_pushed(turn.push_to,
-                                         lambda event: self.write(f"data: {turn_event_text(event)}\n\n")))
+                                         lambda event: f"data: {turn_event_text(event)}\n\n"))

@@ -21,7 +21,7 @@ from handlers.serializers import (
     note_json,
     operator_json,
 )
-from handlers.sse import EventStreamMixin
+from handlers.sse import EventStreamMixin, event_text
 
 MAX_CURSOR = 2**62
 
@@ -219,20 +219,22 @@ class FeedHandler(EventStreamMixin, OperatorApiHandler):
         token = self.session_token
         accounts, operator = self.services.accounts, self.operator
         # Ends (the page reconnects, or goes to sign-in) once the session no longer gives these rights.
-        events = self.services.inbox.feed(operator, after, allowed=(
-            lambda: accounts.still_signed_in(token, operator)) if token else None)
+        allowed = (lambda: accounts.still_signed_in(token, operator)) if token else None
         self.start_event_stream()
         # While the feed is open, the operator counts as online for the opening hours' rule.
         presence = asyncio.ensure_future(self.services.accounts.stay_present(token, PRESENCE_HEARTBEAT)) \
             if token else None
         try:
-            await self.hold(self.send_batches(events, self._frame))
+            await self.hold(self.send_batches(
+                lambda push: self.services.inbox.feed(operator, after, allowed=allowed, push_live=push),
+                self._frame))
         finally:
             if presence is not None:
                 presence.cancel()
 
-    def _frame(self, event: FeedEvent) -> None:
-        self.write_event({"kind": event.kind, **event.data}, event_id=event.id)
+    @staticmethod
+    def _frame(event: FeedEvent) -> str:
+        return event_text(event.json, event_id=event.id)
 
 
 class DashboardApiNotFoundHandler(OperatorApiHandler):

@@ -1,61 +1,120 @@
-"""Server-Sent Events: the headers, the framing, and the keepalive loop, for every stream we send
+"""Server-Sent Events: the headers, the framing, and one way of writing for every stream we send
 (the widget's answer stream, the dashboard's live feed)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from handlers.base import JsonHandler, dumps
 
+log = logging.getLogger(__name__)
 
-class Keepalive:
-    """`: keepalive` on a quiet stream from one timer, re-armed only when it fires: a busy stream
-    pays nothing per event (a timeout per event costs a timer handle each, a wait task more).
+# What a stream may hold for a client that does not read, in characters, before it is cut off.
+MAX_QUEUED = 4 * 1024 * 1024
 
-    Tornado keeps one flush at a time, so the timer never flushes while the writer does, and the
-    writer waits for a keepalive's flush (`settled`) before its own.
+
+def event_text(data: dict[str, Any] | str, *, event_id: int | None = None, name: str | None = None) -> str:
+    """One SSE frame; `data` a dict to encode, or JSON already encoded."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    if name:
+        head += f"event: {name}\n"
+    return f"{head}data: {data if isinstance(data, str) else dumps(data)}\n\n"
+
+
+class Pusher:
+    """Writes events to a stream as they are handed over, from whichever task produces them (no
+    wake-up of the request's own task per event), with one flush in flight at a time: what comes
+    meanwhile is queued and goes out in one send when that flush completes. Nobody waits for the
+    client. One that falls more than `max_queued` characters behind is disconnected, and its
+    EventSource reconnects and catches up from the store.
+
+    A quiet stream gets `: keepalive` from one timer, re-armed only when it fires: a busy stream
+    pays nothing per event for it.
+
+    One flush at a time because Tornado's connection resolves only its latest write's future, and
+    resolves it when the oldest write completes.
     """
 
-    def __init__(self, handler: JsonHandler, interval: float, *, await_flush: bool = True) -> None:
+    def __init__(self, handler: JsonHandler, frame: Callable[[Any], str], *, keepalive: float,
+                 max_queued: int | None = None) -> None:
         self.handler = handler
-        self.interval = interval
-        # False when the writer never waits for its flushes (send_pushed): then neither does this.
-        self.await_flush = await_flush
-        self.loop = asyncio.get_running_loop()
-        self.last_sent = self.loop.time()
-        self.writing = False
-        self.pending: asyncio.Future[None] | None = None
-        self.timer = self.loop.call_later(interval, self._tick)
+        self.frame = frame
+        self.keepalive = keepalive
+        self.max_queued = max_queued or MAX_QUEUED
+        self.stopped = False
+        self._loop = asyncio.get_running_loop()
+        self._queued: list[str] = []
+        self._queued_size = 0
+        self._flushing: asyncio.Future[None] | None = None
+        self._last_sent = self._loop.time()
+        self._timer = self._loop.call_later(keepalive, self._tick)
+
+    def deliver(self, events: list[Any]) -> None:
+        """Frame `events` and send them, or queue them behind the flush in flight. Never blocks
+        or raises."""
+        if self.stopped or self.handler.client_left():
+            return
+        for event in events:
+            text = self.frame(event)
+            self._queued.append(text)
+            self._queued_size += len(text)
+        if not self._queued:
+            return
+        if self._flushing is None:
+            self._send()
+        elif self._queued_size > self.max_queued:
+            self._cut_off()
+
+    def _send(self) -> None:
+        self.handler.write("".join(self._queued))
+        self._queued.clear()
+        self._queued_size = 0
+        self._flushing = flushing = self.handler.flush()
+        flushing.add_done_callback(self._sent)
+        self._last_sent = self._loop.time()
+
+    def _sent(self, flushed: asyncio.Future[None]) -> None:
+        self._flushing = None
+        if flushed.cancelled() or flushed.exception() is not None:  # StreamClosedError: the client left
+            self.stopped = True
+        elif self._queued and not self.stopped and not self.handler.client_left():
+            self._send()
+
+    def _cut_off(self) -> None:
+        log.warning("%s %s: the client fell %d characters behind; disconnected (it reconnects and "
+                    "catches up)", self.handler.request.method, self.handler.request.path, self._queued_size)
+        self.stop(keep_queued=False)
+        # The stream, not the connection: closing the connection would skip on_connection_close,
+        # which ends the request's hold.
+        stream = getattr(self.handler.request.connection, "stream", None)
+        if stream is not None:
+            stream.close()
 
     def _tick(self) -> None:
-        quiet = self.loop.time() - self.last_sent
-        if self.writing or self.pending is not None or quiet < self.interval:
-            self.timer = self.loop.call_later(max(0.01, self.interval - quiet), self._tick)
+        quiet = self._loop.time() - self._last_sent
+        if self._flushing is not None or quiet < self.keepalive:
+            self._timer = self._loop.call_later(max(0.01, self.keepalive - quiet), self._tick)
             return
-        self.handler.write(": keepalive\n\n")
-        if self.await_flush:
-            self.pending = asyncio.ensure_future(self.handler.safe_flush())
-            self.pending.add_done_callback(self._flushed)
-        elif not self.handler.client_left():
-            self.handler.flush()
-        self.last_sent = self.loop.time()
-        self.timer = self.loop.call_later(self.interval, self._tick)
+        if not self.handler.client_left():
+            self._queued.append(": keepalive\n\n")
+            self._send()
+        self._timer = self._loop.call_later(self.keepalive, self._tick)
 
-    def _flushed(self, future: asyncio.Future[None]) -> None:
-        self.pending = None
-
-    async def settled(self) -> None:
-        if self.pending is not None:
-            await asyncio.wait((self.pending,))
-
-    def stop(self) -> None:
-        self.timer.cancel()
+    def stop(self, *, keep_queued: bool = True) -> None:
+        """No more events; what is queued is left in the handler's buffer for its finish()."""
+        self.stopped = True
+        self._timer.cancel()
+        if keep_queued and self._queued and not self.handler.client_left():
+            self.handler.write("".join(self._queued))
+        self._queued.clear()
+        self._queued_size = 0
 
 
 class EventStreamMixin(JsonHandler):
-    """Send an SSE stream: headers at once, then each event flushed as it comes, with `: keepalive`
+    """Send an SSE stream: headers at once, then each event sent as it comes, with `: keepalive`
     comments on a quiet stream so proxies keep the connection."""
 
     @property
@@ -68,65 +127,32 @@ class EventStreamMixin(JsonHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
 
-    def write_event(self, data: dict[str, Any], *, event_id: int | None = None,
-                    name: str | None = None) -> None:
-        head = f"id: {event_id}\n" if event_id is not None else ""
-        if name:
-            head += f"event: {name}\n"
-        self.write(f"{head}data: {dumps(data)}\n\n")
-
-    async def send_batches(self, batches: AsyncIterator[list[Any]],
-                           frame: Callable[[Any], None]) -> None:
-        """Flush the headers, then `frame(event)` each event of each list `batches` yields, flushing
-        once per list, until the source ends or the client leaves. The source is closed either way."""
-        async with contextlib.aclosing(batches):  # type: ignore[type-var]
-            if not await self.safe_flush():
-                return
-            keepalive = Keepalive(self, self.keepalive_interval)
-            try:
-                async for batch in batches:
-                    await keepalive.settled()
-                    for event in batch:
-                        frame(event)
-                    keepalive.writing = True
-                    flushed = await self.safe_flush()
-                    keepalive.writing = False
-                    keepalive.last_sent = keepalive.loop.time()
-                    if not flushed:
-                        return
-            finally:
-                keepalive.stop()
-
     async def send_pushed(self, source: Callable[[Callable[[list[Any]], None]], Awaitable[None]],
-                          frame: Callable[[Any], None]) -> None:
+                          frame: Callable[[Any], str]) -> None:
         """Flush the headers, then run `source(deliver)`, which hands `deliver` lists of events as
-        they happen (in the producing task: no wake-up of this request's task per event). Each
-        list is framed and flushed at once, without waiting for the flush: Tornado keeps what a
-        slow client has not read yet. Ends when `source` returns (after the last event), or when
-        the client leaves (hold() then cancels `source`)."""
+        they happen, each event framed by `frame` (see Pusher). Ends when `source` returns (after
+        the last event), or when the client leaves (hold() then cancels `source`)."""
         if not await self.safe_flush():
             return
-        keepalive = Keepalive(self, self.keepalive_interval, await_flush=False)
-        flush_due = False
-
-        def flush() -> None:
-            nonlocal flush_due
-            flush_due = False
-            if not self.client_left():
-                self.flush()  # a flush not awaited never raises: Tornado retrieves its exception
-            keepalive.last_sent = keepalive.loop.time()
-
-        def deliver(events: list[Any]) -> None:
-            nonlocal flush_due
-            if self.client_left():
-                return
-            for event in events:
-                frame(event)
-            if not flush_due:  # events handed over in the same turn of the loop go out in one send
-                flush_due = True
-                keepalive.loop.call_soon(flush)
-
+        pusher = Pusher(self, frame, keepalive=self.keepalive_interval)
         try:
-            await source(deliver)
+            await source(pusher.deliver)
         finally:
-            keepalive.stop()
+            pusher.stop()
+
+    async def send_batches(self, source: Callable[[Callable[[list[Any]], None]], AsyncIterator[list[Any]]],
+                           frame: Callable[[Any], str]) -> None:
+        """Flush the headers, then send each list of events the iterator `source(deliver)` yields,
+        and whatever its producers hand `deliver` meanwhile, until the iterator ends or the client
+        leaves. The iterator is closed either way."""
+        if not await self.safe_flush():
+            return
+        pusher = Pusher(self, frame, keepalive=self.keepalive_interval)
+        try:
+            async with contextlib.aclosing(source(pusher.deliver)) as batches:  # type: ignore[type-var]
+                async for batch in batches:
+                    pusher.deliver(batch)
+                    if pusher.stopped:
+                        return
+        finally:
+            pusher.stop()

@@ -66,13 +66,15 @@ class Subscription:
     a timeout context an object and a handle, for the whole hold).
     """
 
-    __slots__ = ("topics", "buffer", "overflowed", "parked", "_events", "_ready", "_waiter", "_timer")
+    __slots__ = ("topics", "buffer", "overflowed", "parked", "push", "_events", "_ready", "_waiter", "_timer")
 
     def __init__(self, topics: tuple[str, ...], *, buffer: int = SUBSCRIPTION_BUFFER) -> None:
         self.topics = topics
         self.buffer = buffer
         self.overflowed = False
         self.parked = False  # listening between a held read's answer and its next request (Resume)
+        # push(event) -> True: the listener took the event as it happened (no buffer, no wake-up)
+        self.push: Callable[[dict[str, Any]], bool] | None = None
         self._events: list[dict[str, Any]] | None = None
         self._ready = False
         self._waiter: asyncio.Future[bool] | None = None
@@ -88,6 +90,8 @@ class Subscription:
         return self._ready
 
     def deliver(self, event: dict[str, Any]) -> None:
+        if self.push is not None and self.push(event):
+            return
         if self._events is None:
             self._events = [event]
         elif len(self._events) >= self.buffer:

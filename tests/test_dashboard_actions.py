@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -12,6 +13,7 @@ import httpx_sse
 import pytest
 
 import server.inbox
+from server.hub import site_topic
 
 from tests.dashboard import Operator, sign_in
 from tests.harness import Parley, session
@@ -174,11 +176,41 @@ async def test_every_open_tab_gets_every_message_once_in_order(parley: Parley, a
     started = [asyncio.Event() for _ in range(5)]
     tabs = [asyncio.create_task(read_feed(ana, saw_all, started=s, timeout=30)) for s in started]
     await asyncio.wait_for(asyncio.gather(*(s.wait() for s in started)), 10)
-    await asyncio.gather(*(parley.ask(sid, "Do you ship to Canada?") for sid in sessions))
+    ordered = sorted(sessions)
+    answers = await asyncio.gather(*(parley.ask(sid, "Do you ship to Canada?") for sid in ordered))
+    texts = {sid: "".join(e["content"] for e in answer if e["type"] == "chunk")
+             for sid, answer in zip(ordered, answers)}
     for events in await asyncio.gather(*tabs):
         ids = [int(e["id"]) for e in events if e["kind"] not in ("chunk", "ready")]
         assert ids == sorted(set(ids))
         assert {e["session_id"] for e in events if e.get("role") == "visitor"} == sessions
+        for sid in sessions:  # each answer live, every chunk once and in order, as the visitor got it
+            live = "".join(e["content"] for e in events if e["kind"] == "chunk" and e["session_id"] == sid)
+            assert live == texts[sid] != ""
+
+
+async def test_a_tab_that_stops_reading_is_cut_off_not_buffered_for(parley: Parley, ana: Operator,
+                                                                     monkeypatch):
+    monkeypatch.setattr("handlers.sse.MAX_QUEUED", 64 * 1024)
+    host, port = parley.base_url.removeprefix("http://").split(":")
+    cookies = "; ".join(f"{name}={value}" for name, value in ana.client.cookies.items())
+    reader, writer = await asyncio.open_connection(host, int(port), limit=1024)
+    writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(f"GET /dashboard/events HTTP/1.1\r\nHost: {host}\r\nCookie: {cookies}\r\n\r\n".encode())
+    await reader.readuntil(b"ready")
+    writer.transport.pause_reading()  # a tab that stops reading: a laptop's lid shut on a busy site
+    hub, topic = parley.services.hub, site_topic(parley.site.id)
+    assert hub.waiting_on(topic) == 1
+    chunk = {"kind": "chunk", "site_id": parley.site.id, "session_id": SID, "content": "x" * 4000}
+    try:
+        for _ in range(10_000):  # 40 MB at most, far beyond any socket buffer
+            if not hub.waiting_on(topic):
+                break
+            hub.deliver_local(topic, {**chunk})
+            await asyncio.sleep(0)
+        assert hub.waiting_on(topic) == 0  # the server let go of the tab
+    finally:
+        writer.close()
 
 
 async def test_a_reconnecting_feed_gets_what_it_missed_or_a_refetch(parley: Parley, ana: Operator):
