@@ -65,6 +65,12 @@ class OperatorMixin(tornado.web.RequestHandler):
         public = self.services.config.public_url or ""
         return self.request.protocol == "https" or public.startswith("https://")
 
+    def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
+        # Every dashboard cookie, Tornado's own _xsrf included, is Secure when served over HTTPS.
+        if self.secure_cookies:
+            kwargs.setdefault("secure", True)
+        super().set_cookie(name, value, *args, **kwargs)
+
     @property
     def session_token(self) -> str | None:
         raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=COOKIE_MAX_AGE_DAYS)

@@ -6,6 +6,7 @@ import time
 from typing import AsyncIterator, Awaitable, Callable
 
 import pyotp
+import httpx
 import pytest
 
 from server.accounts import MAX_FAILURES_PER_ACCOUNT
@@ -80,6 +81,13 @@ async def test_wrong_credentials_get_one_generic_answer(parley: Parley):
 
 async def test_the_session_cookie_is_httponly_lax_and_secure_behind_https(parley: Parley):
     await add_operator(parley, "ana@example.com")
+
+    async def xsrf_cookie() -> str:
+        async with httpx.AsyncClient(base_url=parley.base_url) as fresh:  # no cookie yet
+            page = await fresh.get("/dashboard/login")
+        return next(c for c in page.headers.get_list("set-cookie") if c.startswith("_xsrf="))
+
+    assert "Secure" not in await xsrf_cookie()
     async with browser(parley) as client:
         response = await login_form(client, "ana@example.com", PASSWORD)
         cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("parley_session="))
@@ -87,8 +95,13 @@ async def test_the_session_cookie_is_httponly_lax_and_secure_behind_https(parley
         assert "Secure" not in cookie
     parley.services.config = __import__("dataclasses").replace(
         parley.services.config, public_url="https://chat.example.com")
+    assert "Secure" in await xsrf_cookie()  # the form's token too
     async with browser(parley) as client:
-        response = await login_form(client, "ana@example.com", PASSWORD)
+        await client.get("/dashboard/login")
+        token = client.cookies.get("_xsrf")
+        # This test talks plain HTTP, over which a client sends no Secure cookie back: by hand.
+        response = await client.post("/dashboard/login", headers={"Cookie": f"_xsrf={token}"}, data={
+            "email": "ana@example.com", "password": PASSWORD, "_xsrf": token})
         cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("parley_session="))
         assert "Secure" in cookie
 
