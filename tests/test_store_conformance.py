@@ -841,6 +841,23 @@ async def test_a_feed_stops_at_once_even_right_after_it_started(store):
     await asyncio.wait_for(feed.stop(), 5)  # a driver that swallows the cancel must not hang it
 
 
+async def test_each_inbox_row_has_its_own_last_message_and_unread_count(store, other):
+    site_id = await new_site(store)
+    rows = {}
+    for n in range(3):
+        cid = await conversation_id(store, site_id, f"sess_conformance_unread{n:03d}")
+        first = await store.add_message(cid, "visitor", f"question {n}")
+        for k in range(n):
+            await store.add_message(cid, "visitor", f"more {n}.{k}")
+        await store.add_message(cid, "ai", f"answer {n}")
+        if n == 2:  # an operator read the first of its visitor's messages
+            await store.update_conversation(cid, {"read_through": first.id})
+        rows[cid] = n
+    inbox = await other.list_inbox([site_id])
+    assert {e.conversation.id: (e.last_message.content, e.unread) for e in inbox} == {
+        cid: (f"answer {n}", n + 1 - (n == 2)) for cid, n in rows.items()}
+
+
 async def test_inbox_pages_reach_every_conversation_when_many_share_a_time(store, other, store_clock):
     site_id = await new_site(store)
     conversations = []
