@@ -114,7 +114,12 @@ class AccountService:
     # -- accounts -----------------------------------------------------------------------------
     @staticmethod
     def normalise_email(raw: str) -> str:
-        return normalise_email(raw.strip()).lower()
+        try:
+            return normalise_email(raw.strip()).lower()
+        except InvalidRequest:  # an admin typed it: say what, not which field
+            shown = raw.strip()
+            shown = shown if len(shown) <= 80 else shown[:80] + "…"
+            raise InvalidRequest(f"“{shown}” is not a valid email address.") from None
 
     async def create(self, email: str, name: str, role: str, password: str,
                      site_ids: Iterable[int] = ()) -> Operator:

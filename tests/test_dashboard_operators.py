@@ -52,6 +52,13 @@ async def test_a_refused_new_operator_keeps_what_was_typed_but_the_password(parl
     assert "short" not in refused.text.split("Add an operator")[1]
 
 
+async def test_a_mistyped_email_is_named_as_typed(parley: Parley, admin: Operator):
+    refused = await post_form(admin, "/dashboard/operators", action="add", email="cy@example",
+                              name="Cy", role="agent", password="a long enough password")
+    assert refused.status_code == 400
+    assert "“cy@example” is not a valid email address." in refused.text  # not "'email' is not ..."
+
+
 async def test_the_last_admin_stays_an_admin(parley: Parley, admin: Operator):
     ids = {"operator_id": str(admin.id)}
     demoted = await post_form(admin, "/dashboard/operators", action="role", role="agent", **ids)
