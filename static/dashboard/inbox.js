@@ -456,9 +456,15 @@
       case "refetch": loadList(); if (state.opened) loadConversation(true); return;
       case "viewing":
         if (event.conversation_id) {
-          (state.viewers[event.conversation_id] = state.viewers[event.conversation_id] || {})[event.operator_id] =
-            {name: event.operator_name, at: Date.now()};
-          if (event.conversation_id === state.opened) renderViewers();
+          var viewers = state.viewers[event.conversation_id] = state.viewers[event.conversation_id] || {};
+          var known = viewers[event.operator_id] && Date.now() - viewers[event.operator_id].at < 45000;
+          viewers[event.operator_id] = {name: event.operator_name, at: Date.now()};
+          if (event.conversation_id === state.opened) {
+            renderViewers();
+            // Someone new opened it: tell them at once that this tab is here too (they answer
+            // nobody they already know, so this ends after one round).
+            if (!known && event.operator_id !== me.id) sendViewing();
+          }
         }
         return;
       case "message":

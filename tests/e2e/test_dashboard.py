@@ -234,3 +234,29 @@ async def test_on_a_phone_the_visitors_details_open_over_the_conversation(server
     await ops.page.get_by_role("button", name="Close the visitor's details").click()
     await expect(details).to_be_hidden()
     assert ops.unexpected_errors() == []
+
+
+async def test_two_operators_on_one_conversation_see_each_other_at_once(server: Server, browser: Browser):
+    await one_conversation(server, "sess_e2eviewing00000001", "Hello from the team")
+    assert server.services is not None
+    await server.services.accounts.create("bo@example.com", "Bo", "admin", PASSWORD)
+
+    async def opens_the_conversation(email: str) -> Visit:
+        ops = await visit(browser, f"{server.base_url}/dashboard/login")
+        await ops.page.clock.install()
+        await ops.page.get_by_label("Email").fill(email)
+        await ops.page.get_by_label("Password").fill(PASSWORD)
+        await ops.page.get_by_role("button", name="Sign in").click()
+        await expect(ops.page.locator("#live-state")).to_have_text("Live", timeout=10_000)
+        # The page's timers stop here: no 20-second "still viewing" comes while the test runs.
+        await ops.page.clock.pause_at(time.time() * 1000 + 1000)
+        await ops.page.locator(".conversation-list a").first.click()
+        await expect(ops.page.locator("#messages")).to_contain_text("Hello from the team")
+        return ops
+
+    ana = await opens_the_conversation("ana@example.com")
+    bo = await opens_the_conversation("bo@example.com")  # signed in after Ana opened it
+    await expect(ana.page.locator("#c-viewers")).to_have_text("Also viewing: Bo", timeout=10_000)
+    # Ana's tab answers Bo's arrival at once, so Bo knows he is not alone before either replies.
+    await expect(bo.page.locator("#c-viewers")).to_have_text("Also viewing: Ana", timeout=10_000)
+    assert ana.unexpected_errors() == [] and bo.unexpected_errors() == []
