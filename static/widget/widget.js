@@ -910,8 +910,9 @@
     if (turn.error) {
       var note = h("span", { class: "note", text: t("failed") + " " });
       note.appendChild(h("button", { type: "button", class: "btn ghost", text: t("retry"), onclick: function () {
-        note.remove();
-        // The same message_id: the server answers a cut-off answer again, without a second question.
+        // The same message_id: the server answers a cut-off answer again, without a second
+        // question; the new answer takes the cut-off one's place.
+        el.remove();
         ask({ mid: turn.mid, text: turn.text, mine: turn.mine });
       } }));
       el.appendChild(note);

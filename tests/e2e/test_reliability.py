@@ -107,6 +107,7 @@ async def test_an_answer_that_fails_midway_is_asked_again_without_a_second_quest
     parley.services.ai.default_provider = working
     await retry.click()
     await expect(v.widget(".msg.bot").last).to_contain_text("Yes, we ship to Canada.")
+    await expect(v.widget(".msg.bot").filter(has_text="Half an answer")).to_have_count(0)  # replaced
     await expect(v.widget(".msg.visitor")).to_have_count(1)
     assert await visitor_messages(parley, demo, await v.session_id()) == ["Do you ship to Canada?"]
     await v.page.reload()
