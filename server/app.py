@@ -84,7 +84,7 @@ from server.ai.engine import AIEngine
 from server.ai.knowledge import KnowledgeBase
 from server.ai.offline import OfflineAnswerer
 from server.ai.providers import ProviderRegistry
-from server.ai.settings import global_model_config
+from server.ai.settings import global_model_config, model_limits
 from server.backends import build_blob_store, build_store
 from server.blobs import BlobStore
 from server.chat import ChatService, Limits
@@ -167,7 +167,7 @@ async def build_services(config: Config, *, limits: Limits | None = None) -> Ser
     knowledge = KnowledgeBase(store)
     # The global model (PARLEY_AI_*) when configured, else the offline answerer; sites may override.
     providers = ProviderRegistry(OfflineAnswerer(chunk_delay=config.offline_chunk_delay),
-                                 global_model_config(config))
+                                 global_model_config(config), limits=model_limits(config))
     audit = AuditLog(store)
     sites = SiteService(store)
     hours = OpeningHoursService(store, sites, audit)

@@ -15,7 +15,8 @@ from typing import Any, Awaitable, Callable
 from server.app import Services, build_services
 from server.ai.check import check_model, describe_model
 from server.ai.knowledge import RELEVANCE_FLOOR
-from server.ai.settings import ai_settings, global_model_config, masked, site_model_config, updated_ai_settings
+from server.ai.settings import (ai_settings, global_model_config, masked, model_limits, site_model_config,
+                                updated_ai_settings)
 from server.audit import CLI
 from server.config import Config, add_config_arguments, browser_host, load_config
 from server.backends import store_name
@@ -701,7 +702,7 @@ async def ai_check(config: Config, site_key: str | None) -> int:
             site = await services.sites.get(site_key)
         finally:
             await services.close()
-        model, whose = site_model_config(site, model), f"site {site.name!r}"
+        model, whose = site_model_config(site, model, model_limits(config)), f"site {site.name!r}"
     print(f"AI ({whose}): {describe_model(model)}")
     if model is None:
         print("ok: the offline answerer needs no network or key")

@@ -17,6 +17,7 @@ from server.ai.settings import (
     ai_settings,
     global_model_config,
     mask_key,
+    model_limits,
     site_model_config,
     updated_ai_settings,
 )
@@ -116,7 +117,7 @@ class SiteAI:
         return site
 
     def model_for(self, site: Site) -> ModelConfig | None:
-        return site_model_config(site, global_model_config(self.config))
+        return site_model_config(site, global_model_config(self.config), model_limits(self.config))
 
     async def test_connection(self, site: Site, *, client: httpx.AsyncClient | None = None) -> ConnectionResult:
         config = self.model_for(site)

@@ -257,6 +257,19 @@ async def test_a_model_that_never_stops_is_cut_and_its_text_kept(tmp_path, fake_
         assert reply["status"] == "interrupted" and reply["content"] == text_of(events)
 
 
+async def test_a_sites_own_model_keeps_the_servers_limits(tmp_path, fake_openai: FakeOpenAI):
+    # The server has no model of its own (offline); the site brings one. --ai-max-answer-seconds
+    # still holds for it, not the built-in 120 s.
+    fake_openai.default = Plan(tokens=[f"t{n} " for n in range(2000)], delay=0.05)
+    async for parley in start_parley(tmp_path, ai_max_answer_seconds=0.5, ai_backoff=0.01):
+        site = parley.site
+        await parley.services.sites.update_settings(site.id, {**site.settings, "ai": {
+            "base_url": fake_openai.base_url, "model": "m", "api_key": "sk-site"}})
+        events = await asyncio.wait_for(parley.ask(session(19), "Do you ship to Canada?"), 20)
+        assert types(events)[-2:] == ["error", "done"] and "chunk" in types(events)
+        assert len(text_of(events).split()) < 100  # cut near 0.5 s, not at 2,000 tokens
+
+
 async def test_an_answer_past_the_length_cap_is_cut(tmp_path, fake_openai: FakeOpenAI, monkeypatch):
     monkeypatch.setattr(openai_compat, "MAX_ANSWER_CHARS", 50)
     fake_openai.default = Plan(tokens=["0123456789"] * 20)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import urllib.request
+from typing import Any
 
 import httpx
 
@@ -37,9 +38,10 @@ def upstream_client() -> httpx.AsyncClient:
 
 class ProviderRegistry:
     def __init__(self, offline: Provider, default_config: ModelConfig | None, *,
-                 max_cached: int = 256) -> None:
+                 limits: dict[str, Any] | None = None, max_cached: int = 256) -> None:
         self.offline = offline
         self.default_config = default_config
+        self.limits = limits  # the server's timeouts, for a site's own model when there is no default
         self.max_cached = max_cached
         self.client = upstream_client()
         self._cache: collections.OrderedDict[ModelConfig, OpenAICompatible] = collections.OrderedDict()
@@ -54,7 +56,7 @@ class ProviderRegistry:
 
     def for_site(self, site: Site) -> Provider | None:
         """The AIEngine's `provider_for_site` hook; None: the engine's default provider."""
-        config = site_model_config(site, self.default_config)
+        config = site_model_config(site, self.default_config, self.limits)
         if config == self.default_config:
             return None
         if config is None:

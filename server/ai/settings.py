@@ -51,15 +51,18 @@ def ai_setting(site: Site, name: str, default: Any) -> Any:
     return value if value is not None else site.setting(name, default)
 
 
-def site_model_config(site: Site, default: ModelConfig | None) -> ModelConfig | None:
-    """The site's model: the global one with the site's overrides; None means the offline answerer."""
+def site_model_config(site: Site, default: ModelConfig | None,
+                      limits: dict[str, Any] | None = None) -> ModelConfig | None:
+    """The site's model: the global one with the site's overrides; None means the offline answerer.
+    `limits` (model_limits: the server's timeouts and tries) for a site's own model on a server
+    with none of its own."""
     overrides = {k: v for k, v in ai_settings(site).items() if k in MODEL_KEYS and v not in (None, "")}
     if not overrides:
         return default
     if default is None:
         if "base_url" not in overrides or "model" not in overrides:
             return None
-        return ModelConfig(**overrides)
+        return ModelConfig(**(limits or {}), **overrides)
     if overrides.get("base_url", default.base_url) != default.base_url and "api_key" not in overrides:
         # The server's key goes to the server's model only: a site pointed elsewhere brings its own.
         return replace(default, **overrides, api_key=None)
@@ -100,14 +103,15 @@ def global_model_config(config: Any) -> ModelConfig | None:
         temperature=config.ai_temperature,
         max_tokens=config.ai_max_tokens,
         system_prompt=config.ai_system_prompt or None,
-        connect_timeout=config.ai_connect_timeout,
-        first_token_timeout=config.ai_first_token_timeout,
-        idle_timeout=config.ai_idle_timeout,
-        attempts=config.ai_attempts,
-        backoff=config.ai_backoff,
-        deadline=config.ai_deadline,
-        max_answer_seconds=config.ai_max_answer_seconds,
+        **model_limits(config),
     )
+
+
+def model_limits(config: Any) -> dict[str, Any]:
+    """The server's timeouts and tries (a server.config.Config), for every model it talks to."""
+    return {"connect_timeout": config.ai_connect_timeout, "first_token_timeout": config.ai_first_token_timeout,
+            "idle_timeout": config.ai_idle_timeout, "attempts": config.ai_attempts, "backoff": config.ai_backoff,
+            "deadline": config.ai_deadline, "max_answer_seconds": config.ai_max_answer_seconds}
 
 
 def updated_ai_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
