@@ -16,7 +16,7 @@ import server.inbox
 from server.hub import site_topic
 
 from tests.dashboard import Operator, sign_in
-from tests.harness import Parley, session
+from tests.harness import Parley, session, start_parley
 from tests.providers import GatedProvider
 from tests.waiting import eventually
 
@@ -369,3 +369,19 @@ async def test_the_inbox_search_finds_a_visitor_by_email_or_session_id(parley: P
     await parley.ask(session("typed-it"), "Write to bob@example.org please")
     typed = (await ana.api("inbox", q="bob@example.org")).json()["conversations"]
     assert [c["id"] for c in typed] == [await conversation_of(parley, session("typed-it"))]
+
+
+async def test_a_quiet_feed_sends_keepalives(tmp_path):
+    async for quiet in start_parley(tmp_path, sse_keepalive=0.05):
+        operator = await sign_in(quiet, "kay@example.com")
+        try:
+            received = ""
+            async with asyncio.timeout(10):
+                async with operator.client.stream("GET", "/dashboard/events") as response:
+                    async for text in response.aiter_text():
+                        received += text
+                        if received.count(": keepalive") >= 2:
+                            break
+            assert received.startswith("id: ") and '"kind":"ready"' in received
+        finally:
+            await operator.client.aclose()
