@@ -14,6 +14,7 @@ from server.store.models import (
     Operator,
     ProactiveMessage,
     Site,
+    handoff_text,
 )
 from server.turns import TurnEvent
 
@@ -76,7 +77,9 @@ def conversation_summary_json(conversation: Conversation, site: Site, *, online:
         "visitor": visitor_label(conversation),
         "email": conversation.email, "phone": conversation.phone,
         "page_url": conversation.page_url, "page_title": conversation.page_title,
-        "mode": conversation.mode, "handoff": conversation.handoff, "closed": conversation.closed,
+        "mode": conversation.mode, "handoff": conversation.handoff,
+        "handoff_reason": conversation.handoff_reason, "handoff_why": handoff_text(conversation.handoff_reason),
+        "closed": conversation.closed,
         "assignee_id": conversation.assignee_id,
         "updated_at": conversation.updated_at, "created_at": conversation.created_at,
         "unread": unread, "online": online, "last_message": last,

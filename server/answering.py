@@ -22,7 +22,7 @@ from server.errors import Conflict, ParleyError, Restarting, Unavailable
 from server.hub import Hub, site_topic
 from server.opening_hours import operators_online
 from server.store.base import Events, Store
-from server.store.models import Conversation, Message
+from server.store.models import Conversation, Message, handoff_event
 from server.turns import Turn
 from server.visitor import TurnRequest, Visitor
 
@@ -343,15 +343,15 @@ class Answerer:
         # arrive with the last chunks. An answer the AI failed to give (not one the visitor left)
         # is a question for a person.
         failed = status == "interrupted" and isinstance(turn.error, AIUnavailable)
-        handoff = (answer.handoff if answer else False) or failed
-        reason = "ai_failed" if failed else "handoff"
+        reason = "ai_failed" if failed else (answer.handoff_reason if answer else None)
+        handoff = reason is not None
         recorded: Events = []
 
         def events(reply: Message | None) -> Events:
             recorded[:] = message_events(visitor, reply) if reply is not None else []
-            if handoff:
+            if reason is not None:
                 recorded.append((site_topic(visitor.site.id), "handoff",
-                                 {"session_id": visitor.session_id, "reason": reason}))
+                                 handoff_event(visitor.session_id, reason)))
             return recorded
 
         reply = None
@@ -363,7 +363,7 @@ class Answerer:
                 content=turn.text if turn.text or status == "complete" else None,
                 sources=answer.sources if answer else [], status=status,
                 usage=answer.usage if answer else None,
-                relevance=answer.relevance if answer else None, handoff=handoff, events=events)
+                relevance=answer.relevance if answer else None, handoff=reason, events=events)
             self.hub.deliver_recorded(recorded)
         except Unavailable as exc:
             turn.fail(exc)  # an unreleased claim goes stale by itself

@@ -98,7 +98,7 @@ class OperatorAdmin:
                 conversation, site = entry.conversation, sites[entry.conversation.site_id]
                 if conversation.mode == "operator":
                     await self.operators.set_mode(site, conversation.session_id, "ai", actor=actor)
-                    await self.store.update_conversation(conversation.id, {"handoff": True})
+                    await self.operators.hand_over(site, conversation, "operator_lost_access")
                 await self.operators.assign(site, conversation, None, actor=actor)
             if len(entries) < RELEASE_PAGE:
                 return

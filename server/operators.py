@@ -12,7 +12,7 @@ from server.audit import CLI, Actor, AuditLog
 from server.errors import InvalidRequest
 from server.hub import AS_WRITTEN, Hub, session_topic, site_topic
 from server.store.base import Store
-from server.store.models import Conversation, Message, Note, ProactiveMessage, Site
+from server.store.models import Conversation, Message, Note, ProactiveMessage, Site, handoff_event
 from server.validation import SESSION_ID_RE, normalise_email
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,13 @@ class OperatorService:
         await self._notify(site, session_id, "mode", {"mode": mode})
         await self.audit.record(actor, "takeover" if mode == "operator" else "handback",
                                 site_id=site.id, target=session_id)
+
+    async def hand_over(self, site: Site, conversation: Conversation, reason: str) -> None:
+        """Mark the conversation as needing a person, for `reason` (HANDOFF_REASONS), and tell the
+        site's operators live, as an AI handoff does."""
+        await self.store.update_conversation(conversation.id, {"handoff": True, "handoff_reason": reason})
+        log.info("conversation %s of site=%s needs a person: %s", conversation.id, site.id, reason)
+        await self._notify_operators(site, "handoff", handoff_event(conversation.session_id, reason))
 
     async def block(self, site: Site, kind: str, value: str, *, minutes: float | None = None,
                     reason: str | None = None, session_id: str | None = None,

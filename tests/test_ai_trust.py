@@ -36,9 +36,10 @@ async def test_one_deadline_across_all_retries_then_a_person_is_offered(tmp_path
             assert elapsed < 15  # one 0.5 s deadline, not 90 s of attempts
             await operators.wait(5)
             handoffs = [e for e in operators.drain() if e.get("kind") == "handoff"]
-        assert handoffs == [{"kind": "handoff", "session_id": session(1), "reason": "ai_failed"}]
+        assert handoffs == [{"kind": "handoff", "session_id": session(1), "reason": "ai_failed",
+                             "why": "the AI could not answer (model error or timeout)"}]
         conversation = await parley.services.store.get_conversation(site.id, session(1))
-        assert conversation is not None and conversation.handoff is True
+        assert conversation is not None and conversation.handoff_reason == "ai_failed"
         await asyncio.wait_for(fake_openai.hung_up.wait(), 5)  # the stalled upstream was let go
 
 

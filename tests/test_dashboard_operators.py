@@ -92,7 +92,7 @@ async def test_an_agents_taken_over_chats_go_back_to_the_team_when_they_leave(
         left = await post_form(admin, "/dashboard/operators", action=action, operator_id=str(bo.id))
         assert left.status_code == 302
         after = await parley.services.store.get_conversation(parley.site.id, SID)
-        assert (after.mode, after.assignee_id, after.handoff) == ("ai", None, True)
+        assert (after.mode, after.assignee_id, after.handoff_reason) == ("ai", None, "operator_lost_access")
         # So the visitor's next message is answered again.
         events = await parley.ask(SID, "Do you ship to Canada?")
         assert events[-1]["meta"]["mode"] == "ai" and events[-1]["meta"]["reply_id"] is not None

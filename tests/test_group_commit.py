@@ -207,7 +207,8 @@ async def test_answers_ending_together_share_a_group_and_each_is_stored(store):
     conversations = [await store.ensure_conversation(site.id, f"sess_{n:020d}", {}) for n in range(3)]
     release, holding = await hold_the_writer(store)
     finishing = [asyncio.ensure_future(store.finish_answer(
-        conversation.id, f"m_q{n}", "here", role="ai", content=f"answer {n}", handoff=n == 1,
+        conversation.id, f"m_q{n}", "here", role="ai", content=f"answer {n}",
+        handoff="ai_failed" if n == 1 else None,
         events=lambda reply: [("topic", "message", {"message_id": reply.id if reply else 0})]))
         for n, conversation in enumerate(conversations)]
     await queued_for_the_writer(store, 3)

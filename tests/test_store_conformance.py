@@ -85,6 +85,24 @@ async def test_a_conversation_is_made_once_and_changes_only_where_allowed(store,
     assert await store.get_conversation(site_id, "sess_nobody0000000000000") is None
 
 
+async def test_a_handoff_keeps_its_reason_until_someone_picks_it_up(store, other):
+    site_id = await new_site(store)
+    conv = await conversation_id(store, site_id)
+    assert (await other.get_conversation(site_id, SESSION)).handoff_reason is None
+    await store.update_conversation(conv, {"handoff": True, "handoff_reason": "ai_failed"})
+    seen = await other.get_conversation(site_id, SESSION)
+    assert (seen.handoff, seen.handoff_reason) == (True, "ai_failed")
+    # Only the fixed reasons, only with a handoff, and never a handoff without one.
+    for bad in ({"handoff": True}, {"handoff": True, "handoff_reason": "because"},
+                {"handoff_reason": "ai_failed"}, {"handoff": False, "handoff_reason": "ai_failed"}):
+        with pytest.raises(ValueError):
+            await store.update_conversation(conv, bad)
+    assert (await other.get_conversation(site_id, SESSION)).handoff_reason == "ai_failed"
+    await store.update_conversation(conv, {"mode": "operator", "handoff": False})  # picked up
+    seen = await other.get_conversation(site_id, SESSION)
+    assert (seen.mode, seen.handoff, seen.handoff_reason) == ("operator", False, None)
+
+
 async def test_presence_of_many_conversations_is_written_with_its_events(store, other):
     site_id = await new_site(store)
     first = await conversation_id(store, site_id)
@@ -203,18 +221,19 @@ async def activity_fixture(store: Store, clock: StoreClock) -> tuple[int, int]:
     await at("02T09:10:05", c1, "ai", reply_to="m_1", relevance=0.9)  # answered by the AI alone
     await at("02T09:30:00", c2, "visitor", "Can I return shoes?", message_id="m_1")
     await at("02T09:30:02", c2, "ai", reply_to="m_1", relevance=0.2)
-    await store.update_conversation(c2, {"handoff": True})  # 09:30:02
+    await store.update_conversation(c2, {"handoff": True, "handoff_reason": "not_covered"})  # 09:30:02
     await at("02T09:31:32", c2, "operator", operator_name="Ana")  # 90 s later
     await at("03T14:00:00", c3, "visitor", "I want a person", message_id="m_1")
     await at("03T14:00:01", c3, "ai", reply_to="m_1", relevance=0.7)
-    await store.update_conversation(c3, {"handoff": True})  # 14:00:01
+    await store.update_conversation(c3, {"handoff": True, "handoff_reason": "asked_for_person"})  # 14:00:01
     await at("03T14:02:00", c3, "visitor", "Hello?", message_id="m_2")
     clock.now = "2026-03-03T14:03:00Z"
-    await store.update_conversation(c3, {"handoff": True})  # a second handoff keeps the first time
+    # A second handoff keeps the first time.
+    await store.update_conversation(c3, {"handoff": True, "handoff_reason": "asked_for_person"})
     await at("03T14:05:01", c3, "operator", operator_name="Ana")  # 300 s after the first handoff
     await at("03T14:06:00", c3, "operator", operator_name="Ana")
     await at("03T14:20:00", c4, "visitor", "Where is my order?", message_id="m_1")
-    await store.update_conversation(c4, {"handoff": True})  # the AI failed: nobody answered yet
+    await store.update_conversation(c4, {"handoff": True, "handoff_reason": "ai_failed"})  # the AI failed: nobody answered yet
     for conv, score in ((c1, 5), (c2, 3), (c3, 5)):
         await store.update_conversation(conv, {"rating": score})
     await at("05T10:00:00", c5, "visitor", "Later", message_id="m_1")  # outside the range
@@ -538,31 +557,32 @@ async def test_an_answer_ends_with_its_reply_handoff_events_and_release_in_one_c
 
     def events(reply):
         told = [("session:t", "message", {"message_id": reply.id})] if reply else []
-        return told + [("site:t", "handoff", {"reason": "handoff"})]
+        return told + [("site:t", "handoff", {"reason": "ai_handed_over"})]
 
     source = Source(title="Shipping", url="https://s/shipping")
     reply = await store.finish_answer(conv, "m_f1", "A", role="ai", content="We ship in 2 days.",
                                       sources=[source], status="complete", usage={"total_tokens": 9},
-                                      relevance=0.75, handoff=True, events=events)
+                                      relevance=0.75, handoff="ai_handed_over", events=events)
     assert reply is not None and reply.role == "ai" and reply.reply_to == "m_f1"
     stored = await other.get_reply(conv, "m_f1")
     assert (stored.id, stored.content, stored.status) == (reply.id, "We ship in 2 days.", "complete")
     assert stored.sources == [source] and stored.usage == {"total_tokens": 9}
     assert stored.relevance == pytest.approx(0.75)
-    assert (await other.get_conversation(site_id, SESSION)).handoff
+    handed = await other.get_conversation(site_id, SESSION)
+    assert (handed.handoff, handed.handoff_reason) == (True, "ai_handed_over")
     recorded = await other.events_since(start, exclude_origin="B", limit=10)
     assert [(e.topic, e.kind, e.payload) for e in recorded] == [
-        ("session:t", "message", {"message_id": reply.id}), ("site:t", "handoff", {"reason": "handoff"})]
+        ("session:t", "message", {"message_id": reply.id}), ("site:t", "handoff", {"reason": "ai_handed_over"})]
     assert await other.claim_answer(conv, "m_f1", "B", now=now, stale_after=60)  # released
 
     # An answer that ended before any text: no reply, no handoff, the claim released all the same.
     assert await store.claim_answer(conv, "m_f2", "A", now=now, stale_after=60)
     assert await store.finish_answer(conv, "m_f2", "A", role="ai", content=None, status="interrupted",
-                                     handoff=False, events=lambda reply: []) is None
+                                     handoff=None, events=lambda reply: []) is None
     assert await other.get_reply(conv, "m_f2") is None
     assert await other.claim_answer(conv, "m_f2", "B", now=now, stale_after=60)
     # Another process's claim is not released by this one's end.
-    assert await store.finish_answer(conv, "m_f1", "A", role="ai", content="Again", handoff=False,
+    assert await store.finish_answer(conv, "m_f1", "A", role="ai", content="Again", handoff=None,
                                      events=lambda reply: []) is not None
     assert not await store.claim_answer(conv, "m_f1", "A", now=now, stale_after=60)
 

@@ -52,11 +52,18 @@ class Answer:
 
     chunks: AsyncIterator[str]
     sources: list[Source] = field(default_factory=list)
-    handoff: bool = False
+    # Why the conversation goes to a person (HANDOFF_REASONS in server/store/models.py); None: it
+    # does not. The first reason found stands: the model's marker does not hide that the
+    # knowledge had nothing on the question.
+    handoff_reason: str | None = None
     usage: dict[str, Any] | None = None
     role: Literal["ai", "system"] = "ai"
     # The best relevance of the site's passages to the question (0 to 1), None when not searched.
     relevance: float | None = None
+
+    @property
+    def handoff(self) -> bool:
+        return self.handoff_reason is not None
 
 
 class Provider(abc.ABC):

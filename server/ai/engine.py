@@ -66,7 +66,7 @@ async def relay(answer_of: Callable[[], Answer], items: AsyncIterator[str | Usag
             held += item
             if HANDOFF_MARKER in held:
                 held = held.replace(HANDOFF_MARKER, "")
-                answer.handoff = True
+                answer.handoff_reason = answer.handoff_reason or "ai_handed_over"
             keep = _held_tail(held)
             ready, held = held[: len(held) - keep], held[len(held) - keep :]
             if ready:
@@ -142,10 +142,12 @@ class AIEngine:
                 prepared.cancel()
             # Outside the site's hours (or with nobody online) nobody is coming: ask for an email.
             away = self._someone_can_answer is not None and not await self._someone_can_answer(site)
-            return Answer(chunks=_single(pick(AWAY_HANDOFF if away else HANDING_OVER, lang)), handoff=True)
+            return Answer(chunks=_single(pick(AWAY_HANDOFF if away else HANDING_OVER, lang)),
+                          handoff_reason="asked_for_person")
         notice, retrieval = await (prepared or self.prepare(site, question, session_id=session_id))
         if notice is not None:
-            return Answer(chunks=_single(notice.text(lang)), handoff=notice.handoff, role="system")
+            return Answer(chunks=_single(notice.text(lang)),
+                          handoff_reason="cap_reached" if notice.handoff else None, role="system")
         # Only passages that fit the prompt are given, so `sources` are exactly what the model saw.
         passages = fit_passages(retrieval.passages)
         request = AnswerRequest(
@@ -161,10 +163,11 @@ class AIEngine:
             request = _redacted(request)
         sources = list(dict.fromkeys(p.source for p in passages))
         # A greeting or thanks has nothing to be unsure about.
-        handoff = (not passages and bool(ai_setting(site, "handoff_when_unsure", False))
-                   and small_talk(question) is None)
+        unsure = (not passages and bool(ai_setting(site, "handoff_when_unsure", False))
+                  and small_talk(question) is None)
         chunks = relay(lambda: answer, self.provider(site).stream(request))
-        answer = Answer(chunks=chunks, sources=sources, handoff=handoff, relevance=retrieval.relevance)
+        answer = Answer(chunks=chunks, sources=sources, handoff_reason="not_covered" if unsure else None,
+                        relevance=retrieval.relevance)
         return answer
 
     async def _cap_notice(self, site: Site, session_id: str | None, question: str) -> CapNotice | None:

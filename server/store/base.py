@@ -398,10 +398,11 @@ class Store(abc.ABC):
     async def finish_answer(
         self, conversation_id: int, reply_to: str, origin: str, *, role: str, content: str | None,
         sources: Iterable[Source] = (), status: str = "complete", usage: dict[str, Any] | None = None,
-        relevance: float | None = None, handoff: bool, events: Callable[[Message | None], Events],
+        relevance: float | None = None, handoff: str | None, events: Callable[[Message | None], Events],
     ) -> Message | None:
         """The end of an answer to the visitor message `reply_to`: the reply (as add_message;
-        none when `content` is None), the conversation handed to a person when `handoff`, the
+        none when `content` is None), the conversation handed to a person when `handoff` (its
+        reason, one of HANDOFF_REASONS; None: not handed over), the
         events telling of them (`events(reply)`, recorded for `origin`), and `origin`'s claim on
         answering released. One transaction where the store can: what each answer's end costs
         the store. The caller then delivers the events locally."""
@@ -411,7 +412,7 @@ class Store(abc.ABC):
                                            sources=sources, status=status, usage=usage,
                                            relevance=relevance)
         if handoff:
-            await self.update_conversation(conversation_id, {"handoff": True})
+            await self.update_conversation(conversation_id, {"handoff": True, "handoff_reason": handoff})
         await self._record_events_of_stored_write(events(reply), origin)
         await self.release_answer(conversation_id, reply_to, origin)
         return reply

@@ -50,6 +50,7 @@ class Conversation:
     rating: int | None = None
     rating_comment: str | None = None
     handoff: bool = False
+    handoff_reason: str | None = None  # why it needs a person (HANDOFF_REASONS); None when not
     lang: str | None = None
     page_url: str | None = None
     page_title: str | None = None
@@ -71,10 +72,53 @@ class Conversation:
 
 # Fields of a conversation that services may change after creation.
 CONVERSATION_UPDATABLE = frozenset(
-    {"mode", "email", "phone", "contact_name", "rating", "rating_comment", "handoff", "lang",
+    {"mode", "email", "phone", "contact_name", "rating", "rating_comment", "handoff", "handoff_reason", "lang",
      "page_url", "page_title", "ip", "user_agent", "assignee_id", "closed", "read_through",
      "last_seen_at"}
 )
+
+
+# Why a conversation was handed to a person, in the words operators read on the dashboard. Stored
+# with the conversation (checked by check_handoff) and carried by the live `handoff` event, so the
+# inbox can say what a person is needed for before anyone opens it.
+HANDOFF_REASONS: dict[str, str] = {
+    "asked_for_person": "the visitor asked for a person",
+    "not_covered": "the site's knowledge does not cover the question",
+    "ai_handed_over": "the AI chose to hand it over",
+    "cap_reached": "the AI's reply limit was reached",
+    "ai_failed": "the AI could not answer (model error or timeout)",
+    "operator_lost_access": "the operator who had taken it over lost access to the site",
+}
+
+
+def handoff_text(reason: str | None) -> str | None:
+    """The plain words for a stored reason; None for none (a conversation handed over before
+    reasons were kept has none)."""
+    return HANDOFF_REASONS.get(reason) if reason else None
+
+
+def handoff_event(session_id: str, reason: str) -> dict[str, Any]:
+    """The payload of the operators' live `handoff` event: whose conversation, and why in words
+    the dashboard shows as they are."""
+    return {"session_id": session_id, "reason": reason, "why": HANDOFF_REASONS[reason]}
+
+
+def check_handoff(changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` to a conversation with its handoff reason checked: a handoff comes with one of
+    HANDOFF_REASONS, a reason only with a handoff, and clearing the handoff clears the reason
+    (so a conversation picked up never shows a stale why). Raises ValueError otherwise."""
+    if "handoff" not in changes:
+        if "handoff_reason" in changes:
+            raise ValueError("a handoff reason is set only with the handoff")
+        return changes
+    reason = changes.get("handoff_reason")
+    if changes["handoff"]:
+        if reason not in HANDOFF_REASONS:
+            raise ValueError(f"a handoff needs a reason, one of {sorted(HANDOFF_REASONS)}; got {reason!r}")
+        return changes
+    if reason is not None:
+        raise ValueError("a conversation no longer handed over has no handoff reason")
+    return {**changes, "handoff_reason": None}
 
 
 # Conversation fields whose change is not activity: the inbox's order stays as it was.

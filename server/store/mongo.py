@@ -62,6 +62,7 @@ from server.store.models import (
     FIRST_MESSAGE_FIELD,
     iso_seconds_between,
     utc_now_iso,
+    check_handoff,
 )
 
 log = logging.getLogger(__name__)
@@ -432,6 +433,7 @@ class MongoStore(Store):
             raise ValueError(f"not updatable: {sorted(unknown)}")
         if not changes:
             return
+        changes = check_handoff(changes)
         _plain_values(changes)
         update: dict[str, Any] = {"$set": dict(changes)}
         if set(changes) - QUIET_CONVERSATION_FIELDS:

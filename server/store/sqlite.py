@@ -52,6 +52,7 @@ from server.store.models import (
     SiteActivity,
     FIRST_MESSAGE_FIELD,
     utc_now_iso,
+    check_handoff,
 )
 from server.store.doorbell import Doorbell
 from server.store.groups import GroupCommit
@@ -112,6 +113,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     updated_at TEXT NOT NULL,
     first_visitor_at TEXT, first_ai_at TEXT, first_operator_at TEXT, handoff_at TEXT,
     first_reply_wait REAL,
+    handoff_reason TEXT,
     UNIQUE (site_id, session_id)
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -475,6 +477,8 @@ class SQLiteStore(Store):
         ("conversations", "handoff_at", "TEXT"),
         ("conversations", "first_reply_wait", "REAL"),
         ("operator_sessions", "present_at", "REAL"),
+        # Handed over before reasons were kept: no reason (the dashboard says only "needs a person").
+        ("conversations", "handoff_reason", "TEXT"),
     )
 
     @classmethod
@@ -762,6 +766,7 @@ class SQLiteStore(Store):
         unknown = set(changes) - CONVERSATION_UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
+        changes = check_handoff(changes)
         assignments = ", ".join(f"{name} = ?" for name in changes)
         values: list[Any] = list(changes.values())
         if set(changes) - QUIET_CONVERSATION_FIELDS:
@@ -1362,12 +1367,13 @@ class SQLiteStore(Store):
     async def finish_answer(
         self, conversation_id: int, reply_to: str, origin: str, *, role: str, content: str | None,
         sources: Iterable[Source] = (), status: str = "complete", usage: dict[str, Any] | None = None,
-        relevance: float | None = None, handoff: bool, events: Callable[[Message | None], Events],
+        relevance: float | None = None, handoff: str | None, events: Callable[[Message | None], Events],
     ) -> Message | None:
         insert_reply = None if content is None else self._message_insert(
             role, content, message_id=None, reply_to=reply_to, sources=sources, status=status,
             usage=usage, relevance=relevance)
-        hand_over = self._conversation_update(conversation_id, {"handoff": True}) if handoff else None
+        hand_over = (self._conversation_update(conversation_id, {"handoff": True, "handoff_reason": handoff})
+                     if handoff else None)
 
         def finish(db: sqlite3.Connection) -> Message | None:
             reply = insert_reply(db, conversation_id) if insert_reply is not None else None
