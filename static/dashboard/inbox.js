@@ -59,6 +59,11 @@
       .replace(/\*\*|__|`+/g, "")
       .replace(/\s+/g, " ").trim();
   }
+  // Why it needs a person, in the server's words (HANDOFF_REASONS); a conversation handed over
+  // before reasons were kept has none.
+  function needsPerson(c) {
+    return "needs a person" + (c.handoff_why ? ": " + c.handoff_why : "");
+  }
   function renderList() {
     var list = $("conversation-list");
     // Redrawn on every live event: the link that had the keyboard gets it back.
@@ -68,7 +73,7 @@
     state.list.forEach(function (c) {
       unread += c.unread;
       var tags = el("span", {className: "tags"}, [
-        c.handoff ? el("span", {className: "tag handoff", text: "needs a human"}) : null,
+        c.handoff ? el("span", {className: "tag handoff", text: needsPerson(c)}) : null,
         el("span", {className: "tag " + c.mode, text: c.mode === "operator" ? "operator" : "AI"}),
         c.closed ? el("span", {className: "tag", text: "closed"}) : null,
         c.assignee_id ? el("span", {className: "tag", text: c.assignee_id === me.id ? "mine" : "assigned"}) : null,
@@ -233,7 +238,7 @@
     var focused = document.activeElement;
     $("c-title").textContent = c.visitor;
     $("c-sub").textContent = [c.site_name, c.mode === "operator" ? "an operator is answering" : "the AI is answering",
-      c.handoff ? "needs a person" : null, c.closed ? "closed" : null, c.online ? "online" : "offline"]
+      c.handoff ? needsPerson(c) : null, c.closed ? "closed" : null, c.online ? "online" : "offline"]
       .filter(Boolean).join(" · ");
     $("act-takeover").hidden = c.mode === "operator";
     $("act-handback").hidden = c.mode !== "operator";
@@ -479,9 +484,16 @@
         if (event.role === "visitor" && !here) announce("A visitor wrote in another conversation.");
         return;
       case "handoff":
+        // Shown at once from the event (the reloads below confirm it from the store).
+        state.list.forEach(function (row) {
+          if (row.session_id === event.session_id && row.site_id === event.site_id) {
+            row.handoff = true; row.handoff_reason = event.reason; row.handoff_why = event.why;
+          }
+        });
+        renderList();
         scheduleList();
-        P.notify("A visitor asks for a person", "Open the inbox to take over.");
-        announce("A visitor asks for a person.");
+        P.notify("A conversation needs a person", event.why ? "Why: " + event.why + "." : "Open the inbox to take over.");
+        announce("A conversation needs a person" + (event.why ? ": " + event.why : "") + ".");
         if (here) loadConversation(true);
         return;
       case "seen": case "read":

@@ -170,6 +170,14 @@ async def test_an_operator_watches_takes_over_and_replies(server: Server, browse
         await expect(ops.page.locator("#messages .msg.visitor .text")).to_have_text(XSS)
         assert await ops.page.locator("#messages img, .conversation-list img").count() == 0
         assert "pwned" not in await ops.page.title()
+
+        # A visitor asks for a person: the inbox says so, and why, without a reload.
+        await client.post("/api/v1/chat/stream", json={
+            "site_key": site.site_key, "session_id": "sess_e2edashboard000003",
+            "message": "I want to talk to a human"})
+        asking = ops.page.locator(".conversation-list a", has_text="Visitor 000003")
+        await expect(asking.locator(".tag.handoff")).to_have_text(
+            "needs a person: the visitor asked for a person", timeout=5_000)
         await shot(ops, "inbox")
     assert ops.unexpected_errors() == []
     assert ops.dialogs == []
