@@ -13,7 +13,7 @@ from server.store.sqlite import SQLiteStore
 
 
 async def handed_over(operator: Operator, conversation_id: int) -> tuple[dict, dict]:
-    """The conversation as the dashboard reads it, and its row in the inbox's 'Needs a human'."""
+    """The conversation as the dashboard reads it, and its row in the inbox's 'Needs a person'."""
     detail = (await operator.api(f"conversations/{conversation_id}")).json()["conversation"]
     rows = (await operator.api("inbox", status="handoff")).json()["conversations"]
     return detail, next((row for row in rows if row["id"] == conversation_id), {})
