@@ -28,7 +28,7 @@ class Pusher:
     """Writes events to a stream as they are handed over, from whichever task produces them (no
     wake-up of the request's own task per event), with one flush in flight at a time: what comes
     meanwhile is queued and goes out in one send when that flush completes. Nobody waits for the
-    client. One that falls more than `max_queued` characters behind is disconnected, and its
+    client. One that falls more than MAX_QUEUED characters behind is disconnected, and its
     EventSource reconnects and catches up from the store.
 
     A quiet stream gets `: keepalive` from one timer, re-armed only when it fires: a busy stream
@@ -38,12 +38,10 @@ class Pusher:
     resolves it when the oldest write completes.
     """
 
-    def __init__(self, handler: JsonHandler, frame: Callable[[Any], str], *, keepalive: float,
-                 max_queued: int | None = None) -> None:
+    def __init__(self, handler: JsonHandler, frame: Callable[[Any], str], *, keepalive: float) -> None:
         self.handler = handler
         self.frame = frame
         self.keepalive = keepalive
-        self.max_queued = max_queued or MAX_QUEUED
         self.stopped = False
         self._loop = asyncio.get_running_loop()
         self._queued: list[str] = []
@@ -65,7 +63,7 @@ class Pusher:
             return
         if self._flushing is None:
             self._send()
-        elif self._queued_size > self.max_queued:
+        elif self._queued_size > MAX_QUEUED:
             self._cut_off()
 
     def _send(self) -> None:
