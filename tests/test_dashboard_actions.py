@@ -202,13 +202,18 @@ async def test_a_tab_that_stops_reading_is_cut_off_not_buffered_for(parley: Parl
     hub, topic = parley.services.hub, site_topic(parley.site.id)
     assert hub.waiting_on(topic) == 1
     chunk = {"kind": "chunk", "site_id": parley.site.id, "session_id": SID, "content": "x" * 4000}
-    try:
-        for _ in range(10_000):  # 40 MB at most, far beyond any socket buffer
-            if not hub.waiting_on(topic):
-                break
+
+    def let_go_after_more() -> bool:
+        """True once the server let go of the tab; else 200 KB more for it."""
+        if not hub.waiting_on(topic):
+            return True
+        for _ in range(50):
             hub.deliver_local(topic, {**chunk})
-            await asyncio.sleep(0)
-        assert hub.waiting_on(topic) == 0  # the server let go of the tab
+        return False
+
+    try:  # at most ~200 checks (40 MB) in the deadline: far beyond any socket buffer
+        await eventually(let_go_after_more, timeout=20,
+                         what="the server letting go of a tab that stopped reading")
     finally:
         writer.close()
 
