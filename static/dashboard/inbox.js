@@ -270,6 +270,9 @@
   }
 
   // -- who else is viewing ---------------------------------------------------------------------
+  // Each tab says it is viewing every 20 s; one not heard from for 45 s has gone.
+  var VIEWING_EVERY_MS = 20000, VIEWER_GONE_MS = 45000;
+  function stillViewing(viewer, now) { return viewer && now - viewer.at < VIEWER_GONE_MS; }
   function sendViewing() {
     if (!state.opened || document.hidden) return;
     P.api("POST", "/dashboard/api/conversations/" + state.opened + "/viewing", {}).catch(function () {});
@@ -278,11 +281,11 @@
     var now = Date.now(), names = [];
     var seen = state.viewers[state.opened] || {};
     Object.keys(seen).forEach(function (id) {
-      if (Number(id) !== me.id && now - seen[id].at < 45000) names.push(seen[id].name);
+      if (Number(id) !== me.id && stillViewing(seen[id], now)) names.push(seen[id].name);
     });
     $("c-viewers").textContent = names.length ? "Also viewing: " + names.join(", ") : "";
   }
-  setInterval(sendViewing, 20000);
+  setInterval(sendViewing, VIEWING_EVERY_MS);
   setInterval(renderViewers, 10000);
 
   // -- actions ---------------------------------------------------------------------------------
@@ -462,7 +465,7 @@
       case "viewing":
         if (event.conversation_id) {
           var viewers = state.viewers[event.conversation_id] = state.viewers[event.conversation_id] || {};
-          var known = viewers[event.operator_id] && Date.now() - viewers[event.operator_id].at < 45000;
+          var known = stillViewing(viewers[event.operator_id], Date.now());
           viewers[event.operator_id] = {name: event.operator_name, at: Date.now()};
           if (event.conversation_id === state.opened) {
             renderViewers();
