@@ -70,9 +70,8 @@ class OperatorService:
         if mode not in ("ai", "operator"):
             raise InvalidRequest("The mode is 'ai' or 'operator'.")
         conversation = await self.store.ensure_conversation(site.id, session_id, {})
-        changes: dict[str, object] = {"mode": mode}
-        if mode == "operator":
-            changes["handoff"] = False  # someone has picked it up
+        # Either way a person has decided who answers: the conversation no longer needs one.
+        changes: dict[str, object] = {"mode": mode, "handoff": False}
         await self.store.update_conversation(conversation.id, changes)
         log.info("conversation %s of site=%s now in %s mode", conversation.id, site.id, mode)
         # Heard by the process answering this visitor too: a takeover stops an answer in progress.

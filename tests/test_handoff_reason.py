@@ -57,6 +57,26 @@ async def test_a_visitor_asking_for_a_person_and_an_uncovered_question_say_so(pa
         await operator.client.aclose()
 
 
+async def test_a_persons_reply_or_hand_back_answers_the_handoff(parley: Parley):
+    site = parley.site
+    await parley.services.sites.update_settings(site.id, {**site.settings, "ai": {"handoff_when_unsure": True}})
+    store = parley.services.store
+    operator = await sign_in(parley, "ana@example.com")
+    try:
+        for sid, action, body in ((session(7), "reply", {"text": "Hi, Ana here. How can I help?"}),
+                                  (session(8), "handback", {})):
+            await parley.ask(sid, "I want to talk to a human")
+            conversation = await store.get_conversation(site.id, sid)
+            detail, row = await handed_over(operator, conversation.id)
+            assert detail["handoff"] is True and row["handoff_reason"] == "asked_for_person"
+            assert (await operator.act(conversation.id, action, body)).status_code == 200
+            detail, row = await handed_over(operator, conversation.id)
+            assert (detail["mode"], detail["handoff"], detail["handoff_why"]) == ("ai", False, None)
+            assert row == {}, f"still waiting for a person after {action}"
+    finally:
+        await operator.client.aclose()
+
+
 async def test_the_models_own_marker_and_a_cap_are_told_apart(ai_parley: Parley, fake_openai: FakeOpenAI):
     site, store = ai_parley.site, ai_parley.services.store
     fake_openai.script(Plan(tokens=["A colleague will help ", "[[HAND", "OFF]]"]))

@@ -103,6 +103,19 @@ async def test_a_handoff_keeps_its_reason_until_someone_picks_it_up(store, other
     assert (seen.mode, seen.handoff, seen.handoff_reason) == ("operator", False, None)
 
 
+async def test_an_operator_message_answers_the_handoff_and_keeps_when_it_began(store, other):
+    site_id = await new_site(store)
+    conv = await conversation_id(store, site_id)
+    await store.update_conversation(conv, {"handoff": True, "handoff_reason": "asked_for_person"})
+    await store.add_message(conv, "visitor", "Still there?")  # a visitor's message answers nothing
+    assert (await other.get_conversation(site_id, SESSION)).handoff is True
+    await store.add_operator_message(site_id, SESSION, "Hi, Ana here.", operator_name="Ana",
+                                     events=lambda message: [], origin="test")
+    seen = await other.get_conversation(site_id, SESSION)
+    assert (seen.mode, seen.handoff, seen.handoff_reason) == ("ai", False, None)
+    assert seen.handoff_at is not None and seen.first_reply_wait is not None
+
+
 async def test_presence_of_many_conversations_is_written_with_its_events(store, other):
     site_id = await new_site(store)
     first = await conversation_id(store, site_id)

@@ -489,6 +489,8 @@ class MongoStore(Store):
             first = FIRST_MESSAGE_FIELD.get(document["role"])
             if first is not None:
                 update["$min"] = {first: now}
+            if document["role"] == "operator":  # a person's message answers the handoff
+                update["$set"].update(handoff=False, handoff_reason=None)
             conversation = await self._db.conversations.find_one_and_update({"_id": conversation_id}, update)
             if conversation is None:
                 raise StoreUnavailable(f"conversation {conversation_id} does not exist")

@@ -374,8 +374,11 @@ def _touch_conversations(db: sqlite3.Connection, role: str, now: str,
         db.execute(f"UPDATE conversations SET updated_at = ? WHERE id IN ({marks})",
                    (now, *conversation_ids))
         return
+    # A person's message answers the handoff: the conversation no longer needs one (handoff_at
+    # stays, for the numbers).
     wait = (", first_reply_wait = CASE WHEN first_reply_wait IS NULL AND handoff_at IS NOT NULL"
-            " THEN ROUND((julianday(?) - julianday(handoff_at)) * 86400) ELSE first_reply_wait END"
+            " THEN ROUND((julianday(?) - julianday(handoff_at)) * 86400) ELSE first_reply_wait END,"
+            " handoff = 0, handoff_reason = NULL"
             if role == "operator" else "")
     db.execute(f"UPDATE conversations SET updated_at = ?, {first} = COALESCE({first}, ?){wait}"
                f" WHERE id IN ({marks})", (now, now, *((now,) if wait else ()), *conversation_ids))
