@@ -236,6 +236,8 @@ class Answerer:
                     log.info("answer to %s is being made by another process %s", message.id,
                              visitor.log_ref)
                     waiting_logged = True
+                # Tells that process to go on with it even if its own visitor has left.
+                await self.store.follow_answer(conversation.id, message_id, now=time.time())
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -283,6 +285,24 @@ class Answerer:
                     log.warning("another process took over the answer to %s in conversation %d "
                                 "(this one was silent for over %.0f s)", message_id,
                                 conversation_id, CLAIM_STALE_SECONDS)
+            await self._keep_followed_answers(claims)
+
+    async def _keep_followed_answers(self, claims: list[tuple[int, str]]) -> None:
+        """Answers whose visitor left here go on while a retry on another process waits for them
+        (it notes so on the claim every CLAIM_CHECK_SECONDS)."""
+        abandoning = {claim: turn for claim in claims
+                      if (turn := self._live_turns.get(claim)) is not None and turn.abandoning}
+        if not abandoning:
+            return
+        try:
+            followed = await self.store.followed_answers(list(abandoning), since=time.time() - CLAIM_STALE_SECONDS)
+        except ParleyError:
+            return  # the store is down: the answers are cut as if nobody followed
+        for (claim, turn), elsewhere in zip(abandoning.items(), followed):
+            if elsewhere and turn.abandoning:
+                log.debug("the answer to %s in conversation %d goes on: a retry on another process"
+                          " waits for it", claim[1], claim[0])
+                turn.followed_elsewhere()
 
     async def _generate(self, turn: Turn, visitor: Visitor, conversation: Conversation,
                         message: Message, request: TurnRequest,

@@ -141,10 +141,24 @@ class Turn:
             self._unfollowed.set()
             if not self.done and self.producer is not None:
                 if ABANDONED_AFTER_SECONDS > 0:
-                    self._abandoning = asyncio.get_running_loop().call_later(
-                        ABANDONED_AFTER_SECONDS, self._abandon)
+                    self._abandon_later()
                 else:
                     self.producer.cancel()
+
+    def _abandon_later(self) -> None:
+        self._abandoning = asyncio.get_running_loop().call_later(ABANDONED_AFTER_SECONDS, self._abandon)
+
+    @property
+    def abandoning(self) -> bool:
+        """Nobody here follows the answer any more: it is cut unless someone comes back."""
+        return self._abandoning is not None
+
+    def followed_elsewhere(self) -> None:
+        """A retry on another process waits for this answer: it goes on as if followed here, for
+        ABANDONED_AFTER_SECONDS more."""
+        if self._abandoning is not None:
+            self._abandoning.cancel()
+            self._abandon_later()
 
     def _abandon(self) -> None:
         self._abandoning = None

@@ -80,6 +80,42 @@ async def test_after_the_first_process_is_cut_off_another_answers_in_full(parley
         ("visitor", "complete"), ("ai", "interrupted"), ("ai", "complete")]
 
 
+async def test_an_answer_a_retry_elsewhere_waits_for_goes_on_after_its_own_visitor_left(
+        parley, other, monkeypatch):
+    """The first connection drops and the retry lands on another process: the first process
+    keeps answering past the grace a dropped stream gets, since the retry waits for it."""
+    import server.answering
+    import server.turns
+
+    monkeypatch.setattr(server.turns, "ABANDONED_AFTER_SECONDS", 0.5)
+    monkeypatch.setattr(server.answering, "CLAIM_HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(server.answering, "CLAIM_CHECK_SECONDS", 0.05)
+    kept_at = []
+    followed_answers = parley.services.store.followed_answers
+
+    async def noting_followed(claims, **kwargs):
+        followed = await followed_answers(claims, **kwargs)
+        kept_at.extend(time.monotonic() for elsewhere in followed if elsewhere)
+        return followed
+
+    monkeypatch.setattr(parley.services.store, "followed_answers", noting_followed)
+    parley.services.ai.default_provider = slow = GatedProvider(["Made ", "once."])
+    other.ai.default_provider = idle = GatedProvider(["a second answer"])
+    first, relayed = await first_then_retry_elsewhere(parley, other, slow, "m_followed")
+    first.cancel()  # the visitor's first connection drops mid-answer
+    [answer] = parley.services.chat.answers._live_turns.values()
+    await asyncio.wait_for(answer.unfollowed(), 10)
+    # Kept going for four times the grace, by the other process's notes.
+    await eventually(lambda: len(kept_at) > 1 and kept_at[-1] - kept_at[0] >= 4 * 0.5,
+                     what="the answer kept going")
+    assert not slow.cancelled.is_set()
+    slow.release(2)
+    assert await asyncio.wait_for(relayed, 10) == "Made once."
+    assert idle.requests == []
+    history = (await parley.get("history", **parley.ids(SID))).json()["messages"]
+    assert [(m["role"], m["status"]) for m in history] == [("visitor", "complete"), ("ai", "complete")]
+
+
 async def test_a_retry_after_the_answering_process_is_killed_answers_within_seconds(parley):
     """The first process dies mid-answer (kill -9): its claim is no longer renewed, so a retry on
     another process takes the answer over within seconds instead of waiting for a timeout."""

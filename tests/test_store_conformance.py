@@ -614,6 +614,20 @@ async def test_claims_are_renewed_together(store, other):
     assert await store.renew_claims([], "A", now=now, stale_after=60) == []
 
 
+async def test_a_retry_elsewhere_notes_that_it_follows_an_answer(store, other):
+    site_id = await new_site(store)
+    conv = await conversation_id(store, site_id)
+    now = time.time()
+    for message_id in ("m_f1", "m_f2"):
+        assert await store.claim_answer(conv, message_id, "A", now=now, stale_after=60)
+    await other.follow_answer(conv, "m_f2", now=now + 5)
+    await other.follow_answer(conv, "m_none", now=now + 5)  # nobody's claim: nothing to note
+    claims = [(conv, "m_f1"), (conv, "m_f2"), (conv, "m_none")]
+    assert await store.followed_answers(claims, since=now + 1) == [False, True, False]
+    assert await store.followed_answers(claims, since=now + 6) == [False, False, False]  # long ago
+    assert await store.followed_answers([], since=now) == []
+
+
 async def test_a_question_is_taken_in_one_call_with_its_guards_and_history(store, other):
     site_id = await new_site(store)
     now = time.time()

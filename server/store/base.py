@@ -395,6 +395,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None: ...
 
+    @abc.abstractmethod
+    async def follow_answer(self, conversation_id: int, message_id: str, *, now: float) -> None:
+        """Note on the claim, at `now`, that a retry on another process is waiting for this
+        answer: the answering process then keeps making it after its own visitor has left
+        (followed_answers). Nothing when nobody holds the claim."""
+
+    @abc.abstractmethod
+    async def followed_answers(self, claims: list[tuple[int, str]], *, since: float) -> list[bool]:
+        """For each (conversation_id, message_id) of `claims`, in order: whether a retry elsewhere
+        noted following it (follow_answer) at or after `since`."""
+
     async def finish_answer(
         self, conversation_id: int, reply_to: str, origin: str, *, role: str, content: str | None,
         sources: Iterable[Source] = (), status: str = "complete", usage: dict[str, Any] | None = None,

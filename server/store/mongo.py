@@ -786,6 +786,19 @@ class MongoStore(Store):
         await self._db.answer_claims.delete_one(
             {"_id": self._claim_key(conversation_id, message_id), "origin": _str(origin)})
 
+    @_guarded
+    async def follow_answer(self, conversation_id: int, message_id: str, *, now: float) -> None:
+        await self._db.answer_claims.update_one({"_id": self._claim_key(conversation_id, message_id)},
+                                                {"$set": {"followed_at": _num(now)}})
+
+    @_guarded
+    async def followed_answers(self, claims: list[tuple[int, str]], *, since: float) -> list[bool]:
+        keys = [self._claim_key(conversation_id, message_id) for conversation_id, message_id in claims]
+        cursor = self._db.answer_claims.find({"_id": {"$in": keys}, "followed_at": {"$gte": _num(since)}},
+                                             projection={"_id": 1})
+        followed = {doc["_id"] async for doc in cursor}
+        return [key in followed for key in keys]
+
     # -- events -------------------------------------------------------------------------------
     @_guarded
     async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int:

@@ -196,6 +196,7 @@ CREATE TABLE IF NOT EXISTS answer_claims (
     message_id TEXT NOT NULL,
     origin TEXT NOT NULL,
     claimed_at REAL NOT NULL,
+    followed_at REAL,
     PRIMARY KEY (conversation_id, message_id)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -482,6 +483,7 @@ class SQLiteStore(Store):
         ("operator_sessions", "present_at", "REAL"),
         # Handed over before reasons were kept: no reason (the dashboard says only "needs a person").
         ("conversations", "handoff_reason", "TEXT"),
+        ("answer_claims", "followed_at", "REAL"),
     )
 
     @classmethod
@@ -1366,6 +1368,23 @@ class SQLiteStore(Store):
 
     async def release_answer(self, conversation_id: int, message_id: str, origin: str) -> None:
         await self._run(self._tx, lambda db: self._release(db, conversation_id, message_id, origin))
+
+    async def follow_answer(self, conversation_id: int, message_id: str, *, now: float) -> None:
+        def follow(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE answer_claims SET followed_at = ? WHERE conversation_id = ? AND message_id = ?",
+                       (now, conversation_id, message_id))
+
+        await self._grouped(follow)
+
+    async def followed_answers(self, claims: list[tuple[int, str]], *, since: float) -> list[bool]:
+        followed: set[tuple[int, str]] = set()
+        for start in range(0, len(claims), IDS_PER_QUERY):
+            ids = sorted({conversation_id for conversation_id, _ in claims[start:start + IDS_PER_QUERY]})
+            rows = await self._read_all(
+                "SELECT conversation_id, message_id FROM answer_claims WHERE followed_at >= ?"
+                f" AND conversation_id IN ({', '.join('?' * len(ids))})", since, *ids)
+            followed.update((row[0], row[1]) for row in rows)
+        return [claim in followed for claim in claims]
 
     async def finish_answer(
         self, conversation_id: int, reply_to: str, origin: str, *, role: str, content: str | None,
