@@ -8,7 +8,9 @@
   var state = {
     status: "all", q: "", site: "", list: [], next: null, listAsked: 0, opened: null, conversation: null,
     lastMessageId: 0, answered: {}, viewers: {}, canned: {}, noteMode: false, listTimer: null,
+    listRefreshedAt: 0,
   };
+  var LIST_REFRESH_DELAY_MS = 150, LIST_REFRESH_EVERY_MS = 1000;
 
   // -- the list --------------------------------------------------------------------------------
   function listUrl() {
@@ -46,9 +48,16 @@
       if (first) first.focus();
     }).catch(function (error) { alert(error.message); });
   }
+  // A burst of live events is one refresh, 150 ms after its first; while they keep coming (a busy
+  // site) one a second at most. Never "150 ms after the last": on a busy site that never comes.
   function scheduleList() {
-    clearTimeout(state.listTimer);
-    state.listTimer = setTimeout(loadList, 150);
+    if (state.listTimer) return;
+    var wait = Math.max(LIST_REFRESH_DELAY_MS, state.listRefreshedAt + LIST_REFRESH_EVERY_MS - Date.now());
+    state.listTimer = setTimeout(function () {
+      state.listTimer = null;
+      state.listRefreshedAt = Date.now();
+      loadList();
+    }, wait);
   }
   // A preview is one line of plain text: Markdown's marks (links, emphasis, headings, lists) would
   // only be noise in it.

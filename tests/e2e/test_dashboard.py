@@ -268,3 +268,28 @@ async def test_two_operators_on_one_conversation_see_each_other_at_once(server: 
     # Ana's tab answers Bo's arrival at once, so Bo knows he is not alone before either replies.
     await expect(bo.page.locator("#c-viewers")).to_have_text("Also viewing: Ana", timeout=10_000)
     assert ana.unexpected_errors() == [] and bo.unexpected_errors() == []
+
+
+async def test_the_inbox_keeps_up_with_a_site_that_never_pauses(server: Server, browser: Browser):
+    """Live events 100 ms apart, with no lull of 150 ms, still refresh the list. The page's timers
+    run on the test's clock: an event, then 100 ms of the page's time, eight times over."""
+    site = await one_conversation(server, "sess_e2ebusysite0000001", "Hello from the team")
+    ops = await visit(browser, f"{server.base_url}/dashboard/login")
+    await ops.page.clock.install()
+    await ops.page.get_by_label("Email").fill("ana@example.com")
+    await ops.page.get_by_label("Password").fill(PASSWORD)
+    await ops.page.get_by_role("button", name="Sign in").click()
+    await expect(ops.page.locator("#live-state")).to_have_text("Live", timeout=10_000)
+    await expect(ops.page.locator(".conversation-list a")).to_have_count(1)
+    await ops.page.clock.pause_at(time.time() * 1000 + 1000)
+    announcer = ops.page.locator("#announcer")
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+        for n in range(8):
+            await ops.page.evaluate("document.getElementById('announcer').textContent = ''")
+            await client.post("/api/v1/chat/stream", json={
+                "site_key": site.site_key, "session_id": "sess_e2ebusysite0000077", "message": f"Question {n}"})
+            # The page has had the visitor's message event (and scheduled a refresh).
+            await expect(announcer).to_have_text("A visitor wrote in another conversation.")
+            await ops.page.clock.run_for(100)
+    await expect(ops.page.locator(".conversation-list a", has_text="Visitor 000077")).to_be_visible(timeout=5_000)
+    assert ops.unexpected_errors() == []
