@@ -171,8 +171,9 @@ class Answerer:
             return Turn.finished(meta, reply.content)
         if key in self._live_turns:  # another retry started one while we read the store
             return self._live_turns[key]
-        log.info("retry of %s answers again (the first answer was %s) %s", message_id,
-                 "cut off" if reply else "never stored", visitor.log_ref)
+        log.info("retry of %s: no answer in progress here (%s); answering it unless another "
+                 "process is %s", message_id, "a cut-off one is stored" if reply else "none stored yet",
+                 visitor.log_ref)
         return self.start(visitor, conversation, existing, request)
 
     async def _produce(self, turn: Turn, visitor: Visitor, conversation: Conversation,
