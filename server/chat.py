@@ -116,7 +116,9 @@ class ChatService:
 
         def changes(conversation: Conversation) -> dict[str, Any]:
             # Operators see the page the visitor is on now, not the one where the chat began.
-            updates = {k: v for k, v in context.items() if v and getattr(conversation, k) != v}
+            updates: dict[str, Any] = {k: v for k, v in context.items() if v and getattr(conversation, k) != v}
+            if conversation.closed:  # the visitor wrote again: back in the operators' inbox
+                updates["closed"] = False
             if seen_at is not None:
                 updates.update(self._presence_changes(visitor, conversation, seen_at))
             return updates

@@ -88,6 +88,17 @@ async def test_take_over_reply_hand_back_close_and_reopen(parley: Parley, ana: O
         assert expected in actions
 
 
+async def test_a_visitor_writing_in_a_closed_conversation_reopens_it(parley: Parley, ana: Operator):
+    sid = session("closed-then-asks")
+    await parley.ask(sid, "Do you ship to Canada?")
+    cid = await conversation_of(parley, sid)
+    assert (await ana.act(cid, "close")).status_code == 200
+    assert cid not in [c["id"] for c in (await ana.api("inbox")).json()["conversations"]]
+    await parley.ask(sid, "I want to talk to a human")
+    assert cid in [c["id"] for c in (await ana.api("inbox", status="handoff")).json()["conversations"]]
+    assert (await ana.api(f"conversations/{cid}")).json()["conversation"]["closed"] is False
+
+
 async def test_take_over_stops_an_answer_already_streaming(parley: Parley, ana: Operator):
     provider = GatedProvider(["The AI says ", "something ", "long."])
     parley.services.ai.default_provider = provider
