@@ -28,4 +28,4 @@ def test_the_offline_answerer_meets_the_floors_on_the_plausible_help_pages():
     assert overall["declined_share"] >= 0.85, overall["counts"]
     for result in report["results"]:  # a decline offers a person; an answer names its pages
         if not result["sources"]:
-            assert "talk to a person" in result["text"], result
+            assert "Ask for a person" in result["text"], result

@@ -199,9 +199,12 @@ async def test_a_failure_after_the_first_chunk_is_an_error_event_then_done(parle
 
 async def test_no_relevant_knowledge_says_so_and_offers_a_person(parley):
     events = await parley.ask(session(9), "What is the airspeed of a swallow?")
-    assert "don't know" in chunks_text(events)
-    assert "person" in chunks_text(events)
-    assert events[-1]["meta"]["sources"] == []
+    assert "don't know" in chunks_text(events) and "Ask for a person" in chunks_text(events)
+    assert "email" not in chunks_text(events)  # no handoff, so the widget shows no email field
+    assert events[-1]["meta"]["sources"] == [] and events[-1]["meta"]["handoff"] is False
+    # Taking up the offer the way it is made hands the conversation over.
+    events = await parley.ask(session(9), "Yes, I want a person please")
+    assert events[-1]["meta"]["handoff"] is True
 
 
 async def test_asking_for_a_human_hands_over(parley):

@@ -14,15 +14,17 @@ FOUND_INTRO = {
     "es": "Esto es lo que encontré en nuestras páginas de ayuda:",
 }
 
+# Offers a person the way the widget can take it up: asking for one hands over (and the widget
+# then asks for an email); without a handoff the widget shows no email field, so none is asked for.
 DONT_KNOW = {
-    "en": "I'm sorry, I don't know the answer to that. Would you like to talk to a person? "
-          "Leave your email and someone from the team will get back to you.",
-    "fr": "Désolé, je ne connais pas la réponse. Voulez-vous parler à une personne ? "
-          "Laissez votre e-mail et quelqu'un de l'équipe vous répondra.",
-    "de": "Das weiß ich leider nicht. Möchten Sie mit einem Menschen sprechen? "
-          "Hinterlassen Sie Ihre E-Mail-Adresse, dann meldet sich jemand aus dem Team.",
-    "es": "Lo siento, no sé la respuesta. ¿Quiere hablar con una persona? "
-          "Déjenos su correo y alguien del equipo le responderá.",
+    "en": "I'm sorry, I don't know the answer to that. Ask for a person if you'd like someone from "
+          "the team to reply here.",
+    "fr": "Désolé, je ne connais pas la réponse. Demandez à parler à une personne si vous souhaitez "
+          "qu'un membre de l'équipe vous réponde ici.",
+    "de": "Das weiß ich leider nicht. Bitten Sie um einen Menschen, wenn Ihnen jemand aus dem Team "
+          "hier antworten soll.",
+    "es": "Lo siento, no sé la respuesta. Pida hablar con una persona si quiere que alguien del "
+          "equipo le responda aquí.",
 }
 
 # A message that only greets, thanks or says goodbye ("hi", "hello there", "thanks!", "merci
@@ -105,6 +107,8 @@ HUMAN_REQUEST_PHRASES = [
     "talk to a human", "speak to a human", "talk to a person", "speak to a person",
     "real person", "human agent", "live agent", "talk to someone", "speak to someone",
     "customer service", "operator", "representative",
+    # as the visitor answers DONT_KNOW's offer
+    "want a person", "need a person", "a person please", "want a human", "need a human",
     # fr
     "parler à un humain", "parler à une personne", "un conseiller", "un opérateur",
     # de
