@@ -593,8 +593,14 @@
     var href = safeUrl(url);
     if (!href) return null;
     var a = link(href, "");
-    a.appendChild(h("img", { src: href, alt: t("imageAlt") }));
-    return spokenBy(h("div", { class: "msg visitor image" }, [a]), "visitor");
+    var bubble;
+    // The image grows its bubble once it has loaded, after the scroll that showed the bubble: the
+    // newest message is scrolled into view again then.
+    a.appendChild(h("img", { src: href, alt: t("imageAlt"), onload: function () {
+      if (bubble.isConnected && !bubble.nextElementSibling) scrollDown();
+    } }));
+    bubble = spokenBy(h("div", { class: "msg visitor image" }, [a]), "visitor");
+    return bubble;
   }
 
   // A message from the server (history or a live update); false when it was already on screen.
@@ -1000,6 +1006,7 @@
       stars.push(h("button", { type: "button", "aria-label": t("star", { n: i }), "aria-pressed": "false",
         onclick: pick.bind(null, i) }, [icon("star")]));
     }
+    var heading = h("h3", { text: t("rateAsk"), tabindex: "-1" });
     var card = h("form", { class: "card rate", onsubmit: function (e) {
       e.preventDefault();
       if (!score) return errorLine(card)({ message: t("chooseScore") });
@@ -1014,14 +1021,15 @@
         ui.form.hidden = true;
         card.querySelector("button").focus();
       }, errorLine(card));
-    } }, [h("h3", { text: t("rateAsk") }), h("div", { class: "stars", role: "group", "aria-label": t("rateAsk") }, stars), comment.el,
+    } }, [heading, h("div", { class: "stars", role: "group", "aria-label": t("rateAsk") }, stars), comment.el,
       h("div", { class: "row" }, [
         h("button", { type: "submit", class: "btn", text: t("submit") }),
         h("button", { type: "button", class: "btn ghost", text: t("skip"), onclick: function () { card.remove(); ui.input.focus(); } })
       ])]);
     ui.log.appendChild(card);
     scrollDown();
-    stars[4].focus();
+    // The question first, not a score: Enter on a focused star would give that score.
+    heading.focus();
   }
 
   function newChat() {

@@ -143,6 +143,8 @@ async def test_image_upload_with_preview_and_a_size_check(parley: Parley, demo: 
                                                          browser: Browser, tmp_path: Path) -> None:
     v = await visit(browser, demo_url(parley))
     await v.open_chat()
+    await v.ask("Do you ship to Canada?")  # a long answer: the log scrolls
+    await expect(v.widget(".msg.bot .src").last).to_be_visible(timeout=10_000)
     image = tmp_path / "boots.png"
     image.write_bytes(png_bytes())
     await v.widget("input[type=file]").set_input_files(str(image))
@@ -156,6 +158,10 @@ async def test_image_upload_with_preview_and_a_size_check(parley: Parley, demo: 
     assert src.startswith(f"{parley.base_url}/uploads/")
     await v.page.wait_for_function("img => img.complete && img.naturalWidth === 120",
                                    arg=await sent.element_handle())  # the picture really loads
+    # Shown whole once loaded, not cut off by the height it gained after the scroll.
+    await v.page.wait_for_function("log => log.scrollHeight > log.clientHeight"
+                                   " && log.scrollTop + log.clientHeight >= log.scrollHeight - 2",
+                                   arg=await v.widget(".log").element_handle(), timeout=5_000)
 
     # A dropped 6 MB image is refused before any upload, with a sentence saying why.
     await v.widget(".panel").evaluate("""panel => {
@@ -180,6 +186,10 @@ async def test_rating_five_with_a_comment_when_the_visitor_ends_the_chat(
     await v.ask("Do you ship to Canada?")
     await expect(v.widget(".msg.bot .src").last).to_be_visible(timeout=10_000)
     await v.widget("header .end").click()
+    # The question has the focus, not a score that Enter would give.
+    await expect(v.widget(".card.rate h3")).to_be_focused()
+    await v.page.keyboard.press("Tab")
+    await expect(v.widget(".card.rate button[aria-label='1 out of 5']")).to_be_focused()
     await v.widget(".card.rate button[aria-label='5 out of 5']").click()
     await v.widget(".card.rate textarea").fill("Quick and clear, thanks!")
     await v.screenshot("rating")
