@@ -72,12 +72,23 @@ class JsonHandler(tornado.web.RequestHandler):
         elif status_code >= 500:
             self.set_status(500)
             body = {"success": False, "error": "Something went wrong on our side.", "code": "internal"}
+        elif status_code == 405:
+            allowed = self.allowed_methods()
+            self.set_header("Allow", ", ".join(allowed))
+            named = " or ".join(m for m in allowed if m != "OPTIONS")
+            body = {"success": False, "error": f"Use {named} for {self.request.path}.",
+                    "code": "method_not_allowed"}
         else:
             reason = self._reason if isinstance(error, tornado.web.HTTPError) else "Bad request"
             body = {"success": False, "error": reason,
                     "code": STATUS_CODES.get(status_code, "invalid_request")}
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(dumps(body))
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler answers (those it defines), for a 405's Allow header."""
+        return [method for method in self.SUPPORTED_METHODS
+                if getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # The path, never the query: a site_key with a session_id reads a conversation.

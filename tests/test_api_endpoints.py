@@ -323,3 +323,13 @@ async def test_sessions_and_sites_never_see_each_other(parley):
         assert (await parley.get("operator-messages", **ids)).json()["messages"] == []
         assert (await parley.get("pending-proactive", **ids)).json()["messages"] == []
         assert (await parley.post("rate", {**ids, "score": 1})).status_code == 404
+
+
+async def test_a_wrong_method_says_which_to_use(parley):
+    response = await parley.get("stream")
+    assert response.status_code == 405
+    assert response.json() == {"success": False, "error": "Use POST for /api/v1/chat/stream.",
+                               "code": "method_not_allowed"}
+    assert "POST" in response.headers["Allow"].split(", ")
+    response = await parley.post("history", {})
+    assert response.status_code == 405 and response.json()["error"] == "Use GET for /api/v1/chat/history."
