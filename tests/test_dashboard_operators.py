@@ -22,8 +22,11 @@ async def test_admins_manage_operators(parley: Parley, admin: Operator):
     page = await admin.get("/dashboard/operators")
     assert "bea@example.com" in page.text
     ids = {"operator_id": str(bea.id)}
+    assert "Answers no site yet" not in (await admin.get("/dashboard/operators")).text
     assert (await post_form(admin, "/dashboard/operators", action="sites", **ids)).status_code == 302
     assert (await parley.services.store.get_operator(bea.id)).site_ids == ()
+    # An agent with no site would sign in to an empty inbox: the page says so beside them.
+    assert "Answers no site yet" in (await admin.get("/dashboard/operators")).text
     await post_form(admin, "/dashboard/operators", action="role", role="admin", **ids)
     assert (await parley.services.store.get_operator(bea.id)).role == "admin"
     short = await post_form(admin, "/dashboard/operators", action="password", password="short", **ids)

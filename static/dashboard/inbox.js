@@ -106,7 +106,9 @@
       if (again) again.focus({preventScroll: true});
     }
     $("list-empty").hidden = state.list.length > 0;
-    $("list-empty").textContent = state.q && state.status !== "closed" ?
+    $("list-empty").textContent = root.dataset.noSites ?
+      "You answer no site yet: an admin gives you sites on the Operators page, then reload this one." :
+      state.q && state.status !== "closed" ?
       "Nothing here matches. Closed conversations are under Closed." : "No conversations here.";
     $("list-more").hidden = !state.next;
     document.title = (unread ? "(" + unread + ") " : "") + "Inbox · Parley";
@@ -400,7 +402,7 @@
       item.addEventListener("mousedown", function (event) { event.preventDefault(); insertCanned(c.content); });
       list.appendChild(item);
     });
-    if (!replies.length) list.appendChild(el("li", {className: "muted", role: "option", "aria-disabled": "true", text: "No canned replies for this site yet."}));
+    if (!replies.length) list.appendChild(el("li", {className: "muted", role: "option", "aria-disabled": "true", text: "No canned replies for this site yet. An admin adds them with: scripts/server canned add --help"}));
     list.hidden = false;
     if (replies.length) reply.setAttribute("aria-activedescendant", "canned-0");
     else reply.removeAttribute("aria-activedescendant");
