@@ -108,8 +108,9 @@ class OperatorService:
         value = self._block_value(kind, value)
         removed = await self.store.remove_blocks(site.id, kind, value)
         log.info("removed %d %s block(s) on site=%s", removed, kind, site.id)
-        await self.audit.record(actor, "unblock", site_id=site.id, target=f"{kind}:{value}",
-                                removed=removed)
+        if removed:  # the audit keeps what changed: the dashboard's Unblock tries every kind
+            await self.audit.record(actor, "unblock", site_id=site.id, target=f"{kind}:{value}",
+                                    removed=removed)
         if session_id:
             await self._notify(site, session_id, "block", {"blocked": False})
         return removed

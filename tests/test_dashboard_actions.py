@@ -146,8 +146,12 @@ async def test_assign_block_and_unblock(parley: Parley, ana: Operator):
     assert (await ana.api(f"conversations/{cid}")).json()["conversation"]["blocked"] is True
     refused = await parley.client.post("/api/v1/chat/stream", json=parley.ids(SID, message="hi"))
     assert refused.status_code == 403
+    await parley.services.store.update_conversation(cid, {"email": "visitor@example.com"})
     assert (await ana.act(cid, "unblock")).status_code == 200
     assert (await parley.get("block-status", **parley.ids(SID))).json()["blocked"] is False
+    # The audit keeps the two blocks lifted, not the email block the visitor never had.
+    unblocks = [e.target for e in await parley.services.audit.entries() if e.action == "unblock"]
+    assert sorted(target.split(":")[0] for target in unblocks) == ["ip", "session"]
     bad = await ana.act(cid, "block", {"kinds": ["everything"]})
     assert bad.status_code == 400
 
