@@ -173,7 +173,8 @@ class AuditPageHandler(OperatorPageHandler):
 
     async def get(self) -> None:
         entries = await self.services.audit.entries(limit=500)
-        self.render_page("audit.html", entries=entries)
+        site_names = {site.id: site.name for site in await self.services.sites.list()}
+        self.render_page("audit.html", entries=entries, site_names=site_names)
 
 
 class AccountPageHandler(OperatorPageHandler):

@@ -152,6 +152,8 @@ async def test_assign_block_and_unblock(parley: Parley, ana: Operator):
     # The audit keeps the two blocks lifted, not the email block the visitor never had.
     unblocks = [e.target for e in await parley.services.audit.entries() if e.action == "unblock"]
     assert sorted(target.split(":")[0] for target in unblocks) == ["ip", "session"]
+    audit_page = (await ana.get("/dashboard/audit")).text  # the site by its name, not its id
+    assert f"<td>unblock</td><td>{parley.site.name}</td><td>session:{SID}</td>" in audit_page
     bad = await ana.act(cid, "block", {"kinds": ["everything"]})
     assert bad.status_code == 400
 
