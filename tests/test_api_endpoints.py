@@ -28,7 +28,8 @@ def png_bytes(size=(8, 8), exif: bytes | None = None, fmt: str = "PNG") -> bytes
 async def test_history_of_an_unknown_session_is_empty(parley):
     response = await parley.get("history", **parley.ids(SID))
     assert response.status_code == 200
-    assert response.json() == {"success": True, "messages": [], "conversation_id": None, "mode": "ai"}
+    assert response.json() == {"success": True, "messages": [], "conversation_id": None, "mode": "ai",
+                               "ask_email": False}
 
 
 async def test_history_is_oldest_first_with_an_after_cursor_and_a_limit(parley):

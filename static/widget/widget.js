@@ -1145,6 +1145,7 @@
           showMessages(data.messages, false);
           setMode(data.mode || "ai", true);
           updateMode();
+          if (data.ask_email) askEmail(state.config.open_now === false); // a handoff's ask survives a reload
         }, function () { /* the live loop catches up */ });
       })
       .then(function () {

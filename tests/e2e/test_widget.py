@@ -11,7 +11,7 @@ from PIL import Image
 from playwright.async_api import Browser, expect
 
 from server.store.models import Site
-from tests.e2e.browser import ROOT, visit
+from tests.e2e.browser import ROOT, Visit, visit
 from tests.harness import Parley
 from tests.waiting import until_held
 
@@ -252,6 +252,13 @@ async def test_a_hostile_host_page_on_another_origin_does_not_break_it(
     assert v.unexpected_errors() == []
 
 
+async def reopened(v: Visit) -> None:
+    """After a reload: the panel as the visitor left it (open), opened if it is not."""
+    await v.widget(".launcher").wait_for()
+    if not await v.widget(".panel").is_visible():
+        await v.open_chat()
+
+
 async def test_handoff_asks_for_email_and_the_contact_form_saves(parley: Parley, demo: Site,
                                                                 browser: Browser) -> None:
     v = await visit(browser, demo_url(parley))
@@ -259,9 +266,16 @@ async def test_handoff_asks_for_email_and_the_contact_form_saves(parley: Parley,
     await v.ask("I want to talk to a human")
     card = v.widget(".card.email")
     await expect(card).to_be_visible(timeout=10_000)
+    await v.page.reload()  # the ask survives a reload until there is an email
+    await reopened(v)
+    await expect(card).to_be_visible(timeout=10_000)
     await card.locator("input").fill("jane@Example.COM")
     await card.locator("button").click()
     await expect(card).to_contain_text("We will reply to jane@Example.COM")
+    await v.page.reload()
+    await reopened(v)
+    await expect(v.widget(".msg.bot").last).to_be_visible(timeout=10_000)
+    await expect(card).to_have_count(0)  # an email is known: nothing more to ask
 
     await v.widget("header button[aria-label='Contact details']").click()
     form = v.widget(".card.contact")
