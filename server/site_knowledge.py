@@ -18,7 +18,8 @@ from server.ai.base import Passage
 from server.ai.engine import AIEngine
 from server.ai.knowledge import RELEVANCE_FLOOR, KnowledgeBase
 from server.ai.passages import split_sections
-from server.ai.phrases import small_talk
+from server.ai.phrases import only_asks_for_human, small_talk
+from server.ai.settings import ai_setting
 from server.audit import Actor, AuditLog
 from server.errors import ParleyError
 from server.knowledge import KnowledgeService, check_http_url
@@ -284,7 +285,10 @@ class SiteKnowledge:
         `shown` most frequent. Not listed: greetings, and uncovered questions the knowledge covers
         now (an answer was added since)."""
         rows = await self.store.knowledge_gaps(site.id, below=RELEVANCE_FLOOR, limit=GAPS_READ)
-        rows += await self.store.handoff_questions(site.id, limit=HANDOFFS_READ)
+        # A visitor who only asked for a person asked the knowledge nothing.
+        phrases = ai_setting(site, "handoff_phrases", [])
+        rows += [gap for gap in await self.store.handoff_questions(site.id, limit=HANDOFFS_READ)
+                 if not only_asks_for_human(gap.question, phrases)]
         listed: list[GapGroup] = []
         for group in group_gaps(sorted(without_small_talk(rows), key=lambda g: g.asked_at, reverse=True)):
             if len(listed) >= shown:

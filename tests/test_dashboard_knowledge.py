@@ -84,3 +84,8 @@ async def test_a_question_that_ended_in_a_handoff_is_a_gap_with_add_an_answer(pa
     row = page.split("Can I talk to a human about my invoice?</td>", 1)[1].split("</tr>", 1)[0]
     assert row.startswith("<td>1</td><td>1</td><td>–</td>")  # asked once, handed off once, no AI answer
     assert 'value="Can I talk to a human about my invoice?"' in row and "Add an answer" in row
+    # Asking only for a person asks the knowledge nothing: no gap.
+    for n, only_a_person in enumerate(("I want to talk to a human", "Can I please speak to a person now?")):
+        events = await parley.ask(session(f"person-only-{n}"), only_a_person)
+        assert events[-1]["meta"]["handoff"] is True
+        assert only_a_person not in (await admin.get(url)).text

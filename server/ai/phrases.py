@@ -126,10 +126,37 @@ def pick(table: dict[str, str], lang: str) -> str:
 
 def asks_for_human(text: str, extra_phrases: list[str] | None = None) -> bool:
     """True when a phrase appears as whole words ("operator", not "cooperator")."""
+    return _without_human_requests(text, extra_phrases)[0]
+
+
+# Words that may come with a request for a person without asking anything else ("can I please
+# talk to a human now?"): such a message is the request alone, nothing for the knowledge to answer.
+_REQUEST_FILLER = frozenset("""
+    i d want would like to can could may please now just me a an the with someone somebody yes ok
+    okay need let get connect speak talk hi hello
+    je voudrais veux peux puis s il vous plait plaît
+    ich möchte will bitte kann
+    quiero puedo por favor
+""".split())
+
+
+def only_asks_for_human(text: str, extra_phrases: list[str] | None = None) -> bool:
+    """A request for a person and nothing else ("I want to talk to a human, please"; not "can I
+    talk to a human about my invoice?")."""
+    found, rest = _without_human_requests(text, extra_phrases)
+    return found and all(word in _REQUEST_FILLER for word in rest.split())
+
+
+def _without_human_requests(text: str, extra_phrases: list[str] | None) -> tuple[bool, str]:
+    """Whether the text asks for a person (a phrase as whole words), and its words without those phrases."""
     normalised = " " + " ".join(re.findall(r"\w+", text.lower())) + " "
-    phrases = HUMAN_REQUEST_PHRASES + [p for p in (extra_phrases or [])[:200] if isinstance(p, str)]
-    return any(" " + " ".join(re.findall(r"\w+", phrase.lower())) + " " in normalised
-               for phrase in phrases if phrase.strip())
+    found = False
+    for phrase in HUMAN_REQUEST_PHRASES + [p for p in (extra_phrases or [])[:200] if isinstance(p, str)]:
+        words = " " + " ".join(re.findall(r"\w+", phrase.lower())) + " "
+        if words.strip() and words in normalised:
+            normalised = normalised.replace(words, " ")
+            found = True
+    return found, normalised
 
 
 # What a visitor reads when a cap stops the AI (see server/ai/caps.py). Each offers a person.
