@@ -26,10 +26,19 @@
     var asked = ++state.listAsked;
     return P.api("GET", listUrl() + "&limit=" + limit).then(function (data) {
       if (asked !== state.listAsked) return;
+      var before = state.list;
       state.list = data.conversations;
+      keepOpenRow(before);
       state.next = data.next;
       renderList();
     }).catch(function () {});
+  }
+  // The conversation open here keeps its row, where it was, when it leaves the filter (closed,
+  // taken over, ...) until another is opened or the filter changes: the operator keeps their place.
+  function keepOpenRow(before) {
+    var index = before.findIndex(function (c) { return c.id === state.opened; });
+    if (index < 0 || state.list.some(function (c) { return c.id === state.opened; })) return;
+    state.list.splice(Math.min(index, state.list.length), 0, before[index]);
   }
   function newList() { state.list = []; state.next = null; return loadList(); }
   function loadOlder() {

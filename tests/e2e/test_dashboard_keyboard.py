@@ -77,3 +77,30 @@ async def test_older_conversations_load_past_the_first_page(server: Server, brow
     await expect(links.nth(50)).to_be_focused()  # the reading goes on at the first older one
     await expect(page.get_by_role("button", name="Load older conversations")).to_be_hidden()
     assert ops.unexpected_errors() == []
+
+
+async def test_closing_the_open_conversation_keeps_its_place_until_another_is_opened(
+        server: Server, browser: Browser):
+    services = server.services
+    assert services is not None
+    site, _ = await ensure_demo_site(services.sites, services.store)
+    await services.accounts.create("ana@example.com", "Ana", "admin", PASSWORD)
+    for n in (1, 2, 3):
+        await services.operators.say(site, f"sess_keepplace00000000{n}", f"Hello number {n}", operator_name="Ana")
+    ops = await signed_in(browser, f"{server.base_url}/dashboard/", "ana@example.com", PASSWORD)
+    page = ops.page
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=10_000)
+    rows = page.locator(".conversation-list a")
+    await expect(rows).to_have_count(3)
+    await rows.nth(1).click()  # "Hello number 2", in the middle
+    await expect(page.locator("#messages")).to_contain_text("Hello number 2")
+    async with page.expect_response(lambda r: "/dashboard/api/inbox" in r.url, timeout=10_000):
+        await page.locator("#act-close").click()  # the list refreshes without it under All...
+    await expect(rows).to_have_count(3)  # ...but its row stays where it was while it is open
+    await expect(rows.nth(1)).to_contain_text("Hello number 2")
+    await page.keyboard.press("j")  # and the keyboard goes on from it
+    await expect(page.locator("#messages")).to_contain_text("Hello number 1")
+    async with page.expect_response(lambda r: "/dashboard/api/inbox" in r.url, timeout=10_000):
+        await page.locator("#act-takeover").click()  # another refresh: the closed one is gone now
+    await expect(rows).to_have_count(2)
+    assert ops.unexpected_errors() == []
