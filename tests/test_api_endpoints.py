@@ -334,3 +334,12 @@ async def test_a_wrong_method_says_which_to_use(parley):
     assert "POST" in response.headers["Allow"].split(", ")
     response = await parley.post("history", {})
     assert response.status_code == 405 and response.json()["error"] == "Use GET for /api/v1/chat/history."
+
+
+async def test_history_asks_for_a_way_to_reach_a_visitor_waiting_for_a_person(parley):
+    sid = session("ask-email")
+    await parley.ask(sid, "I want to talk to a human")
+    assert (await parley.get("history", **parley.ids(sid))).json()["ask_email"] is True
+    saved = await parley.post("contact", parley.ids(sid, phone="+1 555 123 4567"))
+    assert saved.status_code == 200
+    assert (await parley.get("history", **parley.ids(sid))).json()["ask_email"] is False
