@@ -282,10 +282,9 @@ class SiteKnowledge:
 
     async def gaps(self, site: Site, *, shown: int = GAPS_SHOWN) -> list[GapGroup]:
         """Questions the pages did not cover, and those that ended in a handoff, grouped, the
-        `shown` most frequent. Not listed: greetings, and uncovered questions the knowledge covers
-        now (an answer was added since)."""
+        `shown` most frequent. Not listed: greetings, requests for a person and nothing else, and
+        uncovered questions the knowledge covers now (an answer was added since)."""
         rows = await self.store.knowledge_gaps(site.id, below=RELEVANCE_FLOOR, limit=GAPS_READ)
-        # A visitor who only asked for a person asked the knowledge nothing.
         phrases = ai_setting(site, "handoff_phrases", [])
         rows += [gap for gap in await self.store.handoff_questions(site.id, limit=HANDOFFS_READ)
                  if not only_asks_for_human(gap.question, phrases)]
