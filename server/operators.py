@@ -143,7 +143,9 @@ class OperatorService:
     # -- the dashboard's own actions ----------------------------------------------------------
     async def set_closed(self, site: Site, conversation: Conversation, closed: bool, *,
                          actor: Actor = CLI) -> None:
-        await self.store.update_conversation(conversation.id, {"closed": closed})
+        # Closing is a person's decision too: a closed conversation no longer needs one.
+        await self.store.update_conversation(conversation.id, {"closed": True, "handoff": False} if closed
+                                             else {"closed": False})
         await self._notify_operators(site, "closed", {"session_id": conversation.session_id,
                                                       "closed": closed})
         await self.audit.record(actor, "close" if closed else "reopen", site_id=site.id,

@@ -95,6 +95,12 @@ async def test_a_visitor_writing_in_a_closed_conversation_reopens_it(parley: Par
     assert (await ana.act(cid, "close")).status_code == 200
     assert cid not in [c["id"] for c in (await ana.api("inbox")).json()["conversations"]]
     await parley.ask(sid, "I want to talk to a human")
+    closed = (await ana.api(f"conversations/{cid}")).json()["conversation"]
+    assert (closed["closed"], closed["handoff"]) == (False, True)  # reopened, and needs a person
+    assert (await ana.act(cid, "close")).status_code == 200  # closing decides that too
+    closed = (await ana.api(f"conversations/{cid}")).json()["conversation"]
+    assert (closed["closed"], closed["handoff"], closed["handoff_why"]) == (True, False, None)
+    await parley.ask(sid, "I want to talk to a human")
     assert cid in [c["id"] for c in (await ana.api("inbox", status="handoff")).json()["conversations"]]
     assert (await ana.api(f"conversations/{cid}")).json()["conversation"]["closed"] is False
 
