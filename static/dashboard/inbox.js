@@ -38,7 +38,15 @@
   function keepOpenRow(before) {
     var index = before.findIndex(function (c) { return c.id === state.opened; });
     if (index < 0 || state.list.some(function (c) { return c.id === state.opened; })) return;
-    state.list.splice(Math.min(index, state.list.length), 0, before[index]);
+    state.list.splice(Math.min(index, state.list.length), 0, asOpenNow(before[index]));
+  }
+  // The open conversation's row with the state the view read (closed, taken over, ...): the view is
+  // read again after each of its changes, so it is never behind the list.
+  function asOpenNow(row) {
+    var now = state.conversation;
+    if (!now || now.id !== row.id) return row;
+    return Object.assign({}, row, {closed: now.closed, mode: now.mode, handoff: now.handoff,
+                                   handoff_why: now.handoff_why, assignee_id: now.assignee_id});
   }
   function newList() { state.list = []; state.next = null; return loadList(); }
   function loadOlder() {
@@ -177,6 +185,8 @@
       var last = data.messages[data.messages.length - 1];
       if (!last || last.role !== "ai") streaming.forEach(function (bubble) { $("messages").appendChild(bubble); });
       renderHeader();
+      var index = state.list.findIndex(function (c) { return c.id === id; });
+      if (index >= 0) { state.list[index] = asOpenNow(state.list[index]); renderList(); }
       renderNotes(data.notes);
       var c = state.conversation;
       if (state.lastMessageId > c.read_through) {

@@ -98,6 +98,7 @@ async def test_closing_the_open_conversation_keeps_its_place_until_another_is_op
         await page.locator("#act-close").click()  # the list refreshes without it under All...
     await expect(rows).to_have_count(3)  # ...but its row stays where it was while it is open
     await expect(rows.nth(1)).to_contain_text("Hello number 2")
+    await expect(rows.nth(1).locator(".tag", has_text="closed")).to_be_visible()  # as it is now
     await page.keyboard.press("j")  # and the keyboard goes on from it
     await expect(page.locator("#messages")).to_contain_text("Hello number 1")
     async with page.expect_response(lambda r: "/dashboard/api/inbox" in r.url, timeout=10_000):
