@@ -72,9 +72,7 @@ class HistoryHandler(HeldReadHandler):
             "messages": self.messages_json(messages),
             "conversation_id": conversation.id if conversation else None,
             "mode": conversation.mode if conversation else "ai",
-            # Waiting for a person with no way to reach the visitor: the widget asks again after a reload.
-            "ask_email": bool(conversation and conversation.handoff
-                              and not (conversation.email or conversation.phone)),
+            "ask_email": bool(conversation and conversation.unreachable_while_waiting),
         })
 
 

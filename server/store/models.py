@@ -69,6 +69,12 @@ class Conversation:
     handoff_at: str | None = None
     first_reply_wait: float | None = None
 
+    @property
+    def unreachable_while_waiting(self) -> bool:
+        """Waiting for a person, with neither an email nor a phone number to reach the visitor by
+        (the widget asks for an email again after a reload)."""
+        return self.handoff and not (self.email or self.phone)
+
 
 # Fields of a conversation that services may change after creation.
 CONVERSATION_UPDATABLE = frozenset(
