@@ -42,11 +42,15 @@
   }
   // The open conversation's row with the state the view read (closed, taken over, ...): the view is
   // read again after each of its changes, so it is never behind the list.
+  var OPEN_ROW_FIELDS = ["closed", "mode", "handoff", "handoff_why", "assignee_id"];
   function asOpenNow(row) {
     var now = state.conversation;
     if (!now || now.id !== row.id) return row;
-    return Object.assign({}, row, {closed: now.closed, mode: now.mode, handoff: now.handoff,
-                                   handoff_why: now.handoff_why, assignee_id: now.assignee_id});
+    var changed = OPEN_ROW_FIELDS.filter(function (name) { return row[name] !== now[name]; });
+    if (!changed.length) return row;
+    var fresh = Object.assign({}, row);
+    changed.forEach(function (name) { fresh[name] = now[name]; });
+    return fresh;
   }
   function newList() { state.list = []; state.next = null; return loadList(); }
   function loadOlder() {
@@ -185,8 +189,10 @@
       var last = data.messages[data.messages.length - 1];
       if (!last || last.role !== "ai") streaming.forEach(function (bubble) { $("messages").appendChild(bubble); });
       renderHeader();
+      // Its row in the list as the view shows it, redrawn only when that changed it.
       var index = state.list.findIndex(function (c) { return c.id === id; });
-      if (index >= 0) { state.list[index] = asOpenNow(state.list[index]); renderList(); }
+      var row = index >= 0 ? asOpenNow(state.list[index]) : null;
+      if (row && row !== state.list[index]) { state.list[index] = row; renderList(); }
       renderNotes(data.notes);
       var c = state.conversation;
       if (state.lastMessageId > c.read_through) {
