@@ -4,6 +4,7 @@ succeeds or fails on its own: one that fails leaves nothing behind and takes no 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 
 import pytest
@@ -39,12 +40,20 @@ async def hold_the_writer(store: SQLiteStore) -> tuple[threading.Event, asyncio.
     return busy.release, holding
 
 
-async def test_a_failing_message_in_a_group_fails_alone_and_leaves_nothing(store):
+@pytest.mark.parametrize("writer", ["busy", "idle"])
+async def test_a_failing_message_in_a_group_fails_alone_and_leaves_nothing(store, writer):
+    """Written together while the writer thread is busy, the messages wait for it as one group;
+    while it is idle, the event loop writes them as one group at once (they are small)."""
     site = await store.create_site("sk_group_commit_test_key_000001", "Shop", [], {"lang": "en"})
-    release, holding = await hold_the_writer(store)
+    commits_before = store._commits
+    if writer == "busy":
+        release, holding = await hold_the_writer(store)
+
+    written_on: set[str] = set()
 
     def events_for(n: int):
-        def events(message: Message):
+        def events(message: Message):  # called inside the transaction
+            written_on.add(threading.current_thread().name)
             if n == 3:
                 raise ValueError("no events for this one")
             return [(f"session:{site.id}:sess_{n:020d}", "message", {"message_id": message.id})]
@@ -53,11 +62,14 @@ async def test_a_failing_message_in_a_group_fails_alone_and_leaves_nothing(store
     writes = [asyncio.ensure_future(store.add_operator_message(
         site.id, f"sess_{n % 2:020d}", f"text {n}", operator_name="Ann", events=events_for(n),
         origin="here")) for n in range(8)]
-    await queued_for_the_writer(store, 8)
-    release.set()
-    await holding
+    if writer == "busy":
+        await queued_for_the_writer(store, 8)
+        release.set()
+        await holding
     outcomes = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 30)
 
+    assert store._commits - commits_before == 1  # one transaction for the seven (after a rollback)
+    assert written_on == {"sqlite-write_0" if writer == "busy" else threading.current_thread().name}
     assert isinstance(outcomes[3], ValueError)
     stored = [o for n, o in enumerate(outcomes) if n != 3]
     assert all(isinstance(m, Message) for m in stored)
@@ -222,3 +234,38 @@ async def test_answers_ending_together_share_a_group_and_each_is_stored(store):
     assert [c.handoff for c in [await store.get_conversation(site.id, f"sess_{n:020d}") for n in range(3)]] \
         == [False, True, False]
     assert len(await store.events_since(0, exclude_origin="", limit=100)) == 3
+
+
+async def test_small_writes_wait_for_another_processs_write_lock_on_the_writer_thread_not_the_loop(tmp_path):
+    """The event loop writes small groups itself while the writer thread is idle, but never waits
+    for the write lock there: every visitor would wait with it."""
+    store = SQLiteStore(tmp_path / "parley.sqlite3", busy_timeout_ms=60_000)
+    await store.open()
+    other_process = sqlite3.connect(store.path, isolation_level=None)
+    ticker = None
+    try:
+        site = await store.create_site("sk_group_commit_test_key_000006", "Shop", [], {"lang": "en"})
+        other_process.execute("BEGIN IMMEDIATE")
+        write = asyncio.ensure_future(store.add_operator_message(
+            site.id, "sess_00000000000000000000", "after the lock", operator_name="Ann",
+            events=lambda message: [], origin="here"))
+        turns = 0
+
+        async def turn() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.ensure_future(turn())
+        await eventually(lambda: turns >= 20, timeout=20, what="the event loop turning while the write waits")
+        assert not write.done()
+        other_process.execute("COMMIT")
+        message = await asyncio.wait_for(write, 30)
+        _, messages = await store.conversation_messages(site.id, "sess_00000000000000000000")
+        assert messages == [message]
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+        other_process.close()
+        await store.close()

@@ -55,7 +55,7 @@ from server.store.models import (
     check_handoff,
 )
 from server.store.doorbell import Doorbell
-from server.store.groups import GroupCommit
+from server.store.groups import GroupCommit, WriterBusy
 from server.store.threads import StoreThreads
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,15 @@ PROBE_BUSY_TIMEOUT_MS = 1000
 # The write-ahead log is copied into the database in the background, from a connection of its own
 # (a PASSIVE checkpoint: writers go on appending meanwhile), this often while anything was written.
 # SQLite's own checkpoint runs inside the commit that crosses its threshold (1,000 pages by
-# default), which then takes ~5 ms instead of ~0.3: the slowest 1 % of writes, each a visitor's
-# question or an operator's message. Its threshold stays, far higher, in case the background one
-# cannot keep up or is not running (a command-line process).
+# default), which then takes ~5 ms instead of ~0.3 (it syncs the disk twice): the slowest 1 % of
+# writes, each a visitor's question or an operator's message, and small writes commit on the event
+# loop (server/store/groups.py). So the writer never checkpoints in a commit.
 CHECKPOINT_INTERVAL = 0.1
-FALLBACK_CHECKPOINT_PAGES = 8000
+# The log starts over from its beginning only when a write begins with all of it copied, which a
+# busy writer never does while the background checkpoint runs beside it. Past this many pages, and
+# all of them copied, the writer thread copies the last few itself: the writes meanwhile queue
+# behind it, and the next one starts the log over.
+RESTART_LOG_PAGES = 8000
 CHECKPOINT_TIMEOUT = 60.0
 # Rows per INSERT of events: 5 values each, under SQLite's oldest limit of 999 per statement.
 EVENTS_PER_INSERT = 100
@@ -423,7 +427,7 @@ class SQLiteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = StoreThreads("sqlite-write", 1)
         await self._run(self._connect)
-        self._groups = GroupCommit(self._executor, self._tx)
+        self._groups = GroupCommit(self._executor, self._tx, self._tx_here)
         self._readers = StoreThreads("sqlite-read", self._reader_count)
         self._checkpoint_thread = StoreThreads("sqlite-checkpoint", 1)
         self._checkpointer = asyncio.create_task(self._checkpoint_in_background())
@@ -450,7 +454,7 @@ class SQLiteStore(Store):
         db = self._open_connection()
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
-        db.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_CHECKPOINT_PAGES}")
+        db.execute("PRAGMA wal_autocheckpoint = 0")  # see RESTART_LOG_PAGES
         db.execute("PRAGMA foreign_keys = ON")
         # Deleted rows are overwritten with zeros, not left in free pages: an erased visitor's words
         # must not be readable in the file afterwards.
@@ -514,6 +518,9 @@ class SQLiteStore(Store):
                 # returns the result instead when the call ends at that moment, so it ran on.
                 async with asyncio.timeout(CHECKPOINT_TIMEOUT):
                     self.last_checkpoint = await self._on(self._checkpoint_thread, self._checkpoint_passive)
+                    log_frames, copied = self.last_checkpoint
+                    if log_frames >= RESTART_LOG_PAGES and copied == log_frames:
+                        self.last_checkpoint = await self._run(self._checkpoint_on_writer)
                 checkpointed_at = commits
             except (sqlite3.Error, StoreUnavailable, TimeoutError) as exc:
                 log.warning("background checkpoint of %s failed: %s", self.path, exc)
@@ -522,9 +529,19 @@ class SQLiteStore(Store):
         """On the checkpoint thread: (frames in the log, frames copied into the database)."""
         if self._checkpoint_db is None:
             self._checkpoint_db = self._open_connection()
+        return self._passive_checkpoint(self._checkpoint_db)
+
+    def _checkpoint_on_writer(self) -> tuple[int, int]:
+        """On the writer thread, so that no write comes between this checkpoint and the next
+        write, which then starts the log over (RESTART_LOG_PAGES)."""
+        assert self._db is not None
+        return self._passive_checkpoint(self._db)
+
+    @staticmethod
+    def _passive_checkpoint(db: sqlite3.Connection) -> tuple[int, int]:
         # fetchall: a statement left unfinished would hold a read of the log, which would then
         # never start over from its beginning
-        [(_, log_frames, copied)] = self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        [(_, log_frames, copied)] = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         return log_frames, copied
 
     async def close(self) -> None:
@@ -570,14 +587,16 @@ class SQLiteStore(Store):
             raise StoreUnavailable("The store is not open.")
         return self._groups
 
-    async def _grouped(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _grouped(self, fn: Callable[[sqlite3.Connection], T], *, here: bool = False) -> T:
         """`fn` in a write transaction, shared with the writes queued with it (group commit: see
-        server/store/groups.py). `fn` may run more than once, so it changes nothing but `db`."""
-        return await self._outcome(self._group_commit.submit(fn))
+        server/store/groups.py). `fn` may run more than once, so it changes nothing but `db`.
+        `here`: a few rows, which may be written on the event loop."""
+        return await self._outcome(self._group_commit.submit(fn, here=here))
 
-    async def _batched(self, write_many: Callable[[sqlite3.Connection, list[W]], list[T]], item: W) -> T:
+    async def _batched(self, write_many: Callable[[sqlite3.Connection, list[W]], list[T]], item: W, *,
+                       here: bool = False) -> T:
         """`item`, written by `write_many` with the items queued next to it (see `_grouped`)."""
-        return await self._outcome(self._group_commit.submit_batched(write_many, item))
+        return await self._outcome(self._group_commit.submit_batched(write_many, item, here=here))
 
     @staticmethod
     async def _outcome(call: Awaitable[T]) -> T:
@@ -599,6 +618,28 @@ class SQLiteStore(Store):
         db = self._db
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
+        return self._finish_tx(db, fn)
+
+    def _tx_here(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """As _tx, on the event loop (small writes while the writer thread is idle), where the
+        write lock is not waited for: when another process holds it, WriterBusy, and the writer
+        thread waits for it instead."""
+        db = self._db
+        if db is None:
+            raise StoreUnavailable("The store is not open.")
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                raise WriterBusy from exc
+            raise
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        return self._finish_tx(db, fn)
+
+    def _finish_tx(self, db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` in the transaction just begun, then its commit (or rollback)."""
         try:
             result = fn(db)
         except BaseException:
@@ -895,7 +936,7 @@ class SQLiteStore(Store):
         # Questions come in bursts too (many visitors at once): the ones queued behind each other
         # share a transaction. A blocked visitor's is rolled back alone (group commit's rule).
         try:
-            return await self._grouped(take)
+            return await self._grouped(take, here=True)
         except _Refused:
             return TakenQuestion(None, None, blocked=True)
 
@@ -907,7 +948,7 @@ class SQLiteStore(Store):
         # Operators' messages come in bursts (one operator to many visitors, many operators): the
         # ones queued behind each other share a transaction and its statements.
         return await self._batched(self._insert_operator_messages, _OperatorMessage(
-            site_id, session_id, content, operator_name, events, origin, following))
+            site_id, session_id, content, operator_name, events, origin, following), here=True)
 
     @staticmethod
     def _insert_operator_messages(db: sqlite3.Connection, writes: list[_OperatorMessage]
@@ -1374,7 +1415,7 @@ class SQLiteStore(Store):
             db.execute("UPDATE answer_claims SET followed_at = ? WHERE conversation_id = ? AND message_id = ?",
                        (now, conversation_id, message_id))
 
-        await self._grouped(follow)
+        await self._grouped(follow, here=True)
 
     async def followed_answers(self, claims: list[tuple[int, str]], *, since: float) -> list[bool]:
         followed: set[tuple[int, str]] = set()
@@ -1405,7 +1446,7 @@ class SQLiteStore(Store):
             self._release(db, conversation_id, reply_to, origin)
             return reply
 
-        return await self._grouped(finish)  # answers ending together share one transaction
+        return await self._grouped(finish, here=True)  # answers ending together share one transaction
 
     # -- events -------------------------------------------------------------------------------
     async def record_event(self, topic: str, kind: str, payload: dict[str, Any], origin: str) -> int:

@@ -89,7 +89,8 @@ class StoreThreads:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards _idle and _threads
         self._idle = 0  # threads waiting for a call
-        self._ended = 0  # calls ended so far: shows whether the threads are getting anywhere
+        self._submitted = 0  # calls submitted so far (on the loop)
+        self._ended = 0  # calls ended or skipped so far: shows whether the threads are getting anywhere
         self._spill_timer: asyncio.TimerHandle | None = None
         self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = (
             weakref.WeakKeyDictionary())
@@ -99,6 +100,12 @@ class StoreThreads:
     @property
     def threads(self) -> int:
         return len(self._threads)
+
+    @property
+    def idle(self) -> bool:
+        """No call queued or running. Exact for one thread, read on the loop that submits the
+        calls: a thread counts a call only once it is done with it, so a stale read says busy."""
+        return self._ended == self._submitted
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run `fn(*args)` on one of the threads; the future is settled on the running loop. A call
@@ -113,6 +120,7 @@ class StoreThreads:
                 inbox = self._inboxes[loop] = _Inbox(loop)
             self._inbox = inbox
         future: asyncio.Future[T] = loop.create_future()
+        self._submitted += 1
         self._calls.put((inbox, future, fn, args))
         if not self._threads:
             self._start(first=True)
@@ -155,6 +163,7 @@ class StoreThreads:
                 return
             inbox, future, fn, args = call
             if future.cancelled():  # a read of a flag: settling it stays the loop's
+                self._ended += 1
                 continue
             try:
                 value, ok = fn(*args), True
