@@ -74,10 +74,10 @@ READERS = 4
 PROBE_BUSY_TIMEOUT_MS = 1000
 # The write-ahead log is copied into the database in the background, from a connection of its own
 # (a PASSIVE checkpoint: writers go on appending meanwhile), this often while anything was written.
-# SQLite's own checkpoint runs inside the commit that crosses its threshold (1,000 pages by
+# SQLite's own checkpoint would run inside the commit that crosses its threshold (1,000 pages by
 # default), which then takes ~5 ms instead of ~0.3 (it syncs the disk twice): the slowest 1 % of
-# writes, each a visitor's question or an operator's message, and small writes commit on the event
-# loop (server/store/groups.py). So the writer never checkpoints in a commit.
+# writes, each a visitor's question or an operator's message. And small writes commit on the event
+# loop (server/store/groups.py), where every visitor would wait for it. So no commit checkpoints.
 CHECKPOINT_INTERVAL = 0.1
 # The log starts over from its beginning only when a write begins with all of it copied, which a
 # busy writer never does while the background checkpoint runs beside it. Past this many pages, and
