@@ -112,6 +112,7 @@ async def test_unsure_hands_over_when_the_site_says_so(ai_parley: Parley, fake_o
     assert events[-1]["meta"]["sources"] == []
     assert events[-1]["meta"]["handoff"] is True
     assert "(no passage of the help pages matches this question)" in system_prompt(fake_openai)
+    assert "has already been asked to reply here" in system_prompt(fake_openai)
 
 
 async def test_a_passage_below_the_relevance_floor_is_not_sent(ai_parley: Parley, fake_openai: FakeOpenAI):
@@ -122,6 +123,7 @@ async def test_a_passage_below_the_relevance_floor_is_not_sent(ai_parley: Parley
     assert "(no passage of the help pages matches this question)" in prompt
     assert "Orders to Canada" not in prompt
     assert "say \"I don't know\" plainly" in prompt
+    assert "has already been asked to reply here" not in prompt  # the site hands nothing over
 
 
 async def test_redaction_hides_personal_data_from_the_model_only(ai_parley: Parley, fake_openai: FakeOpenAI):

@@ -207,6 +207,15 @@ async def test_no_relevant_knowledge_says_so_and_offers_a_person(parley):
     assert events[-1]["meta"]["handoff"] is True
 
 
+async def test_where_the_site_hands_unknown_questions_over_the_answer_says_someone_will_reply(parley):
+    site = parley.site
+    await parley.services.sites.update_settings(site.id, {**site.settings, "ai": {"handoff_when_unsure": True}})
+    events = await parley.ask(session(10), "What is the airspeed of a swallow?")
+    assert "don't know" in chunks_text(events) and "asked someone from the team to reply" in chunks_text(events)
+    assert "Ask for a person" not in chunks_text(events)  # the widget's own card says one is coming
+    assert events[-1]["meta"]["handoff"] is True
+
+
 async def test_asking_for_a_human_hands_over(parley):
     events = await parley.ask(session(10), "I want to talk to a human please")
     assert events[-1]["meta"]["handoff"] is True

@@ -37,6 +37,9 @@ class AnswerRequest:
     passages: list[Passage]
     page_url: str | None = None
     page_title: str | None = None
+    # No passage answers it and the site hands such questions to a person (`handoff_when_unsure`):
+    # the answer says someone will reply, not that the visitor may ask for one.
+    handing_over: bool = False
 
 
 @dataclass

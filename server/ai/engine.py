@@ -150,6 +150,9 @@ class AIEngine:
                           handoff_reason="cap_reached" if notice.handoff else None, role="system")
         # Only passages that fit the prompt are given, so `sources` are exactly what the model saw.
         passages = fit_passages(retrieval.passages)
+        # A greeting or thanks has nothing to be unsure about.
+        unsure = (not passages and bool(ai_setting(site, "handoff_when_unsure", False))
+                  and small_talk(question) is None)
         request = AnswerRequest(
             site=site,
             question=question,
@@ -158,13 +161,11 @@ class AIEngine:
             passages=passages,
             page_url=page_url,
             page_title=page_title,
+            handing_over=unsure,
         )
         if ai_setting(site, "redact_pii", False):
             request = _redacted(request)
         sources = list(dict.fromkeys(p.source for p in passages))
-        # A greeting or thanks has nothing to be unsure about.
-        unsure = (not passages and bool(ai_setting(site, "handoff_when_unsure", False))
-                  and small_talk(question) is None)
         chunks = relay(lambda: answer, self.provider(site).stream(request))
         answer = Answer(chunks=chunks, sources=sources, handoff_reason="not_covered" if unsure else None,
                         relevance=retrieval.relevance)

@@ -7,7 +7,7 @@ import re
 from typing import AsyncIterator
 
 from server.ai.base import AnswerRequest, Provider
-from server.ai.phrases import DONT_KNOW, FOUND_INTRO, pick, small_talk
+from server.ai.phrases import DONT_KNOW, DONT_KNOW_PASSED_ON, FOUND_INTRO, pick, small_talk
 
 PIECE_RE = re.compile(r"\*\*[^*\n]{1,200}\*\*\S*\s*|\S+\s*|\s+")
 
@@ -22,7 +22,8 @@ class OfflineAnswerer(Provider):
 
     def compose(self, request: AnswerRequest) -> str:
         if not request.passages:
-            return pick(small_talk(request.question) or DONT_KNOW, request.lang)
+            not_known = DONT_KNOW_PASSED_ON if request.handing_over else DONT_KNOW
+            return pick(small_talk(request.question) or not_known, request.lang)
         # Each quote under its heading in bold, so it reads on its own (the widget renders Markdown).
         quotes = [f"**{p.source.title}**\n\n{p.text.strip()}" for p in request.passages]
         return "\n\n".join([pick(FOUND_INTRO, request.lang), *quotes])

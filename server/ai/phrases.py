@@ -26,6 +26,14 @@ DONT_KNOW = {
     "es": "Lo siento, no sé la respuesta. Pida hablar con una persona si quiere que alguien del "
           "equipo le responda aquí.",
 }
+# The same where the site hands such questions to a person itself (`handoff_when_unsure`).
+DONT_KNOW_PASSED_ON = {
+    "en": "I'm sorry, I don't know the answer to that. I've asked someone from the team to reply here.",
+    "fr": "Désolé, je ne connais pas la réponse. J'ai demandé à un membre de l'équipe de vous "
+          "répondre ici.",
+    "de": "Das weiß ich leider nicht. Ich habe jemanden aus dem Team gebeten, Ihnen hier zu antworten.",
+    "es": "Lo siento, no sé la respuesta. He pedido a alguien del equipo que le responda aquí.",
+}
 
 # A message that only greets, thanks or says goodbye ("hi", "hello there", "thanks!", "merci
 # beaucoup"): nothing to look up, nothing to hand over, no gap in the knowledge. Filler words

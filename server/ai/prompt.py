@@ -28,6 +28,10 @@ RULES = (
     "(it is removed before the visitor sees the answer)."
 )
 
+# With no passage for the question, a site set to hand such questions over already has.
+HANDING_OVER = ("No passage answers this question, and a person from the team has already been asked "
+                "to reply here: say you don't know, and that someone from the team will reply.")
+
 
 def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
@@ -87,6 +91,7 @@ def build_messages(request: AnswerRequest, system_prompt: str | None) -> list[di
     system = "\n\n".join([
         instructions,
         RULES.format(lang=request.lang, marker=HANDOFF_MARKER),
+        *([HANDING_OVER] if request.handing_over else []),
         "Passages from the help pages:\n\n" + format_passages(request.passages),
     ])
     question = request.question
