@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterable
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from zxcvbn import zxcvbn
 
 from server.errors import Conflict, InvalidRequest, ParleyError, RateLimited
 from server.store.base import DuplicateOperator, Store, StoreUnavailable
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 ROLES = ("admin", "agent")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
+# zxcvbn's estimate, 0-4: 3 is "safely unguessable" (about 10^8 guesses or more). It knows common
+# passwords, words, names, dates, keyboard runs and repeats, and the operator's own email and name.
+MIN_PASSWORD_SCORE = 3
+GUESS_CHECKED_CHARS = 72  # zxcvbn's own limit; a password longer than that is long enough
 FAILURE_WINDOW_SECONDS = 15 * 60
 MAX_FAILURES_PER_ACCOUNT = 10
 MAX_FAILURES_PER_ADDRESS = 50
@@ -92,14 +97,22 @@ class AccountService:
 
     # -- passwords ----------------------------------------------------------------------------
     @staticmethod
-    def check_password_rules(password: str) -> None:
+    def check_password_rules(password: str, about: Iterable[str] = ()) -> None:
+        """Long enough and not easy to guess; `about`: the operator's email and name, which a
+        password should not be made of."""
         if len(password) < MIN_PASSWORD:
             raise InvalidRequest(f"A password has at least {MIN_PASSWORD} characters.")
         if len(password) > MAX_PASSWORD:
             raise InvalidRequest(f"A password has at most {MAX_PASSWORD} characters.")
+        words = [part for text in about for part in (text, *text.replace("@", " ").split()) if part]
+        estimate = zxcvbn(password[:GUESS_CHECKED_CHARS], user_inputs=words)
+        if estimate["score"] < MIN_PASSWORD_SCORE:
+            feedback = estimate["feedback"]
+            why = " ".join([feedback.get("warning") or "", *feedback.get("suggestions", [])]).strip()
+            raise InvalidRequest("This password is too easy to guess. " + (why or "Add another word or two."))
 
-    async def hash_password(self, password: str) -> str:
-        self.check_password_rules(password)
+    async def hash_password(self, password: str, about: Iterable[str] = ()) -> str:
+        self.check_password_rules(password, about)
         return await asyncio.to_thread(self._hasher.hash, password)
 
     async def _verify(self, password_hash: str, password: str) -> bool:
@@ -131,7 +144,8 @@ class AccountService:
             raise InvalidRequest("The role is 'admin' or 'agent'.")
         try:
             operator = await self.store.create_operator(email, name, role,
-                                                        await self.hash_password(password), site_ids)
+                                                        await self.hash_password(password, (email, name)),
+                                                        site_ids)
         except DuplicateOperator:
             raise Conflict(f"An operator with the email {email} already exists.") from None
         log.info("operator %s created (%s)", operator.id, role)
@@ -144,7 +158,8 @@ class AccountService:
         return operator
 
     async def set_password(self, operator: Operator, password: str) -> None:
-        await self.store.update_operator(operator.id, {"password_hash": await self.hash_password(password)})
+        password_hash = await self.hash_password(password, (operator.email, operator.name))
+        await self.store.update_operator(operator.id, {"password_hash": password_hash})
         ended = await self.store.delete_operator_sessions(operator_id=operator.id)
         log.info("operator %s changed password; %d session(s) ended", operator.id, ended)
 
@@ -308,7 +323,7 @@ class AccountService:
         return await self.store.use_setup_token(token_hash(token), time.time(), consume=False)
 
     async def create_first_admin(self, token: str, email: str, name: str, password: str) -> Operator:
-        self.check_password_rules(password)
+        self.check_password_rules(password, (email, name))
         if await self.has_operators() or not await self.store.use_setup_token(token_hash(token), time.time()):
             raise InvalidRequest("This setup link was used already or has expired. "
                                  "Restart the server for a new one, or use 'operator add'.")

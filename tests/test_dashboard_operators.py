@@ -55,6 +55,19 @@ async def test_a_refused_new_operator_keeps_what_was_typed_but_the_password(parl
     assert "short" not in refused.text.split("Add an operator")[1]
 
 
+async def test_a_password_easy_to_guess_is_refused_with_why(parley: Parley, admin: Operator):
+    for password, why in (("1234567890", "common password"), ("aaaaaaaaaaaa", "Repeats"),
+                          ("qwertyuiop", "common password"), ("dee@example.com", "")):
+        refused = await post_form(admin, "/dashboard/operators", action="add", email="dee@example.com",
+                                  name="Dee Ward", role="agent", password=password)
+        assert refused.status_code == 400 and "too easy to guess" in refused.text, password
+        assert why in refused.text
+    added = await post_form(admin, "/dashboard/operators", action="add", email="dee@example.com",
+                            name="Dee Ward", role="agent", password="violet kettle harbour 7")
+    assert added.status_code in (200, 302)
+    assert await parley.services.store.get_operator_by_email("dee@example.com") is not None
+
+
 async def test_a_mistyped_email_is_named_as_typed(parley: Parley, admin: Operator):
     refused = await post_form(admin, "/dashboard/operators", action="add", email="cy@example",
                               name="Cy", role="agent", password="a long enough password")
