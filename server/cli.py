@@ -155,11 +155,12 @@ async def kb_list(services: Services, args: argparse.Namespace) -> int:
     site = await services.sites.get(args.site)
     documents = await _knowledge(services).list(site)
     if args.json:
-        _print_json([{"id": d.id, "title": d.title, "url": d.url, "characters": len(d.content),
-                      "updated_at": d.updated_at} for d in documents])
+        _print_json([{"id": d.id, "title": d.title, "url": d.url, "file_name": d.file_name,
+                      "characters": len(d.content), "updated_at": d.updated_at} for d in documents])
     else:
         for document in documents:
-            where = f"  <{document.url}>" if document.url else ""
+            where = (f"  <{document.url}>" if document.url else
+                     f"  (file {document.file_name})" if document.file_name else "")
             print(f"{document.id:>5}  {document.title}  ({len(document.content)} characters){where}")
     return 0
 

@@ -151,7 +151,8 @@ class KnowledgeService:
         self.timeout = timeout
 
     # -- documents ----------------------------------------------------------------------------
-    async def add_text(self, site: Site, title: str, text: str, url: str | None = None) -> KnowledgeDocument:
+    async def add_text(self, site: Site, title: str, text: str, url: str | None = None, *,
+                       file_name: str | None = None) -> KnowledgeDocument:
         text = text.strip()
         if not text:
             raise IngestError(f"'{title}' has no text to add.")
@@ -159,7 +160,7 @@ class KnowledgeService:
             for document in await self.store.list_documents(site.id):
                 if document.url == url:
                     await self.store.remove_document(site.id, document.id)
-        return await self.store.add_document(site.id, title[:300], url, text)
+        return await self.store.add_document(site.id, title[:300], url, text, file_name=file_name)
 
     async def add_file(self, site: Site, path: Path, *, url: str | None = None,
                        title: str | None = None) -> KnowledgeDocument:
@@ -183,7 +184,8 @@ class KnowledgeService:
         path = Path(name)
         fallback = path.stem.replace("-", " ").replace("_", " ").capitalize()
         extracted = await asyncio.to_thread(extract, data, kind, fallback if kind in ("html", "pdf") else name)
-        return await self.add_text(site, title or extracted.title, extracted.text, url)
+        return await self.add_text(site, title or extracted.title, extracted.text, url,
+                                   file_name=None if url else path.name[:200])
 
     @staticmethod
     def _file_kind(name: str) -> str:

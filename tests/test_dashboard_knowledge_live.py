@@ -51,6 +51,9 @@ async def test_uploads_are_added_with_their_passages_or_refused_clearly(parley: 
     page = (await admin.get(url)).text
     assert '<td class="passages">2</td>' in document_row(page, "Exchanges")  # the page and its Refunds section
     assert '<td class="passages">1</td>' in document_row(page, "Care guide")
+    # Each says which file it came from (the name only, not the uploader's folders).
+    assert '<td class="page-cell">file: exchanges.md</td>' in document_row(page, "Exchanges")
+    assert '<td class="page-cell">file: care-guide.pdf</td>' in document_row(page, "Care guide")
     documents = {d.title: d.content for d in await parley.services.store.list_documents(parley.site.id)}
     assert "Dry the merino sweater flat." in documents["Care guide"]
     refused = [("virus.exe", b"MZ\x90\x00", "use .txt, .md, .html or .pdf"),

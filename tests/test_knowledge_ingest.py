@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import tornado.httpserver
 import tornado.web
 
 from server.knowledge import IngestError, KnowledgeService, check_public_url
+from server.store.sqlite import SQLiteStore
 from tests.harness import Parley, listening, session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,3 +232,23 @@ def test_kb_commands(tmp_path: Path):
     assert [d["title"] for d in listed] == ["Care"]
     for command in ("add", "list", "remove", "reindex"):
         assert cli("kb", command, "--help", data_dir=tmp_path).returncode == 0
+
+
+async def test_a_data_directory_from_before_file_names_keeps_its_documents(tmp_path: Path):
+    path = tmp_path / "parley.sqlite3"
+    store = SQLiteStore(path)
+    await store.open()
+    site = await store.create_site("sk_" + "f" * 30, "Old", [], {})
+    await store.add_document(site.id, "Returns", None, "60 days")
+    await store.close()
+    with sqlite3.connect(path) as db:  # as the file was before the column
+        db.execute("ALTER TABLE documents DROP COLUMN file_name")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        [old] = await store.list_documents(site.id)
+        assert (old.title, old.file_name) == ("Returns", None)
+        await store.add_document(site.id, "Care", None, "Dry flat", file_name="care.md")
+        assert [d.file_name for d in await store.list_documents(site.id)] == [None, "care.md"]
+    finally:
+        await store.close()

@@ -491,6 +491,9 @@ async def test_documents_and_their_version(store, other):
     assert await store.remove_document(site_id, doc.id)
     assert await other.knowledge_version(site_id) not in (before, after_add)
     assert await store.list_documents(site_id) == []
+    uploaded = await store.add_document(site_id, "Care", None, "Dry flat", file_name="care-guide.pdf")
+    assert [(d.id, d.url, d.file_name) for d in await other.list_documents(site_id)] == \
+        [(uploaded.id, None, "care-guide.pdf")]
 
 
 async def test_fetch_jobs_are_written_by_one_process_and_read_by_another(store, other):

@@ -357,7 +357,7 @@ class Store(abc.ABC):
     # Knowledge
     @abc.abstractmethod
     async def add_document(
-        self, site_id: int, title: str, url: str | None, content: str
+        self, site_id: int, title: str, url: str | None, content: str, *, file_name: str | None = None
     ) -> KnowledgeDocument: ...
 
     @abc.abstractmethod

@@ -208,6 +208,7 @@ class KnowledgeDocument:
     url: str | None
     content: str
     updated_at: str
+    file_name: str | None = None  # what it was read from, when not a URL (an upload, `kb add FILE`)
 
 
 # What a fetch's own process writes as it goes; url, origin and started_at never change.

@@ -174,7 +174,7 @@ def _proactive(doc: dict[str, Any]) -> ProactiveMessage:
 
 def _document(doc: dict[str, Any]) -> KnowledgeDocument:
     return KnowledgeDocument(id=doc["_id"], site_id=doc["site_id"], title=doc["title"], url=doc.get("url"),
-                             content=doc["content"], updated_at=doc["updated_at"])
+                             content=doc["content"], updated_at=doc["updated_at"], file_name=doc.get("file_name"))
 
 
 def _event(doc: dict[str, Any]) -> Event:
@@ -707,10 +707,11 @@ class MongoStore(Store):
 
     @_guarded
     async def add_document(
-        self, site_id: int, title: str, url: str | None, content: str
+        self, site_id: int, title: str, url: str | None, content: str, *, file_name: str | None = None
     ) -> KnowledgeDocument:
         document = {"_id": await self._next_id("documents"), "site_id": _int(site_id), "title": _str(title),
-                    "url": _opt_str(url), "content": _str(content), "updated_at": utc_now_iso()}
+                    "url": _opt_str(url), "content": _str(content), "updated_at": utc_now_iso(),
+                    "file_name": _opt_str(file_name)}
         await self._db.documents.insert_one(document)
         await self._bump_version(site_id)
         return _document(document)

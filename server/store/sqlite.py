@@ -173,7 +173,8 @@ CREATE TABLE IF NOT EXISTS documents (
     title TEXT NOT NULL,
     url TEXT,
     content TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    file_name TEXT
 );
 CREATE INDEX IF NOT EXISTS documents_site ON documents (site_id);
 CREATE TABLE IF NOT EXISTS knowledge_versions (
@@ -488,6 +489,7 @@ class SQLiteStore(Store):
         # Handed over before reasons were kept: no reason (the dashboard says only "needs a person").
         ("conversations", "handoff_reason", "TEXT"),
         ("answer_claims", "followed_at", "REAL"),
+        ("documents", "file_name", "TEXT"),
     )
 
     @classmethod
@@ -1302,12 +1304,13 @@ class SQLiteStore(Store):
         )
 
     async def add_document(
-        self, site_id: int, title: str, url: str | None, content: str
+        self, site_id: int, title: str, url: str | None, content: str, *, file_name: str | None = None
     ) -> KnowledgeDocument:
         def insert(db: sqlite3.Connection) -> sqlite3.Row:
             cur = db.execute(
-                "INSERT INTO documents (site_id, title, url, content, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (site_id, title, url, content, utc_now_iso()),
+                "INSERT INTO documents (site_id, title, url, content, updated_at, file_name)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (site_id, title, url, content, utc_now_iso(), file_name),
             )
             self._bump_version(db, site_id)
             return db.execute("SELECT * FROM documents WHERE id = ?", (cur.lastrowid,)).fetchone()
