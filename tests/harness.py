@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -22,6 +23,7 @@ from server.app import ParleyApplication, Services, build_services, make_app
 from server.chat import Limits
 from server.config import Config
 from server.store.models import Site
+from server.store.sqlite import SQLiteStore
 
 SHOP_DOCS = {
     "Shipping": "# Shipping\n\nWe ship to Canada and the United States. Orders to Canada arrive in "
@@ -110,3 +112,14 @@ async def start_parley(data_dir: Path, *, limits: Limits | None = None,
             await services.chat.shutdown()
             await server.close_all_connections()
             await services.close()
+
+
+async def reopened_without_column(store: SQLiteStore, table: str, column: str) -> SQLiteStore:
+    """`store` closed, its file made as it was before `column` existed, and opened again (as an
+    upgrade finds an older data directory)."""
+    await store.close()
+    with sqlite3.connect(store.path) as db:
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    reopened = SQLiteStore(store.path)
+    await reopened.open()
+    return reopened

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from tests.dashboard import Operator, sign_in
 from tests.fake_openai import FakeOpenAI, Plan
-from tests.harness import Parley, session
+from tests.harness import Parley, reopened_without_column, session
 from server.store.sqlite import SQLiteStore
 
 
@@ -91,17 +90,12 @@ async def test_the_models_own_marker_and_a_cap_are_told_apart(ai_parley: Parley,
 
 
 async def test_a_data_directory_from_before_reasons_keeps_its_handoffs_without_one(tmp_path: Path):
-    path = tmp_path / "parley.sqlite3"
-    store = SQLiteStore(path)
+    store = SQLiteStore(tmp_path / "parley.sqlite3")
     await store.open()
     site = await store.create_site("sk_" + "a" * 30, "Old", [], {})
     conversation = await store.ensure_conversation(site.id, session(4), {})
     await store.update_conversation(conversation.id, {"handoff": True, "handoff_reason": "ai_failed"})
-    await store.close()
-    with sqlite3.connect(path) as db:  # as the file was before the column
-        db.execute("ALTER TABLE conversations DROP COLUMN handoff_reason")
-    store = SQLiteStore(path)
-    await store.open()
+    store = await reopened_without_column(store, "conversations", "handoff_reason")
     try:
         old = await store.get_conversation(site.id, session(4))
         assert (old.handoff, old.handoff_reason) == (True, None)

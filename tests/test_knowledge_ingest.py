@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import tornado.web
 
 from server.knowledge import IngestError, KnowledgeService, check_public_url
 from server.store.sqlite import SQLiteStore
-from tests.harness import Parley, listening, session
+from tests.harness import Parley, listening, reopened_without_column, session
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -235,16 +234,11 @@ def test_kb_commands(tmp_path: Path):
 
 
 async def test_a_data_directory_from_before_file_names_keeps_its_documents(tmp_path: Path):
-    path = tmp_path / "parley.sqlite3"
-    store = SQLiteStore(path)
+    store = SQLiteStore(tmp_path / "parley.sqlite3")
     await store.open()
     site = await store.create_site("sk_" + "f" * 30, "Old", [], {})
     await store.add_document(site.id, "Returns", None, "60 days")
-    await store.close()
-    with sqlite3.connect(path) as db:  # as the file was before the column
-        db.execute("ALTER TABLE documents DROP COLUMN file_name")
-    store = SQLiteStore(path)
-    await store.open()
+    store = await reopened_without_column(store, "documents", "file_name")
     try:
         [old] = await store.list_documents(site.id)
         assert (old.title, old.file_name) == ("Returns", None)
