@@ -97,7 +97,7 @@ class AccountService:
 
     # -- passwords ----------------------------------------------------------------------------
     @staticmethod
-    def check_password_rules(password: str, about: Iterable[str] = ()) -> None:
+    async def check_password_rules(password: str, about: Iterable[str] = ()) -> None:
         """Long enough and not easy to guess; `about`: the operator's email and name, which a
         password should not be made of."""
         if len(password) < MIN_PASSWORD:
@@ -105,14 +105,15 @@ class AccountService:
         if len(password) > MAX_PASSWORD:
             raise InvalidRequest(f"A password has at most {MAX_PASSWORD} characters.")
         words = [part for text in about for part in (text, *text.replace("@", " ").split()) if part]
-        estimate = zxcvbn(password[:GUESS_CHECKED_CHARS], user_inputs=words)
+        # Up to ~40 ms for a long one: not on the event loop.
+        estimate = await asyncio.to_thread(zxcvbn, password[:GUESS_CHECKED_CHARS], user_inputs=words)
         if estimate["score"] < MIN_PASSWORD_SCORE:
             feedback = estimate["feedback"]
             why = " ".join([feedback.get("warning") or "", *feedback.get("suggestions", [])]).strip()
             raise InvalidRequest("This password is too easy to guess. " + (why or "Add another word or two."))
 
     async def hash_password(self, password: str, about: Iterable[str] = ()) -> str:
-        self.check_password_rules(password, about)
+        await self.check_password_rules(password, about)
         return await asyncio.to_thread(self._hasher.hash, password)
 
     async def _verify(self, password_hash: str, password: str) -> bool:
@@ -323,7 +324,8 @@ class AccountService:
         return await self.store.use_setup_token(token_hash(token), time.time(), consume=False)
 
     async def create_first_admin(self, token: str, email: str, name: str, password: str) -> Operator:
-        self.check_password_rules(password, (email, name))
+        # Checked before the one-time link is used up (create checks it again, a moment's work).
+        await self.check_password_rules(password, (email, name))
         if await self.has_operators() or not await self.store.use_setup_token(token_hash(token), time.time()):
             raise InvalidRequest("This setup link was used already or has expired. "
                                  "Restart the server for a new one, or use 'operator add'.")
