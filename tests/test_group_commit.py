@@ -251,14 +251,14 @@ async def test_small_writes_wait_for_another_processs_write_lock_on_the_writer_t
             events=lambda message: [], origin="here"))
         turns = 0
 
-        async def turn() -> None:
+        async def turn() -> None:  # counts the loop's turns: none while something blocks it
             nonlocal turns
             while True:
                 turns += 1
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0)
 
         ticker = asyncio.ensure_future(turn())
-        await eventually(lambda: turns >= 20, timeout=20, what="the event loop turning while the write waits")
+        await eventually(lambda: turns >= 1000, timeout=20, what="the event loop turning while the write waits")
         assert not write.done()
         other_process.execute("COMMIT")
         message = await asyncio.wait_for(write, 30)
