@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -242,30 +243,24 @@ async def test_small_writes_wait_for_another_processs_write_lock_on_the_writer_t
     store = SQLiteStore(tmp_path / "parley.sqlite3", busy_timeout_ms=60_000)
     await store.open()
     other_process = sqlite3.connect(store.path, isolation_level=None)
-    ticker = None
     try:
         site = await store.create_site("sk_group_commit_test_key_000006", "Shop", [], {"lang": "en"})
         other_process.execute("BEGIN IMMEDIATE")
         write = asyncio.ensure_future(store.add_operator_message(
             site.id, "sess_00000000000000000000", "after the lock", operator_name="Ann",
             events=lambda message: [], origin="here"))
-        turns = 0
-
-        async def turn() -> None:  # counts the loop's turns: none while something blocks it
-            nonlocal turns
-            while True:
-                turns += 1
-                await asyncio.sleep(0)
-
-        ticker = asyncio.ensure_future(turn())
-        await eventually(lambda: turns >= 1000, timeout=20, what="the event loop turning while the write waits")
+        # Handed to the writer thread, which waits for the lock: at once, unless the event loop
+        # itself waited for it (the store's busy timeout, 60 s, three times this bound).
+        executor = store._executor
+        assert executor is not None
+        started = time.monotonic()
+        await eventually(lambda: not executor.idle, timeout=20, what="the write waiting on the writer thread")
+        assert time.monotonic() - started < 20, "the event loop waited for another process's write lock"
         assert not write.done()
         other_process.execute("COMMIT")
         message = await asyncio.wait_for(write, 30)
         _, messages = await store.conversation_messages(site.id, "sess_00000000000000000000")
         assert messages == [message]
     finally:
-        if ticker is not None:
-            ticker.cancel()
         other_process.close()
         await store.close()
