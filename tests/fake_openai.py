@@ -70,6 +70,7 @@ class FakeOpenAI:
         # reused connection the first token then waits for the client's delayed ACK (~40 ms).
         self.nodelay = True
         self.scheme = "http"
+        self.set_cookie: str | None = None  # sent with every answer, as a load balancer in front may
 
     @property
     def base_url(self) -> str:
@@ -194,6 +195,8 @@ class _Completions(tornado.web.RequestHandler):
             return
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
+        if self.fake.set_cookie:
+            self.set_header("Set-Cookie", self.fake.set_cookie)
         if self.fake.nodelay:
             self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
         if not await self._event(_chunk("") | {"choices": [{"index": 0, "delta": {"role": "assistant"},

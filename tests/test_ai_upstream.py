@@ -15,6 +15,7 @@ import pytest
 import trustme
 from tornado.testing import bind_unused_port
 
+from server.ai.providers import upstream_client
 from server.ai.upstream import UpstreamTransport
 from tests.fake_openai import FakeOpenAI, Plan
 from tests.waiting import eventually
@@ -147,3 +148,17 @@ async def test_a_proxy_named_in_the_environment_is_left_to_httpx(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     async with upstream_client() as proxied:
         assert not isinstance(proxied._transport, UpstreamTransport)
+
+
+async def test_cookies_an_upstream_sets_never_go_out_again(fake_openai: FakeOpenAI):
+    # One client serves every site: a cookie kept from one site's answer would go out with the
+    # next site's question (OpenAI's API, behind Cloudflare, sets two on every response).
+    fake_openai.set_cookie = "__cf_bm=from-site-a; Path=/; HttpOnly"
+    fake_openai.default = Plan(tokens=["ok"])
+    client = upstream_client()
+    try:
+        for _ in range(2):
+            assert await streamed_text(client, fake_openai.base_url) == "ok"
+    finally:
+        await client.aclose()
+    assert [call.headers.get("Cookie") for call in fake_openai.calls] == [None, None]

@@ -7,6 +7,7 @@ cached provider never cuts a stream in progress.
 from __future__ import annotations
 
 import collections
+import http.cookiejar
 import urllib.request
 from typing import Any
 
@@ -25,15 +26,26 @@ from server.store.models import Site
 KEEP_IDLE_CONNECTIONS = 32
 
 
+class _KeepNoCookies(http.cookiejar.CookieJar):
+    """The client serves every site: a cookie one site's model set (a load balancer's, say) must
+    not go out with another site's question. Also spares parsing them on every answer."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        pass
+
+
 def upstream_client() -> httpx.AsyncClient:
     """The one client for every model: our transport, or httpx's own when the environment names
     a proxy (HTTPS_PROXY and the like), which httpx's transport knows how to go through."""
     if urllib.request.getproxies():
         # httpcore's pool walks all its connections per request: keep few idle (as before).
         return httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=8),
-                                 follow_redirects=False)
+                                 follow_redirects=False, cookies=_KeepNoCookies())
     return httpx.AsyncClient(transport=UpstreamTransport(max_idle=KEEP_IDLE_CONNECTIONS),
-                             follow_redirects=False)
+                             follow_redirects=False, cookies=_KeepNoCookies())
 
 
 class ProviderRegistry:
