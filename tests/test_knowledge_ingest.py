@@ -140,13 +140,16 @@ async def test_a_public_address_passes_the_check():
 
 
 async def test_html_page_main_text_only(parley: Parley, website: Website):
+    before = await parley.ask(session(1), "Is there a warranty on jackets?")
+    assert not any(s["title"] == "Warranty" for s in before[-1]["meta"]["sources"])
     [document] = await service(parley, allow_private=True).add_url(parley.site, f"{website.url}/warranty")
     assert document.title == "Warranty"
     assert document.url == f"{website.url}/warranty"
     assert "two-year warranty" in document.content and "# Warranty" in document.content
     for noise in ("trackEverything", "Sign in", "Newsletter", "Cookie settings"):
         assert noise not in document.content
-    # The server's index picks the new document up by itself (knowledge_version changed).
+    # The server's index, built for the question before, picks the new document up by itself
+    # (the knowledge_version its next question reads has changed).
     events = await parley.ask(session(1), "Is there a warranty on jackets?")
     assert {"title": "Warranty", "url": document.url} in events[-1]["meta"]["sources"]
 

@@ -641,10 +641,12 @@ async def test_a_question_is_taken_in_one_call_with_its_guards_and_history(store
         befores.append(before)
         return [("session:t", "message", {"message_id": message.id})]
 
-    def take(session_id, message_id, text="Hello?", *, ip="203.0.113.9", changes=lambda c: {}):
+    def take(session_id, message_id, text="Hello?", *, ip="203.0.113.9", changes=lambda c: {},
+             replies_since=None):
         return store.take_question(site_id, session_id, text, message_id=message_id,
                                    context={"lang": "fr", "ip": ip}, changes=changes, ip=ip,
-                                   events=events, origin="A", now=now, stale_after=60, history=5)
+                                   events=events, origin="A", now=now, stale_after=60, history=5,
+                                   replies_since=replies_since)
 
     first = await take(SESSION, "m_t1", changes=lambda c: {"last_seen_at": now, "page_url": "https://s/a"})
     conversation = first.conversation
@@ -661,12 +663,20 @@ async def test_a_question_is_taken_in_one_call_with_its_guards_and_history(store
 
     second = await take(SESSION, "m_t2", "And shipping?")
     assert [m.content for m in second.history] == ["Hello?"] and second.message.content == "And shipping?"
+    # With the message: what its answer checks first (the session's replies, the knowledge's version).
+    assert first.ai_replies is None and first.knowledge_version == await other.knowledge_version(site_id)
+    await store.add_message(conversation.id, "ai", "Free over 50 euros.")
+    await store.add_document(site_id, "Shipping", None, "Free over 50 euros.")
+    counted = await take(SESSION, "m_t2b", "And returns?", replies_since="2000-01-01T00:00:00Z")
+    assert counted.ai_replies == 1 and counted.knowledge_version == await other.knowledge_version(site_id)
+    assert counted.knowledge_version != first.knowledge_version
+    assert (await take(SESSION, "m_t2c", "Thanks", replies_since="2999-01-01T00:00:00Z")).ai_replies == 0
 
     retry = await take(SESSION, "m_t2", "And shipping?", changes=lambda c: {"page_url": "https://s/b"})
     assert retry.message is None and not retry.blocked and not retry.claimed
     assert retry.conversation.page_url == "https://s/b"
-    assert len(await other.list_messages(conversation.id)) == 2
-    assert len(await other.events_since(start, exclude_origin="B", limit=10)) == 2
+    assert len(await other.list_messages(conversation.id)) == 5
+    assert len(await other.events_since(start, exclude_origin="B", limit=10)) == 4
 
     await store.update_conversation(conversation.id, {"mode": "operator"})
     taken_over = await take(SESSION, "m_t3", "Anyone?")
@@ -684,7 +694,7 @@ async def test_a_question_is_taken_in_one_call_with_its_guards_and_history(store
     await store.update_conversation(conversation.id, {"email": "Spam@Example.com"})
     refused = await take(SESSION, "m_b2")
     assert refused.blocked and await other.get_visitor_message(conversation.id, "m_b2") is None
-    assert len(await other.events_since(start, exclude_origin="B", limit=10)) == 3
+    assert len(await other.events_since(start, exclude_origin="B", limit=10)) == 5
 
 
 # -- events ---------------------------------------------------------------------------------------

@@ -61,17 +61,23 @@ class CapChecker:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def check(self, site: Site, session_id: str | None, question: str) -> CapNotice | None:
-        """A notice for the visitor when a cap stops the AI; None when the AI may answer. No
-        language yet: the check may run before the visitor's conversation (and its language) is
-        read."""
+    @staticmethod
+    def replies_since(site: Site) -> str | None:
+        """Where the session cap's window starts (for counting the session's replies along with
+        its question); None when the site has no session cap."""
+        return _iso_ago(3600) if Caps.for_site(site).replies_per_session_hour is not None else None
+
+    async def check(self, site: Site, session_id: str | None, question: str, *,
+                    session_replies: int | None = None) -> CapNotice | None:
+        """A notice for the visitor when a cap stops the AI; None when the AI may answer.
+        `session_replies`: the session's replies since replies_since(site), if counted already."""
         caps = Caps.for_site(site)
         if len(question) > caps.max_input_chars:
             # Shortening the message fixes this one; no need to call a person.
             return CapNotice(CAP_INPUT, handoff=False, limit=caps.max_input_chars)
         if session_id and caps.replies_per_session_hour is not None:
-            used = await self.store.count_messages(site.id, role="ai", since=_iso_ago(3600),
-                                                   session_id=session_id)
+            used = session_replies if session_replies is not None else await self.store.count_messages(
+                site.id, role="ai", since=_iso_ago(3600), session_id=session_id)
             if used >= caps.replies_per_session_hour:
                 return CapNotice(CAP_SESSION, handoff=True)
         if caps.replies_per_site_day is not None:

@@ -110,14 +110,21 @@ class AIEngine:
                 return chosen
         return self.default_provider
 
-    def prepare(self, site: Site, question: str, *,
-                session_id: str | None) -> asyncio.Future[tuple[CapNotice | None, Retrieval]]:
-        """Start the store reads an answer needs (the caps' counts and the site's knowledge, at
-        once: they are independent) and hand them to `answer(prepared=...)`. Started before the
-        question's own transaction they run alongside it, off the first token's path. Cancel it
-        when no answer follows."""
-        reads = asyncio.ensure_future(asyncio.gather(self._cap_notice(site, session_id, question),
-                                                     self.knowledge.retrieve(site.id, question)))
+    def replies_since(self, site: Site) -> str | None:
+        """From when the session's replies count towards its cap (None: no cap): the question's
+        transaction counts them, and hands the count to prepare()."""
+        return self.caps.replies_since(site) if self.caps else None
+
+    def prepare(self, site: Site, question: str, *, session_id: str | None,
+                session_replies: int | None = None, knowledge_version: str | None = None,
+                ) -> asyncio.Future[tuple[CapNotice | None, Retrieval]]:
+        """Check the caps and retrieve knowledge (at once: they are independent), for
+        `answer(prepared=...)`. Given what the question's transaction read (the session's replies
+        since replies_since(site), the site's knowledge_version) no store read is left but the
+        site's daily cap, if set. Cancel it when no answer follows."""
+        reads = asyncio.ensure_future(asyncio.gather(
+            self._cap_notice(site, session_id, question, session_replies),
+            self.knowledge.retrieve(site.id, question, version=knowledge_version)))
         reads.add_done_callback(_retrieved)
         return reads
 
@@ -171,8 +178,11 @@ class AIEngine:
                         relevance=retrieval.relevance)
         return answer
 
-    async def _cap_notice(self, site: Site, session_id: str | None, question: str) -> CapNotice | None:
-        return await self.caps.check(site, session_id, question) if self.caps else None
+    async def _cap_notice(self, site: Site, session_id: str | None, question: str,
+                          session_replies: int | None = None) -> CapNotice | None:
+        if self.caps is None:
+            return None
+        return await self.caps.check(site, session_id, question, session_replies=session_replies)
 
     async def close(self) -> None:
         await self.default_provider.close()

@@ -140,8 +140,10 @@ class KnowledgeBase:
                     near[variant].append(word)
         return _Index(version, retriever, passages, terms, heading_terms, idf, words, dict(near))
 
-    async def _index_for(self, site_id: int) -> _Index:
-        version = await self.store.knowledge_version(site_id)
+    async def _index_for(self, site_id: int, version: str | None = None) -> _Index:
+        """The site's index as of `version` (read now when not given)."""
+        if version is None:
+            version = await self.store.knowledge_version(site_id)
         cached = self._indexes.get(site_id)
         if cached is not None and cached.version == version:
             self._indexes.move_to_end(site_id)
@@ -199,9 +201,11 @@ class KnowledgeBase:
         total = sum(weights.values())
         return sum(w for t, w in weights.items() if t in terms) / total if total else 0.0
 
-    async def retrieve(self, site_id: int, query: str, *, k: int = 3) -> Retrieval:
-        """The best passages for `query` that clear the relevance floor, at most `k`."""
-        index = await self._index_for(site_id)
+    async def retrieve(self, site_id: int, query: str, *, k: int = 3, version: str | None = None
+                       ) -> Retrieval:
+        """The best passages for `query` that clear the relevance floor, at most `k`; `version`:
+        the site's knowledge_version, when read already."""
+        index = await self._index_for(site_id, version)
         if index.retriever is None:
             return Retrieval([], 0.0)
         words = WORD_RE.findall(HOW_RE.sub("how", query.lower()))[:MAX_QUERY_WORDS]

@@ -44,6 +44,10 @@ class DuplicateMessageId(Exception):
 Events = list[tuple[str, str, dict[str, Any]]]
 
 
+async def _none() -> None:
+    return None
+
+
 def check_presence(changes: dict[str, Any]) -> None:
     """Raises unless `changes` are presence only (see Store.write_presence)."""
     other = set(changes) - QUIET_CONVERSATION_FIELDS
@@ -61,6 +65,9 @@ class TakenQuestion:
     blocked: bool = False
     claimed: bool = False
     history: list[Message] = dataclasses.field(default_factory=list)  # before the message, oldest first
+    # Read for the answer's checks with the message (see take_question's `replies_since`).
+    ai_replies: int | None = None
+    knowledge_version: str | None = None
 
 
 class Store(abc.ABC):
@@ -175,7 +182,7 @@ class Store(abc.ABC):
         self, site_id: int, session_id: str, content: str, *, message_id: str,
         context: dict[str, Any], changes: Callable[[Conversation], dict[str, Any]], ip: str | None,
         events: Callable[[Conversation, Message], Events], origin: str, now: float,
-        stale_after: float, history: int,
+        stale_after: float, history: int, replies_since: str | None = None,
     ) -> TakenQuestion:
         """Everything the store does for a visitor's question before its answer starts:
         1. the session's conversation, made with `context` if missing (as ensure_conversation);
@@ -185,7 +192,11 @@ class Store(abc.ABC):
         4. unless the message_id was used before in the conversation: the newest `history`
            messages, the visitor's message, the events telling of it (`events(conversation as it
            was before the changes, message)`, recorded for `origin`) and `origin`'s claim on
-           answering it, except in operator mode.
+           answering it, except in operator mode;
+        5. with a stored message, what the answer checks before it starts: the site's
+           knowledge_version and, given `replies_since`, the session's AI replies since then (as
+           count_messages(role="ai", session_id=...) counts them). Read here, the answer waits on
+           no read of its own.
         One transaction where the store can: this is what a visitor waits on before the first
         token. The caller delivers the events locally. `changes` and `events` may be called more
         than once (SQLite runs a write again when another in its group commit failed); what they
@@ -206,7 +217,12 @@ class Store(abc.ABC):
                 claim=conversation.mode != "operator", now=now, stale_after=stale_after)
         except DuplicateMessageId:
             return TakenQuestion(changed, None)
-        return TakenQuestion(changed, message, claimed=claimed, history=earlier)
+        replies, version = await asyncio.gather(
+            self.count_messages(site_id, since=replies_since, role="ai", session_id=session_id)
+            if replies_since is not None else _none(),
+            self.knowledge_version(site_id))
+        return TakenQuestion(changed, message, claimed=claimed, history=earlier, ai_replies=replies,
+                             knowledge_version=version)
 
     async def add_operator_message(
         self, site_id: int, session_id: str, content: str, *, operator_name: str,

@@ -355,6 +355,27 @@ class _OperatorMessage:
     following: Callable[[int, str], None] | None
 
 
+def _count_messages_query(site_id: int, since: str, role: str | None, session_id: str | None
+                          ) -> tuple[str, list[Any]]:
+    sql = ("SELECT COUNT(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+           " WHERE c.site_id = ? AND m.created_at >= ?")
+    params: list[Any] = [site_id, since]
+    if role is not None:
+        sql += " AND m.role = ?"
+        params.append(role)
+    if session_id is not None:
+        sql += " AND c.session_id = ?"
+        params.append(session_id)
+    return sql, params
+
+
+KNOWLEDGE_VERSION_SQL = "SELECT version FROM knowledge_versions WHERE site_id = ?"
+
+
+def _knowledge_version(row: sqlite3.Row | None) -> str:
+    return str(row[0] if row else 0)
+
+
 def _operator_conversations(db: sqlite3.Connection, sessions: list[tuple[int, str]]
                             ) -> dict[tuple[int, str], list[Any]]:
     """The sessions' conversations that exist, as [id, mode, id of its latest operator message]."""
@@ -909,9 +930,11 @@ class SQLiteStore(Store):
         self, site_id: int, session_id: str, content: str, *, message_id: str,
         context: dict[str, Any], changes: Callable[[Conversation], dict[str, Any]], ip: str | None,
         events: Callable[[Conversation, Message], Events], origin: str, now: float,
-        stale_after: float, history: int,
+        stale_after: float, history: int, replies_since: str | None = None,
     ) -> TakenQuestion:
         fields = {k: v for k, v in context.items() if k in ("lang", "page_url", "page_title", "ip")}
+        replies_query = (_count_messages_query(site_id, replies_since, "ai", session_id)
+                         if replies_since is not None else None)
         insert_message = self._message_insert("visitor", content, message_id=message_id)
 
         def take(db: sqlite3.Connection) -> TakenQuestion:
@@ -933,7 +956,10 @@ class SQLiteStore(Store):
             self._insert_events(db, events(conversation, message), origin, time.time())
             claimed = conversation.mode != "operator" and self._claim(
                 db, conversation.id, message_id, origin, now, stale_after)
-            return TakenQuestion(changed, message, claimed=claimed, history=earlier)
+            replies = int(db.execute(*replies_query).fetchone()[0]) if replies_query else None
+            version = _knowledge_version(db.execute(KNOWLEDGE_VERSION_SQL, (site_id,)).fetchone())
+            return TakenQuestion(changed, message, claimed=claimed, history=earlier, ai_replies=replies,
+                                 knowledge_version=version)
 
         # Questions come in bursts too (many visitors at once): the ones queued behind each other
         # share a transaction. A blocked visitor's is rolled back alone (group commit's rule).
@@ -1056,15 +1082,7 @@ class SQLiteStore(Store):
     async def count_messages(
         self, site_id: int, *, since: str, role: str | None = None, session_id: str | None = None
     ) -> int:
-        sql = ("SELECT COUNT(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id"
-               " WHERE c.site_id = ? AND m.created_at >= ?")
-        params: list[Any] = [site_id, since]
-        if role is not None:
-            sql += " AND m.role = ?"
-            params.append(role)
-        if session_id is not None:
-            sql += " AND c.session_id = ?"
-            params.append(session_id)
+        sql, params = _count_messages_query(site_id, since, role, session_id)
         row = await self._read_one(sql, *params)
         return int(row[0]) if row else 0
 
@@ -1335,10 +1353,7 @@ class SQLiteStore(Store):
         return await self._run(self._tx, delete)
 
     async def knowledge_version(self, site_id: int) -> str:
-        row = await self._read_one(
-            "SELECT version FROM knowledge_versions WHERE site_id = ?", site_id
-        )
-        return str(row["version"] if row else 0)
+        return _knowledge_version(await self._read_one(KNOWLEDGE_VERSION_SQL, site_id))
 
     # -- fetch jobs ---------------------------------------------------------------------------
     async def add_fetch_job(self, site_id: int, url: str, origin: str, *, now: float,
