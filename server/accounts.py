@@ -135,18 +135,26 @@ class AccountService:
             shown = shown if len(shown) <= 80 else shown[:80] + "…"
             raise InvalidRequest(f"“{shown}” is not a valid email address.") from None
 
-    async def create(self, email: str, name: str, role: str, password: str,
-                     site_ids: Iterable[int] = ()) -> Operator:
+    def _checked(self, email: str, name: str, role: str) -> tuple[str, str]:
+        """The email and name as stored; InvalidRequest naming what is wrong."""
         email = self.normalise_email(email)
         name = name.strip()
         if not name or len(name) > 100:
             raise InvalidRequest("A display name is 1 to 100 characters.")
         if role not in ROLES:
             raise InvalidRequest("The role is 'admin' or 'agent'.")
+        return email, name
+
+    async def create(self, email: str, name: str, role: str, password: str,
+                     site_ids: Iterable[int] = ()) -> Operator:
+        email, name = self._checked(email, name, role)
+        return await self._insert(email, name, role, await self.hash_password(password, (email, name)),
+                                  site_ids)
+
+    async def _insert(self, email: str, name: str, role: str, password_hash: str,
+                      site_ids: Iterable[int]) -> Operator:
         try:
-            operator = await self.store.create_operator(email, name, role,
-                                                        await self.hash_password(password, (email, name)),
-                                                        site_ids)
+            operator = await self.store.create_operator(email, name, role, password_hash, site_ids)
         except DuplicateOperator:
             raise Conflict(f"An operator with the email {email} already exists.") from None
         log.info("operator %s created (%s)", operator.id, role)
@@ -324,12 +332,14 @@ class AccountService:
         return await self.store.use_setup_token(token_hash(token), time.time(), consume=False)
 
     async def create_first_admin(self, token: str, email: str, name: str, password: str) -> Operator:
-        # Checked before the one-time link is used up (create checks it again, a moment's work).
-        await self.check_password_rules(password, (email, name))
+        # Every field is checked before the one-time link is used up: a mistake in the form must
+        # leave the link working.
+        email, name = self._checked(email, name, "admin")
+        password_hash = await self.hash_password(password, (email, name))
         if await self.has_operators() or not await self.store.use_setup_token(token_hash(token), time.time()):
             raise InvalidRequest("This setup link was used already or has expired. "
                                  "Restart the server for a new one, or use 'operator add'.")
-        return await self.create(email, name, "admin", password)
+        return await self._insert(email, name, "admin", password_hash, ())
 
     async def check_password(self, operator: Operator, password: str) -> bool:
         current = await self.store.get_operator(operator.id)

@@ -53,6 +53,24 @@ async def test_the_setup_link_creates_the_first_admin_once(parley: Parley):
         assert 'href="/dashboard/login"' in used.text and "Restart the server" not in used.text
 
 
+async def test_a_mistake_in_the_setup_form_says_what_and_keeps_the_link(parley: Parley):
+    token = await parley.services.accounts.setup_token()
+    async with browser(parley) as client:
+        await client.get("/dashboard/setup", params={"token": token})  # sets the XSRF cookie
+        form = {"token": token, "email": "ana@example.com", "name": "Ana", "password": PASSWORD,
+                "password_again": PASSWORD, "_xsrf": client.cookies["_xsrf"]}
+        for field, value, error in (("name", "   ", "A display name is 1 to 100 characters."),
+                                    ("email", "ana@", "email"),
+                                    ("password", "password123", "too easy to guess")):
+            wrong = {**form, field: value, "password_again": value if field == "password" else PASSWORD}
+            refused = await client.post("/dashboard/setup", data=wrong)
+            assert refused.status_code == 400 and error in refused.text
+            assert 'name="password"' in refused.text and "expired" not in refused.text  # the form again
+        created = await client.post("/dashboard/setup", data=form)
+        assert created.status_code == 302
+    assert [o.email for o in await parley.services.store.list_operators()] == ["ana@example.com"]
+
+
 async def test_an_expired_setup_link_says_a_restart_makes_a_new_one(parley: Parley):
     async with browser(parley) as client:
         page = await client.get("/dashboard/setup", params={"token": "no-such-token"})
