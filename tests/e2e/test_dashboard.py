@@ -293,3 +293,32 @@ async def test_the_inbox_keeps_up_with_a_site_that_never_pauses(server: Server, 
             await ops.page.clock.run_for(100)
     await expect(ops.page.locator(".conversation-list a", has_text="Visitor 000077")).to_be_visible(timeout=5_000)
     assert ops.unexpected_errors() == []
+
+
+async def test_a_nudge_being_typed_survives_the_visitors_list_refreshing(server: Server, browser: Browser):
+    first, second = "sess_e2enudgefirst00001", "sess_e2enudgesecond0001"
+    site = await one_conversation(server, first, "Hello from the team")
+    nudge = "Hi! Can I help you pick a jacket?"
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        async def browse(session_id: str) -> list[dict]:
+            response = await client.get("/api/v1/chat/pending-proactive", params={
+                "site_key": site.site_key, "session_id": session_id, "page_url": "https://shop.test/jackets"})
+            return response.json()["messages"]
+
+        await browse(first)
+        ops = await visit(browser, f"{server.base_url}/dashboard/login")
+        await ops.page.get_by_label("Email").fill("ana@example.com")
+        await ops.page.get_by_label("Password").fill(PASSWORD)
+        await ops.page.get_by_role("button", name="Sign in").click()
+        await ops.page.goto(f"{server.base_url}/dashboard/visitors")
+        box = ops.page.get_by_label(f"Message to Visitor {first[-6:]}")
+        await box.fill(nudge)
+        # Another visitor arrives: the list refreshes with a row for them.
+        await browse(second)
+        await expect(ops.page.locator("#visitor-rows tr")).to_have_count(2, timeout=10_000)
+        await expect(box).to_have_value(nudge)
+        await expect(box).to_be_focused()
+        await box.press("Enter")
+        await expect(box).to_have_attribute("placeholder", "Sent.")
+        assert [m["content"] for m in await browse(first)] == [nudge]
+    assert ops.unexpected_errors() == []
