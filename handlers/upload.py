@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import tornado.web
+
 from server.errors import ParleyError, TooLarge
 from server.sites import MAX_UPLOAD_SETTING
 from server.uploads import FORM_OVERHEAD, FormSpool, readable_size
@@ -37,6 +39,8 @@ class UploadImageHandler(AnswersBeforeBody, PublicUrlMixin, ApiHandler):
         self._holds_slot = False
 
     async def prepare(self) -> None:
+        if self.request.method not in self.allowed_methods():  # the 405, before work meant for a POST
+            raise tornado.web.HTTPError(405)
         super().prepare()  # (a declared length over what any site allows never gets here: 413)
         content_type = self.request.headers.get("Content-Type", "")
         query = self.query()

@@ -334,6 +334,17 @@ async def test_a_wrong_method_says_which_to_use(parley):
     assert "POST" in response.headers["Allow"].split(", ")
     response = await parley.post("history", {})
     assert response.status_code == 405 and response.json()["error"] == "Use GET for /api/v1/chat/history."
+    # Every endpoint, with the visitor's ids (an upload checks them before its body) and without.
+    for path, method in (("stream", "POST"), ("history", "GET"), ("email", "POST"), ("contact", "POST"),
+                         ("operator-messages", "GET"), ("block-status", "GET"),
+                         ("pending-proactive", "GET"), ("upload-image", "POST"), ("rate", "POST"),
+                         ("rate/comment", "POST"), ("config", "GET")):
+        for wrong in ("GET", "PUT", "DELETE", "PATCH"):
+            if wrong != method:
+                for params in ({}, parley.ids(SID)):
+                    response = await parley.client.request(wrong, f"/api/v1/chat/{path}", params=params)
+                    assert (response.status_code, response.json()["error"]) == (
+                        405, f"Use {method} for /api/v1/chat/{path}."), (wrong, path, params)
 
 
 async def test_history_asks_for_a_way_to_reach_a_visitor_waiting_for_a_person(parley):
