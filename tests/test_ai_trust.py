@@ -77,10 +77,20 @@ async def test_a_greeting_or_thanks_gets_a_reply_not_i_dont_know_nor_a_person(pa
     await parley.services.sites.update_settings(site.id, {**site.settings, "ai": {"handoff_when_unsure": True}})
     for question, lang, reply in (("Hello there!", "en", "Hello! What can I help you with?"),
                                   ("thanks a lot", "en", "You're welcome! Ask me anything else."),
-                                  ("Bonjour", "fr", "Bonjour ! Comment puis-je vous aider ?")):
+                                  ("Bonjour", "fr", "Bonjour ! Comment puis-je vous aider ?"),
+                                  # with the words people add to them
+                                  ("hello again", "en", "Hello! What can I help you with?"),
+                                  ("Hi, how are you?", "en", "Hello! What can I help you with?"),
+                                  ("ok thanks, bye", "en", "Goodbye! Come back any time."),
+                                  ("Thanks for your help!", "en", "You're welcome! Ask me anything else."),
+                                  ("Hola, ¿qué tal?", "es", "¡Hola! ¿En qué puedo ayudarle?")):
         events = await parley.ask(session(5), question, lang=lang)
         assert "".join(e["content"] for e in events if e["type"] == "chunk") == reply
         assert events[-1]["meta"]["handoff"] is False
-    # A real question the pages do not cover is still handed over, as the site asks.
-    events = await parley.ask(session(5), "Do you sell gift cards for birthdays?")
-    assert events[-1]["meta"]["handoff"] is True
+    # A real question the pages do not cover is still handed over, as the site asks, and even
+    # opening with a greeting it is one.
+    for question in ("Do you sell gift cards for birthdays?", "Hi, how are gift cards sent?"):
+        events = await parley.ask(session(5), question)
+        assert events[-1]["meta"]["handoff"] is True, question
+    assert [g.question for g in await parley.services.site_knowledge.gaps(site)] == [
+        "Hi, how are gift cards sent?", "Do you sell gift cards for birthdays?"]

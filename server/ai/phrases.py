@@ -47,10 +47,12 @@ _GREETINGS = frozenset("""
 _THANKS = frozenset("thanks thank thx ty cheers merci danke dank gracias".split())
 _GOODBYES = frozenset("bye goodbye revoir wiedersehen tschüss adiós adios luego".split())
 _SMALL_TALK_FILLER = frozenset("""
-    there good day you a lot very much so all
-    beaucoup bien au tout
-    tag morgen abend schön schon vielen auf
-    dias días tardes noches muchas muchísimas hasta
+    there good day you a lot very much so all again ok okay how are is it going doing everyone
+    great nice and for your help yes yeah well then
+    beaucoup bien au tout encore ça va comment allez vous et pour votre aide oui rebonjour
+    tag morgen abend schön schon vielen auf noch mal wie geht es ihnen dir und für ihre hilfe ja
+    dias días tardes noches muchas muchísimas hasta otra vez qué que tal cómo como está estás y por
+    su ayuda sí
 """.split())
 SMALL_TALK_MAX_WORDS = 6
 _LETTERS = re.compile(r"[^\W\d_]+")
@@ -85,7 +87,8 @@ def small_talk(text: str) -> dict[str, str] | None:
     if not all(w in _GREETINGS or w in _THANKS or w in _GOODBYES or w in _SMALL_TALK_FILLER
                for w in words):
         return None
-    for kind, reply in ((_THANKS, THANKS_REPLY), (_GOODBYES, GOODBYE_REPLY), (_GREETINGS, GREETING_REPLY)):
+    # "thanks, bye" ends the chat; "hi, thanks" does not.
+    for kind, reply in ((_GOODBYES, GOODBYE_REPLY), (_THANKS, THANKS_REPLY), (_GREETINGS, GREETING_REPLY)):
         if any(w in kind for w in words):
             return reply
     return None  # filler words alone ("you", "so") are not small talk
