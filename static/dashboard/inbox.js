@@ -176,6 +176,7 @@
         data.conversation.blocked = state.conversation ? state.conversation.blocked : false;
         state.conversation = data.conversation;
       }
+      offerAssignees(data.conversation.site_id);
       if (!full) {
         data.messages.forEach(function (m) {
           if (m.role === "visitor" && m.id > state.lastMessageId) announce(data.conversation.visitor + ": " + (m.content || "an image"));
@@ -336,6 +337,14 @@
   $("act-close").addEventListener("click", function () { act("close"); });
   $("act-reopen").addEventListener("click", function () { act("reopen"); });
   $("act-unblock").addEventListener("click", function () { act("unblock"); });
+  // Only operators who may take this site's conversations (admins, and agents of the site).
+  function offerAssignees(siteId) {
+    Array.prototype.forEach.call($("act-assign").options, function (option) {
+      var sites = option.dataset.sites;
+      if (sites === undefined) return;
+      option.hidden = option.disabled = sites !== "*" && sites.split(" ").indexOf(String(siteId)) < 0;
+    });
+  }
   $("act-assign").addEventListener("change", function (event) {
     var value = event.target.value;
     event.target.value = "";

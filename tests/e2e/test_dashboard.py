@@ -322,3 +322,23 @@ async def test_a_nudge_being_typed_survives_the_visitors_list_refreshing(server:
         await expect(box).to_have_attribute("placeholder", "Sent.")
         assert [m["content"] for m in await browse(first)] == [nudge]
     assert ops.unexpected_errors() == []
+
+
+async def test_the_assign_menu_offers_only_operators_who_may_take_the_conversation(server: Server,
+                                                                                   browser: Browser):
+    site = await one_conversation(server, "sess_e2eassign000000001", "Hello from the team")
+    assert server.services is not None
+    other = await server.services.sites.create("Another shop")
+    await server.services.accounts.create("bo@example.com", "Bo", "agent", PASSWORD, [other.id])
+    await server.services.accounts.create("cy@example.com", "Cy", "agent", PASSWORD, [site.id])
+    ops = await visit(browser, f"{server.base_url}/dashboard/login")
+    await ops.page.get_by_label("Email").fill("ana@example.com")
+    await ops.page.get_by_label("Password").fill(PASSWORD)
+    await ops.page.get_by_role("button", name="Sign in").click()
+    await ops.page.locator(".conversation-list a").first.click()
+    menu = ops.page.locator("#act-assign")
+    await expect(menu.locator("option", has_text="Cy")).to_be_enabled()
+    await expect(menu.locator("option", has_text="Bo")).to_be_disabled()
+    await menu.select_option(label="Cy")
+    await expect(ops.page.locator(".conversation-list")).to_contain_text("assigned")
+    assert ops.unexpected_errors() == [] and ops.dialogs == []
