@@ -14,7 +14,6 @@ from typing import Any, Awaitable, Callable
 
 from server.app import Services, build_services
 from server.ai.check import check_model, describe_model
-from server.ai.knowledge import RELEVANCE_FLOOR
 from server.ai.settings import (ai_settings, global_model_config, masked, model_limits, site_model_config,
                                 updated_ai_settings)
 from server.audit import CLI
@@ -28,7 +27,6 @@ from server.opening_hours import FORM_FIELDS as HOURS_FORM_FIELDS
 from server.opening_hours import site_hours as site_hours_of
 from server.privacy import VisitorNotFound, retention_days
 from server.proactive import site_rules
-from server.site_knowledge import without_small_talk
 from server.sites import embed_snippet, keeps_full_page_urls
 from server.store.models import Site
 from server.validation import SESSION_ID_RE
@@ -167,13 +165,15 @@ async def kb_list(services: Services, args: argparse.Namespace) -> int:
 
 async def kb_gaps(services: Services, args: argparse.Namespace) -> int:
     site = await services.sites.get(args.site)
-    gaps = without_small_talk(await services.store.knowledge_gaps(site.id, below=RELEVANCE_FLOOR,
-                                                                  limit=args.limit))
+    # The dashboard's list: grouped, handoffs included, and what the pages answer now left out.
+    gaps = await services.site_knowledge.gaps(site, shown=args.limit)
     if args.json:
         _print_json([dataclasses.asdict(g) for g in gaps])
     else:
         for gap in gaps:
-            print(f"{gap.asked_at}  relevance {gap.relevance:.2f}  {gap.question}")
+            relevance = "no AI answer" if gap.relevance is None else f"relevance {gap.relevance:.2f}"
+            handoffs = f", {gap.handoffs} handed to a person" if gap.handoffs else ""
+            print(f"{gap.last_asked}  asked {gap.count}×{handoffs}  {relevance}  {gap.question}")
         if not gaps:
             print("no unanswered questions: every AI answer found its passages")
     return 0
@@ -567,10 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     kb_listing = command(kb, "list", "list a site's knowledge documents", kb_list)
     kb_listing.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
     kb_listing.add_argument("--json", action="store_true", help="print a JSON array")
-    gaps = command(kb, "gaps", "the newest visitor questions the knowledge did not cover (the AI "
-                   "said it did not know): what to write next", kb_gaps)
+    gaps = command(kb, "gaps", "visitor questions the knowledge did not cover (the AI said it did "
+                   "not know) and the last ones before a handoff, grouped and most frequent first "
+                   "as on the dashboard: what to write next", kb_gaps)
     gaps.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
-    gaps.add_argument("--limit", type=int, default=50, metavar="N", help="at most N questions (default 50)")
+    gaps.add_argument("--limit", type=int, default=50, metavar="N", help="at most N of them (default 50)")
     gaps.add_argument("--json", action="store_true", help="print a JSON array")
     remove = command(kb, "remove", "remove one knowledge document", kb_remove)
     remove.add_argument("--site", required=True, metavar="SITE_KEY", help="the site's site_key (sk_...)")
