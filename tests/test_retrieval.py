@@ -6,6 +6,8 @@ from pathlib import Path
 
 from server.ai.knowledge import KnowledgeBase
 from server.ai.passages import split_sections
+from server.demo import ensure_demo_site
+from server.sites import SiteService
 from server.store.models import KnowledgeDocument
 from server.store.sqlite import SQLiteStore
 
@@ -82,5 +84,24 @@ async def test_a_question_the_pages_do_not_answer_gets_no_passage(tmp_path: Path
         assert found.passages and "| Business | $19 | 10 |" in found.passages[0].text
         assert found.relevance >= kb.floor
         assert all(p.score >= kb.floor for p in found.passages)
+    finally:
+        await store.close()
+
+
+async def test_the_demo_sites_questions_in_visitors_own_words(tmp_path: Path):
+    store = SQLiteStore(tmp_path / "demo.sqlite3")
+    await store.open()
+    try:
+        site, _ = await ensure_demo_site(SiteService(store), store)
+        kb = KnowledgeBase(store)
+        # The pages write "the United Kingdom", never "UK"; "another" and "different" name no topic.
+        for question, title in (("Do you ship to the UK?", "Shipping: Where we ship"),
+                                ("How much does shipping to the UK cost?", "Shipping: Shipping costs"),
+                                ("how do I exchange a jacket for another size", "Returns and exchanges: Exchanges"),
+                                ("can I exchange for a different size", "Returns and exchanges: Exchanges")):
+            found = await kb.retrieve(site.id, question)
+            assert found.relevance >= kb.floor and title in [p.source.title for p in found.passages], question
+        # An abbreviation the pages do not spell out is still something they do not cover.
+        assert (await kb.retrieve(site.id, "Do you ship to the UAE?")).passages == []
     finally:
         await store.close()

@@ -5,7 +5,8 @@ a "best" passage. So each candidate also gets a relevance between 0 and 1, the I
 of the question's content words that the passage (with its headings and page title) contains; a
 word the site never uses weighs the most. Below RELEVANCE_FLOOR no passage is returned and the
 answerer says it does not know. A misspelt word ("subscripton") is read as the site's word one
-edit away, so typos do not make a question look unanswerable.
+edit away, so typos do not make a question look unanswerable, and an abbreviation the site never
+uses but spells out ("UK": "United Kingdom") as the words it stands for.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ WORD_RE = re.compile(r"\w\w+")
 # "How long", "how often": the kind of answer wanted, not its topic.
 HOW_RE = re.compile(r"\bhow\s+(?:long|often|soon|far|many|much)\b")
 HYPHENATED_RE = re.compile(r"\b(\w+)-(\w+)\b")
+# Names the site spells out ("United Kingdom", "European Union"), for the abbreviations visitors use.
+NAME_RE = re.compile(r"\b[A-Z][a-z]+(?:\s+(?:of\s+|and\s+)?[A-Z][a-z]+){1,3}\b")
+MAX_NAMES_PER_SITE = 10_000
 
 # Function words, chat filler and light verbs ("give", "turn on", "make"): they carry no topic, so
 # they neither match nor count as missing.
@@ -53,7 +57,7 @@ your yours yourself yourselves u ur pls plz please hi hello hey thanks thank thx
 want wanted need needs know tell anyone someone something anything get got also still really
 give gives make makes take takes turn turns go goes going keep keeps try tries
 tried happen happens work works see put come say said let mean means
-one many much lot lots way ways thing things
+one many much lot lots way ways thing things another different
 question questions im ive dont doesnt cant wont isnt whats hows wanna gonna would like could
 """.split())
 
@@ -68,6 +72,7 @@ class _Index:
     idf: dict[str, float] = field(default_factory=dict)
     words: collections.Counter[str] = field(default_factory=collections.Counter)
     near: dict[str, list[str]] = field(default_factory=dict)
+    names: dict[str, list[str]] = field(default_factory=dict)  # "uk": ["united", "kingdom"]
 
     @property
     def unseen_idf(self) -> float:
@@ -138,7 +143,14 @@ class KnowledgeBase:
             if len(word) >= MIN_TYPO_WORD - 1 and not word.isdigit():
                 for variant in _deletes(word):
                     near[variant].append(word)
-        return _Index(version, retriever, passages, terms, heading_terms, idf, words, dict(near))
+        names: dict[str, list[str]] = {}
+        for text in indexed:
+            for name in NAME_RE.findall(text):
+                parts = [w for w in name.split() if w[0].isupper()]
+                names.setdefault("".join(w[0] for w in parts).lower(), [w.lower() for w in parts])
+            if len(names) >= MAX_NAMES_PER_SITE:
+                break
+        return _Index(version, retriever, passages, terms, heading_terms, idf, words, dict(near), names)
 
     async def _index_for(self, site_id: int, version: str | None = None) -> _Index:
         """The site's index as of `version` (read now when not given)."""
@@ -179,6 +191,16 @@ class KnowledgeBase:
         return max(candidates, key=lambda c: (index.words[c], c)) if candidates else word
 
     @staticmethod
+    def _spelled_out(index: _Index, words: list[str]) -> list[str]:
+        """An abbreviation the site never uses but spells out ("uk": "United Kingdom") read as
+        the words it stands for."""
+        spelled: list[str] = []
+        for word in words:
+            name = index.names.get(word) if word not in index.words else None
+            spelled.extend(name or [word])
+        return spelled
+
+    @staticmethod
     def _joined(index: _Index, words: list[str]) -> list[str]:
         """Two words the site writes as one ("non profit": "nonprofit") read as that one word."""
         joined: list[str] = []
@@ -208,7 +230,7 @@ class KnowledgeBase:
         index = await self._index_for(site_id, version)
         if index.retriever is None:
             return Retrieval([], 0.0)
-        words = WORD_RE.findall(HOW_RE.sub("how", query.lower()))[:MAX_QUERY_WORDS]
+        words = self._spelled_out(index, WORD_RE.findall(HOW_RE.sub("how", query.lower()))[:MAX_QUERY_WORDS])
         corrected = " ".join(self._corrected(index, w) for w in self._joined(index, words))
         query_terms = list(dict.fromkeys(self._tokenize([corrected])[0]))
         if not query_terms:
