@@ -34,7 +34,7 @@ class Plan:
     tokens: list[str] = field(default_factory=lambda: ["Hello", " from", " the model."])
     status: int = 200
     error_body: str = '{"error": {"message": "fake failure", "type": "server_error"}}'
-    delay: float = 0.0                 # before each token
+    delay: float = 0.0                 # before each token, kept to a fixed pace from the first
     hold_after: int | None = None      # after this many tokens, wait for `FakeOpenAI.release()`
     error_after: int | None = None     # after this many tokens, send an {"error": ...} event and stop
     stall_after: int | None = None     # after this many tokens, send nothing more (until hung up)
@@ -202,6 +202,10 @@ class _Completions(tornado.web.RequestHandler):
         if not await self._event(_chunk("") | {"choices": [{"index": 0, "delta": {"role": "assistant"},
                                                               "finish_reason": None}]}):
             return
+        # Each token is due at a fixed time from the first: relative sleeps drift with the fake's
+        # own load (the benchmark's upstream kept 45 answers a second at C=100 of the 50 its pace allows).
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         for index, token in enumerate(plan.tokens):
             if index == plan.error_after:
                 await self._event({"error": {"message": "fake mid-stream failure", "type": "server_error"}})
@@ -212,8 +216,10 @@ class _Completions(tornado.web.RequestHandler):
                 return
             if index == plan.hold_after:
                 await self.fake.wait_release()
+                due = loop.time()
             if plan.delay:
-                await asyncio.sleep(plan.delay)
+                due += plan.delay
+                await asyncio.sleep(max(0.0, due - loop.time()))
             if self.gone.is_set() or not await self._event(_chunk(token)):
                 return
             self.call.sent.append(token)
