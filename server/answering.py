@@ -89,8 +89,8 @@ class Answerer:
             return recorded
 
         # What the answer checks first (the session's replies for its cap, the knowledge's
-        # version) is read in the question's transaction: a trip to a reader thread for each
-        # delayed the first token under load (by a third at 100 answers streaming at once).
+        # version) is read in the question's transaction: a trip to a reader thread for each,
+        # waiting for the GIL behind a busy loop, delayed the first token under load.
         taken = await self.store.take_question(
             visitor.site.id, visitor.session_id, request.text, message_id=message_id,
             context=context, changes=changes, ip=visitor.ip, events=events_of,

@@ -121,7 +121,8 @@ class AIEngine:
         """Check the caps and retrieve knowledge (at once: they are independent), for
         `answer(prepared=...)`. Given what the question's transaction read (the session's replies
         since replies_since(site), the site's knowledge_version) no store read is left but the
-        site's daily cap, if set. Cancel it when no answer follows."""
+        site's daily cap, if set, and the documents when the index is out of date. Cancel it
+        when no answer follows."""
         reads = asyncio.ensure_future(asyncio.gather(
             self._cap_notice(site, session_id, question, session_replies),
             self.knowledge.retrieve(site.id, question, version=knowledge_version)))
