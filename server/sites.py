@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -66,6 +67,9 @@ class SiteService:
         self.clock = clock
         self._cached: dict[str, tuple[float, Site]] = {}  # site_key -> (read at, site)
         self._changes = 0  # counts this process's changes: a read begun before one is not kept
+        # site_key -> the read under way: requests that miss meanwhile wait for it rather than
+        # each reading (at 100 answers streaming at once, ~19 read the same site per expiry).
+        self._reading: dict[str, asyncio.Future[Site]] = {}
 
     async def create(self, name: str, origins: list[str] | None = None,
                      settings: dict[str, Any] | None = None) -> Site:
@@ -87,19 +91,33 @@ class SiteService:
         if cached is not None and now - cached[0] < self.cache_seconds:
             site = cached[1]
         else:
-            changes = self._changes
-            site_or_none = await self.store.get_site_by_key(site_key)
-            if site_or_none is None:  # unknown keys are not remembered: a flood of them pins nothing
-                self._cached.pop(site_key, None)
-                raise UnknownSite("No site has this site_key.")
-            site = site_or_none
-            if cached is not None and cached[1] == site:
-                site = cached[1]  # unchanged: requests keep sharing the one object
-            if changes == self._changes:  # no change of ours landed while we read
-                self._remember(site_key, now, site)
+            reading = self._reading.get(site_key)
+            if reading is None:
+                reading = self._reading[site_key] = asyncio.ensure_future(self._read(site_key, now))
+                reading.add_done_callback(lambda done: self._read_ended(site_key, done))
+            site = await asyncio.shield(reading)  # one request leaving does not stop the others' read
         if not site.enabled:
             raise UnknownSite("No site has this site_key.")
         return site
+
+    async def _read(self, site_key: str, now: float) -> Site:
+        changes = self._changes
+        site = await self.store.get_site_by_key(site_key)
+        if site is None:  # unknown keys are not remembered: a flood of them pins nothing
+            self._cached.pop(site_key, None)
+            raise UnknownSite("No site has this site_key.")
+        cached = self._cached.get(site_key)
+        if cached is not None and cached[1] == site:
+            site = cached[1]  # unchanged: requests keep sharing the one object
+        if changes == self._changes:  # no change of ours landed while we read
+            self._remember(site_key, now, site)
+        return site
+
+    def _read_ended(self, site_key: str, read: asyncio.Future[Site]) -> None:
+        if self._reading.get(site_key) is read:
+            del self._reading[site_key]
+        if not read.cancelled():
+            read.exception()  # seen here, in case every request waiting for it has left
 
     def _remember(self, site_key: str, now: float, site: Site) -> None:
         self._cached.pop(site_key, None)
@@ -110,6 +128,7 @@ class SiteService:
     def forget(self, site_id: int) -> None:
         """The site changed: the next request reads it again (under its old key and any new one)."""
         self._changes += 1
+        self._reading.clear()  # a request from now on reads again, not what was read before
         for key in [key for key, (_, site) in self._cached.items() if site.id == site_id]:
             del self._cached[key]
 

@@ -170,3 +170,27 @@ async def test_a_widget_request_sees_a_site_disabled_in_the_database_within_the_
             await sites.resolve(site.site_key, None)
     finally:
         await store.close()
+
+
+async def test_requests_that_miss_at_once_share_one_read(sites, store, clock):
+    site = store.add("sk_a")
+    store.gate = asyncio.Event()
+    waiting = [asyncio.ensure_future(sites.get(key)) for key in ["sk_a"] * 20 + ["sk_nobody"] * 5]
+    await eventually(lambda: store.reads == 2)
+    one_leaves = waiting.pop(0)
+    one_leaves.cancel()  # a request that leaves does not stop the read the others wait for
+    store.gate.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert [r.id for r in results[:19]] == [site.id] * 19
+    assert all(isinstance(r, UnknownSite) for r in results[19:])
+    assert store.reads == 2
+    # A change made here while a read is under way: requests after it read again.
+    clock.advance(SITE_CACHE_SECONDS)
+    store.gate = asyncio.Event()
+    before = asyncio.ensure_future(sites.get("sk_a"))
+    await eventually(lambda: store.reads == 3)
+    await sites.update_settings(site.id, {"title": "Changed"})
+    after = asyncio.ensure_future(sites.get("sk_a"))
+    await eventually(lambda: store.reads == 4)
+    store.gate.set()
+    assert ((await before).settings["title"], (await after).settings["title"]) == ("Hi", "Changed")
