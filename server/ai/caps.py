@@ -52,6 +52,11 @@ class CapNotice:
         return text if self.limit is None else text.format(limit=self.limit)
 
 
+# The caps' windows, in seconds: replies per session an hour, per site a day.
+SESSION_WINDOW = 3600
+SITE_WINDOW = 86400
+
+
 def _iso_ago(seconds: float) -> str:
     moment = datetime.now(timezone.utc) - timedelta(seconds=seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -65,7 +70,7 @@ class CapChecker:
     def replies_since(site: Site) -> str | None:
         """Where the session cap's window starts (for counting the session's replies along with
         its question); None when the site has no session cap."""
-        return _iso_ago(3600) if Caps.for_site(site).replies_per_session_hour is not None else None
+        return _iso_ago(SESSION_WINDOW) if Caps.for_site(site).replies_per_session_hour is not None else None
 
     async def check(self, site: Site, session_id: str | None, question: str, *,
                     session_replies: int | None = None) -> CapNotice | None:
@@ -77,11 +82,11 @@ class CapChecker:
             return CapNotice(CAP_INPUT, handoff=False, limit=caps.max_input_chars)
         if session_id and caps.replies_per_session_hour is not None:
             used = session_replies if session_replies is not None else await self.store.count_messages(
-                site.id, role="ai", since=_iso_ago(3600), session_id=session_id)
+                site.id, role="ai", since=_iso_ago(SESSION_WINDOW), session_id=session_id)
             if used >= caps.replies_per_session_hour:
                 return CapNotice(CAP_SESSION, handoff=True)
         if caps.replies_per_site_day is not None:
-            used = await self.store.count_messages(site.id, role="ai", since=_iso_ago(86400))
+            used = await self.store.count_messages(site.id, role="ai", since=_iso_ago(SITE_WINDOW))
             if used >= caps.replies_per_site_day:
                 return CapNotice(CAP_SITE, handoff=True)
         return None
